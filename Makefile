@@ -1,0 +1,27 @@
+# Quick start: `make demo` and `make test` work on a fresh machine; each creates .venv and installs when needed.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.fracfl-installed
+
+.PHONY: install demo test bench clean
+
+install: $(STAMP)
+
+# Pinned, known-good versions live in pyproject.toml (torch 2.14.1 / torchvision 0.29.1 on this platform).
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --disable-pip-version-check -q -e ".[dev]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/fracfl train experiment=demo run_dir=runs/demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+bench: $(STAMP)
+	$(BIN)/python bench/train_throughput.py
+
+clean:
+	rm -rf runs data/demo .pytest_cache

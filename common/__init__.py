@@ -1,0 +1,1 @@
+"""fracfl common package."""

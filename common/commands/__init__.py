@@ -1,0 +1,1 @@
+"""Subcommands of `fracfl` provided by the shared package: train, evaluate, data, model."""

@@ -1,0 +1,125 @@
+"""Typed configuration shared by training, evaluation and (later) federated sites.
+
+Hydra composes the YAML groups in `conf/`; `to_typed` checks the result against these dataclasses, so a misspelt
+key or a wrong type fails at start-up with the key's name, and code reads attributes instead of raw dicts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from common.errors import ConfigError
+
+T = TypeVar("T")
+
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+
+
+@dataclass
+class ModelConfig:
+    arch: str = "yolov7-tiny"  # yolov7-tiny | yolov7
+    width: float = 1.0
+    depth: float = 1.0
+    norm: str = "batch"  # batch | group (group for DP-SGD: BatchNorm mixes images)
+    names: dict[int, str] = field(default_factory=lambda: {0: "fracture"})
+    init: str | None = None  # fracfl weights or a foreign checkpoint to start from
+
+
+@dataclass
+class SynthConfig:
+    sites: list[str] = field(default_factory=lambda: ["general_hospital", "trauma_center", "rural_clinic"])
+    images_per_site: int = 60
+    size: int = 512
+    val_fraction: float = 0.25
+    dicom: bool = False
+
+
+@dataclass
+class DataConfig:
+    path: str = "data/synthetic"
+    train_split: str = "train"
+    val_split: str = "val"
+    cache_images: bool = True  # keep decoded, resized images in memory (small datasets, several epochs)
+    synth: SynthConfig | None = None  # when set and `path` is missing, generate synthetic radiographs there
+
+
+@dataclass
+class AugmentConfig:
+    hflip: float = 0.5  # probability
+    degrees: float = 5.0
+    translate: float = 0.1  # fraction of the image size
+    scale: float = 0.25  # zoom factor drawn from [1 - scale, 1 + scale]
+    brightness: float = 0.2
+    contrast: float = 0.2
+    gamma: float = 0.2
+    noise: float = 0.02  # std of additive Gaussian noise, fraction of full scale
+    mosaic: float = 0.0  # probability of a 4-image mosaic: mixes images, so never with DP-SGD
+
+    @property
+    def mixes_images(self) -> bool:
+        return self.mosaic > 0
+
+
+@dataclass
+class ImbalanceConfig:
+    mode: str = "reweight"  # none | oversample | reweight
+    positive_fraction: float = 0.5  # share of fracture images (oversample) or of loss weight (reweight)
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 1
+    max_steps: int | None = None  # stop after this many optimiser steps (federated rounds count steps)
+    batch_size: int = 8
+    imgsz: int = 320
+    optimizer: str = "sgd"  # sgd | adamw
+    lr: float = 0.01
+    momentum: float = 0.937
+    weight_decay: float = 5e-4
+    warmup_steps: int = 0
+    schedule: str = "cosine"  # constant | cosine
+    grad_clip: float | None = 10.0  # global norm clip of the mean gradient (not DP clipping)
+    freeze: list[str] = field(default_factory=list)  # parts kept fixed: backbone, neck, head
+    workers: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    imbalance: ImbalanceConfig = field(default_factory=ImbalanceConfig)
+
+
+@dataclass
+class EvalConfig:
+    conf: float = 0.25  # operating point: score at or above it counts as a finding
+    iou: float = 0.5  # IoU for a prediction to match a fracture box
+    nms_iou: float = 0.6
+    max_det: int = 100
+    batch_size: int = 16
+
+
+@dataclass
+class TrainJob:
+    """`fracfl train`: centralised training then evaluation on the validation split."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    run_dir: str = "runs/train"
+    seed: int = 0
+    progress: bool = True
+
+
+def to_typed(cfg: DictConfig | dict[str, Any], schema: type[T]) -> T:
+    """Validate a composed config against `schema` and return the dataclass; errors name the offending key."""
+    cfg = OmegaConf.create(cfg) if isinstance(cfg, dict) else cfg
+    cfg = OmegaConf.masked_copy(cfg, [k for k in cfg.keys() if k != "hydra"]) if "hydra" in cfg else cfg
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(schema), cfg)
+        return OmegaConf.to_object(merged)  # type: ignore[return-value]
+    except OmegaConfBaseException as e:
+        key = getattr(e, "full_key", None) or "?"
+        raise ConfigError(f"config key {key}: {e.msg if hasattr(e, 'msg') else e}".splitlines()[0]) from e

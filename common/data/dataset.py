@@ -1,0 +1,134 @@
+"""The torch dataset behind training and evaluation: decoded, letterboxed, optionally augmented radiographs.
+
+Every label file is read and validated when the dataset is built, so a bad row stops a run before any training
+and every bad file is named at once. Nothing is written next to the data (no label caches).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from common.config import AugmentConfig
+from common.data.augment import augment, boxes_to_pixels, letterbox, mosaic, pixels_to_boxes
+from common.data.images import read_image
+from common.data.labels import read_labels
+from common.data.spec import label_path, load_spec
+from common.errors import DataError
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One prepared image: square grey uint8 image, pixel boxes (cls, x1, y1, x2, y2), and how it was resized."""
+
+    img: np.ndarray
+    boxes: np.ndarray
+    gain: float
+    pad: tuple[float, float]
+    orig_hw: tuple[int, int]
+
+
+class DetectionDataset(Dataset):
+    """Images of one split with their YOLO labels, resized to `imgsz`; augmented when `augment` is given."""
+
+    def __init__(
+        self,
+        images: list[Path],
+        nc: int,
+        imgsz: int,
+        augment: AugmentConfig | None = None,
+        cache: bool = False,
+        seed: int = 0,
+    ):
+        if not images:
+            raise DataError("<dataset>", "no images in this split")
+        self.images = list(images)
+        self.imgsz = imgsz
+        self.augment = augment
+        self.seed = seed
+        self.epoch = 0
+        self.labels = _read_all_labels(self.images, nc)
+        self.positive = np.array([len(lab) > 0 for lab in self.labels])
+        self._cache: dict[int, Sample] | None = {} if cache else None
+
+    @classmethod
+    def from_data(cls, data: str | Path, split: str, imgsz: int, **kwargs: Any) -> "DetectionDataset":
+        """Build from a data.yaml or dataset folder and a split name (train, val, ...)."""
+        spec = load_spec(data)
+        return cls(spec.images(split), spec.nc, imgsz, **kwargs)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Change the augmentation draw; the same (seed, epoch, index) always gives the same sample."""
+        self.epoch = epoch
+
+    def prepared(self, i: int) -> Sample:
+        """Decoded and letterboxed image i with its boxes in letterbox pixels (cached in memory when asked)."""
+        if self._cache is not None and i in self._cache:
+            return self._cache[i]
+        raw = read_image(self.images[i])
+        img, gain, pad = letterbox(raw, self.imgsz)
+        boxes = boxes_to_pixels(self.labels[i], raw.shape[1], raw.shape[0])
+        boxes[:, [1, 3]] = boxes[:, [1, 3]] * gain + pad[0]
+        boxes[:, [2, 4]] = boxes[:, [2, 4]] * gain + pad[1]
+        sample = Sample(img, boxes, gain, pad, (raw.shape[0], raw.shape[1]))
+        if self._cache is not None:
+            self._cache[i] = sample
+        return sample
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        s = self.prepared(i)
+        img, boxes = s.img, s.boxes
+        if self.augment is not None:
+            rng = np.random.default_rng((self.seed, self.epoch, i))
+            if rng.random() < self.augment.mosaic:
+                others = rng.integers(0, len(self), 3)
+                img, boxes = mosaic([(img, boxes)] + [self._pair(int(j)) for j in others], self.imgsz, rng)
+            img, boxes = augment(img, boxes, self.augment, rng)
+        return {
+            "img": torch.from_numpy(np.ascontiguousarray(img)).unsqueeze(0).expand(3, -1, -1),
+            "labels": torch.from_numpy(pixels_to_boxes(boxes, self.imgsz)),
+            "index": i,
+            "positive": bool(self.positive[i]),
+        }
+
+    def _pair(self, j: int) -> tuple[np.ndarray, np.ndarray]:
+        s = self.prepared(j)
+        return s.img, s.boxes
+
+
+def _read_all_labels(images: list[Path], nc: int) -> list[np.ndarray]:
+    """Labels of every image; all problems are gathered and reported together."""
+    labels, errors = [], []
+    for p in images:
+        try:
+            labels.append(read_labels(label_path(p), nc))
+        except DataError as e:
+            errors.append(e)
+            labels.append(np.zeros((0, 5), np.float32))
+    if errors:
+        more = f" (and {len(errors) - 1} more; `fracfl data check` lists them all)" if len(errors) > 1 else ""
+        raise DataError(errors[0].path, f"{errors[0].problem}{more}", errors[0].line)
+    return labels
+
+
+def collate(items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    """Stack images to float [0, 1] and flatten boxes with their image index, as Ultralytics' loss expects."""
+    labels = [it["labels"] for it in items]
+    batch_idx = torch.cat([torch.full((len(lab),), i, dtype=torch.float32) for i, lab in enumerate(labels)])
+    rows = torch.cat(labels) if labels else torch.zeros((0, 5))
+    return {
+        "img": torch.stack([it["img"] for it in items]).float().div_(255.0),
+        "batch_idx": batch_idx,
+        "cls": rows[:, :1],
+        "bboxes": rows[:, 1:],
+        "index": torch.tensor([it["index"] for it in items]),
+        "positive": torch.tensor([it["positive"] for it in items]),
+    }

@@ -1,0 +1,1 @@
+"""Training and evaluation engines shared by centralised runs and every federated site."""

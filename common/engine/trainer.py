@@ -1,0 +1,194 @@
+"""The one local-training engine: centralised training and every federated site call `train_local`.
+
+It starts from the weights already in the model, runs a number of epochs or optimiser steps, and returns new
+weights and metrics. DP-SGD plugs in through `PrivacyHook` (which may wrap the model, optimiser and loader, e.g.
+with Opacus), so there is no second training path; the per-image loss keeps each image's gradient its own.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Protocol
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, RandomSampler, WeightedRandomSampler
+
+from common.config import ImbalanceConfig, TrainConfig
+from common.data.dataset import DetectionDataset, collate
+from common.engine.device import seed_everything, select_device
+from common.utils.progress import progress_bar
+from common.errors import ConfigError, FracflError
+from common.nn.loss import PerImageDetectionLoss
+from common.nn.model import layer_parts
+from common.nn.weights import state_to_save
+
+
+class TrainingDiverged(FracflError):
+    """The loss became NaN or infinite: the weights are not returned, so nothing corrupt leaves the site."""
+
+
+class PrivacyHook(Protocol):
+    """What DP-SGD needs from the engine: a chance to wrap the pieces before the first step."""
+
+    def wrap(
+        self, model: nn.Module, optimizer: torch.optim.Optimizer, loader: DataLoader
+    ) -> tuple[nn.Module, torch.optim.Optimizer, DataLoader]: ...
+
+
+@dataclass
+class TrainResult:
+    state: dict[str, torch.Tensor]
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def image_weights(positive: np.ndarray, cfg: ImbalanceConfig) -> np.ndarray:
+    """Per-image weights that give fracture images `positive_fraction` of the total (mean weight 1)."""
+    p = float(positive.mean()) if len(positive) else 0.0
+    if cfg.mode == "none" or p in (0.0, 1.0):
+        return np.ones(len(positive), np.float64)
+    if not 0 < cfg.positive_fraction < 1:
+        raise ConfigError(f"train.imbalance.positive_fraction: must be in (0, 1), got {cfg.positive_fraction}")
+    return np.where(positive, cfg.positive_fraction / p, (1 - cfg.positive_fraction) / (1 - p))
+
+
+def _loader(data: DetectionDataset, cfg: TrainConfig, seed: int) -> DataLoader:
+    gen = torch.Generator().manual_seed(seed)
+    if cfg.imbalance.mode == "oversample":
+        w = torch.as_tensor(image_weights(data.positive, cfg.imbalance))
+        sampler = WeightedRandomSampler(w, num_samples=len(data), replacement=True, generator=gen)
+    elif cfg.imbalance.mode in ("none", "reweight"):
+        sampler = RandomSampler(data, generator=gen)
+    else:
+        raise ConfigError(f"train.imbalance.mode: expected none, oversample or reweight, got {cfg.imbalance.mode!r}")
+    return DataLoader(data, batch_size=cfg.batch_size, sampler=sampler, collate_fn=collate, num_workers=cfg.workers)
+
+
+def _optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """Weight decay on conv/linear weights only, as Ultralytics does (not on biases or normalisation)."""
+    decay, no_decay = [], []
+    for module in model.modules():
+        for name, p in module.named_parameters(recurse=False):
+            if not p.requires_grad:
+                continue
+            is_norm = isinstance(module, (nn.BatchNorm2d, nn.GroupNorm))
+            (no_decay if name == "bias" or is_norm else decay).append(p)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.momentum, 0.999))
+    raise ConfigError(f"train.optimizer: expected sgd or adamw, got {cfg.optimizer!r}")
+
+
+def _lr_lambda(cfg: TrainConfig, total: int) -> Callable[[int], float]:
+    def f(step: int) -> float:
+        if cfg.warmup_steps and step < cfg.warmup_steps:
+            return (step + 1) / cfg.warmup_steps
+        if cfg.schedule == "constant":
+            return 1.0
+        t = min(1.0, (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps))
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * t))  # cosine down to a tenth of lr
+
+    if cfg.schedule not in ("constant", "cosine"):
+        raise ConfigError(f"train.schedule: expected constant or cosine, got {cfg.schedule!r}")
+    return f
+
+
+def freeze_parts(model: nn.Module, parts: list[str]) -> None:
+    """Keep the named parts (backbone, neck, head) fixed; the DFL projection stays frozen as Ultralytics has it."""
+    idx = layer_parts(model)
+    unknown = set(parts) - set(idx)
+    if unknown:
+        raise ConfigError(f"train.freeze: unknown part(s) {sorted(unknown)}; choose from {sorted(idx)}")
+    frozen = {i for p in parts for i in idx[p]}
+    for i, layer in enumerate(model.model):
+        for name, p in layer.named_parameters():
+            p.requires_grad = i not in frozen and ".dfl" not in f".{name}"
+
+
+def train_local(
+    model: nn.Module,
+    data: DetectionDataset,
+    cfg: TrainConfig,
+    *,
+    seed: int = 0,
+    privacy: PrivacyHook | None = None,
+    progress: bool = True,
+    description: str = "train",
+    on_epoch_end: Callable[[int, dict[str, float]], None] | None = None,
+) -> TrainResult:
+    """Train `model` in place on `data` and return its new weights (fp32 state dict) and training metrics.
+
+    `on_epoch_end(epoch, metrics)` runs after each full epoch (e.g. validation); the model is left in train mode.
+    """
+    if privacy is not None and cfg.augment.mixes_images:
+        raise ConfigError("train.augment.mosaic: mosaic mixes images, which breaks DP-SGD's per-image guarantee")
+    seed_everything(seed)
+    device = select_device(cfg.device)
+    model.to(device).train()
+    freeze_parts(model, cfg.freeze)
+    criterion = PerImageDetectionLoss(model)
+    weights = torch.as_tensor(image_weights(data.positive, cfg.imbalance) if cfg.imbalance.mode == "reweight"
+                              else np.ones(len(data)), dtype=torch.float32)
+    optimizer = _optimizer(model, cfg)
+    loader = _loader(data, cfg, seed)
+    net = model
+    if privacy is not None:
+        net, optimizer, loader = privacy.wrap(model, optimizer, loader)
+    total = cfg.max_steps or cfg.epochs * len(loader)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg, total))
+
+    sums = torch.zeros(4, dtype=torch.float64)  # loss and its parts, summed over the current epoch's images
+    images, epoch_images, steps, t0 = 0, 0, 0, time.perf_counter()
+    with progress_bar(progress) as bar:
+        task = bar.add_task(description, total=total)
+        epoch = 0
+        while steps < total:
+            data.set_epoch(epoch)
+            sums.zero_()
+            epoch_images = 0
+            for batch in loader:
+                if steps >= total:
+                    break
+                n = len(batch["index"])
+                if n == 0:  # Poisson sampling (DP) can draw an empty batch: it still counts as a step
+                    optimizer.zero_grad(set_to_none=True)
+                    optimizer.step()
+                else:
+                    per_image, parts = criterion.per_image(net(batch["img"].to(device)), _to(batch, device))
+                    loss = (per_image * weights[batch["index"]].to(device)).mean()
+                    if not torch.isfinite(loss):
+                        raise TrainingDiverged(f"{description}: loss became {loss.item()} at step {steps}; "
+                                               "lower train.lr or check the data")
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    if privacy is None and cfg.grad_clip:
+                        nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                    optimizer.step()
+                    sums += torch.cat([per_image.detach().sum().view(1), parts.sum(0)]).double().cpu()
+                    images += n
+                    epoch_images += n
+                scheduler.step()
+                steps += 1
+                bar.update(task, advance=1, description=f"{description} loss {sums[0] / max(epoch_images, 1):.3f}")
+            epoch += 1
+            if on_epoch_end is not None:
+                on_epoch_end(epoch - 1, _metrics(sums, epoch_images, images, steps, epoch, time.perf_counter() - t0))
+                model.train()
+    metrics = _metrics(sums, epoch_images, images, steps, epoch, time.perf_counter() - t0)
+    return TrainResult(state=state_to_save(model), metrics=metrics)
+
+
+def _metrics(sums: torch.Tensor, epoch_images: int, images: int, steps: int, epochs: int, seconds: float) -> dict[str, float]:
+    """Loss parts are means over the last epoch's images; counts and speed cover the whole call."""
+    mean = (sums / max(epoch_images, 1)).tolist()
+    return {"loss": mean[0], "box_loss": mean[1], "cls_loss": mean[2], "dfl_loss": mean[3], "steps": steps,
+            "images": images, "epochs": epochs, "seconds": seconds, "images_per_s": images / max(seconds, 1e-9)}
+
+
+def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    return {k: batch[k].to(device) for k in ("batch_idx", "cls", "bboxes")}

@@ -1,0 +1,32 @@
+"""Run a job function under Hydra from a `fracfl` subcommand, so overrides, multirun and run folders work as usual."""
+
+from __future__ import annotations
+
+import sys
+from typing import Callable
+
+import hydra
+from omegaconf import DictConfig
+
+from common.config import CONF_DIR
+from common.errors import FracflError
+
+
+def run_hydra(config_name: str, overrides: list[str], job: Callable[[DictConfig], None]) -> int:
+    """Compose `conf/<config_name>.yaml` with `overrides` and run `job`; user errors exit 2 with one line."""
+    failed: list[FracflError] = []
+
+    def task(cfg: DictConfig) -> None:
+        try:
+            job(cfg)
+        except FracflError as e:
+            failed.append(e)
+            print(f"fracfl {config_name}: error: {e}", file=sys.stderr)
+
+    argv = sys.argv
+    sys.argv = [f"fracfl-{config_name}", *overrides]
+    try:
+        hydra.main(config_path=str(CONF_DIR), config_name=config_name, version_base="1.3")(task)()
+    finally:
+        sys.argv = argv
+    return 2 if failed else 0

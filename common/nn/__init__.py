@@ -1,0 +1,1 @@
+"""Network definitions: YOLOv7 graphs as Ultralytics models."""
