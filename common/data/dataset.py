@@ -44,6 +44,7 @@ class DetectionDataset(Dataset):
         augment: AugmentConfig | None = None,
         cache: bool = False,
         seed: int = 0,
+        label_files: list[Path] | None = None,
     ):
         if not images:
             raise DataError("<dataset>", "no images in this split")
@@ -52,7 +53,7 @@ class DetectionDataset(Dataset):
         self.augment = augment
         self.seed = seed
         self.epoch = 0
-        self.labels = _read_all_labels(self.images, nc)
+        self.labels = _read_all_labels(label_files or [label_path(p) for p in self.images], nc)
         self.positive = np.array([len(lab) > 0 for lab in self.labels])
         self._cache: dict[int, Sample] | None = {} if cache else None
 
@@ -60,7 +61,8 @@ class DetectionDataset(Dataset):
     def from_data(cls, data: str | Path, split: str, imgsz: int, **kwargs: Any) -> "DetectionDataset":
         """Build from a data.yaml or dataset folder and a split name (train, val, ...)."""
         spec = load_spec(data)
-        return cls(spec.images(split), spec.nc, imgsz, **kwargs)
+        images = spec.images(split)
+        return cls(images, spec.nc, imgsz, label_files=[spec.label_file(p) for p in images], **kwargs)
 
     def __len__(self) -> int:
         return len(self.images)
@@ -104,12 +106,12 @@ class DetectionDataset(Dataset):
         return s.img, s.boxes
 
 
-def _read_all_labels(images: list[Path], nc: int) -> list[np.ndarray]:
+def _read_all_labels(files: list[Path], nc: int) -> list[np.ndarray]:
     """Labels of every image; all problems are gathered and reported together."""
     labels, errors = [], []
-    for p in images:
+    for p in files:
         try:
-            labels.append(read_labels(label_path(p), nc))
+            labels.append(read_labels(p, nc))
         except DataError as e:
             errors.append(e)
             labels.append(np.zeros((0, 5), np.float32))

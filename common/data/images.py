@@ -1,0 +1,170 @@
+"""Read any radiograph file as one uint8 grayscale array, whatever its storage quirks.
+
+Radiographs are grayscale, but files come as 3-channel or palette JPEG/PNG, 16-bit PNG/TIFF, with EXIF
+orientation flags, or slightly truncated. Everything downstream (training, evaluation, the checker) sees the
+same HxW uint8 array with the orientation a viewer would show, so labels drawn on the viewed image match.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from common.errors import DataError
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
+
+TRUNCATED_NOTE = "truncated JPEG: decoded with missing data"
+
+_EXIF_ORIENTATION = 0x0112
+_HIGH_DEPTH_BITS = {"I;16": 16, "I;16B": 16, "I;16L": 16, "I;16N": 16, "I;16S": 16, "I": 32, "F": 32}
+_WINDOW_PERCENTILES = (0.5, 99.5)  # robust to a few saturated or dead pixels (markers, collimator edges)
+_JPEG_SOI, _JPEG_EOI = b"\xff\xd8", b"\xff\xd9"
+
+
+def is_image_file(path: str | Path) -> bool:
+    """True when the file name has an accepted image extension (case-insensitive)."""
+    return Path(path).suffix.lower() in IMAGE_SUFFIXES
+
+
+def read_image(path: str | Path, *, max_side: int | None = None) -> np.ndarray:
+    """The image as a uint8 HxW grayscale array (see `decode_image`). Raises DataError naming the file."""
+    return inspect_image(path, max_side=max_side)[0]
+
+
+def inspect_image(path: str | Path, *, max_side: int | None = None) -> tuple[np.ndarray, list[str]]:
+    """Like `read_image`, plus notes on what had to be fixed (the dataset checker reports them as warnings)."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise DataError(path, "cannot decode image (file not found)") from None
+    except IsADirectoryError:
+        raise DataError(path, "cannot decode image (is a directory)") from None
+    except OSError as e:
+        raise DataError(path, f"cannot decode image ({e.strerror or e})") from None
+    return decode_image(data, path, max_side=max_side)
+
+
+def decode_image(data: bytes, path: str | Path, *, max_side: int | None = None) -> tuple[np.ndarray, list[str]]:
+    """Decode file bytes to (uint8 HxW grayscale array, notes); `path` only names the file in errors.
+
+    Colour is reduced to luminance (ITU-R 601), 16-bit and float data are windowed to the 0.5-99.5
+    percentiles, EXIF orientation is applied to the pixels, a truncated JPEG is decoded as far as it goes,
+    and `max_side` (if given) downscales so the longer side is at most that many pixels.
+    """
+    path = Path(path)
+    if not data:
+        raise DataError(path, "cannot decode image (file is empty)")
+    if max_side is not None and max_side < 1:
+        raise ValueError(f"max_side must be >= 1, got {max_side}")
+    notes: list[str] = []
+    try:
+        im = _open_loaded(data, max_side)
+    except Exception as e:  # any decoder failure is a bad file, whichever plugin raised it
+        if not (data.startswith(_JPEG_SOI) and "truncated" in str(e)):
+            raise DataError(path, f"cannot decode image ({_reason(e)})") from None
+        # What PIL's global LOAD_TRUNCATED_IMAGES does for JPEG (end the stream with an EOI marker so libjpeg
+        # fills the missing blocks), done on our copy of the bytes so no process-wide switch is flipped.
+        try:
+            im = _open_loaded(data + _JPEG_EOI, max_side)
+        except Exception as e2:
+            raise DataError(path, f"cannot decode image ({_reason(e2)})") from None
+        notes.append(TRUNCATED_NOTE)
+
+    orientation = _exif_orientation(im, notes)
+    arr = _to_gray_u8(im, notes)
+    if orientation in _ORIENT:
+        arr = np.ascontiguousarray(_ORIENT[orientation](arr))
+        notes.append(f"EXIF orientation {orientation} applied")
+    if max_side is not None and max(arr.shape) > max_side:
+        arr = _downscale(arr, max_side)
+    if not (arr.flags.writeable and arr.flags.c_contiguous):  # PIL hands out read-only views: callers may edit
+        arr = np.array(arr, order="C")
+    return arr, notes
+
+
+def _open_loaded(data: bytes, max_side: int | None) -> Image.Image:
+    im = Image.open(io.BytesIO(data))
+    if im.format == "JPEG":
+        # Let libjpeg emit luminance directly (skips colour conversion) and, when downscaling, use its DCT
+        # scaling: both make loading several times faster than decode-then-convert.
+        size = im.size
+        if max_side is not None and max(size) > max_side:
+            s = max_side / max(size)
+            size = (max(1, int(np.ceil(size[0] * s))), max(1, int(np.ceil(size[1] * s))))
+        im.draft("L", size)
+    im.load()
+    return im
+
+
+def _reason(e: Exception) -> str:
+    if isinstance(e, Image.UnidentifiedImageError):
+        return "not a recognised image format"
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
+def _exif_orientation(im: Image.Image, notes: list[str]) -> int | None:
+    try:
+        value = im.getexif().get(_EXIF_ORIENTATION)
+    except Exception:
+        notes.append("EXIF data unreadable: orientation not applied")
+        return None
+    if value is not None and value not in range(1, 9):
+        notes.append(f"EXIF orientation {value!r} is invalid: ignored")
+        return None
+    return value
+
+
+# EXIF orientation -> the numpy operation equal to ImageOps.exif_transpose (checked in the tests); done on the
+# final 2-D uint8 array because that is cheaper than transposing a colour or 16-bit image.
+_ORIENT = {
+    2: lambda a: a[:, ::-1],  # mirrored horizontally
+    3: lambda a: a[::-1, ::-1],  # rotated 180
+    4: lambda a: a[::-1, :],  # mirrored vertically
+    5: lambda a: a.T,  # transposed
+    6: lambda a: np.rot90(a, -1),  # stored rotated: turn 90 degrees clockwise
+    7: lambda a: a[::-1, ::-1].T,  # transverse
+    8: lambda a: np.rot90(a, 1),  # turn 90 degrees counter-clockwise
+}
+
+
+def _to_gray_u8(im: Image.Image, notes: list[str]) -> np.ndarray:
+    mode = im.mode
+    if mode == "L":
+        return np.asarray(im, dtype=np.uint8)
+    if mode in _HIGH_DEPTH_BITS or mode.startswith("I;"):
+        bits = _HIGH_DEPTH_BITS.get(mode, 16)
+        out, constant = _window(np.asarray(im if mode in _HIGH_DEPTH_BITS else im.convert("I")))
+        notes.append(f"{bits}-bit image {'is constant: mapped to 0' if constant else 'windowed to 8 bits'}")
+        return out
+    if mode in ("LA", "La", "PA", "RGBA", "RGBa") or (mode == "P" and "transparency" in im.info):
+        notes.append("alpha channel ignored")
+    # P, 1, RGB, RGBA, LA, CMYK, YCbCr, ...: PIL's L conversion is 601 luminance of the RGB values.
+    return np.asarray(im.convert("L"), dtype=np.uint8)
+
+
+def _window(a: np.ndarray) -> tuple[np.ndarray, bool]:
+    """Map high bit-depth values to 0..255 between robust percentiles; (array, whether it was constant)."""
+    a = np.nan_to_num(a.astype(np.float32, copy=False), nan=0.0, posinf=0.0, neginf=0.0)
+    step = max(1, int(np.sqrt(a.size / 250_000)))  # percentiles of a ~250k-pixel subsample: fast, same result
+    lo, hi = (float(v) for v in np.percentile(a[::step, ::step], _WINDOW_PERCENTILES))
+    if hi <= lo:  # almost all pixels equal: fall back to the full range
+        lo, hi = float(a.min()), float(a.max())
+    if hi <= lo:
+        return np.zeros(a.shape, np.uint8), True
+    out = (a - lo) * (255.0 / (hi - lo)) + 0.5
+    return np.clip(out, 0, 255).astype(np.uint8), False
+
+
+def _downscale(arr: np.ndarray, max_side: int) -> np.ndarray:
+    import cv2  # only needed when downscaling; keeps `import common.data` light
+
+    h, w = arr.shape
+    s = max_side / max(h, w)
+    size = (max(1, round(w * s)), max(1, round(h * s)))
+    return cv2.resize(arr, size, interpolation=cv2.INTER_AREA)

@@ -1,0 +1,92 @@
+"""Weights round-trip exactly and foreign checkpoints load with a report of what matched."""
+
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from common.errors import DataError
+from common.nn.model import ModelSpec, build_model
+from common.nn.weights import init_from_checkpoint, load_model, model_from_config, read_weights, save_weights
+
+SPEC = ModelSpec(width=0.125, depth=0.5)
+
+
+def _perturbed_model():
+    model = build_model(SPEC)
+    model.train()
+    with torch.no_grad():
+        model(torch.rand(2, 3, 64, 64))  # updates BatchNorm running statistics and counters
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 1e-3)
+    return model
+
+
+def test_round_trip_is_bit_exact(tmp_path):
+    model = _perturbed_model()
+    path = save_weights(model, SPEC, tmp_path / "w.safetensors", {"imgsz": 256})
+    loaded, spec, meta = load_model(path)
+    assert spec == SPEC and meta == {"imgsz": 256}
+    a, b = model.state_dict(), loaded.state_dict()
+    assert a.keys() == b.keys()
+    for k in a:
+        assert a[k].dtype == b[k].dtype, k  # num_batches_tracked stays an integer
+        assert torch.equal(a[k], b[k]), k
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_not_a_weights_file_names_the_file(tmp_path):
+    bad = tmp_path / "notes.safetensors"
+    bad.write_text("hello")
+    with pytest.raises(DataError, match="notes.safetensors"):
+        read_weights(bad)
+    with pytest.raises(DataError, match="not found"):
+        read_weights(tmp_path / "missing.safetensors")
+
+
+def test_foreign_pickled_model_loads_without_its_code(tmp_path, monkeypatch):
+    """A checkpoint pickled with code we do not have (like the YOLOv7 repo's models.yolo.Model)."""
+    pkg = tmp_path / "foreignrepo"
+    (pkg / "models").mkdir(parents=True)
+    (pkg / "models" / "__init__.py").write_text("")
+    (pkg / "models" / "yolo.py").write_text(textwrap.dedent("""
+        import torch.nn as nn
+        class Model(nn.Module):
+            def __init__(self, inner):
+                super().__init__()
+                self.model = inner.model
+    """))
+    monkeypatch.syspath_prepend(str(pkg))
+    import models.yolo  # noqa: F401  (the foreign code, importable only while saving)
+
+    source = _perturbed_model()
+    torch.save({"model": sys.modules["models.yolo"].Model(source).half(), "epoch": 299}, tmp_path / "yolov7.pt")
+    for name in [m for m in sys.modules if m == "models" or m.startswith("models.")]:
+        del sys.modules[name]
+    monkeypatch.syspath_prepend(str(tmp_path / "elsewhere"))
+    sys.path.remove(str(pkg))
+
+    target = build_model(SPEC)
+    report = init_from_checkpoint(target, tmp_path / "yolov7.pt")
+    assert not report.missing and not report.shape_mismatch
+    assert len(report.matched) == len(target.state_dict())
+    w = "model.0.conv.weight"
+    assert torch.equal(target.state_dict()[w], source.state_dict()[w].half().float())
+
+
+def test_shape_mismatch_and_missing_are_reported(tmp_path):
+    coco = build_model(ModelSpec(width=0.125, depth=0.5, names={i: str(i) for i in range(80)}))
+    torch.save(coco.state_dict(), tmp_path / "coco.pth")
+    model, _, report = model_from_config("yolov7-tiny", {0: "fracture"}, 0.125, 0.5, "batch", str(tmp_path / "coco.pth"))
+    assert report.shape_mismatch and all(".cv3." in k for k, _, _ in report.shape_mismatch)  # class outputs only
+    assert any(k.startswith("model.0.") for k in report.matched)
+    assert "tensors loaded" in report.summary()
+
+
+def test_same_spec_fracfl_file_loads_strictly(tmp_path):
+    model = _perturbed_model()
+    path = save_weights(model, SPEC, tmp_path / "w.safetensors")
+    again, _, report = model_from_config("yolov7-tiny", {0: "fracture"}, 0.125, 0.5, "batch", str(path))
+    assert len(report.matched) == len(model.state_dict()) and not report.missing
+    assert all(torch.equal(v, again.state_dict()[k]) for k, v in model.state_dict().items())
