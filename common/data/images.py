@@ -8,6 +8,7 @@ same HxW uint8 array with the orientation a viewer would show, so labels drawn o
 from __future__ import annotations
 
 import io
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -87,8 +88,21 @@ def decode_image(data: bytes, path: str | Path, *, max_side: int | None = None) 
     return arr, notes
 
 
+# Decoders tried, in PIL's names. Naming them keeps PIL away from plug-ins other packages register (Ultralytics
+# adds a HEIF opener that needs a module we do not install), so a non-image always reads "not a recognised format".
+_FORMATS = ("JPEG", "PNG", "BMP", "TIFF", "WEBP", "GIF")
+
+
+def _pil_open(fp: io.BytesIO) -> Image.Image:
+    """PIL's own `Image.open`: Ultralytics replaces it with one that tries to install a HEIF plug-in on failure."""
+    opener = Image.open
+    if opener.__module__.startswith("ultralytics"):
+        opener = sys.modules[opener.__module__]._image_open
+    return opener(fp, formats=_FORMATS)
+
+
 def _open_loaded(data: bytes, max_side: int | None) -> Image.Image:
-    im = Image.open(io.BytesIO(data))
+    im = _pil_open(io.BytesIO(data))
     if im.format == "JPEG":
         # Let libjpeg emit luminance directly (skips colour conversion) and, when downscaling, use its DCT
         # scaling: both make loading several times faster than decode-then-convert.
