@@ -24,6 +24,7 @@ def _apply() -> None:
     config = cache_dir() / "ultralytics"
     config.mkdir(parents=True, exist_ok=True)
     os.environ["YOLO_CONFIG_DIR"] = str(config)
+    os.environ.setdefault("MPLCONFIGDIR", str(cache_dir() / "matplotlib"))  # font cache, not in the home folder
 
 
 _apply()
