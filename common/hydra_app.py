@@ -27,6 +27,8 @@ def run_hydra(config_name: str, overrides: list[str], job: Callable[[DictConfig]
     sys.argv = [f"fracfl-{config_name}", *overrides]
     try:
         hydra.main(config_path=str(CONF_DIR), config_name=config_name, version_base="1.3")(task)()
+    except SystemExit as e:  # Hydra exits on a bad override after printing what is wrong
+        return int(e.code or 0)
     finally:
         sys.argv = argv
     return 2 if failed else 0
