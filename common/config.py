@@ -19,6 +19,9 @@ T = TypeVar("T")
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
+# `${first:${a},b}`: a unless it is null, else b (e.g. a resumed run keeps its own folder).
+OmegaConf.register_new_resolver("first", lambda a, b: b if a is None else a, replace=True)
+
 
 @dataclass
 class ModelConfig:
@@ -89,6 +92,13 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     imbalance: ImbalanceConfig = field(default_factory=ImbalanceConfig)
+
+
+@dataclass
+class LocalTrainConfig(TrainConfig):
+    """Site-side training in a federated run: `local_epochs` (or `max_steps`) of the shared engine per round."""
+
+    local_epochs: int = 1
 
 
 @dataclass

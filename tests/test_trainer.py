@@ -12,6 +12,7 @@ from common.engine.evaluate import evaluate_model
 from common.engine.trainer import TrainingDiverged, image_weights, train_local
 from common.errors import ConfigError
 from common.nn.model import ModelSpec, build_model, layer_parts
+from tests_support import toy_dataset
 
 NANO = ModelSpec(width=0.125, depth=0.5)
 FAST = TrainConfig(imgsz=128, batch_size=8, epochs=1, warmup_steps=0, device="cpu")
@@ -21,21 +22,22 @@ def _data(synth_data, split="train", augment=None):
     return DetectionDataset.from_data(synth_data, split, 128, augment=augment, cache=True)
 
 
-def test_training_fits_the_data(synth_data):
-    """Overfitting a few images is the minimal proof that loss, assignment and optimiser work together."""
+def test_training_fits_the_data(tmp_path):
+    """Fitting a few images end to end (loss, assignment, optimiser, NMS, mapping back, metrics) is the minimal
+    proof that the engine learns."""
     torch.manual_seed(0)
-    data = _data(synth_data)
-    data.images, data.labels, data.positive = data.images[:16], data.labels[:16], data.positive[:16]
+    data = DetectionDataset.from_data(toy_dataset(tmp_path, n=10, positives=10), "train", 64, cache=True)
     model = build_model(NANO)
-    cfg = EvalConfig(conf=0.1)
+    cfg = EvalConfig(conf=0.25)
     before = evaluate_model(model, data, cfg, torch.device("cpu"), progress=False)
-    first = train_local(model, data, TrainConfig(**{**FAST.__dict__, "max_steps": 2}), progress=False).metrics["loss"]
-    cfg_train = TrainConfig(**{**FAST.__dict__, "epochs": 40, "lr": 0.02, "optimizer": "adamw", "lr": 0.003})
-    last = train_local(model, data, cfg_train, progress=False).metrics["loss"]
+    plain = AugmentConfig(hflip=0, degrees=0, translate=0, scale=0, brightness=0, contrast=0, gamma=0, noise=0)
+    train = TrainConfig(imgsz=64, batch_size=8, epochs=150, optimizer="adamw", lr=0.004, warmup_steps=0,
+                        schedule="constant", grad_clip=None, device="cpu", augment=plain)
+    train_local(model, data, train, progress=False)
     after = evaluate_model(model, data, cfg, torch.device("cpu"), progress=False)
-    assert last < 0.6 * first
-    assert after.map50 > before.map50 + 0.1
-    assert after.roc_auc > 0.7
+    assert before.map50 < 0.05
+    assert after.map50 > 0.5
+    assert after.sensitivity > 0.5
 
 
 def test_same_seed_same_weights(synth_data):
@@ -91,14 +93,7 @@ class _PoissonLikeHook:
         self.steps = 0
 
     def wrap(self, model, optimizer, loader):
-        hook = self
-        step = optimizer.step
-
-        def counted(*a, **k):
-            hook.steps += 1
-            return step(*a, **k)
-
-        optimizer.step = counted
+        optimizer.register_step_post_hook(lambda *_: setattr(self, "steps", self.steps + 1))
         batches = list(loader)
         empty = {k: v[:0] for k, v in batches[0].items()}
         return model, optimizer, [batches[0], empty, batches[1]]

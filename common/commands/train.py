@@ -23,7 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "train",
         help="centralised training and validation (Hydra overrides, e.g. train.epochs=5 data.path=D)",
         description="Train on one dataset with the engine every site uses. Arguments are Hydra overrides of "
-        "conf/train.yaml, e.g. `experiment=demo`, `model=yolov7`, `train.epochs=5`, `data.path=/data/fracatlas`; "
+        "conf/train.yaml, e.g. `experiment=train_demo`, `model=yolov7`, `train.epochs=5`, `data.path=/data/fracatlas`; "
         "`--multirun` sweeps, `--cfg job` prints the composed config.",
     )
     p.add_argument("overrides", nargs=argparse.REMAINDER, help="Hydra overrides")

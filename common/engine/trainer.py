@@ -78,7 +78,7 @@ def _optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
             (no_decay if name == "bias" or is_norm else decay).append(p)
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0)
     if cfg.optimizer == "adamw":
         return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.momentum, 0.999))
     raise ConfigError(f"train.optimizer: expected sgd or adamw, got {cfg.optimizer!r}")
@@ -120,10 +120,12 @@ def train_local(
     progress: bool = True,
     description: str = "train",
     on_epoch_end: Callable[[int, dict[str, float]], None] | None = None,
+    proximal_mu: float = 0.0,
 ) -> TrainResult:
     """Train `model` in place on `data` and return its new weights (fp32 state dict) and training metrics.
 
     `on_epoch_end(epoch, metrics)` runs after each full epoch (e.g. validation); the model is left in train mode.
+    `proximal_mu` > 0 adds FedProx's term mu/2 * ||w - w_start||^2, pulling local weights towards the global model.
     """
     if privacy is not None and cfg.augment.mixes_images:
         raise ConfigError("train.augment.mosaic: mosaic mixes images, which breaks DP-SGD's per-image guarantee")
@@ -136,6 +138,7 @@ def train_local(
                               else np.ones(len(data)), dtype=torch.float32)
     optimizer = _optimizer(model, cfg)
     loader = _loader(data, cfg, seed)
+    anchors = [p.detach().clone() for p in model.parameters()] if proximal_mu > 0 else []
     net = model
     if privacy is not None:
         net, optimizer, loader = privacy.wrap(model, optimizer, loader)
@@ -166,6 +169,9 @@ def train_local(
                                                "lower train.lr or check the data")
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
+                    for p, p0 in zip(model.parameters() if anchors else (), anchors):
+                        if p.grad is not None:
+                            p.grad.add_(p.detach() - p0, alpha=proximal_mu)
                     if privacy is None and cfg.grad_clip:
                         nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
                     optimizer.step()

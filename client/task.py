@@ -1,0 +1,61 @@
+"""What a site does in a round, in plain torch: local training and local validation with the shared engine.
+
+Only weights and aggregate numbers leave this module; images, file names and per-image errors stay at the site.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+
+from common.config import to_typed
+from common.protocol import REPORTED, UNDEFINED, SiteJob
+from common.data.dataset import DetectionDataset
+from common.engine.device import select_device
+from common.engine.evaluate import evaluate_model
+from common.engine.trainer import train_local
+from common.nn.model import build_model
+
+@lru_cache(maxsize=8)
+def _dataset(data: str, split: str, imgsz: int, augment: str | None, seed: int) -> DetectionDataset:
+    """Datasets stay decoded in memory between rounds (simulated sites live in long-running workers)."""
+    from common.config import AugmentConfig
+
+    aug = to_typed(json.loads(augment), AugmentConfig) if augment else None
+    return DetectionDataset.from_data(data, split, imgsz, augment=aug, cache=True, seed=seed)
+
+
+def _model(job: SiteJob, state: dict[str, torch.Tensor]) -> torch.nn.Module:
+    model = build_model(job.spec)
+    model.load_state_dict(state, strict=True)
+    return model
+
+
+def train_site(data: Path, state: dict[str, torch.Tensor], job: SiteJob, server_round: int,
+               proximal_mu: float = 0.0) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+    """Local training for one round; returns new weights and metrics (with "num-examples" for weighting)."""
+    cfg = job.train
+    cfg.epochs = cfg.local_epochs
+    train = _dataset(str(data), "train", cfg.imgsz, json.dumps(asdict(cfg.augment)), job.seed)
+    model = _model(job, state)
+    result = train_local(model, train, cfg, seed=job.seed * 100_003 + server_round, progress=False,
+                         description=f"round {server_round}", proximal_mu=proximal_mu)
+    metrics = {k: float(result.metrics[k]) for k in ("loss", "box_loss", "cls_loss", "dfl_loss", "steps", "images_per_s")}
+    metrics["num-examples"] = float(len(train))
+    return result.state, metrics
+
+
+def evaluate_site(data: Path, state: dict[str, torch.Tensor], job: SiteJob) -> dict[str, float]:
+    """Validation metrics of the global model on the site's own validation split (aggregates only)."""
+    val = _dataset(str(data), "val", job.train.imgsz, None, job.seed)
+    report = evaluate_model(_model(job, state), val, job.eval, select_device(job.train.device), progress=False)
+    d = report.to_dict(curves=False)
+    out = {k: (float(d[k]) if d.get(k) is not None and math.isfinite(d[k]) else UNDEFINED) for k in REPORTED}
+    out["num-examples"] = float(len(val))
+    out["n-positive"] = float(report.n_positive)
+    return out

@@ -1,0 +1,63 @@
+"""The server's resume point: global weights, strategy state and the last completed round.
+
+Written after every round. The JSON pointer is replaced atomically last, so a server killed at any moment
+resumes from a complete round: never a half-written one, never a round twice.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from safetensors.numpy import load_file, save_file
+
+from common.errors import DataError
+
+STRATEGY_STATE = ("current_arrays", "m_t", "v_t")  # FedOpt family (FedAdam, FedYogi, ...) server optimiser state
+
+
+@dataclass
+class Checkpoint:
+    round: int
+    state: dict[str, np.ndarray]
+    strategy_state: dict[str, Any]
+
+
+def save_checkpoint(folder: Path, rnd: int, state: dict[str, np.ndarray], strategy: object) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    weights = folder / f"state-r{rnd:04d}.safetensors"
+    save_file({k: np.ascontiguousarray(v) for k, v in state.items()}, str(weights))
+    extra = {k: getattr(strategy, k) for k in STRATEGY_STATE if getattr(strategy, k, None) is not None}
+    (folder / f"strategy-r{rnd:04d}.pkl").write_bytes(pickle.dumps(extra))
+    tmp = folder / "checkpoint.json.tmp"
+    tmp.write_text(json.dumps({"round": rnd, "weights": weights.name, "strategy": f"strategy-r{rnd:04d}.pkl"}))
+    with open(tmp) as f:
+        os.fsync(f.fileno())
+    tmp.replace(folder / "checkpoint.json")
+    for old in folder.glob("*-r*.*"):
+        if f"-r{rnd:04d}." not in old.name:
+            old.unlink()
+
+
+def load_checkpoint(folder: Path) -> Checkpoint | None:
+    """The last completed round, or None when the run never finished one."""
+    pointer = folder / "checkpoint.json"
+    if not pointer.is_file():
+        return None
+    try:
+        meta = json.loads(pointer.read_text())
+        state = load_file(str(folder / meta["weights"]))
+        strategy_state = pickle.loads((folder / meta["strategy"]).read_bytes())  # written by this server only
+    except (OSError, ValueError, KeyError) as e:
+        raise DataError(pointer, f"unreadable checkpoint: {e}") from e
+    return Checkpoint(int(meta["round"]), state, strategy_state)
+
+
+def restore_strategy(strategy: object, saved: dict[str, Any]) -> None:
+    for k, v in saved.items():
+        setattr(strategy, k, v)

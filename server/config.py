@@ -1,0 +1,54 @@
+"""Typed configuration of a federated run, as the server reads it (Hydra groups `strategy/`, `federation/`,
+`tracking/` on top of the shared `model/`, `train/`, `augment/`, `eval/`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from common.config import EvalConfig, LocalTrainConfig, ModelConfig
+
+
+@dataclass
+class StrategyConfig:
+    name: str = "fedavg"  # fedavg | fedprox | fedadam | fedmedian | fedtrimmedavg | krum
+    params: dict[str, Any] = field(default_factory=dict)  # passed to the Flower strategy (e.g. proximal_mu, beta)
+
+
+@dataclass
+class FederationConfig:
+    sites: int = 3
+    rounds: int = 3
+    fraction_train: float = 1.0
+    min_sites: int = 2  # fewer connected sites than this and the round waits (deployment) or fails (simulation)
+    publish_every: int = 1  # publish to the registry every k rounds (and always after the last)
+    max_update_norm: float = 1000.0  # L2 norm bound of a site's weight change; larger updates are rejected
+    server_eval: bool = True  # evaluate each global model on the pooled validation set (simulation)
+    round_timeout: float = 3600.0
+    client_cpus: float = 1.0  # Ray resources per simulated site
+    client_gpus: float = 0.0
+    faults: dict[str, str] = field(default_factory=dict)  # simulations only: site -> nan | scale | shape
+
+
+@dataclass
+class TrackingConfig:
+    mode: str = "offline"  # offline | online | disabled
+    project: str = "fracfl"
+
+
+@dataclass
+class ServerJob:
+    """What the ServerApp needs for a run; simulations add their partition on top."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: LocalTrainConfig = field(default_factory=LocalTrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    strategy: StrategyConfig = field(default_factory=StrategyConfig)
+    federation: FederationConfig = field(default_factory=FederationConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    registry: str = "registry"
+    run_dir: str = "runs/federated"
+    run_id: str = ""
+    val_data: str | None = None  # pooled validation set for the server's own evaluation
+    seed: int = 0
+    progress: bool = True

@@ -1,0 +1,132 @@
+"""The federated round loop: send, screen, aggregate, evaluate, record, checkpoint, publish.
+
+Flower's `Strategy.start` runs rounds 1..N in one go; fracfl needs to resume at round k, to screen every update
+before the strategy sees it, and to publish each global model. So the loop is written here, and the strategy's
+own `configure_*`/`aggregate_*` methods do the federated-learning part. Flower types stay in this module.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Message
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Strategy
+
+from server.updates import aggregate_buffers, check_update, split_state
+
+log = logging.getLogger("fracfl.server")
+State = dict[str, np.ndarray]
+
+
+def to_record(state: State) -> ArrayRecord:
+    return ArrayRecord({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in state.items()})
+
+
+def from_record(record: ArrayRecord) -> State:
+    return {k: v.numpy() for k, v in record.to_torch_state_dict().items()}
+
+
+@dataclass
+class RoundResult:
+    round: int
+    state: State
+    records: list[dict[str, Any]] = field(default_factory=list)  # one per site and phase, for reports and cards
+
+
+@dataclass
+class _Reply:
+    site: str
+    status: str
+    examples: int
+    metrics: dict[str, float]
+    message: Message
+    state: State | None = None
+
+
+def _read(msg: Message, names: dict[int, str]) -> _Reply:
+    """Site name, status and numbers of a reply; error replies become a 'failed' status."""
+    node = msg.metadata.src_node_id
+    if msg.has_error():
+        return _Reply(names.get(node, f"node-{node}"), f"failed: {msg.error.reason}", 0, {}, msg)
+    site = msg.content.get("site") or ConfigRecord({})
+    name = str(site.get("name", names.get(node, f"node-{node}")))
+    names[node] = name
+    metrics = {k: float(v) for k, v in (msg.content.get("metrics") or {}).items()}
+    return _Reply(name, str(site.get("status", "ok")), int(metrics.pop("num-examples", 0)), metrics, msg)
+
+
+def _record(rnd: int, phase: str, r: _Reply) -> dict[str, Any]:
+    metrics = {k: (None if v == -1.0 else v) for k, v in r.metrics.items()}
+    return {"round": rnd, "site": r.site, "phase": phase, "examples": r.examples, "status": r.status, "metrics": metrics}
+
+
+def _send(grid: Grid, messages: Iterable[Message], state: State, timeout: float) -> list[Message]:
+    """Every site receives the full global state (parameters and buffers), whatever the strategy put in."""
+    messages = list(messages)
+    for m in messages:
+        m.content["arrays"] = to_record(state)
+    return list(grid.send_and_receive(messages, timeout=timeout)) if messages else []
+
+
+def run_round(
+    grid: Grid,
+    strategy: Strategy,
+    rnd: int,
+    state: State,
+    config: dict[str, Any],
+    names: dict[int, str],
+    *,
+    max_update_norm: float,
+    timeout: float,
+    server_eval: Callable[[State], dict[str, float] | None] | None = None,
+) -> RoundResult:
+    """One round: local training, screening, aggregation, site evaluation and the server's own evaluation."""
+    params, _ = split_state(state)
+    replies = [_read(m, names) for m in _send(grid, strategy.configure_train(rnd, to_record(params), ConfigRecord(config), grid), state, timeout)]
+    result = RoundResult(rnd, state)
+    accepted: list[_Reply] = []
+    for r in replies:
+        if r.status == "ok":
+            r.state = from_record(r.message.content["arrays"])
+            reason = check_update(r.state, state, max_update_norm)
+            if reason is not None:
+                r.status = f"rejected: {reason}"
+                log.warning("round %d: update from site %s rejected: %s", rnd, r.site, reason)
+            else:
+                accepted.append(r)
+        elif r.status != "ok":
+            log.warning("round %d: site %s did not train: %s", rnd, r.site, r.status)
+        result.records.append(_record(rnd, "train", r))
+
+    if accepted:
+        for r in accepted:  # the strategy aggregates trainable parameters; buffers are combined below
+            r.message.content["arrays"] = to_record(split_state(r.state)[0])
+        agg, _ = strategy.aggregate_train(rnd, [r.message for r in accepted])
+        if agg is not None:
+            new_params = {k: v.astype(state[k].dtype) for k, v in from_record(agg).items()}
+            buffers = aggregate_buffers([r.state for r in accepted], [max(r.examples, 1) for r in accepted])
+            result.state = {k: new_params.get(k, buffers.get(k)) for k in state}
+    else:
+        log.warning("round %d: no update accepted; the global model is unchanged", rnd)
+
+    evals = _send(grid, strategy.configure_evaluate(rnd, to_record(split_state(result.state)[0]), ConfigRecord(config), grid),
+                  result.state, timeout)
+    result.records += [_record(rnd, "evaluate", _read(m, names)) for m in evals]
+    if server_eval is not None:
+        pooled = server_eval(result.state)
+        if pooled is not None:
+            result.records.append(server_record(rnd, pooled))
+    return result
+
+
+def server_record(rnd: int, metrics: dict[str, float]) -> dict[str, Any]:
+    examples = int(metrics.pop("num-examples", 0))
+    return {"round": rnd, "site": "pooled", "phase": "server", "examples": examples, "status": "ok",
+            "metrics": {k: (None if v == -1.0 else v) for k, v in metrics.items()}}

@@ -1,0 +1,136 @@
+"""card.md: the model card as a page a governance board or a site's clinical lead can read without tooling."""
+
+from __future__ import annotations
+
+from typing import Any
+
+# Known metrics: label and a plain-language meaning. Others are shown under their own names.
+METRICS = {
+    "map50": ("mAP@0.5", "box quality: how well drawn boxes match the radiologists' boxes (loose overlap)"),
+    "map50_95": ("mAP@0.5:0.95", "box quality with strict overlap, averaged over thresholds"),
+    "sensitivity": ("Sensitivity", "share of radiographs with a fracture that the model flags"),
+    "specificity": ("Specificity", "share of radiographs without a fracture that the model leaves unflagged"),
+    "roc_auc": ("ROC AUC", "how well its image-level score separates fractured from normal radiographs"),
+    "precision": ("Precision", "share of drawn boxes that are real fractures"),
+    "recall": ("Recall", "share of real fracture boxes that the model draws"),
+    "f1": ("F1", "balance of precision and recall"),
+    "loss": ("Loss", "training objective (lower is better)"),
+    "n_images": ("Images", "radiographs evaluated"),
+}
+_ORDER = list(METRICS)
+
+
+def _fmt(value: Any, metric: bool = False) -> str:
+    """Metrics with three decimals; configuration values and descriptors as written (`0.5`, `1e-05`)."""
+    if value is None:
+        return "n/a"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, float):
+        if not metric:
+            return f"{value:g}"
+        return f"{value:.3f}" if abs(value) >= 1e-3 or value == 0 else f"{value:.2e}"
+    if isinstance(value, list):
+        return ", ".join(_fmt(v) for v in value)
+    if isinstance(value, dict):
+        return "; ".join(f"{k} {_fmt(v)}" for k, v in value.items())
+    return str(value)
+
+
+def _cell(value: Any, metric: bool = False) -> str:
+    return _fmt(value, metric).replace("|", "\\|").replace("\n", " ")
+
+
+def _label(key: str) -> str:
+    return METRICS.get(key, (key, ""))[0]
+
+
+def _metric_keys(dicts: list[dict[str, Any]]) -> list[str]:
+    keys = {k for d in dicts for k in d}
+    return [k for k in _ORDER if k in keys] + sorted(keys - set(_ORDER))
+
+
+def _table(header: list[str], rows: list[list[Any]], metric: bool = False) -> list[str]:
+    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    out += ["| " + " | ".join(_cell(c, metric) for c in row) + " |" for row in rows]
+    return out
+
+
+def _params(params: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={_fmt(v)}" for k, v in params.items()) or "defaults"
+
+
+def render_markdown(card: dict[str, Any]) -> str:
+    """The page for one version; deterministic for a given card (card.json is the source of truth)."""
+    model, strategy, metrics = card["model"], card["strategy"], card["metrics"]
+    lines = [f"# Fracture detection model {card['version']} (round {card['round']})", ""]
+    parent = f"builds on {card['parent']}" if card.get("parent") else "first version of this run"
+    lines += [f"Published {card['created']} by federated run `{card['run_id']}`, round {card['round']}; {parent}."]
+    if card.get("updated"):
+        lines += [f"Card last updated {card['updated']} (the weights are unchanged)."]
+    lines += ["", "## What this model is", "",
+              f"A detector that draws boxes around suspected fractures on radiographs: {model['description']}. "
+              "It was trained by federated learning: each site trained on its own images and sent only model "
+              "updates; no images left a site.", ""]
+    facts = [["Architecture", f"{model['arch']} (width {_fmt(model['width'])}, depth {_fmt(model['depth'])})"],
+             ["Classes", ", ".join(model["classes"])],
+             ["Normalisation", model["norm"]]]
+    if model.get("parameters") is not None:
+        facts.append(["Parameters", f"{model['parameters'] / 1e6:.2f} M"])
+    facts += [["Aggregation strategy", f"{strategy['name']} ({_params(strategy['params'])})"],
+              ["Configuration hash", f"`{card['config_hash']}`" if card.get("config_hash") else "not recorded"]]
+    lines += _table(["", ""], facts)
+
+    lines += ["", "## Participating sites", ""]
+    sites = card["sites"]
+    if sites:
+        keys = _metric_keys([s["metrics"] for s in sites])
+        rows = [[s["name"], s["examples"], s["status"]] + [s["metrics"].get(k) for k in keys] for s in sites]
+        lines += ["Each site's own figures from its local training in this round.", ""]
+        lines += _table(["Site", "Examples", "Status"] + [_label(k) for k in keys], rows, metric=True)
+        trained = sum(s["status"] == "trained" for s in sites)
+        lines += ["", f"{trained} of {len(sites)} sites contributed to this version; "
+                      f"{sum(s['examples'] for s in sites if s['status'] == 'trained'):,} training examples in all."]
+    else:
+        lines += ["No sites recorded."]
+
+    lines += ["", "## Validation metrics", ""]
+    pooled = metrics["pooled"]
+    if pooled:
+        lines += ["Measured on the sites' validation images pooled together.", ""]
+        lines += _table(["Metric", "Value", "What it means"],
+                        [[_label(k), pooled[k], METRICS.get(k, ("", ""))[1]] for k in _metric_keys([pooled])],
+                        metric=True)
+    else:
+        lines += ["No pooled validation metrics recorded."]
+    per_site = metrics["per_site"]
+    if per_site:
+        keys = _metric_keys(list(per_site.values()))
+        lines += ["", "### Per site", ""]
+        lines += _table(["Site"] + [_label(k) for k in keys],
+                        [[s] + [m.get(k) for k in keys] for s, m in per_site.items()], metric=True)
+
+    lines += ["", "## Privacy", ""]
+    privacy = card.get("privacy")
+    if privacy is None:
+        lines += ["Not recorded for this run."]
+    else:
+        lines += _table(["Figure", "Value"], [[k, v] for k, v in privacy.items()])
+
+    lines += ["", "## Edge exports", ""]
+    exports = card.get("exports") or []
+    if not exports:
+        lines += ["None yet."]
+    else:
+        keys = list(dict.fromkeys(k for e in exports for k in e))
+        lines += _table(keys, [[e.get(k) for k in keys] for e in exports])
+
+    lines += ["", "## Content hashes", "",
+              "SHA-256 of the files in this version; `fracfl registry verify` recomputes them.", ""]
+    lines += _table(["File", "SHA-256"], [[f, f"`{h}`"] for f, h in sorted(card["hashes"].items())])
+    lines += ["", "---", "",
+              "This card holds no patient data: only site names, example counts, statuses and aggregate numeric "
+              "metrics.", ""]
+    return "\n".join(lines)

@@ -1,0 +1,163 @@
+"""A whole federated run on the server side: initial model, rounds, records, checkpoints, publishing, tracking.
+
+`run_federation` is what the ServerApp calls, in a simulation and in a deployment alike. A run folder holds the
+job, the round records (JSON Lines), the checkpoint and the tracking files; published models go to the registry.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from flwr.serverapp import Grid
+
+from common.data.dataset import DetectionDataset
+from common.engine.device import select_device
+from common.engine.evaluate import evaluate_model
+from common.nn.model import ModelSpec, build_model
+from common.nn.weights import model_from_config
+from common.protocol import REPORTED, UNDEFINED, SiteJob
+from server.checkpoint import load_checkpoint, restore_strategy, save_checkpoint
+from server.config import ServerJob
+from server.loop import RoundResult, run_round, server_record
+from server.registry import Registry, describe_model
+from server.strategies import build_strategy
+from server.tracking import make_tracker
+from simulations.report import append_records, read_records, write_report
+
+log = logging.getLogger("fracfl.server")
+
+
+def config_hash(job: ServerJob) -> str:
+    """Hash of everything that defines the run's maths (not paths or progress bars)."""
+    d = asdict(job)
+    for k in ("run_dir", "progress", "registry", "val_data", "sites_manifest", "tracking"):
+        d.pop(k, None)
+    return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _model_from_state(spec: ModelSpec, state: dict[str, np.ndarray]) -> torch.nn.Module:
+    model = build_model(spec)
+    model.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()}, strict=True)
+    return model
+
+
+def _pooled_evaluator(job: ServerJob, spec: ModelSpec):
+    """The server's own evaluation of each global model on the pooled validation set (simulations only)."""
+    if not (job.federation.server_eval and job.val_data):
+        return None
+    data = DetectionDataset.from_data(job.val_data, "val", job.train.imgsz, cache=True)
+    device = select_device(job.train.device)
+
+    def evaluate(state: dict[str, np.ndarray]) -> dict[str, float]:
+        d = evaluate_model(_model_from_state(spec, state), data, job.eval, device, progress=False).to_dict(curves=False)
+        out = {k: (float(d[k]) if d.get(k) is not None and np.isfinite(d[k]) else UNDEFINED) for k in REPORTED}
+        out["num-examples"] = float(len(data))
+        return out
+
+    return evaluate
+
+
+def _card(job: ServerJob, spec: ModelSpec, result: RoundResult, chash: str) -> dict[str, Any]:
+    train = {r["site"]: r for r in result.records if r["phase"] == "train"}
+    evals = {r["site"]: r for r in result.records if r["phase"] == "evaluate"}
+    pooled = next((r["metrics"] for r in result.records if r["phase"] == "server"), None)
+    sites = [{"name": s, "examples": r["examples"], "status": "trained" if r["status"] == "ok" else r["status"],
+              "metrics": evals.get(s, {}).get("metrics", {})}
+             for s, r in sorted(train.items())]
+    return {
+        "run_id": job.run_id, "round": result.round,
+        "strategy": {"name": job.strategy.name, "params": dict(job.strategy.params)}, "config_hash": chash,
+        "model": {"arch": spec.arch, "width": spec.width, "depth": spec.depth, "norm": spec.norm,
+                  "description": describe_model(spec.arch)},
+        "sites": sites,
+        "metrics": {"pooled": pooled, "per_site": {s: r["metrics"] for s, r in sorted(evals.items())}},
+        "privacy": None, "exports": [],
+    }
+
+
+def run_federation(grid: Grid, job: ServerJob, sites_manifest: str | None = None) -> dict[str, Any]:
+    """Run (or resume) the job's rounds; returns a summary with the last published version."""
+    run_dir = Path(job.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    m = job.model
+    model, spec, _ = model_from_config(m.arch, m.names, m.width, m.depth, m.norm, m.init)
+    state = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
+    strategy = build_strategy(job.strategy, job.federation)
+    registry = Registry(Path(job.registry))
+    records_path = run_dir / "records.jsonl"
+    chash = config_hash(job)
+
+    start = 1
+    ckpt = load_checkpoint(run_dir / "checkpoint")
+    if ckpt is not None:
+        state, start = ckpt.state, ckpt.round + 1
+        restore_strategy(strategy, ckpt.strategy_state)
+        kept = [r for r in read_records(records_path) if r["round"] <= ckpt.round]
+        records_path.write_text("")
+        append_records(records_path, kept)  # drop records of a round that never completed
+        log.info("resuming run %s after round %d", job.run_id, ckpt.round)
+        _publish_missing(registry, job, spec, ckpt.round, state, kept, chash)
+
+    evaluate = _pooled_evaluator(job, spec)
+    if start == 1 and evaluate is not None:
+        append_records(records_path, [server_record(0, evaluate(state))])
+
+    site_job = SiteJob(model=spec.to_dict(), train=job.train, eval=job.eval, seed=job.seed)
+    config: dict[str, Any] = {"job": site_job.to_json()}
+    if sites_manifest:
+        config["sites-manifest"] = sites_manifest
+        config["faults"] = json.dumps(dict(job.federation.faults))
+    names: dict[int, str] = {}
+    with make_tracker(job.tracking.mode, run_dir, job.tracking.project, job.run_id, asdict(job)) as tracker:
+        for rnd in range(start, job.federation.rounds + 1):
+            log.info("round %d/%d", rnd, job.federation.rounds)
+            result = run_round(grid, strategy, rnd, state, config, names, max_update_norm=job.federation.max_update_norm,
+                               timeout=job.federation.round_timeout, server_eval=evaluate)
+            state = result.state
+            append_records(records_path, result.records)
+            save_checkpoint(run_dir / "checkpoint", rnd, state, strategy)
+            if rnd % job.federation.publish_every == 0 or rnd == job.federation.rounds:
+                pub = registry.publish(_model_from_state(spec, state), spec, _card(job, spec, result, chash),
+                                       {"imgsz": job.train.imgsz, "run_id": job.run_id, "round": rnd})
+                log.info("round %d published as %s", rnd, pub.version)
+            tracker.log(rnd, _flat_metrics(result.records))
+    records = read_records(records_path)
+    files = write_report(records, run_dir / "report", f"fracfl run {job.run_id}", _summary(job, chash))
+    latest = registry.latest(job.run_id)
+    summary = {"run_id": job.run_id, "run_dir": str(run_dir), "rounds": job.federation.rounds,
+               "latest": latest.version if latest else None, "report": str(files.get("summary_md", ""))}
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+    return summary
+
+
+def _publish_missing(registry: Registry, job: ServerJob, spec: ModelSpec, rnd: int, state, records, chash: str) -> None:
+    """A server killed between checkpoint and publish: publish that round now, once."""
+    due = rnd % job.federation.publish_every == 0 or rnd == job.federation.rounds
+    latest = registry.latest(job.run_id)
+    if due and (latest is None or latest.card["round"] < rnd):
+        result = RoundResult(rnd, state, [r for r in records if r["round"] == rnd])
+        registry.publish(_model_from_state(spec, state), spec, _card(job, spec, result, chash),
+                         {"imgsz": job.train.imgsz, "run_id": job.run_id, "round": rnd})
+
+
+def _flat_metrics(records: list[dict]) -> dict[str, float]:
+    """`phase/site/metric` numbers for tracking: site names and numbers only, never paths or patient data."""
+    out = {}
+    for r in records:
+        for k, v in r["metrics"].items():
+            if isinstance(v, (int, float)) and v is not None:
+                out[f"{r['phase']}/{r['site']}/{k}"] = float(v)
+    return out
+
+
+def _summary(job: ServerJob, chash: str) -> dict[str, object]:
+    return {"strategy": job.strategy.name, "rounds": job.federation.rounds, "sites": job.federation.sites,
+            "local epochs": job.train.local_epochs, "image size": job.train.imgsz, "model": job.model.arch,
+            "config hash": chash}

@@ -1,0 +1,36 @@
+"""Flower strategies by name, configured for fracfl's replies ("num-examples" weights, site metrics)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flwr.serverapp.strategy import FedAdam, FedAvg, FedMedian, FedProx, FedTrimmedAvg, Krum, Strategy
+
+from common.errors import ConfigError
+from server.config import FederationConfig, StrategyConfig
+
+STRATEGIES: dict[str, type[Strategy]] = {
+    "fedavg": FedAvg,
+    "fedprox": FedProx,
+    "fedadam": FedAdam,
+    "fedmedian": FedMedian,
+    "fedtrimmedavg": FedTrimmedAvg,
+    "krum": Krum,
+}
+
+
+def build_strategy(cfg: StrategyConfig, fed: FederationConfig) -> Strategy:
+    """The named Flower strategy with the federation's sampling settings and the strategy's own parameters."""
+    if cfg.name not in STRATEGIES:
+        raise ConfigError(f"strategy.name: unknown strategy {cfg.name!r}; choose one of {sorted(STRATEGIES)}")
+    common: dict[str, Any] = {
+        "fraction_train": fed.fraction_train,
+        "fraction_evaluate": 1.0,
+        "min_train_nodes": fed.min_sites,
+        "min_evaluate_nodes": fed.min_sites,
+        "min_available_nodes": fed.min_sites,
+    }
+    try:
+        return STRATEGIES[cfg.name](**common, **dict(cfg.params))
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"strategy.params: {cfg.name} rejects {dict(cfg.params)}: {e}") from e

@@ -1,0 +1,67 @@
+"""Checking and combining site updates in plain numpy, before and beside the Flower strategy.
+
+Every returned update is checked (keys, shapes, dtypes, finite values, size of the change) so one bad site cannot
+poison the global model. Normalisation statistics and integer counters are not trainable: they are combined here
+(example-weighted mean for statistics, maximum for counters, dtype kept) instead of going through a server
+optimiser such as FedAdam, which could turn a variance negative or an integer into a float.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+State = dict[str, np.ndarray]
+BUFFER_SUFFIXES = ("running_mean", "running_var", "num_batches_tracked")
+
+
+def is_buffer(name: str) -> bool:
+    return name.rsplit(".", 1)[-1] in BUFFER_SUFFIXES
+
+
+def split_state(state: Mapping[str, np.ndarray]) -> tuple[State, State]:
+    """(trainable parameters, buffers) of a flat state."""
+    params = {k: v for k, v in state.items() if not is_buffer(k)}
+    buffers = {k: v for k, v in state.items() if is_buffer(k)}
+    return params, buffers
+
+
+def check_update(state: Mapping[str, np.ndarray], reference: Mapping[str, np.ndarray], max_norm: float) -> str | None:
+    """Why `state` must not be aggregated, or None when it is fine. Cheap checks first."""
+    missing, extra = set(reference) - set(state), set(state) - set(reference)
+    if missing or extra:
+        show = lambda s: ", ".join(sorted(s)[:3]) + (" ..." if len(s) > 3 else "")  # noqa: E731
+        return f"wrong keys (missing: {show(missing) or '-'}; unexpected: {show(extra) or '-'})"
+    sq = 0.0
+    for k, ref in reference.items():
+        v = state[k]
+        if v.shape != ref.shape:
+            return f"wrong shape for {k}: {v.shape}, expected {ref.shape}"
+        if np.issubdtype(v.dtype, np.floating) != np.issubdtype(ref.dtype, np.floating):
+            return f"wrong dtype for {k}: {v.dtype}, expected {ref.dtype}"
+        if np.issubdtype(v.dtype, np.floating):
+            if not np.isfinite(v).all():
+                return f"non-finite values in {k}"
+            if not is_buffer(k):
+                sq += float(np.square(v.astype(np.float64) - ref).sum())
+    norm = sq**0.5
+    if norm > max_norm:
+        return f"update norm {norm:.3g} exceeds the bound {max_norm:.3g} (federation.max_update_norm)"
+    return None
+
+
+def aggregate_buffers(states: Sequence[Mapping[str, np.ndarray]], weights: Sequence[float]) -> State:
+    """Example-weighted mean of float buffers, maximum of integer counters; dtypes preserved."""
+    w = np.asarray(weights, dtype=np.float64)
+    w = w / w.sum()
+    out: State = {}
+    for k in states[0]:
+        if not is_buffer(k):
+            continue
+        stack = np.stack([s[k] for s in states])
+        if np.issubdtype(stack.dtype, np.floating):
+            out[k] = np.asarray(np.tensordot(w, stack.astype(np.float64), axes=1), dtype=stack.dtype)
+        else:
+            out[k] = np.asarray(stack.max(axis=0))
+    return out

@@ -1,0 +1,76 @@
+"""`fracfl simulate`: build the simulated sites, then run the real ServerApp and ClientApp on Flower's simulation
+engine (Ray backend) with explicit per-site CPU/GPU resources."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import asdict
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from common.data.spec import load_spec
+from common.errors import FracflError
+from simulations.config import SimulationJob
+from simulations.partition import make_sites
+
+log = logging.getLogger("fracfl.simulate")
+
+
+class SimulationFailed(FracflError):
+    """The simulation engine ended without the server finishing its rounds."""
+
+
+def prepare_sites(job: SimulationJob, run_dir: Path) -> tuple[Path, Path]:
+    """Partition once per run folder; returns (site manifest, pooled validation list). Reused on resume."""
+    manifest, pooled = run_dir / "sites.json", run_dir / "pooled_val.txt"
+    if manifest.is_file() and pooled.is_file():
+        return manifest, pooled
+    sites = make_sites(job.partition, run_dir / "data", progress=job.progress)
+    manifest.write_text(json.dumps([{"name": s.name, "data": str(s.data_yaml)} for s in sites], indent=1))
+    images = [str(p) for s in sites for p in load_spec(s.data_yaml).images("val")]
+    pooled.write_text("\n".join(images) + "\n")
+    (run_dir / "pooled_val.yaml").write_text(f"val: {pooled.name}\nnames: {{0: fracture}}\n")
+    return manifest, pooled
+
+
+def run_simulation_job(job: SimulationJob, run_dir: Path) -> dict:
+    """Run (or resume) a simulation whose job file and data live in `run_dir`."""
+    from flwr.simulation import run_simulation
+
+    from client.client_app import app as client_app
+    from server.server_app import app as server_app
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    manifest, _ = prepare_sites(job, run_dir)
+    n_sites = len(json.loads(manifest.read_text()))
+    job.sites_manifest, job.val_data, job.run_dir = str(manifest), str(run_dir / "pooled_val.yaml"), str(run_dir)
+    job_file = run_dir / "job.yaml"
+    OmegaConf.save(OmegaConf.structured(job), job_file)
+    summary_file = run_dir / "summary.json"
+    summary_file.unlink(missing_ok=True)
+    os.environ["FRACFL_JOB"] = str(job_file)
+    fed = job.federation
+    backend = {"client_resources": {"num_cpus": fed.client_cpus, "num_gpus": fed.client_gpus},
+               "init_args": {"include_dashboard": False, "num_cpus": os.cpu_count() or 1}}
+    log.info("simulating %d sites for %d rounds (%s) in %s", n_sites, fed.rounds, job.strategy.name, run_dir)
+    run_simulation(server_app=server_app, client_app=client_app, num_supernodes=n_sites, backend_config=backend)
+    if not summary_file.is_file():
+        raise SimulationFailed(f"the server did not finish; see {run_dir / 'simulate.log'} and the output above")
+    return json.loads(summary_file.read_text())
+
+
+def load_resumed(run_dir: Path) -> SimulationJob:
+    """The job of an earlier run, to continue it after its last completed round."""
+    from common.config import to_typed
+
+    job_file = run_dir / "job.yaml"
+    if not job_file.is_file():
+        raise SimulationFailed(f"resume={run_dir}: no job.yaml there; is it a fracfl simulate run folder?")
+    return to_typed(OmegaConf.load(job_file), SimulationJob)
+
+
+def job_dict(job: SimulationJob) -> dict:
+    return asdict(job)

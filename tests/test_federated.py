@@ -1,0 +1,93 @@
+"""Federated runs through Flower's real simulation engine (Ray backend): learning, screening, kill and resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from common.cli import main
+from tests_support import toy_dataset
+
+pytestmark = pytest.mark.slow
+
+BASE = [
+    "model=yolov7_nano", "partition=iid", "federation.sites=3", "federation.min_sites=3", "tracking=disabled",
+    "train.imgsz=64", "train.batch_size=8", "train.optimizer=adamw", "train.lr=0.004", "train.grad_clip=null",
+    "augment=none", "progress=false",
+]
+
+
+def _records(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "records.jsonl").read_text().splitlines() if line.strip()]
+
+
+def _pooled(records: list[dict], rnd: int) -> dict:
+    return next(r["metrics"] for r in records if r["phase"] == "server" and r["round"] == rnd)
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory) -> Path:
+    return toy_dataset(tmp_path_factory.mktemp("toy"), n=30, positives=24)
+
+
+def test_three_sites_learn_and_publish(toy, tmp_path):
+    run = tmp_path / "run"
+    assert main(["simulate", *BASE, f"partition.source={toy}", "federation.rounds=3", "train.local_epochs=50",
+                 f"run_dir={run}"]) == 0
+    records = _records(run)
+    assert {r["round"] for r in records} == {0, 1, 2, 3}
+    trained = [r for r in records if r["phase"] == "train"]
+    assert len(trained) == 9 and all(r["status"] == "ok" for r in trained)
+    assert {r["site"] for r in trained} == {"site_0", "site_1", "site_2"}
+    before, after = _pooled(records, 0), _pooled(records, 3)
+    assert after["map50"] > before["map50"] + 0.2  # the published global model is better than the initial one
+    cards = sorted((run / "registry").glob("v*/card.json"))
+    assert [json.loads(c.read_text())["round"] for c in cards] == [1, 2, 3]
+    card = json.loads(cards[-1].read_text())
+    assert card["metrics"]["pooled"]["map50"] == pytest.approx(after["map50"])
+    assert {s["name"] for s in card["sites"]} == {"site_0", "site_1", "site_2"}
+    assert (run / "report" / "summary.md").is_file() and (run / "report" / "curves.png").is_file()
+
+
+@pytest.mark.parametrize("fault,reason", [("nan", "non-finite"), ("shape", "wrong shape")])
+def test_broken_update_is_rejected_and_round_completes(toy, tmp_path, fault, reason):
+    run = tmp_path / "run"
+    assert main(["simulate", *BASE, f"partition.source={toy}", "federation.rounds=1", "train.local_epochs=2",
+                 f"+federation.faults={{site_1: {fault}}}", f"run_dir={run}"]) == 0
+    train = {r["site"]: r for r in _records(run) if r["phase"] == "train"}
+    assert train["site_1"]["status"].startswith("rejected:") and reason in train["site_1"]["status"]
+    assert train["site_0"]["status"] == "ok" and train["site_2"]["status"] == "ok"
+    card = json.loads(next((run / "registry").glob("v*/card.json")).read_text())
+    assert next(s for s in card["sites"] if s["name"] == "site_1")["status"].startswith("rejected")
+
+
+def test_killed_server_resumes_without_repeating_or_losing_a_round(toy, tmp_path):
+    run = tmp_path / "run"
+    args = [sys.executable, "-m", "common.cli", "simulate", *BASE, f"partition.source={toy}", "federation.rounds=3",
+            "train.local_epochs=1", f"run_dir={run}"]
+    proc = subprocess.Popen(args, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    pointer = run / "checkpoint" / "checkpoint.json"
+    deadline = time.time() + 300
+    while time.time() < deadline and not (pointer.is_file() and json.loads(pointer.read_text())["round"] >= 1):
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)  # the server and its Ray workers die mid-run
+    proc.wait()
+    done = json.loads(pointer.read_text())["round"]
+    assert done < 3, "the run finished before it could be killed"
+
+    assert main(["simulate", f"resume={run}"]) == 0
+    records = _records(run)
+    rounds = [r["round"] for r in records if r["phase"] == "server"]
+    assert rounds == [0, 1, 2, 3]  # each round once, in order
+    trained = [(r["round"], r["site"]) for r in records if r["phase"] == "train"]
+    assert len(trained) == len(set(trained)) == 9
+    cards = [json.loads(c.read_text()) for c in sorted((run / "registry").glob("v*/card.json"))]
+    assert [c["round"] for c in cards] == [1, 2, 3]
+    assert [c["parent"] for c in cards][1:] == [cards[0]["version"], cards[1]["version"]]
