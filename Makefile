@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/fracfl train experiment=train_demo run_dir=runs/demo
+	$(BIN)/fracfl simulate experiment=demo run_dir=runs/demo
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -12,7 +12,7 @@ from common.config import CONF_DIR
 from common.errors import FracflError
 
 
-def run_hydra(config_name: str, overrides: list[str], job: Callable[[DictConfig], None]) -> int:
+def run_hydra(config_name: str, overrides: list[str], job: Callable[[DictConfig], None], command: str | None = None) -> int:
     """Compose `conf/<config_name>.yaml` with `overrides` and run `job`; user errors exit 2 with one line."""
     failed: list[FracflError] = []
 
@@ -21,7 +21,7 @@ def run_hydra(config_name: str, overrides: list[str], job: Callable[[DictConfig]
             job(cfg)
         except FracflError as e:
             failed.append(e)
-            print(f"fracfl {config_name}: error: {e}", file=sys.stderr)
+            print(f"fracfl {command or config_name}: error: {e}", file=sys.stderr)
 
     argv = sys.argv
     sys.argv = [f"fracfl-{config_name}", *overrides]

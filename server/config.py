@@ -20,6 +20,7 @@ class FederationConfig:
     sites: int = 3
     rounds: int = 3
     fraction_train: float = 1.0
+    fraction_evaluate: float = 1.0  # 0 skips the sites' local validation
     min_sites: int = 2  # fewer connected sites than this and the round waits (deployment) or fails (simulation)
     publish_every: int = 1  # publish to the registry every k rounds (and always after the last)
     max_update_norm: float = 1000.0  # L2 norm bound of a site's weight change; larger updates are rejected
@@ -27,7 +28,7 @@ class FederationConfig:
     round_timeout: float = 3600.0
     client_cpus: float = 1.0  # Ray resources per simulated site
     client_gpus: float = 0.0
-    faults: dict[str, str] = field(default_factory=dict)  # simulations only: site -> nan | scale | shape
+    faults: dict[str, str] | None = None  # simulations only: site -> nan | scale | shape
 
 
 @dataclass

@@ -31,7 +31,15 @@ def load_job(run_config: dict[str, Any], job_file: str | None = None) -> tuple[S
         manifest = cfg.get("sites_manifest")
     else:
         cfg = compose(shlex.split(str(run_config.get("overrides", ""))))
+        OmegaConf.resolve(cfg)
         manifest = None
+        if run_config.get("simulate"):  # `flwr run .` on a local simulation: build the sites as `fracfl simulate` does
+            from simulations.config import SimulationJob
+            from simulations.runner import prepare_sites
+
+            sim = to_typed(cfg, SimulationJob)
+            manifest_path, _ = prepare_sites(sim, Path(sim.run_dir))
+            manifest, cfg.val_data = str(manifest_path), str(Path(sim.run_dir) / "pooled_val.yaml")
     if not cfg.get("run_id"):
         cfg.run_id = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
     keep = [k for k in cfg.keys() if k in ServerJob.__dataclass_fields__]

@@ -113,7 +113,7 @@ def run_federation(grid: Grid, job: ServerJob, sites_manifest: str | None = None
     config: dict[str, Any] = {"job": site_job.to_json()}
     if sites_manifest:
         config["sites-manifest"] = sites_manifest
-        config["faults"] = json.dumps(dict(job.federation.faults))
+        config["faults"] = json.dumps(dict(job.federation.faults or {}))
     names: dict[int, str] = {}
     with make_tracker(job.tracking.mode, run_dir, job.tracking.project, job.run_id, asdict(job)) as tracker:
         for rnd in range(start, job.federation.rounds + 1):

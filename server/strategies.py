@@ -25,9 +25,9 @@ def build_strategy(cfg: StrategyConfig, fed: FederationConfig) -> Strategy:
         raise ConfigError(f"strategy.name: unknown strategy {cfg.name!r}; choose one of {sorted(STRATEGIES)}")
     common: dict[str, Any] = {
         "fraction_train": fed.fraction_train,
-        "fraction_evaluate": 1.0,
+        "fraction_evaluate": fed.fraction_evaluate,
         "min_train_nodes": fed.min_sites,
-        "min_evaluate_nodes": fed.min_sites,
+        "min_evaluate_nodes": fed.min_sites if fed.fraction_evaluate > 0 else 0,
         "min_available_nodes": fed.min_sites,
     }
     try:

@@ -36,4 +36,4 @@ def register(sub: argparse._SubParsersAction) -> None:
         " `resume=runs/federated/RUN` to continue a killed run.",
     )
     p.add_argument("overrides", nargs=argparse.REMAINDER, help="Hydra overrides")
-    p.set_defaults(func=lambda a: run_hydra("federated", a.overrides, _job), passthrough=True)
+    p.set_defaults(func=lambda a: run_hydra("federated", a.overrides, _job, "simulate"), passthrough=True)

@@ -60,7 +60,7 @@ def test_three_sites_learn_and_publish(toy, tmp_path):
 def test_broken_update_is_rejected_and_round_completes(toy, tmp_path, fault, reason):
     run = tmp_path / "run"
     assert main(["simulate", *BASE, f"partition.source={toy}", "federation.rounds=1", "train.local_epochs=2",
-                 f"+federation.faults={{site_1: {fault}}}", f"run_dir={run}"]) == 0
+                 f"federation.faults={{site_1: '{fault}'}}", f"run_dir={run}"]) == 0
     train = {r["site"]: r for r in _records(run) if r["phase"] == "train"}
     assert train["site_1"]["status"].startswith("rejected:") and reason in train["site_1"]["status"]
     assert train["site_0"]["status"] == "ok" and train["site_2"]["status"] == "ok"

@@ -142,7 +142,7 @@ def train_local(
     net = model
     if privacy is not None:
         net, optimizer, loader = privacy.wrap(model, optimizer, loader)
-    total = cfg.max_steps or cfg.epochs * len(loader)
+    total = cfg.max_steps if cfg.max_steps is not None else cfg.epochs * len(loader)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg, total))
 
     sums = torch.zeros(4, dtype=torch.float64)  # loss and its parts, summed over the current epoch's images
