@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
 from typing import Callable
 
@@ -32,3 +33,11 @@ def run_hydra(config_name: str, overrides: list[str], job: Callable[[DictConfig]
     finally:
         sys.argv = argv
     return 2 if failed else 0
+
+
+def register_hydra_command(sub: argparse._SubParsersAction, name: str, config_name: str, help: str, description: str,
+                           job: Callable[[DictConfig], None]) -> None:
+    """A subcommand whose arguments go verbatim to Hydra (`--multirun`, `--cfg job`, key=value overrides)."""
+    p = sub.add_parser(name, help=help, description=description)
+    p.add_argument("overrides", nargs=argparse.REMAINDER, help="Hydra overrides")
+    p.set_defaults(func=lambda a: run_hydra(config_name, a.overrides, job, name), passthrough=True)

@@ -9,7 +9,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from common.config import to_typed
-from common.hydra_app import run_hydra
+from common.hydra_app import register_hydra_command
 
 
 def _job(cfg: DictConfig) -> None:
@@ -27,13 +27,12 @@ def _job(cfg: DictConfig) -> None:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "simulate",
+    register_hydra_command(
+        sub, "simulate", "federated",
         help="federated simulation of several sites on Flower's simulation engine (Hydra overrides)",
         description="Simulate a federation: sites are built by the partition group (synthetic hospitals by default), "
         "then the real ServerApp/ClientApp run on Flower's Ray backend. Examples: `strategy=fedprox "
         "federation.sites=5 train.local_epochs=2`, `partition=fracatlas_regions`, `--multirun strategy=fedavg,fedprox`,"
         " `resume=runs/federated/RUN` to continue a killed run.",
+        job=_job,
     )
-    p.add_argument("overrides", nargs=argparse.REMAINDER, help="Hydra overrides")
-    p.set_defaults(func=lambda a: run_hydra("federated", a.overrides, _job, "simulate"), passthrough=True)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-from dataclasses import asdict
 from pathlib import Path
 
 from omegaconf import OmegaConf
@@ -71,6 +70,3 @@ def load_resumed(run_dir: Path) -> SimulationJob:
         raise SimulationFailed(f"resume={run_dir}: no job.yaml there; is it a fracfl simulate run folder?")
     return to_typed(OmegaConf.load(job_file), SimulationJob)
 
-
-def job_dict(job: SimulationJob) -> dict:
-    return asdict(job)

@@ -9,7 +9,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from common.config import TrainJob, to_typed
-from common.hydra_app import run_hydra
+from common.hydra_app import register_hydra_command
 
 
 def _job(cfg: DictConfig) -> None:
@@ -19,12 +19,11 @@ def _job(cfg: DictConfig) -> None:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "train",
+    register_hydra_command(
+        sub, "train", "train",
         help="centralised training and validation (Hydra overrides, e.g. train.epochs=5 data.path=D)",
         description="Train on one dataset with the engine every site uses. Arguments are Hydra overrides of "
         "conf/train.yaml, e.g. `experiment=train_demo`, `model=yolov7`, `train.epochs=5`, `data.path=/data/fracatlas`; "
         "`--multirun` sweeps, `--cfg job` prints the composed config.",
+        job=_job,
     )
-    p.add_argument("overrides", nargs=argparse.REMAINDER, help="Hydra overrides")
-    p.set_defaults(func=lambda a: run_hydra("train", a.overrides, _job), passthrough=True)
