@@ -19,7 +19,7 @@ from common.data.dataset import DetectionDataset
 from common.engine.device import select_device
 from common.engine.evaluate import evaluate_model
 from common.engine.trainer import train_local
-from common.nn.model import build_model
+from common.nn.model import reusable_model
 
 @lru_cache(maxsize=8)
 def _dataset(data: str, split: str, imgsz: int, augment: str | None, seed: int) -> DetectionDataset:
@@ -31,7 +31,7 @@ def _dataset(data: str, split: str, imgsz: int, augment: str | None, seed: int) 
 
 
 def _model(job: SiteJob, state: dict[str, torch.Tensor]) -> torch.nn.Module:
-    model = build_model(job.spec)
+    model = reusable_model(job.spec)
     model.load_state_dict(state, strict=True)
     return model
 

@@ -70,8 +70,9 @@ def _record(rnd: int, phase: str, r: _Reply) -> dict[str, Any]:
 def _send(grid: Grid, messages: Iterable[Message], state: State, timeout: float) -> list[Message]:
     """Every site receives the full global state (parameters and buffers), whatever the strategy put in."""
     messages = list(messages)
+    record = to_record(state) if messages else None
     for m in messages:
-        m.content["arrays"] = to_record(state)
+        m.content["arrays"] = record
     return list(grid.send_and_receive(messages, timeout=timeout)) if messages else []
 
 

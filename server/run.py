@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ from flwr.serverapp import Grid
 from common.data.dataset import DetectionDataset
 from common.engine.device import select_device
 from common.engine.evaluate import evaluate_model
-from common.nn.model import ModelSpec, build_model
+from common.nn.model import ModelSpec, reusable_model
 from common.nn.weights import model_from_config
 from common.protocol import REPORTED, UNDEFINED, SiteJob
 from server.checkpoint import load_checkpoint, restore_strategy, save_checkpoint
@@ -43,7 +44,7 @@ def config_hash(job: ServerJob) -> str:
 
 
 def _model_from_state(spec: ModelSpec, state: dict[str, np.ndarray]) -> torch.nn.Module:
-    model = build_model(spec)
+    model = reusable_model(spec)
     model.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()}, strict=True)
     return model
 
@@ -117,17 +118,21 @@ def run_federation(grid: Grid, job: ServerJob, sites_manifest: str | None = None
     names: dict[int, str] = {}
     with make_tracker(job.tracking.mode, run_dir, job.tracking.project, job.run_id, asdict(job)) as tracker:
         for rnd in range(start, job.federation.rounds + 1):
-            log.info("round %d/%d", rnd, job.federation.rounds)
+            t0 = time.perf_counter()
             result = run_round(grid, strategy, rnd, state, config, names, max_update_norm=job.federation.max_update_norm,
                                timeout=job.federation.round_timeout, server_eval=evaluate)
             state = result.state
+            t1 = time.perf_counter()
             append_records(records_path, result.records)
             save_checkpoint(run_dir / "checkpoint", rnd, state, strategy)
+            published = ""
             if rnd % job.federation.publish_every == 0 or rnd == job.federation.rounds:
                 pub = registry.publish(_model_from_state(spec, state), spec, _card(job, spec, result, chash),
                                        {"imgsz": job.train.imgsz, "run_id": job.run_id, "round": rnd})
-                log.info("round %d published as %s", rnd, pub.version)
+                published = f", published as {pub.version}"
             tracker.log(rnd, _flat_metrics(result.records))
+            log.info("round %d/%d: %.2f s for sites and aggregation, %.2f s to record%s", rnd, job.federation.rounds,
+                     t1 - t0, time.perf_counter() - t1, published)
     records = read_records(records_path)
     files = write_report(records, run_dir / "report", f"fracfl run {job.run_id}", _summary(job, chash))
     latest = registry.latest(job.run_id)

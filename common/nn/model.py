@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import copy
+import json
 from dataclasses import asdict, dataclass, field
+from functools import lru_cache
 from types import SimpleNamespace
 
 import torch
@@ -67,6 +69,17 @@ def build_model(spec: ModelSpec) -> DetectionModel:
     model.names = dict(spec.names)
     model.args = SimpleNamespace(**LOSS_GAINS)
     return model
+
+
+@lru_cache(maxsize=2)
+def _built(spec_json: str) -> DetectionModel:
+    return build_model(ModelSpec.from_dict(json.loads(spec_json)))
+
+
+def reusable_model(spec: ModelSpec) -> DetectionModel:
+    """One network per spec and process, for code that loads new weights into it every round (building one costs
+    a probe forward pass). Not for two users at once."""
+    return _built(json.dumps(spec.to_dict(), sort_keys=True))
 
 
 def layer_parts(model: DetectionModel) -> dict[str, list[int]]:
