@@ -24,7 +24,7 @@ from common.data import (
 from common.data.images import TRUNCATED_NOTE
 from common.errors import DataError
 
-FRACATLAS = Path("/work/shared/datasets/fracatlas")
+from conftest import FRACATLAS  # $FRACATLAS_DIR, else ../shared/datasets/fracatlas beside the checkout
 GOOD_ROW = "0 0.5 0.5 0.2 0.2\n"
 
 
@@ -417,7 +417,7 @@ def test_check_dataset_clean_and_unloadable(tmp_path):
 # ---------------------------------------------------------------- FracAtlas (real data, when present)
 
 needs_fracatlas = pytest.mark.skipif(
-    not (FRACATLAS / "data.yaml").is_file(), reason=f"FracAtlas not present at {FRACATLAS} (shared dataset folder)"
+    not (FRACATLAS / "data.yaml").is_file(), reason=f"FracAtlas not present at {FRACATLAS} (set FRACATLAS_DIR)"
 )
 
 
