@@ -31,9 +31,10 @@ def _handle(msg: Message, context: Context, what: str, work: Work) -> Message:
         site = resolve_site(context.node_config, cfg.get("sites-manifest"))
         name = site.name
         state, metrics = work(site, msg.content["arrays"].to_torch_state_dict(), SiteJob.from_json(cfg["job"]), cfg)
-    except FracflError as e:
-        log.error("site %s cannot %s: %s", name, what, e)
-        state, metrics, status = None, {"num-examples": 0.0}, f"failed: {e}"
+    except Exception as e:  # noqa: BLE001  (the details, which may name patient files, stay in the site's log)
+        log.exception("site %s cannot %s: %s", name, what, e)
+        kind = "invalid local data or configuration" if isinstance(e, FracflError) else "internal error"
+        state, metrics, status = None, {"num-examples": 0.0}, f"failed: {type(e).__name__} ({kind}; see the site's log)"
     else:
         status = "ok"
     content = RecordDict({"metrics": MetricRecord(metrics), "site": ConfigRecord({"name": name, "status": status})})

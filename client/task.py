@@ -44,7 +44,8 @@ def train_site(data: Path, state: dict[str, torch.Tensor], job: SiteJob, server_
     train = _dataset(str(data), "train", cfg.imgsz, json.dumps(asdict(cfg.augment)), job.seed)
     model = _model(job, state)
     result = train_local(model, train, cfg, seed=job.seed * 100_003 + server_round, progress=False,
-                         description=f"round {server_round}", proximal_mu=proximal_mu)
+                         description=f"round {server_round}", proximal_mu=proximal_mu,
+                         first_epoch=server_round * max(cfg.local_epochs, 1))
     metrics = {k: float(result.metrics[k]) for k in ("loss", "box_loss", "cls_loss", "dfl_loss", "steps", "images_per_s")}
     metrics["num-examples"] = float(len(train))
     return result.state, metrics

@@ -36,8 +36,9 @@ def save_checkpoint(folder: Path, rnd: int, state: dict[str, np.ndarray], strate
     (folder / f"strategy-r{rnd:04d}.pkl").write_bytes(pickle.dumps(extra))
     tmp = folder / "checkpoint.json.tmp"
     tmp.write_text(json.dumps({"round": rnd, "weights": weights.name, "strategy": f"strategy-r{rnd:04d}.pkl"}))
-    with open(tmp) as f:
-        os.fsync(f.fileno())
+    for written in (weights, folder / f"strategy-r{rnd:04d}.pkl", tmp):  # data on disk before the pointer moves
+        with open(written, "rb") as f:
+            os.fsync(f.fileno())
     tmp.replace(folder / "checkpoint.json")
     for old in folder.glob("*-r*.*"):
         if f"-r{rnd:04d}." not in old.name:
@@ -53,7 +54,7 @@ def load_checkpoint(folder: Path) -> Checkpoint | None:
         meta = json.loads(pointer.read_text())
         state = load_file(str(folder / meta["weights"]))
         strategy_state = pickle.loads((folder / meta["strategy"]).read_bytes())  # written by this server only
-    except (OSError, ValueError, KeyError) as e:
+    except Exception as e:  # noqa: BLE001  (safetensors and pickle raise their own error types)
         raise DataError(pointer, f"unreadable checkpoint: {e}") from e
     return Checkpoint(int(meta["round"]), state, strategy_state)
 

@@ -15,11 +15,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Message
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
-from server.updates import aggregate_buffers, check_update, split_state
+from server.updates import aggregate_buffers, check_examples, check_update, split_state
 
 log = logging.getLogger("fracfl.server")
 State = dict[str, np.ndarray]
@@ -56,10 +56,15 @@ def _read(msg: Message, names: dict[int, str]) -> _Reply:
     if msg.has_error():
         return _Reply(names.get(node, f"node-{node}"), f"failed: {msg.error.reason}", 0, {}, msg)
     site = msg.content.get("site") or ConfigRecord({})
-    name = str(site.get("name", names.get(node, f"node-{node}")))
+    name = str(site.get("name", names.get(node, f"node-{node}")))[:64]
     names[node] = name
-    metrics = {k: float(v) for k, v in (msg.content.get("metrics") or {}).items()}
-    return _Reply(name, str(site.get("status", "ok")), int(metrics.pop("num-examples", 0)), metrics, msg)
+    raw = dict(msg.content.get("metrics") or {})
+    examples = raw.pop("num-examples", 0)
+    metrics = {k: float(v) for k, v in raw.items() if isinstance(v, (int, float))}
+    status = str(site.get("status", "ok"))[:200]
+    problem = check_examples(examples) if status == "ok" else None
+    n = int(examples) if problem is None and status == "ok" else 0
+    return _Reply(name, f"rejected: {problem}" if problem else status, n, metrics, msg)
 
 
 def _record(rnd: int, phase: str, r: _Reply) -> dict[str, Any]:
@@ -95,25 +100,34 @@ def run_round(
     accepted: list[_Reply] = []
     for r in replies:
         if r.status == "ok":
-            r.state = from_record(r.message.content["arrays"])
-            reason = check_update(r.state, state, max_update_norm)
+            try:
+                r.state = from_record(r.message.content["arrays"])
+                reason = check_update(r.state, state, max_update_norm)
+            except Exception as e:  # noqa: BLE001  (a malformed reply must not end the run)
+                reason = f"malformed reply ({type(e).__name__})"
             if reason is not None:
                 r.status = f"rejected: {reason}"
                 log.warning("round %d: update from site %s rejected: %s", rnd, r.site, reason)
             else:
                 accepted.append(r)
-        elif r.status != "ok":
+        else:
             log.warning("round %d: site %s did not train: %s", rnd, r.site, r.status)
         result.records.append(_record(rnd, "train", r))
 
     if accepted:
         for r in accepted:  # the strategy aggregates trainable parameters; buffers are combined below
             r.message.content["arrays"] = to_record(split_state(r.state)[0])
+            r.message.content["metrics"] = MetricRecord({"num-examples": float(r.examples)})
         agg, _ = strategy.aggregate_train(rnd, [r.message for r in accepted])
         if agg is not None:
             new_params = {k: v.astype(state[k].dtype) for k, v in from_record(agg).items()}
             buffers = aggregate_buffers([r.state for r in accepted], [max(r.examples, 1) for r in accepted])
-            result.state = {k: new_params.get(k, buffers.get(k)) for k in state}
+            merged = {k: new_params.get(k, buffers.get(k)) for k in state}
+            problem = check_update(merged, state, max_update_norm * len(accepted))
+            if problem is None:
+                result.state = merged
+            else:
+                log.error("round %d: aggregate rejected (%s); the global model is unchanged", rnd, problem)
     else:
         log.warning("round %d: no update accepted; the global model is unchanged", rnd)
 

@@ -100,15 +100,19 @@ def run_federation(grid: Grid, job: ServerJob, sites_manifest: str | None = None
     if ckpt is not None:
         state, start = ckpt.state, ckpt.round + 1
         restore_strategy(strategy, ckpt.strategy_state)
-        kept = [r for r in read_records(records_path) if r["round"] <= ckpt.round]
-        records_path.write_text("")
-        append_records(records_path, kept)  # drop records of a round that never completed
+        kept = [r for r in read_records(records_path, missing_ok=True) if r["round"] <= ckpt.round]
+        tmp = records_path.with_name(records_path.name + ".tmp")
+        tmp.unlink(missing_ok=True)
+        append_records(tmp, kept)  # drop records of a round that never completed; swap in atomically
+        tmp.replace(records_path)
         log.info("resuming run %s after round %d", job.run_id, ckpt.round)
         _publish_missing(registry, job, spec, ckpt.round, state, kept, chash)
 
     evaluate = _pooled_evaluator(job, spec)
-    if start == 1 and evaluate is not None:
-        append_records(records_path, [server_record(0, evaluate(state))])
+    if start == 1:
+        records_path.unlink(missing_ok=True)  # a run killed before its first checkpoint starts over cleanly
+        if evaluate is not None:
+            append_records(records_path, [server_record(0, evaluate(state))])
 
     site_job = SiteJob(model=spec.to_dict(), train=job.train, eval=job.eval, seed=job.seed)
     config: dict[str, Any] = {"job": site_job.to_json()}

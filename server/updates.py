@@ -38,16 +38,32 @@ def check_update(state: Mapping[str, np.ndarray], reference: Mapping[str, np.nda
         v = state[k]
         if v.shape != ref.shape:
             return f"wrong shape for {k}: {v.shape}, expected {ref.shape}"
-        if np.issubdtype(v.dtype, np.floating) != np.issubdtype(ref.dtype, np.floating):
+        if v.dtype != ref.dtype:
             return f"wrong dtype for {k}: {v.dtype}, expected {ref.dtype}"
         if np.issubdtype(v.dtype, np.floating):
             if not np.isfinite(v).all():
                 return f"non-finite values in {k}"
+            if k.endswith("running_var") and (v < 0).any():
+                return f"negative variance in {k}"
             if not is_buffer(k):
                 sq += float(np.square(v.astype(np.float64) - ref).sum())
     norm = sq**0.5
     if norm > max_norm:
         return f"update norm {norm:.3g} exceeds the bound {max_norm:.3g} (federation.max_update_norm)"
+    return None
+
+
+MAX_EXAMPLES = 10_000_000
+
+
+def check_examples(value: object) -> str | None:
+    """Why a reported example count cannot weight an average, or None (it must be a finite count >= 1)."""
+    try:
+        n = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return f"num-examples is not a number ({type(value).__name__})"
+    if not np.isfinite(n) or n < 1 or n > MAX_EXAMPLES or n != int(n):
+        return f"num-examples {n!r} is not a count between 1 and {MAX_EXAMPLES}"
     return None
 
 

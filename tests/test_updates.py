@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from common.nn.model import ModelSpec, build_model
-from server.updates import aggregate_buffers, check_update, split_state
+from server.updates import aggregate_buffers, check_examples, check_update, split_state
 
 
 @pytest.fixture(scope="module")
@@ -25,6 +25,8 @@ def test_good_update_passes(reference):
     (lambda s: s["model.0.bn.running_var"].__setitem__(0, np.inf), "non-finite values in model.0.bn.running_var"),
     (lambda s: s.__setitem__("model.0.conv.weight", s["model.0.conv.weight"] + 100.0), "exceeds the bound"),
     (lambda s: s.__setitem__("model.0.bn.num_batches_tracked", np.float32(3.0) * np.ones((), np.float32)), "wrong dtype"),
+    (lambda s: s.__setitem__("model.0.bn.num_batches_tracked", np.array(3, np.uint64)), "wrong dtype"),
+    (lambda s: s["model.0.bn.running_var"].__setitem__(0, -1e30), "negative variance"),
 ])
 def test_bad_updates_are_named(reference, break_it, expected):
     update = {k: v.copy() for k, v in reference.items()}
@@ -47,3 +49,9 @@ def test_buffers_are_weighted_and_counters_stay_integers(reference):
     np.testing.assert_allclose(out["model.0.bn.running_var"], 1.75)  # (30*1 + 10*4) / 40
     assert out["model.0.bn.num_batches_tracked"].dtype == np.int64 and out["model.0.bn.num_batches_tracked"] == 30
     assert out["model.0.bn.running_var"].dtype == np.float32
+
+
+@pytest.mark.parametrize("value,ok", [(40.0, True), (1, True), (0.0, False), (-5.0, False), (float("nan"), False),
+                                      (2.5, False), (1e12, False), ("many", False)])
+def test_example_counts_are_checked(value, ok):
+    assert (check_examples(value) is None) is ok

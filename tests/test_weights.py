@@ -90,3 +90,33 @@ def test_same_spec_fracfl_file_loads_strictly(tmp_path):
     again, _, report = model_from_config("yolov7-tiny", {0: "fracture"}, 0.125, 0.5, "batch", str(path))
     assert len(report.matched) == len(model.state_dict()) and not report.missing
     assert all(torch.equal(v, again.state_dict()[k]) for k, v in model.state_dict().items())
+
+
+class _Payload:
+    """A pickle that would create a file when unpickled by plain pickle."""
+
+    def __init__(self, target):
+        self.target = target
+
+    def __reduce__(self):
+        return (open, (str(self.target), "w"))
+
+
+@pytest.mark.parametrize("legacy", [False, True])
+def test_foreign_checkpoint_cannot_run_code(tmp_path, legacy):
+    target = tmp_path / "created-by-pickle"
+    torch.save({"model": _Payload(target)}, tmp_path / "evil.pt", _use_new_zipfile_serialization=not legacy)
+    with pytest.raises(DataError):
+        init_from_checkpoint(build_model(SPEC), tmp_path / "evil.pt")
+    assert not target.exists()
+
+
+def test_dotted_globals_are_refused():
+    import io
+    import pickle
+
+    from common.nn.weights import _StubUnpickler
+
+    crafted = b"\x80\x04\x8c\x17torch.nn.modules.module\x94\x8c\x0ftorch.os.getcwd\x94\x93\x94)R\x94."
+    with pytest.raises(pickle.UnpicklingError, match="dotted"):
+        _StubUnpickler(io.BytesIO(crafted)).load()

@@ -121,11 +121,13 @@ def train_local(
     description: str = "train",
     on_epoch_end: Callable[[int, dict[str, float]], None] | None = None,
     proximal_mu: float = 0.0,
+    first_epoch: int = 0,
 ) -> TrainResult:
     """Train `model` in place on `data` and return its new weights (fp32 state dict) and training metrics.
 
     `on_epoch_end(epoch, metrics)` runs after each full epoch (e.g. validation); the model is left in train mode.
     `proximal_mu` > 0 adds FedProx's term mu/2 * ||w - w_start||^2, pulling local weights towards the global model.
+    `first_epoch` numbers the augmentation draws, so successive federated rounds see new ones.
     """
     if privacy is not None and cfg.augment.mixes_images:
         raise ConfigError("train.augment.mosaic: mosaic mixes images, which breaks DP-SGD's per-image guarantee")
@@ -151,7 +153,7 @@ def train_local(
         task = bar.add_task(description, total=total)
         epoch = 0
         while steps < total:
-            data.set_epoch(epoch)
+            data.set_epoch(first_epoch + epoch)
             sums.zero_()
             epoch_images = 0
             for batch in loader:

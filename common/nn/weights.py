@@ -103,31 +103,56 @@ _SAFE = {
     ("builtins", "object"),
     ("builtins", "set"),
     ("builtins", "frozenset"),
-    ("builtins", "slice"),
     ("torch", "Size"),
     ("torch", "device"),
+    ("torch._utils", "_rebuild_tensor_v2"),
+    ("torch._utils", "_rebuild_parameter"),
+    ("torch._utils", "_rebuild_parameter_with_state"),
 }
+_TORCH_NAMES = {f"{t}Storage" for t in ("Float", "Half", "BFloat16", "Double", "Long", "Int", "Short", "Char", "Byte",
+                                           "Bool")} | {"float16", "float32", "float64", "bfloat16", "int64", "uint8"}
 
 
 class _StubUnpickler(pickle.Unpickler):
-    """Unpickles a full-model checkpoint without importing or running its code: unknown classes become stand-ins."""
+    """Unpickles a full-model checkpoint without importing or running its code.
+
+    Only an exact list of harmless callables (tensor rebuilders, storages, dtypes, OrderedDict) and torch's own
+    `nn.Module` classes (created without calling `__init__`) are resolved; dotted names, which could reach any
+    attribute through a module, are refused; every other class becomes an inert stand-in.
+    """
 
     def find_class(self, module: str, name: str) -> Any:
-        if (module, name) in _SAFE or (module == "torch._utils" and name.startswith("_rebuild_")):
+        if "." in name:
+            raise pickle.UnpicklingError(f"refusing dotted global {module}.{name}")
+        if (module, name) in _SAFE or (module == "torch" and name in _TORCH_NAMES):
             return super().find_class(module, name)
-        if module == "torch" and (name.endswith("Storage") or name in {"float16", "float32", "bfloat16"}):
-            return super().find_class(module, name)
-        if module.startswith("torch.nn.modules") or module == "torch.nn.parameter":
-            return super().find_class(module, name)
+        if module.startswith("torch.nn.modules.") or module == "torch.nn.parameter":
+            obj = super().find_class(module, name)
+            if isinstance(obj, type) and issubclass(obj, (nn.Module, torch.Tensor)):
+                return obj
+            raise pickle.UnpicklingError(f"refusing {module}.{name}: not a module or tensor class")
         return _Foreign
 
 
 class _StubPickleModule:
-    """A `pickle_module` for torch.load that routes unpickling through `_StubUnpickler`."""
+    """A `pickle_module` for torch.load that routes every unpickling (zip and legacy formats) through the stub."""
 
     Unpickler = _StubUnpickler
-    load = staticmethod(pickle.load)
     __name__ = "fracfl_stub_pickle"
+
+    @staticmethod
+    def load(f: Any, **kwargs: Any) -> Any:
+        return _StubUnpickler(f, **kwargs).load()
+
+
+def _is_torchscript(path: Path) -> bool:
+    """TorchScript archives are executed by torch.load, so they are refused before loading."""
+    import zipfile
+
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as z:
+        return any(n.split("/", 1)[-1].startswith(("code/", "constants.pkl")) for n in z.namelist())
 
 
 def _module_state(obj: Any, prefix: str = "") -> dict[str, torch.Tensor]:
@@ -158,6 +183,9 @@ def foreign_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception:
+        if _is_torchscript(path):
+            raise DataError(path, "TorchScript archives are not accepted (loading one runs its code); "
+                                  "save a state dict or safetensors file instead") from None
         try:
             obj = torch.load(path, map_location="cpu", weights_only=False, pickle_module=_StubPickleModule)
         except Exception as e:
