@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
-from common.errors import DataError
+from common.errors import ConfigError, DataError
 
 STRATEGY_STATE = ("current_arrays", "m_t", "v_t")  # FedOpt family (FedAdam, FedYogi, ...) server optimiser state
 
@@ -28,14 +28,15 @@ class Checkpoint:
     strategy_state: dict[str, Any]
 
 
-def save_checkpoint(folder: Path, rnd: int, state: dict[str, np.ndarray], strategy: object) -> None:
+def save_checkpoint(folder: Path, rnd: int, state: dict[str, np.ndarray], strategy: object, config_hash: str = "") -> None:
     folder.mkdir(parents=True, exist_ok=True)
     weights = folder / f"state-r{rnd:04d}.safetensors"
     save_file({k: np.ascontiguousarray(v) for k, v in state.items()}, str(weights))
     extra = {k: getattr(strategy, k) for k in STRATEGY_STATE if getattr(strategy, k, None) is not None}
     (folder / f"strategy-r{rnd:04d}.pkl").write_bytes(pickle.dumps(extra))
     tmp = folder / "checkpoint.json.tmp"
-    tmp.write_text(json.dumps({"round": rnd, "weights": weights.name, "strategy": f"strategy-r{rnd:04d}.pkl"}))
+    tmp.write_text(json.dumps({"round": rnd, "weights": weights.name, "strategy": f"strategy-r{rnd:04d}.pkl",
+                               "config_hash": config_hash}))
     for written in (weights, folder / f"strategy-r{rnd:04d}.pkl", tmp):  # data on disk before the pointer moves
         with open(written, "rb") as f:
             os.fsync(f.fileno())
@@ -45,15 +46,25 @@ def save_checkpoint(folder: Path, rnd: int, state: dict[str, np.ndarray], strate
             old.unlink()
 
 
-def load_checkpoint(folder: Path) -> Checkpoint | None:
-    """The last completed round, or None when the run never finished one."""
+def load_checkpoint(folder: Path, config_hash: str = "") -> Checkpoint | None:
+    """The last completed round, or None when the run never finished one.
+
+    A checkpoint written under another configuration (model, strategy, local training...) is refused: resuming it
+    would silently mix two runs in one history.
+    """
     pointer = folder / "checkpoint.json"
     if not pointer.is_file():
         return None
     try:
         meta = json.loads(pointer.read_text())
+        saved = meta.get("config_hash", "")
+        if config_hash and saved and saved != config_hash:
+            raise ConfigError(f"resume: {pointer} was written by a run with config hash {saved}, this job's is "
+                              f"{config_hash}; start a new run folder or resume with the original job")
         state = load_file(str(folder / meta["weights"]))
         strategy_state = pickle.loads((folder / meta["strategy"]).read_bytes())  # written by this server only
+    except ConfigError:
+        raise
     except Exception as e:  # noqa: BLE001  (safetensors and pickle raise their own error types)
         raise DataError(pointer, f"unreadable checkpoint: {e}") from e
     return Checkpoint(int(meta["round"]), state, strategy_state)

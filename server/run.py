@@ -96,7 +96,7 @@ def run_federation(grid: Grid, job: ServerJob, sites_manifest: str | None = None
     chash = config_hash(job)
 
     start = 1
-    ckpt = load_checkpoint(run_dir / "checkpoint")
+    ckpt = load_checkpoint(run_dir / "checkpoint", chash)
     if ckpt is not None:
         state, start = ckpt.state, ckpt.round + 1
         restore_strategy(strategy, ckpt.strategy_state)
@@ -128,7 +128,7 @@ def run_federation(grid: Grid, job: ServerJob, sites_manifest: str | None = None
             state = result.state
             t1 = time.perf_counter()
             append_records(records_path, result.records)
-            save_checkpoint(run_dir / "checkpoint", rnd, state, strategy)
+            save_checkpoint(run_dir / "checkpoint", rnd, state, strategy, chash)
             published = ""
             if rnd % job.federation.publish_every == 0 or rnd == job.federation.rounds:
                 pub = registry.publish(_model_from_state(spec, state), spec, _card(job, spec, result, chash),
