@@ -72,10 +72,14 @@ def _record(rnd: int, phase: str, r: _Reply) -> dict[str, Any]:
     return {"round": rnd, "site": r.site, "phase": phase, "examples": r.examples, "status": r.status, "metrics": metrics}
 
 
-def _send(grid: Grid, messages: Iterable[Message], state: State, timeout: float) -> list[Message]:
+def _subset(record: ArrayRecord, keys: Iterable[str]) -> ArrayRecord:
+    """Part of a record, sharing its serialised arrays (no copy, no re-serialisation)."""
+    return ArrayRecord({k: record[k] for k in keys})
+
+
+def _send(grid: Grid, messages: Iterable[Message], record: ArrayRecord, timeout: float) -> list[Message]:
     """Every site receives the full global state (parameters and buffers), whatever the strategy put in."""
     messages = list(messages)
-    record = to_record(state) if messages else None
     for m in messages:
         m.content["arrays"] = record
     return list(grid.send_and_receive(messages, timeout=timeout)) if messages else []
@@ -95,7 +99,9 @@ def run_round(
 ) -> RoundResult:
     """One round: local training, screening, aggregation, site evaluation and the server's own evaluation."""
     params, _ = split_state(state)
-    replies = [_read(m, names) for m in _send(grid, strategy.configure_train(rnd, to_record(params), ConfigRecord(config), grid), state, timeout)]
+    full = to_record(state)
+    train = strategy.configure_train(rnd, _subset(full, params), ConfigRecord(config), grid)
+    replies = [_read(m, names) for m in _send(grid, train, full, timeout)]
     result = RoundResult(rnd, state)
     accepted: list[_Reply] = []
     for r in replies:
@@ -116,7 +122,7 @@ def run_round(
 
     if accepted:
         for r in accepted:  # the strategy aggregates trainable parameters; buffers are combined below
-            r.message.content["arrays"] = to_record(split_state(r.state)[0])
+            r.message.content["arrays"] = _subset(r.message.content["arrays"], params)
             r.message.content["metrics"] = MetricRecord({"num-examples": float(r.examples)})
         agg, _ = strategy.aggregate_train(rnd, [r.message for r in accepted])
         if agg is not None:
@@ -131,9 +137,10 @@ def run_round(
     else:
         log.warning("round %d: no update accepted; the global model is unchanged", rnd)
 
-    evals = _send(grid, strategy.configure_evaluate(rnd, to_record(split_state(result.state)[0]), ConfigRecord(config), grid),
-                  result.state, timeout)
-    result.records += [_record(rnd, "evaluate", _read(m, names)) for m in evals]
+    if getattr(strategy, "fraction_evaluate", 1.0) > 0:
+        full = to_record(result.state) if result.state is not state else full
+        evals = _send(grid, strategy.configure_evaluate(rnd, _subset(full, params), ConfigRecord(config), grid), full, timeout)
+        result.records += [_record(rnd, "evaluate", _read(m, names)) for m in evals]
     if server_eval is not None:
         pooled = server_eval(result.state)
         if pooled is not None:
