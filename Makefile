@@ -15,6 +15,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
+	rm -rf runs/demo  # a fresh demo each time (an existing run folder would be resumed)
 	$(BIN)/fracfl simulate experiment=demo run_dir=runs/demo
 
 test: $(STAMP)
