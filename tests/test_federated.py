@@ -54,6 +54,8 @@ def test_three_sites_learn_and_publish(toy, tmp_path):
     assert card["metrics"]["pooled"]["map50"] == pytest.approx(after["map50"])
     assert {s["name"] for s in card["sites"]} == {"site_0", "site_1", "site_2"}
     assert (run / "report" / "summary.md").is_file() and (run / "report" / "curves.png").is_file()
+    assert main(["registry", "verify", "all", "--root", str(run / "registry")]) == 0  # through the real entry point
+    assert main(["registry", "show", "latest", "--root", str(run / "registry")]) == 0
 
 
 @pytest.mark.parametrize("fault,reason", [("nan", "non-finite"), ("shape", "wrong shape")])
