@@ -6,7 +6,6 @@ Only weights and aggregate numbers leave this module; images, file names and per
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import asdict
 from functools import lru_cache
 from pathlib import Path
@@ -14,7 +13,7 @@ from pathlib import Path
 import torch
 
 from common.config import to_typed
-from common.protocol import REPORTED, UNDEFINED, SiteJob
+from common.protocol import SiteJob, encode_metrics
 from common.data.dataset import DetectionDataset
 from common.engine.device import select_device
 from common.engine.evaluate import evaluate_model
@@ -55,8 +54,4 @@ def evaluate_site(data: Path, state: dict[str, torch.Tensor], job: SiteJob) -> d
     """Validation metrics of the global model on the site's own validation split (aggregates only)."""
     val = _dataset(str(data), "val", job.train.imgsz, None, job.seed)
     report = evaluate_model(_model(job, state), val, job.eval, select_device(job.train.device), progress=False)
-    d = report.to_dict(curves=False)
-    out = {k: (float(d[k]) if d.get(k) is not None and math.isfinite(d[k]) else UNDEFINED) for k in REPORTED}
-    out["num-examples"] = float(len(val))
-    out["n-positive"] = float(report.n_positive)
-    return out
+    return encode_metrics(report, len(val))

@@ -6,9 +6,11 @@ Defined once, in the shared package, so the ServerApp and the ClientApp cannot d
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field
 
 from common.config import EvalConfig, LocalTrainConfig, to_typed
+from common.metrics import DetectionReport
 from common.nn.model import ModelSpec
 
 REPORTED = ("map50", "map50_95", "precision", "recall", "f1", "sensitivity", "specificity", "roc_auc")
@@ -38,3 +40,17 @@ class SiteJob:
         return ModelSpec.from_dict(self.model)
 
 
+
+
+def encode_metrics(report: DetectionReport, examples: int) -> dict[str, float]:
+    """A report as the numbers that travel in a MetricRecord: undefined values become UNDEFINED."""
+    d = report.to_dict(curves=False)
+    out = {k: (float(d[k]) if d.get(k) is not None and math.isfinite(d[k]) else UNDEFINED) for k in REPORTED}
+    out["num-examples"] = float(examples)
+    out["n-positive"] = float(report.n_positive)
+    return out
+
+
+def decode_metrics(metrics: dict[str, float]) -> dict[str, float | None]:
+    """Numbers from a MetricRecord with UNDEFINED turned back into None (for records, cards and reports)."""
+    return {k: (None if v == UNDEFINED else v) for k, v in metrics.items()}

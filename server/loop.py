@@ -19,6 +19,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
+from common.protocol import decode_metrics
 from server.updates import aggregate_buffers, check_examples, check_update, split_state
 
 log = logging.getLogger("fracfl.server")
@@ -68,8 +69,8 @@ def _read(msg: Message, names: dict[int, str]) -> _Reply:
 
 
 def _record(rnd: int, phase: str, r: _Reply) -> dict[str, Any]:
-    metrics = {k: (None if v == -1.0 else v) for k, v in r.metrics.items()}
-    return {"round": rnd, "site": r.site, "phase": phase, "examples": r.examples, "status": r.status, "metrics": metrics}
+    return {"round": rnd, "site": r.site, "phase": phase, "examples": r.examples, "status": r.status,
+            "metrics": decode_metrics(r.metrics)}
 
 
 def _subset(record: ArrayRecord, keys: Iterable[str]) -> ArrayRecord:
@@ -151,4 +152,4 @@ def run_round(
 def server_record(rnd: int, metrics: dict[str, float]) -> dict[str, Any]:
     examples = int(metrics.pop("num-examples", 0))
     return {"round": rnd, "site": "pooled", "phase": "server", "examples": examples, "status": "ok",
-            "metrics": {k: (None if v == -1.0 else v) for k, v in metrics.items()}}
+            "metrics": decode_metrics(metrics)}

@@ -23,7 +23,7 @@ from common.engine.device import select_device
 from common.engine.evaluate import evaluate_model
 from common.nn.model import ModelSpec, reusable_model
 from common.nn.weights import model_from_config
-from common.protocol import REPORTED, UNDEFINED, SiteJob
+from common.protocol import SiteJob, encode_metrics
 from server.checkpoint import load_checkpoint, restore_strategy, save_checkpoint
 from server.config import ServerJob
 from server.loop import RoundResult, run_round, server_record
@@ -57,10 +57,8 @@ def _pooled_evaluator(job: ServerJob, spec: ModelSpec):
     device = select_device(job.train.device)
 
     def evaluate(state: dict[str, np.ndarray]) -> dict[str, float]:
-        d = evaluate_model(_model_from_state(spec, state), data, job.eval, device, progress=False).to_dict(curves=False)
-        out = {k: (float(d[k]) if d.get(k) is not None and np.isfinite(d[k]) else UNDEFINED) for k in REPORTED}
-        out["num-examples"] = float(len(data))
-        return out
+        report = evaluate_model(_model_from_state(spec, state), data, job.eval, device, progress=False)
+        return encode_metrics(report, len(data))
 
     return evaluate
 
@@ -161,7 +159,7 @@ def _flat_metrics(records: list[dict]) -> dict[str, float]:
     out = {}
     for r in records:
         for k, v in r["metrics"].items():
-            if isinstance(v, (int, float)) and v is not None:
+            if isinstance(v, (int, float)):
                 out[f"{r['phase']}/{r['site']}/{k}"] = float(v)
     return out
 
