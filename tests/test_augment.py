@@ -5,7 +5,7 @@ import pytest
 
 from common.config import AugmentConfig
 from common.data.augment import augment, boxes_to_pixels, letterbox, mosaic, pixels_to_boxes, random_affine
-from common.engine.evaluate import to_original
+from common.inference.postprocess import to_original
 
 NONE = AugmentConfig(hflip=0, degrees=0, translate=0, scale=0, brightness=0, contrast=0, gamma=0, noise=0)
 

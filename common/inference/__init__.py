@@ -1,0 +1,6 @@
+"""Inference shared by every backend (PyTorch, TFLite): one preprocessing and one postprocessing path."""
+
+from common.inference.backend import Backend, TorchBackend, as_backend
+from common.inference.predictor import Prediction, Predictor
+
+__all__ = ["Backend", "TorchBackend", "as_backend", "Prediction", "Predictor"]

@@ -1,0 +1,50 @@
+"""Single-image prediction gives exactly what dataset evaluation gives: one preprocessing and decoding path."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from common.config import EvalConfig
+from common.data.dataset import DetectionDataset
+from common.data.images import read_image
+from common.engine.evaluate import predict_dataset
+from common.inference import Predictor, TorchBackend
+from common.nn.model import ModelSpec, build_model
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return build_model(ModelSpec(width=0.125, depth=0.5))
+
+
+def test_predictor_matches_dataset_evaluation(model, synth_data):
+    data = DetectionDataset.from_data(synth_data, "val", 128)
+    cfg = EvalConfig(conf=0.0)
+    expected = predict_dataset(model, data, cfg, torch.device("cpu"), progress=False)
+    predictor = Predictor(TorchBackend(model, imgsz=128), cfg)
+    for path, want in list(zip(data.images, expected))[:3]:
+        got = predictor.predict(read_image(path))
+        assert len(got.scores) == len(want.pred_scores) > 0
+        np.testing.assert_allclose(got.boxes, want.pred_boxes, atol=1e-3)
+        np.testing.assert_allclose(got.scores, want.pred_scores, atol=1e-5)
+        assert got.probability == pytest.approx(float(want.pred_scores.max()), abs=1e-5)
+
+
+def test_operating_point_decides_findings_and_verdict(model, synth_data):
+    img = read_image(DetectionDataset.from_data(synth_data, "val", 128).images[0])
+    backend = TorchBackend(model, imgsz=128)
+    everything = Predictor(backend, EvalConfig(conf=0.0)).predict(img)
+    top = float(everything.scores.max())
+    above = Predictor(backend, EvalConfig(conf=top)).predict(img)
+    below = Predictor(backend, EvalConfig(conf=min(1.0, top + 1e-3))).predict(img)
+    assert above.positive and len(above.findings()) >= 1 and above.findings()[0]["score"] == pytest.approx(top, abs=1e-4)
+    assert not below.positive and below.findings() == []
+    assert all(0 <= f["box"][0] <= img.shape[1] and 0 <= f["box"][3] <= img.shape[0] for f in everything.findings())
+
+
+def test_predictor_refuses_colour_or_float_input(model):
+    with pytest.raises(ValueError, match="grey uint8"):
+        Predictor(TorchBackend(model, imgsz=64), EvalConfig()).predict(np.zeros((10, 10, 3), np.uint8))
