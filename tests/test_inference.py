@@ -48,3 +48,20 @@ def test_operating_point_decides_findings_and_verdict(model, synth_data):
 def test_predictor_refuses_colour_or_float_input(model):
     with pytest.raises(ValueError, match="grey uint8"):
         Predictor(TorchBackend(model, imgsz=64), EvalConfig()).predict(np.zeros((10, 10, 3), np.uint8))
+
+
+def test_load_backend_from_weights_file_or_version_folder(model, tmp_path):
+    from common.errors import DataError
+    from common.inference import load_backend
+    from common.nn.weights import save_weights
+
+    save_weights(model, ModelSpec(width=0.125, depth=0.5), tmp_path / "v0001" / "model.safetensors", {"imgsz": 96})
+    for ref in (tmp_path / "v0001", tmp_path / "v0001" / "model.safetensors"):
+        b = load_backend(ref)
+        assert b.imgsz == 96 and b.names == dict(model.names)
+        x = torch.rand(1, 3, 96, 96)
+        torch.testing.assert_close(b(x), model.eval()(x)[0])
+    with pytest.raises(DataError, match="no model here"):
+        load_backend(tmp_path / "missing")
+    with pytest.raises(DataError, match="unknown backend"):
+        load_backend(tmp_path / "v0001", "onnx")
