@@ -75,6 +75,27 @@ class ImbalanceConfig:
 
 
 @dataclass
+class PrivacyConfig:
+    """Privacy of a federated run. `dp_sgd`: sample-level DP-SGD at each site (the privacy unit is one radiograph);
+    `client_dp`: Flower's client-level DP (protects whole sites, never added to the sample-level figure).
+
+    A site's own node config (`privacy-target-epsilon`, `privacy-delta`, `privacy-ceiling`) overrides these
+    defaults: the site, not the server, decides what its patients' images may cost.
+    """
+
+    mode: str = "none"  # none | dp_sgd | client_dp
+    target_epsilon: float = 8.0  # noise is calibrated so the whole planned run ends here
+    ceiling_epsilon: float = 10.0  # hard limit: a round that would cross it is refused
+    delta: float | None = None  # None: min(1e-5, 0.1 / N) for a site of N training images
+    max_grad_norm: float = 1.0  # per-image gradient clipping (dp_sgd) or per-site update clipping (client_dp)
+    max_physical_batch: int = 8  # memory bound: logical Poisson batches are split into chunks of at most this
+    grad_sample_mode: str = "hooks"  # Opacus per-sample gradient engine: hooks | functorch
+    ledger_dir: str = "privacy"  # where simulated sites keep their ledgers (deployed sites: node config)
+    noise_multiplier: float = 1.0  # client_dp only: server-side noise on the aggregate, in units of the clipping norm
+    sites: dict[str, dict[str, float]] = field(default_factory=dict)  # simulations: per-site budget overrides
+
+
+@dataclass
 class TrainConfig:
     epochs: int = 1
     max_steps: int | None = None  # stop after this many optimiser steps (federated rounds count steps)

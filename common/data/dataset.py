@@ -122,7 +122,12 @@ def _read_all_labels(files: list[Path], nc: int) -> list[np.ndarray]:
 
 
 def collate(items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-    """Stack images to float [0, 1] and flatten boxes with their image index, as Ultralytics' loss expects."""
+    """Stack images to float [0, 1] and flatten boxes with their image index, as Ultralytics' loss expects.
+    An empty list (a Poisson batch that drew no image) gives an empty batch."""
+    if not items:
+        return {"img": torch.zeros((0, 3, 1, 1)), "batch_idx": torch.zeros(0), "cls": torch.zeros((0, 1)),
+                "bboxes": torch.zeros((0, 4)), "index": torch.zeros(0, dtype=torch.long),
+                "positive": torch.zeros(0, dtype=torch.bool)}
     labels = [it["labels"] for it in items]
     batch_idx = torch.cat([torch.full((len(lab),), i, dtype=torch.float32) for i, lab in enumerate(labels)])
     rows = torch.cat(labels) if labels else torch.zeros((0, 5))

@@ -7,9 +7,11 @@ with Opacus), so there is no second training path; the per-image loss keeps each
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator
 from typing import Callable, Protocol
 
 import numpy as np
@@ -32,11 +34,16 @@ class TrainingDiverged(FracflError):
 
 
 class PrivacyHook(Protocol):
-    """What DP-SGD needs from the engine: a chance to wrap the pieces before the first step."""
+    """What DP-SGD needs from the engine: wrap the pieces before the first step (the returned loader's length is
+    the number of optimiser steps per epoch), split its batches for memory, and undo the wrapping at the end."""
 
     def wrap(
         self, model: nn.Module, optimizer: torch.optim.Optimizer, loader: DataLoader
     ) -> tuple[nn.Module, torch.optim.Optimizer, DataLoader]: ...
+
+    def batches(self, loader: DataLoader, optimizer: torch.optim.Optimizer) -> Iterable[dict]: ...
+
+    def release(self) -> None: ...
 
 
 @dataclass
@@ -131,6 +138,9 @@ def train_local(
     """
     if privacy is not None and cfg.augment.mixes_images:
         raise ConfigError("train.augment.mosaic: mosaic mixes images, which breaks DP-SGD's per-image guarantee")
+    if privacy is not None and proximal_mu > 0:
+        raise ConfigError("strategy=fedprox with privacy=dp_sgd: the DP optimiser does not apply the proximal term; "
+                          "use fedavg or another strategy without a site-side term")
     seed_everything(seed)
     device = select_device(cfg.device)
     model.to(device).train()
@@ -141,22 +151,23 @@ def train_local(
     optimizer = _optimizer(model, cfg)
     loader = _loader(data, cfg, seed)
     anchors = [p.detach().clone() for p in model.parameters()] if proximal_mu > 0 else []
-    net = model
+    net, batches = model, loader
     if privacy is not None:
         net, optimizer, loader = privacy.wrap(model, optimizer, loader)
+        batches = privacy.batches(loader, optimizer)  # physical batches; several may make one logical step
     total = cfg.max_steps if cfg.max_steps is not None else cfg.epochs * len(loader)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg, total))
 
     sums = torch.zeros(4, dtype=torch.float64)  # loss and its parts, summed over the current epoch's images
     images, epoch_images, steps, t0 = 0, 0, 0, time.perf_counter()
-    with progress_bar(progress) as bar:
+    with progress_bar(progress) as bar, _released(privacy):
         task = bar.add_task(description, total=total)
         epoch = 0
         while steps < total:
             data.set_epoch(first_epoch + epoch)
             sums.zero_()
             epoch_images = 0
-            for batch in loader:
+            for batch in batches:
                 if steps >= total:
                     break
                 n = len(batch["index"])
@@ -180,6 +191,8 @@ def train_local(
                     sums += torch.cat([per_image.detach().sum().view(1), parts.sum(0)]).double().cpu()
                     images += n
                     epoch_images += n
+                if getattr(optimizer, "_is_last_step_skipped", False):
+                    continue  # DP: gradients of this physical batch were stored; the logical step comes later
                 scheduler.step()
                 steps += 1
                 bar.update(task, advance=1, description=f"{description} loss {sums[0] / max(epoch_images, 1):.3f}")
@@ -189,6 +202,16 @@ def train_local(
                 model.train()
     metrics = _metrics(sums, epoch_images, images, steps, epoch, time.perf_counter() - t0)
     return TrainResult(state=state_to_save(model), metrics=metrics)
+
+
+@contextlib.contextmanager
+def _released(privacy: PrivacyHook | None) -> Iterator[None]:
+    """Undo the privacy wrapping however training ends (models are reused between rounds)."""
+    try:
+        yield
+    finally:
+        if privacy is not None:
+            privacy.release()
 
 
 def _metrics(sums: torch.Tensor, epoch_images: int, images: int, steps: int, epochs: int, seconds: float) -> dict[str, float]:

@@ -1,0 +1,84 @@
+"""Sample-level DP-SGD for the shared training engine, built from Opacus' parts.
+
+Opacus' `PrivacyEngine.make_private` assumes datasets that return tuples; ours return dicts with boxes, so the
+pieces are assembled here: per-sample gradients (`GradSampleModule`), clipping and noise (`DPOptimizer`), Poisson
+sampling (`UniformWithReplacementSampler`) and memory-bounded physical batches (`BatchSplittingSampler`, what
+`BatchMemoryManager` uses). Accounting is not done here: the site's ledger records what each round spent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from opacus import GradSampleModule
+from opacus.optimizers import DPOptimizer
+from opacus.utils.batch_memory_manager import BatchSplittingSampler
+from opacus.utils.uniform_sampler import UniformWithReplacementSampler
+from opacus.validators import ModuleValidator
+from torch import nn
+from torch.utils.data import DataLoader
+
+from common.errors import ConfigError
+
+MODES = ("hooks", "functorch")
+
+
+class _DPOptimizer(DPOptimizer):
+    """A DPOptimizer that also steps on an empty Poisson batch (no per-sample gradients: noise only), as DP-SGD's
+    analysis assumes every drawn batch, empty or not, is one release."""
+
+    def pre_step(self, closure=None):  # noqa: ANN001 (Opacus' signature)
+        if all(getattr(p, "grad_sample", None) is None for p in self.params):
+            for p in self.params:
+                p.grad_sample = torch.zeros((0, *p.shape), dtype=p.dtype, device=p.device)
+        return super().pre_step(closure)
+
+
+class DPSGD:
+    """The engine's `PrivacyHook` for DP-SGD: Poisson batches at `sample_rate`, each image's gradient clipped to
+    `max_grad_norm`, Gaussian noise of `noise_multiplier` times that norm added to every step."""
+
+    def __init__(self, noise_multiplier: float, max_grad_norm: float, sample_rate: float,
+                 max_physical_batch: int = 8, grad_sample_mode: str = "hooks", seed: int = 0):
+        if grad_sample_mode not in MODES:
+            raise ConfigError(f"privacy.grad_sample_mode: expected one of {MODES}, got {grad_sample_mode!r}")
+        if not (noise_multiplier >= 0 and max_grad_norm > 0 and 0 < sample_rate <= 1 and max_physical_batch >= 1):
+            raise ConfigError(f"privacy: invalid DP-SGD parameters (noise {noise_multiplier}, clip {max_grad_norm}, "
+                              f"sample rate {sample_rate}, physical batch {max_physical_batch})")
+        self.noise_multiplier, self.max_grad_norm, self.sample_rate = noise_multiplier, max_grad_norm, sample_rate
+        self.max_physical_batch, self.mode, self.seed = max_physical_batch, grad_sample_mode, seed
+        self._module: GradSampleModule | None = None
+
+    def wrap(self, model: nn.Module, optimizer: torch.optim.Optimizer, loader: DataLoader
+             ) -> tuple[nn.Module, torch.optim.Optimizer, DataLoader]:
+        """Per-sample-gradient model, DP optimiser and a loader of logical Poisson batches (its length is the
+        number of optimiser steps in an epoch)."""
+        problems = ModuleValidator.validate(model, strict=False)
+        if problems:
+            raise ConfigError(f"privacy=dp_sgd: the model cannot be trained with DP-SGD ({problems[0]}); "
+                              "use model.norm=group (BatchNorm mixes the images of a batch)")
+        n = len(loader.dataset)
+        self._module = GradSampleModule(model, batch_first=True, loss_reduction="mean", strict=True,
+                                        force_functorch=self.mode == "functorch")
+        dp_opt = _DPOptimizer(optimizer, noise_multiplier=self.noise_multiplier, max_grad_norm=self.max_grad_norm,
+                              expected_batch_size=max(1, round(self.sample_rate * n)), loss_reduction="mean",
+                              generator=torch.Generator().manual_seed(self.seed + 1))
+        sampler = UniformWithReplacementSampler(num_samples=n, sample_rate=self.sample_rate,
+                                                generator=torch.Generator().manual_seed(self.seed))
+        logical = DataLoader(loader.dataset, batch_sampler=sampler, collate_fn=loader.collate_fn,
+                             num_workers=loader.num_workers)
+        return self._module, dp_opt, logical
+
+    def batches(self, loader: DataLoader, optimizer: torch.optim.Optimizer) -> Iterable[dict]:
+        """Physical batches of at most `max_physical_batch` images; the optimiser steps once per logical batch."""
+        split = BatchSplittingSampler(sampler=loader.batch_sampler, max_batch_size=self.max_physical_batch,
+                                      optimizer=optimizer)
+        return DataLoader(loader.dataset, batch_sampler=split, collate_fn=loader.collate_fn,
+                          num_workers=loader.num_workers)
+
+    def release(self) -> None:
+        """Remove Opacus' hooks, so the model (reused between rounds) trains normally afterwards."""
+        if self._module is not None:
+            self._module.cleanup()
+            self._module = None

@@ -1,0 +1,85 @@
+"""DP-SGD at the site: Opacus' per-sample gradients of our loss are each image's own, and training runs with
+Poisson sampling, memory-bounded physical batches and empty batches."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from common.config import AugmentConfig, TrainConfig
+from common.data.dataset import DetectionDataset
+from common.engine.trainer import train_local
+from common.errors import ConfigError
+from common.nn.loss import PerImageDetectionLoss
+from common.nn.model import ModelSpec, build_model
+from common.privacy.dp_sgd import DPSGD
+from opacus import GradSampleModule
+from tests_support import toy_dataset
+from test_loss import _alone, _batch
+
+GROUP = ModelSpec(width=0.125, depth=0.5, norm="group")
+PLAIN = AugmentConfig(hflip=0, degrees=0, translate=0, scale=0, brightness=0, contrast=0, gamma=0, noise=0)
+
+
+@pytest.mark.parametrize("mode", ["hooks", "functorch"])
+def test_opacus_per_sample_gradients_equal_each_image_alone(mode):
+    torch.manual_seed(1)
+    model = build_model(GROUP).double().train()
+    imgs, batch = _batch()
+    imgs = imgs.double()
+    gsm = GradSampleModule(model, batch_first=True, loss_reduction="mean", force_functorch=mode == "functorch")
+    crit = PerImageDetectionLoss(model)
+    crit.per_image(gsm(imgs), batch)[0].mean().backward()
+    params = [p for p in model.parameters() if p.requires_grad]
+    samples = [p.grad_sample.detach().clone() for p in params]
+    gsm.cleanup()
+    for i in range(len(imgs)):
+        model.zero_grad()
+        crit.per_image(model(imgs[i : i + 1]), _alone(batch, i))[0].sum().backward()
+        gap = max((s[i] - p.grad).abs().max().item() for s, p in zip(samples, params))
+        scale = max(p.grad.abs().max().item() for p in params)
+        assert gap <= 1e-7 * max(scale, 1.0), f"image {i}: per-sample gradient differs by {gap}"
+
+
+def _data(tmp_path, n=16):
+    return DetectionDataset.from_data(toy_dataset(tmp_path, n=n, positives=n), "train", 64, cache=True)
+
+
+def test_dp_training_counts_logical_steps_and_leaves_the_model_clean(tmp_path):
+    data = _data(tmp_path)
+    model = build_model(GROUP)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    cfg = TrainConfig(imgsz=64, batch_size=8, epochs=2, warmup_steps=0, device="cpu", augment=PLAIN)
+    hook = DPSGD(noise_multiplier=1.0, max_grad_norm=1.0, sample_rate=8 / len(data), max_physical_batch=3)
+    result = train_local(model, data, cfg, privacy=hook, progress=False)
+    assert result.metrics["steps"] == 2 * int(len(data) / 8)  # logical steps, not physical chunks of 3
+    assert any(not torch.equal(before[k], v) for k, v in result.state.items())
+    assert all(not hasattr(p, "grad_sample") for p in model.parameters())  # hooks removed: reusable next round
+    out = model(torch.rand(2, 3, 64, 64))  # and the model still runs normally
+    assert out is not None
+
+
+def test_noise_alone_moves_weights_on_an_empty_batch(tmp_path):
+    """A sample rate so low that (almost surely) no image is drawn: every step still adds noise, as the
+    accounting assumes."""
+    data = _data(tmp_path, n=8)
+    model = build_model(GROUP)
+    before = [p.detach().clone() for p in model.parameters()]
+    cfg = TrainConfig(imgsz=64, batch_size=8, max_steps=2, warmup_steps=0, device="cpu", augment=PLAIN)
+    hook = DPSGD(noise_multiplier=1.0, max_grad_norm=1.0, sample_rate=1e-9)
+    result = train_local(model, data, cfg, privacy=hook, progress=False)
+    assert result.metrics["images"] == 0 and result.metrics["steps"] == 2
+    assert any(not torch.equal(b, p) for b, p in zip(before, model.parameters()))
+
+
+def test_dp_refuses_batch_norm_mosaic_and_fedprox(tmp_path):
+    data = _data(tmp_path, n=8)
+    cfg = TrainConfig(imgsz=64, batch_size=4, max_steps=1, device="cpu", augment=PLAIN)
+    hook = DPSGD(noise_multiplier=1.0, max_grad_norm=1.0, sample_rate=0.5)
+    with pytest.raises(ConfigError, match="model.norm=group"):
+        train_local(build_model(ModelSpec(width=0.125, depth=0.5)), data, cfg, privacy=hook, progress=False)
+    with pytest.raises(ConfigError, match="proximal"):
+        train_local(build_model(GROUP), data, cfg, privacy=hook, progress=False, proximal_mu=0.1)
+    mosaic = TrainConfig(imgsz=64, batch_size=4, max_steps=1, device="cpu", augment=AugmentConfig(mosaic=0.5))
+    with pytest.raises(ConfigError, match="mosaic"):
+        train_local(build_model(GROUP), data, mosaic, privacy=hook, progress=False)
