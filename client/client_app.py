@@ -6,6 +6,7 @@ and status (ConfigRecord). A site that cannot take part answers with its status 
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Callable
 
@@ -13,6 +14,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 
 from client.faults import fault_injection_mod
+from client.privacy import PrivacyRefused, site_budget
 from client.site import Site, resolve_site
 from client.task import evaluate_site, train_site
 from common.errors import FracflError
@@ -20,7 +22,7 @@ from common.protocol import SiteJob
 
 app = ClientApp()
 log = logging.getLogger("fracfl.client")
-Work = Callable[[Site, dict, SiteJob, ConfigRecord], tuple[dict | None, dict[str, float]]]
+Work = Callable[[Site, dict, SiteJob, ConfigRecord, Context], tuple[dict | None, dict[str, float], dict | None]]
 
 
 def _handle(msg: Message, context: Context, what: str, work: Work) -> Message:
@@ -30,25 +32,40 @@ def _handle(msg: Message, context: Context, what: str, work: Work) -> Message:
     try:
         site = resolve_site(context.node_config, cfg.get("sites-manifest"))
         name = site.name
-        state, metrics = work(site, msg.content["arrays"].to_torch_state_dict(), SiteJob.from_json(cfg["job"]), cfg)
+        state, metrics, privacy = work(site, msg.content["arrays"].to_torch_state_dict(), SiteJob.from_json(cfg["job"]),
+                                       cfg, context)
+    except PrivacyRefused as e:  # its message carries numbers only, so the server may show it
+        log.warning("site %s refuses to %s: %s", name, what, e)
+        state, metrics, privacy, status = None, {"num-examples": 0.0}, e.report, f"refused: {e}"
     except Exception as e:  # noqa: BLE001  (the details, which may name patient files, stay in the site's log)
         log.exception("site %s cannot %s: %s", name, what, e)
         kind = "invalid local data or configuration" if isinstance(e, FracflError) else "internal error"
-        state, metrics, status = None, {"num-examples": 0.0}, f"failed: {type(e).__name__} ({kind}; see the site's log)"
+        state, metrics, privacy = None, {"num-examples": 0.0}, None
+        status = f"failed: {type(e).__name__} ({kind}; see the site's log)"
     else:
         status = "ok"
-    content = RecordDict({"metrics": MetricRecord(metrics), "site": ConfigRecord({"name": name, "status": status})})
+    site_info = {"name": name, "status": status}
+    if privacy is not None:
+        site_info["privacy"] = json.dumps(privacy)
+    content = RecordDict({"metrics": MetricRecord(metrics), "site": ConfigRecord(site_info)})
     if state is not None:
         content["arrays"] = ArrayRecord(state)
     return Message(content, reply_to=msg)
 
 
+def _train(site: Site, state: dict, job: SiteJob, cfg: ConfigRecord, context: Context):
+    budget = site_budget(site.name, context.node_config, job.privacy) if job.privacy.mode == "dp_sgd" else None
+    return train_site(site.name, site.data, state, job, int(cfg["server-round"]),
+                      proximal_mu=float(cfg.get("proximal-mu", 0.0)), budget=budget,
+                      model_version=str(cfg.get("model-version", "")))
+
+
 @app.train(mods=[fault_injection_mod])
 def train(msg: Message, context: Context) -> Message:
-    return _handle(msg, context, "train", lambda site, state, job, cfg: train_site(
-        site.data, state, job, int(cfg["server-round"]), float(cfg.get("proximal-mu", 0.0))))
+    return _handle(msg, context, "train", _train)
 
 
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
-    return _handle(msg, context, "evaluate", lambda site, state, job, cfg: (None, evaluate_site(site.data, state, job)))
+    return _handle(msg, context, "evaluate",
+                   lambda site, state, job, cfg, context: (None, evaluate_site(site.data, state, job), None))

@@ -9,7 +9,7 @@ import json
 import math
 from dataclasses import asdict, dataclass, field
 
-from common.config import EvalConfig, LocalTrainConfig, to_typed
+from common.config import EvalConfig, LocalTrainConfig, PrivacyConfig, to_typed
 from common.metrics import DetectionReport
 from common.nn.model import ModelSpec
 
@@ -24,22 +24,26 @@ class SiteJob:
     model: dict
     train: LocalTrainConfig = field(default_factory=LocalTrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     seed: int = 0
+    run_id: str = ""
+    rounds: int = 1  # planned rounds: DP noise is calibrated for the whole run
 
     def to_json(self) -> str:
-        return json.dumps({"model": self.model, "train": asdict(self.train), "eval": asdict(self.eval), "seed": self.seed})
+        return json.dumps({"model": self.model, "train": asdict(self.train), "eval": asdict(self.eval),
+                           "privacy": asdict(self.privacy), "seed": self.seed, "run_id": self.run_id,
+                           "rounds": self.rounds})
 
     @classmethod
     def from_json(cls, text: str) -> "SiteJob":
         d = json.loads(text)
         return cls(model=d["model"], train=to_typed(d["train"], LocalTrainConfig), eval=to_typed(d["eval"], EvalConfig),
-                   seed=int(d["seed"]))
+                   privacy=to_typed(d.get("privacy", {}), PrivacyConfig), seed=int(d["seed"]),
+                   run_id=str(d.get("run_id", "")), rounds=int(d.get("rounds", 1)))
 
     @property
     def spec(self) -> ModelSpec:
         return ModelSpec.from_dict(self.model)
-
-
 
 
 def encode_metrics(report: DetectionReport, examples: int) -> dict[str, float]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from common.config import EvalConfig, LocalTrainConfig, ModelConfig
+from common.config import EvalConfig, LocalTrainConfig, ModelConfig, PrivacyConfig
 
 
 @dataclass
@@ -47,6 +47,7 @@ class ServerJob:
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
     federation: FederationConfig = field(default_factory=FederationConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     registry: str = "registry"
     run_dir: str = "runs/federated"
     run_id: str = ""

@@ -7,6 +7,7 @@ own `configure_*`/`aggregate_*` methods do the federated-learning part. Flower t
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -49,6 +50,7 @@ class _Reply:
     metrics: dict[str, float]
     message: Message
     state: State | None = None
+    privacy: dict[str, Any] | None = None  # the site's DP-SGD report (epsilon, mechanism, ledger head)
 
 
 def _read(msg: Message, names: dict[int, str]) -> _Reply:
@@ -65,12 +67,27 @@ def _read(msg: Message, names: dict[int, str]) -> _Reply:
     status = str(site.get("status", "ok"))[:200]
     problem = check_examples(examples) if status == "ok" else None
     n = int(examples) if problem is None and status == "ok" else 0
-    return _Reply(name, f"rejected: {problem}" if problem else status, n, metrics, msg)
+    return _Reply(name, f"rejected: {problem}" if problem else status, n, metrics, msg, privacy=_privacy(site))
+
+
+def _privacy(site: ConfigRecord) -> dict[str, Any] | None:
+    """A site's privacy report: numbers and short codes only; anything else in it is dropped."""
+    try:
+        raw = json.loads(str(site["privacy"])) if "privacy" in site else None
+    except (TypeError, ValueError):
+        return None
+    if not isinstance(raw, dict):
+        return None
+    return {k: v for k, v in raw.items() if isinstance(k, str) and len(k) <= 40
+            and (isinstance(v, (int, float)) or (isinstance(v, str) and len(v) <= 200))}
 
 
 def _record(rnd: int, phase: str, r: _Reply) -> dict[str, Any]:
-    return {"round": rnd, "site": r.site, "phase": phase, "examples": r.examples, "status": r.status,
-            "metrics": decode_metrics(r.metrics)}
+    record = {"round": rnd, "site": r.site, "phase": phase, "examples": r.examples, "status": r.status,
+              "metrics": decode_metrics(r.metrics)}
+    if r.privacy is not None:
+        record["privacy"] = r.privacy
+    return record
 
 
 def _subset(record: ArrayRecord, keys: Iterable[str]) -> ArrayRecord:

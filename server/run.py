@@ -27,6 +27,7 @@ from common.protocol import SiteJob, encode_metrics
 from server.checkpoint import load_checkpoint, restore_strategy, save_checkpoint
 from server.config import ServerJob
 from server.loop import RoundResult, run_round, server_record
+from server.privacy import card_section, latest_reports, summarise
 from server.registry import Registry, describe_model
 from server.strategies import build_strategy
 from server.tracking import make_tracker
@@ -63,11 +64,12 @@ def _pooled_evaluator(job: ServerJob, spec: ModelSpec):
     return evaluate
 
 
-def _card(job: ServerJob, spec: ModelSpec, result: RoundResult, chash: str) -> dict[str, Any]:
+def _card(job: ServerJob, spec: ModelSpec, result: RoundResult, chash: str,
+          privacy: dict[str, dict[str, Any]]) -> dict[str, Any]:
     train = {r["site"]: r for r in result.records if r["phase"] == "train"}
     evals = {r["site"]: r for r in result.records if r["phase"] == "evaluate"}
     pooled = next((r["metrics"] for r in result.records if r["phase"] == "server"), None)
-    sites = [{"name": s, "examples": r["examples"], "status": "trained" if r["status"] == "ok" else r["status"],
+    sites = [{"name": s, "examples": r["examples"], "status": _card_status(r["status"]),
               "metrics": evals.get(s, {}).get("metrics", {})}
              for s, r in sorted(train.items())]
     return {
@@ -77,8 +79,14 @@ def _card(job: ServerJob, spec: ModelSpec, result: RoundResult, chash: str) -> d
                   "description": describe_model(spec.arch)},
         "sites": sites,
         "metrics": {"pooled": pooled, "per_site": {s: r["metrics"] for s, r in sorted(evals.items())}},
-        "privacy": None, "exports": [],
+        "privacy": card_section(job.privacy, privacy), "exports": [],
     }
+
+
+def _card_status(status: str) -> str:
+    if status == "ok":
+        return "trained"
+    return "budget exhausted" if status.startswith("refused: privacy budget exhausted") else status
 
 
 def run_federation(grid: Grid, job: ServerJob, sites_manifest: str | None = None) -> dict[str, Any]:
@@ -93,7 +101,7 @@ def run_federation(grid: Grid, job: ServerJob, sites_manifest: str | None = None
     records_path = run_dir / "records.jsonl"
     chash = config_hash(job)
 
-    start = 1
+    start, reports = 1, {}
     ckpt = load_checkpoint(run_dir / "checkpoint", chash)
     if ckpt is not None:
         state, start = ckpt.state, ckpt.round + 1
@@ -104,7 +112,8 @@ def run_federation(grid: Grid, job: ServerJob, sites_manifest: str | None = None
         append_records(tmp, kept)  # drop records of a round that never completed; swap in atomically
         tmp.replace(records_path)
         log.info("resuming run %s after round %d", job.run_id, ckpt.round)
-        _publish_missing(registry, job, spec, ckpt.round, state, kept, chash)
+        reports = latest_reports(kept)
+        _publish_missing(registry, job, spec, ckpt.round, state, kept, chash, reports)
 
     evaluate = _pooled_evaluator(job, spec)
     if start == 1:
@@ -112,7 +121,8 @@ def run_federation(grid: Grid, job: ServerJob, sites_manifest: str | None = None
         if evaluate is not None:
             append_records(records_path, [server_record(0, evaluate(state))])
 
-    site_job = SiteJob(model=spec.to_dict(), train=job.train, eval=job.eval, seed=job.seed)
+    site_job = SiteJob(model=spec.to_dict(), train=job.train, eval=job.eval, privacy=job.privacy, seed=job.seed,
+                       run_id=job.run_id, rounds=job.federation.rounds)
     config: dict[str, Any] = {"job": site_job.to_json()}
     if sites_manifest:
         config["sites-manifest"] = sites_manifest
@@ -121,15 +131,20 @@ def run_federation(grid: Grid, job: ServerJob, sites_manifest: str | None = None
     with make_tracker(job.tracking.mode, run_dir, job.tracking.project, job.run_id, asdict(job)) as tracker:
         for rnd in range(start, job.federation.rounds + 1):
             t0 = time.perf_counter()
+            parent = registry.latest(job.run_id)
+            config["model-version"] = parent.version if parent else "initial"
             result = run_round(grid, strategy, rnd, state, config, names, max_update_norm=job.federation.max_update_norm,
                                timeout=job.federation.round_timeout, server_eval=evaluate)
             state = result.state
             t1 = time.perf_counter()
             append_records(records_path, result.records)
+            reports = latest_reports(result.records, reports)
+            if job.privacy.mode == "dp_sgd":
+                summarise(run_dir / "privacy-ledger.jsonl", job.run_id, result.records)
             save_checkpoint(run_dir / "checkpoint", rnd, state, strategy, chash)
             published = ""
             if rnd % job.federation.publish_every == 0 or rnd == job.federation.rounds:
-                pub = registry.publish(_model_from_state(spec, state), spec, _card(job, spec, result, chash),
+                pub = registry.publish(_model_from_state(spec, state), spec, _card(job, spec, result, chash, reports),
                                        {"imgsz": job.train.imgsz, "run_id": job.run_id, "round": rnd})
                 published = f", published as {pub.version}"
             tracker.log(rnd, _flat_metrics(result.records))
@@ -144,13 +159,14 @@ def run_federation(grid: Grid, job: ServerJob, sites_manifest: str | None = None
     return summary
 
 
-def _publish_missing(registry: Registry, job: ServerJob, spec: ModelSpec, rnd: int, state, records, chash: str) -> None:
+def _publish_missing(registry: Registry, job: ServerJob, spec: ModelSpec, rnd: int, state, records, chash: str,
+                     reports: dict[str, dict[str, Any]]) -> None:
     """A server killed between checkpoint and publish: publish that round now, once."""
     due = rnd % job.federation.publish_every == 0 or rnd == job.federation.rounds
     latest = registry.latest(job.run_id)
     if due and (latest is None or latest.card["round"] < rnd):
         result = RoundResult(rnd, state, [r for r in records if r["round"] == rnd])
-        registry.publish(_model_from_state(spec, state), spec, _card(job, spec, result, chash),
+        registry.publish(_model_from_state(spec, state), spec, _card(job, spec, result, chash, reports),
                          {"imgsz": job.train.imgsz, "run_id": job.run_id, "round": rnd})
 
 

@@ -46,6 +46,7 @@ def run_simulation_job(job: SimulationJob, run_dir: Path) -> dict:
     manifest, _ = prepare_sites(job, run_dir)
     n_sites = len(json.loads(manifest.read_text()))
     job.sites_manifest, job.val_data, job.run_dir = str(manifest), str(run_dir / "pooled_val.yaml"), str(run_dir)
+    job.privacy.ledger_dir = str(Path(job.privacy.ledger_dir).resolve())  # simulated sites' ledgers, any cwd
     job_file = run_dir / "job.yaml"
     OmegaConf.save(OmegaConf.structured(job), job_file)
     summary_file = run_dir / "summary.json"

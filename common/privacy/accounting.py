@@ -11,6 +11,7 @@ import math
 import warnings
 from dataclasses import dataclass
 
+import numpy as np
 from opacus.accountants import PRVAccountant, RDPAccountant
 
 from common.errors import ConfigError
@@ -69,7 +70,9 @@ def epsilon_rdp(history: list[Mechanism], delta: float) -> float:
 def epsilon_prv(history: list[Mechanism], delta: float) -> float:
     acc = PRVAccountant()
     acc.history = _history(history)
-    return float(acc.get_epsilon(delta)) if acc.history else 0.0
+    with np.errstate(divide="ignore", invalid="ignore"), warnings.catch_warnings():  # q = 1 takes log(0) on the way
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return float(acc.get_epsilon(delta)) if acc.history else 0.0
 
 
 def epsilons(history: list[Mechanism], delta: float) -> dict[str, float]:

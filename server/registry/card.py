@@ -29,7 +29,7 @@ MODEL_DESCRIPTION = "YOLOv7-tiny backbone and neck with Ultralytics' anchor-free
 _ARCH_NAMES = {"yolov7-tiny": "YOLOv7-tiny", "yolov7": "YOLOv7"}
 _SITE_KEYS = {"name", "examples", "status", "metrics"}
 _MODEL_KEYS = {"arch", "width", "depth", "norm", "classes", "parameters", "description"}
-_STATUS = re.compile(r"^(trained|budget exhausted|(rejected|failed): \S.*)$")
+_STATUS = re.compile(r"^(trained|budget exhausted|(rejected|failed|refused): \S.*)$")
 # Tokens of a metric name that suggest identifying data rather than an aggregate figure.
 _IDENTIFYING = frozenset({"patient", "patients", "name", "names", "id", "ids", "mrn", "dob", "birth", "birthdate",
                           "accession", "uid", "ssn", "address", "phone", "file", "filename", "files", "path", "paths"})

@@ -117,7 +117,14 @@ def render_markdown(card: dict[str, Any]) -> str:
     if privacy is None:
         lines += ["Not recorded for this run."]
     else:
-        lines += _table(["Figure", "Value"], [[k, v] for k, v in privacy.items()])
+        lines += [f"{k.replace('_', ' ').capitalize()}: {v}." for k, v in privacy.items() if not isinstance(v, dict)]
+        sites = privacy.get("sites") or {}
+        if sites:
+            cols = ["epsilon", "epsilon_rdp", "epsilon_prv", "delta", "ceiling_epsilon", "noise_multiplier", "round"]
+            lines += ["", "Epsilon spent by each site's images up to this version (both accountants; the larger "
+                      "one counts):", ""]
+            lines += _table(["Site"] + [_label(k) for k in cols], [[s] + [f.get(k) for k in cols]
+                                                                    for s, f in sites.items()])
 
     lines += ["", "## Edge exports", ""]
     exports = card.get("exports") or []

@@ -1,0 +1,169 @@
+"""A site's privacy budget for sample-level DP-SGD: plan the run's noise once, refuse any round that would cross
+the site's ceiling, and record every round in the site's hash-chained ledger before its weights leave.
+
+The site decides: the server proposes a target and a ceiling, the site's node config can only make them stricter.
+Spending is keyed to the images (by content), so a new run on the same or a grown set continues from what was
+already spent; failing to read or write the ledger means no training (fail closed).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+from common.config import PrivacyConfig
+from common.errors import FracflError
+from common.privacy.accounting import Mechanism, calibrate, default_delta, epsilons, sample_rate, steps_per_round
+from common.privacy.dp_sgd import DPSGD
+from common.privacy.fingerprint import fingerprint, image_hashes
+from common.privacy.ledger import Ledger, LedgerError
+
+log = logging.getLogger("fracfl.client.privacy")
+UNIT = "one radiograph (image); a patient with k images is protected at group level k"
+
+
+class PrivacyRefused(FracflError):
+    """The site will not train this round. The message is sent to the server: numbers only, no paths or names."""
+
+    def __init__(self, reason: str, report: dict[str, Any] | None = None):
+        super().__init__(reason)
+        self.report = report
+
+
+@dataclass(frozen=True)
+class Budget:
+    target: float
+    ceiling: float
+    delta: float | None
+    ledger_dir: Path
+
+
+def site_budget(site: str, node_config: Mapping[str, Any], cfg: PrivacyConfig) -> Budget:
+    """The stricter of the server's proposal (with per-site simulation overrides) and the site's node config."""
+    over = cfg.sites.get(site, {})
+    target = min(float(over.get("target_epsilon", cfg.target_epsilon)),
+                 float(node_config.get("privacy-target-epsilon", math.inf)))
+    ceiling = min(float(over.get("ceiling_epsilon", cfg.ceiling_epsilon)),
+                  float(node_config.get("privacy-ceiling", math.inf)))
+    deltas = [float(d) for d in (node_config.get("privacy-delta"), over.get("delta"), cfg.delta) if d is not None]
+    where = node_config.get("privacy-dir")
+    return Budget(min(target, ceiling), ceiling, min(deltas) if deltas else None,
+                  Path(str(where)) if where else Path(cfg.ledger_dir) / site)
+
+
+@dataclass
+class RoundGuard:
+    """What one round may spend, decided before training; `commit` records what it did spend."""
+
+    site: str
+    ledger: Ledger
+    hook: DPSGD
+    history: list[Mechanism]
+    plan: dict[str, Any]
+    delta: float
+    fields: dict[str, Any]
+
+    def commit(self, steps: int) -> dict[str, Any]:
+        """Append this round's entry (before the weights leave) and return the report sent to the server."""
+        mech = Mechanism(self.hook.noise_multiplier, self.hook.sample_rate, steps)
+        spent = epsilons([*self.history, mech], self.delta)
+        entry = self.ledger.append("round", {**self.fields, "noise_multiplier": mech.noise_multiplier,
+                                             "sample_rate": mech.sample_rate, "steps": steps,
+                                             "epsilon": spent["epsilon"], "epsilon_rdp": spent["rdp"],
+                                             "epsilon_prv": spent["prv"]})
+        return report(entry, self.plan)
+
+
+def report(entry: dict[str, Any], plan: dict[str, Any] | None) -> dict[str, Any]:
+    """The privacy figures a site shares: mechanism and epsilon, never paths or image hashes."""
+    keys = ("kind", "run_id", "round", "model_version", "epsilon", "epsilon_rdp", "epsilon_prv", "delta",
+            "target_epsilon", "ceiling_epsilon", "noise_multiplier", "sample_rate", "steps", "max_grad_norm",
+            "images", "reason", "unit")
+    out = {k: entry[k] for k in keys if k in entry}
+    out["ledger_head"] = entry["hash"]
+    if plan is not None:
+        out.update(planned_rounds=plan["planned_rounds"], first_round=plan["first_round"],
+                   steps_per_round=plan["steps_per_round"], projected_epsilon=plan["projected_epsilon"])
+    return out
+
+
+def _members(ledger_dir: Path, fp: str) -> set[str] | None:
+    p = ledger_dir / "datasets" / f"{fp}.txt"
+    return set(p.read_text().split()) if p.exists() else None
+
+
+def spent_history(ledger_dir: Path, entries: list[dict[str, Any]], hashes: set[str]) -> list[Mechanism]:
+    """Rounds whose training set shared any image with `hashes` (a set whose members are unknown counts too)."""
+    history, overlap = [], {}
+    for e in entries:
+        if e.get("kind") != "round":
+            continue
+        fp = e["fingerprint"]
+        if fp not in overlap:
+            members = _members(ledger_dir, fp)
+            overlap[fp] = members is None or not members.isdisjoint(hashes)
+        if overlap[fp]:
+            history.append(Mechanism(e["noise_multiplier"], e["sample_rate"], e["steps"]))
+    return history
+
+
+def guard_round(site: str, budget: Budget, cfg: PrivacyConfig, *, run_id: str, rnd: int, planned_rounds: int,
+                images: list[Path], batch_size: int, local_epochs: int, max_steps: int | None,
+                model_version: str, seed: int) -> RoundGuard:
+    """Plan (once per run and training set) and check this round; raises PrivacyRefused when it must not train."""
+    ledger = Ledger(budget.ledger_dir / "ledger.jsonl")
+    try:
+        entries = ledger.entries()
+        hashes = image_hashes(images)
+        fp = fingerprint(hashes)
+        members = budget.ledger_dir / "datasets" / f"{fp}.txt"
+        if not members.exists():
+            members.parent.mkdir(parents=True, exist_ok=True)
+            members.write_text("\n".join(sorted(set(hashes))) + "\n")
+    except (LedgerError, OSError) as e:
+        log.error("site %s: %s", site, e)
+        raise PrivacyRefused("privacy ledger cannot be read or written (see the site's log)") from e
+    n = len(set(hashes))
+    delta = budget.delta if budget.delta is not None else default_delta(n)
+    q = sample_rate(batch_size, n)
+    steps = steps_per_round(local_epochs, max_steps, q)
+    history = spent_history(budget.ledger_dir, entries, set(hashes))
+    fields = {"site": site, "run_id": run_id, "round": rnd, "model_version": model_version, "fingerprint": fp,
+              "images": n, "delta": delta, "max_grad_norm": cfg.max_grad_norm, "target_epsilon": budget.target,
+              "ceiling_epsilon": budget.ceiling, "unit": UNIT}
+
+    def refuse(reason: str, spent: float) -> PrivacyRefused:
+        try:
+            return PrivacyRefused(reason, report(ledger.append("refused", {**fields, "reason": reason,
+                                                                           "epsilon": spent}), plan))
+        except LedgerError as e:
+            log.error("site %s: %s", site, e)
+            return PrivacyRefused(reason)
+
+    plan = next((e for e in reversed(entries) if e.get("kind") == "plan" and e["run_id"] == run_id
+                 and e["fingerprint"] == fp), None)
+    spent = epsilons(history, delta)["epsilon"]
+    if plan is None:  # noise calibrated once for every round still to come, from what is already spent
+        rounds_left = max(1, planned_rounds - rnd + 1)
+        sigma = calibrate(history, q, steps * rounds_left, budget.target, delta)
+        if sigma is None:
+            raise refuse(f"privacy budget exhausted: epsilon {spent:.2f} already spent of target {budget.target:.2f}",
+                         spent)
+        projected = epsilons([*history, Mechanism(sigma, q, steps * rounds_left)], delta)["epsilon"]
+        try:
+            plan = ledger.append("plan", {**fields, "noise_multiplier": sigma, "sample_rate": q,
+                                          "steps_per_round": steps, "planned_rounds": planned_rounds,
+                                          "first_round": rnd, "projected_epsilon": projected, "epsilon": spent})
+        except LedgerError as e:
+            log.error("site %s: %s", site, e)
+            raise PrivacyRefused("privacy ledger cannot be read or written (see the site's log)") from e
+    sigma = float(plan["noise_multiplier"])
+    after = epsilons([*history, Mechanism(sigma, q, steps)], delta)["epsilon"]
+    if after > budget.ceiling:
+        raise refuse(f"privacy budget exhausted: this round would reach epsilon {after:.2f} > ceiling "
+                     f"{budget.ceiling:.2f} (spent {spent:.2f})", spent)
+    hook = DPSGD(sigma, cfg.max_grad_norm, q, cfg.max_physical_batch, cfg.grad_sample_mode, seed)
+    return RoundGuard(site, ledger, hook, history, plan, delta, fields)

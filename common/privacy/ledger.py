@@ -1,0 +1,122 @@
+"""An append-only privacy ledger: JSON Lines, each entry chained to the previous one by a SHA-256 hash.
+
+    {"seq": 3, "prev": "<hash of entry 2>", "kind": "round", ..., "hash": "<sha256 of this entry without hash>"}
+
+Editing an entry breaks its own hash; deleting or reordering one breaks the next entry's `prev`; cutting entries off
+the end is caught by the head file (`<ledger>.head`, the last seq and hash, replaced atomically after each append).
+Reading verifies the chain first: a site whose ledger is damaged or unreadable must not train (fail closed).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from common.errors import FracflError
+
+GENESIS = "0" * 64
+
+
+class LedgerError(FracflError):
+    """The ledger cannot be read, verified or written."""
+
+
+@dataclass(frozen=True)
+class Verdict:
+    ok: bool
+    entries: int
+    line: int | None = None  # 1-based line where the chain breaks
+    problem: str = ""
+
+    def __str__(self) -> str:
+        return f"intact: {self.entries} entries" if self.ok else f"broken at line {self.line}: {self.problem}"
+
+
+def entry_hash(entry: dict[str, Any]) -> str:
+    body = {k: v for k, v in entry.items() if k != "hash"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def _head_path(path: Path) -> Path:
+    return path.with_name(path.name + ".head")
+
+
+def verify(path: str | Path) -> tuple[Verdict, list[dict[str, Any]]]:
+    """Check every link of the chain and the head; return the verdict and the entries read up to any break."""
+    path = Path(path)
+    if not path.exists():
+        return (Verdict(False, 0, None, "ledger file missing") if _head_path(path).exists() else Verdict(True, 0)), []
+    entries: list[dict[str, Any]] = []
+    prev = GENESIS
+    with open(path, encoding="utf-8") as f:
+        for line_no, line in enumerate(f, 1):
+            try:
+                e = json.loads(line)
+            except json.JSONDecodeError:
+                return Verdict(False, len(entries), line_no, "not valid JSON"), entries
+            if not isinstance(e, dict):
+                return Verdict(False, len(entries), line_no, "not a JSON object"), entries
+            if e.get("seq") != line_no:
+                return Verdict(False, len(entries), line_no, f"sequence number {e.get('seq')}, expected {line_no} "
+                               "(an entry was deleted, inserted or moved)"), entries
+            if e.get("prev") != prev:
+                return Verdict(False, len(entries), line_no, "does not chain to the previous entry "
+                               "(an entry before it was deleted or changed)"), entries
+            if e.get("hash") != entry_hash(e):
+                return Verdict(False, len(entries), line_no, "content does not match its hash (entry edited)"), entries
+            entries.append(e)
+            prev = e["hash"]
+    head = _head_path(path)
+    if head.exists():
+        try:
+            h = json.loads(head.read_text())
+        except (OSError, json.JSONDecodeError):
+            return Verdict(False, len(entries), None, f"head file {head.name} unreadable"), entries
+        if h.get("seq", 0) > len(entries):
+            return Verdict(False, len(entries), len(entries) + 1,
+                           f"entries {len(entries) + 1}..{h['seq']} missing (the head records {h['seq']})"), entries
+        if h.get("seq") == len(entries) and h.get("hash") != prev:
+            return Verdict(False, len(entries), len(entries), "last entry differs from the head"), entries
+    return Verdict(True, len(entries)), entries
+
+
+class Ledger:
+    """One ledger file. `entries()` and `append()` raise LedgerError on any damage or I/O failure."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def entries(self) -> list[dict[str, Any]]:
+        try:
+            verdict, entries = verify(self.path)
+        except OSError as e:
+            raise LedgerError(f"privacy ledger {self.path} cannot be read: {e.strerror}") from e
+        if not verdict.ok:
+            raise LedgerError(f"privacy ledger {self.path} is damaged ({verdict}); training stays refused until "
+                              "governance staff restore it (`fracfl audit verify`)")
+        return entries
+
+    def append(self, kind: str, fields: dict[str, Any]) -> dict[str, Any]:
+        """Add one entry (after verifying the chain), flushed to disk before returning."""
+        entries = self.entries()
+        entry = {"seq": len(entries) + 1, "prev": entries[-1]["hash"] if entries else GENESIS, "kind": kind,
+                 "time": datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z"), **fields}
+        entry["hash"] = entry_hash(entry)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(entry, sort_keys=True) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+            head = _head_path(self.path)
+            tmp = head.with_name(head.name + ".tmp")
+            tmp.write_text(json.dumps({"seq": entry["seq"], "hash": entry["hash"]}))
+            os.replace(tmp, head)
+        except OSError as e:
+            raise LedgerError(f"privacy ledger {self.path} cannot be written: {e.strerror}") from e
+        return entry
