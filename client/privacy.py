@@ -16,7 +16,8 @@ from typing import Any, Mapping
 
 from common.config import PrivacyConfig
 from common.errors import FracflError
-from common.privacy.accounting import Mechanism, calibrate, default_delta, epsilons, sample_rate, steps_per_round
+from common.privacy.accounting import (Mechanism, calibrate, default_delta, epsilon_rdp, epsilons, sample_rate,
+                                       steps_per_round)
 from common.privacy.dp_sgd import DPSGD
 from common.privacy.fingerprint import fingerprint, image_hashes
 from common.privacy.ledger import Ledger, LedgerError
@@ -145,14 +146,14 @@ def guard_round(site: str, budget: Budget, cfg: PrivacyConfig, *, run_id: str, r
 
     plan = next((e for e in reversed(entries) if e.get("kind") == "plan" and e["run_id"] == run_id
                  and e["fingerprint"] == fp), None)
-    spent = epsilons(history, delta)["epsilon"]
+    spent = epsilon_rdp(history, delta)
     if plan is None:  # noise calibrated once for every round still to come, from what is already spent
         rounds_left = max(1, planned_rounds - rnd + 1)
         sigma = calibrate(history, q, steps * rounds_left, budget.target, delta)
         if sigma is None:
             raise refuse(f"privacy budget exhausted: epsilon {spent:.2f} already spent of target {budget.target:.2f}",
                          spent)
-        projected = epsilons([*history, Mechanism(sigma, q, steps * rounds_left)], delta)["epsilon"]
+        projected = epsilon_rdp([*history, Mechanism(sigma, q, steps * rounds_left)], delta)
         try:
             plan = ledger.append("plan", {**fields, "noise_multiplier": sigma, "sample_rate": q,
                                           "steps_per_round": steps, "planned_rounds": planned_rounds,
@@ -161,7 +162,7 @@ def guard_round(site: str, budget: Budget, cfg: PrivacyConfig, *, run_id: str, r
             log.error("site %s: %s", site, e)
             raise PrivacyRefused("privacy ledger cannot be read or written (see the site's log)") from e
     sigma = float(plan["noise_multiplier"])
-    after = epsilons([*history, Mechanism(sigma, q, steps)], delta)["epsilon"]
+    after = epsilon_rdp([*history, Mechanism(sigma, q, steps)], delta)
     if after > budget.ceiling:
         raise refuse(f"privacy budget exhausted: this round would reach epsilon {after:.2f} > ceiling "
                      f"{budget.ceiling:.2f} (spent {spent:.2f})", spent)

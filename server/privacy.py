@@ -15,7 +15,7 @@ from common.privacy.ledger import Ledger
 
 MECHANISM = ("DP-SGD at each site (Opacus): Poisson sampling, each image's gradient clipped, Gaussian noise; "
              "noise calibrated once for the whole planned run")
-ACCOUNTING = "RDP and PRV accountants (Opacus); budget decisions use the larger"
+ACCOUNTING = "RDP and PRV accountants (Opacus), both upper bounds; budgets are checked against RDP"
 UNIT = "one radiograph (image); a patient with k images is protected at group level k"
 
 

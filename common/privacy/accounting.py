@@ -2,7 +2,8 @@
 
 A site's spending is a history of (noise multiplier, sample rate, steps) entries: the same shape as Opacus'
 accountant state, so an accountant rebuilt from the ledger after a restart gives exactly the figure of one that
-never stopped. Both RDP and PRV figures are reported; budget decisions use the larger (the conservative one).
+never stopped. Both RDP and PRV figures are reported; budget decisions use RDP. Both are valid upper bounds, so either
+may be used; RDP is the standard one, cheap enough to check before every round, and in practice the looser one.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from opacus.accountants import PRVAccountant, RDPAccountant
+from opacus.accountants.analysis import rdp as rdp_analysis
 
 from common.errors import ConfigError
 
@@ -59,12 +61,25 @@ def _history(entries: list[Mechanism]) -> list[tuple[float, float, int]]:
     return [(s, q, n) for (s, q), n in steps.items()]
 
 
-def epsilon_rdp(history: list[Mechanism], delta: float) -> float:
-    acc = RDPAccountant()
-    acc.history = _history(history)
+def _rdp(history: list[Mechanism]) -> np.ndarray:
+    """RDP of the composition at Opacus' default orders (RDP adds up over mechanisms)."""
+    total = np.zeros(len(RDPAccountant.DEFAULT_ALPHAS))
+    for sigma, q, steps in _history(history):
+        total += np.asarray(rdp_analysis.compute_rdp(q=q, noise_multiplier=sigma, steps=steps,
+                                                     orders=RDPAccountant.DEFAULT_ALPHAS))
+    return total
+
+
+def _rdp_epsilon(rdp: np.ndarray, delta: float) -> float:
     with warnings.catch_warnings():  # "optimal order is the largest alpha": the bound is still valid, only looser
         warnings.simplefilter("ignore", UserWarning)
-        return float(acc.get_epsilon(delta)) if acc.history else 0.0
+        eps, _ = rdp_analysis.get_privacy_spent(orders=RDPAccountant.DEFAULT_ALPHAS, rdp=rdp, delta=delta)
+    return float(eps)
+
+
+def epsilon_rdp(history: list[Mechanism], delta: float) -> float:
+    """Exactly what Opacus' RDPAccountant reports for this history."""
+    return _rdp_epsilon(_rdp(history), delta) if _history(history) else 0.0
 
 
 def epsilon_prv(history: list[Mechanism], delta: float) -> float:
@@ -76,16 +91,18 @@ def epsilon_prv(history: list[Mechanism], delta: float) -> float:
 
 
 def epsilons(history: list[Mechanism], delta: float) -> dict[str, float]:
-    """Both accountants' figures and the one decisions use (the larger)."""
+    """Both accountants' figures and the one budget decisions use (RDP)."""
     rdp, prv = epsilon_rdp(history, delta), epsilon_prv(history, delta)
-    return {"rdp": rdp, "prv": prv, "epsilon": max(rdp, prv)}
+    return {"rdp": rdp, "prv": prv, "epsilon": rdp}
 
 
 def calibrate(history: list[Mechanism], rate: float, steps: int, target: float, delta: float) -> float | None:
     """Smallest noise multiplier (within 1 %) such that `history` plus `steps` more steps ends at or below `target`
     epsilon (RDP); None when no amount of noise gets there (the budget is already spent)."""
+    spent = _rdp(history)
+
     def eps(sigma: float) -> float:
-        return epsilon_rdp([*history, Mechanism(sigma, rate, steps)], delta)
+        return _rdp_epsilon(spent + _rdp([Mechanism(sigma, rate, steps)]), delta)
 
     if eps(MAX_SIGMA) > target:
         return None

@@ -121,8 +121,8 @@ def render_markdown(card: dict[str, Any]) -> str:
         sites = privacy.get("sites") or {}
         if sites:
             cols = ["epsilon", "epsilon_rdp", "epsilon_prv", "delta", "ceiling_epsilon", "noise_multiplier", "round"]
-            lines += ["", "Epsilon spent by each site's images up to this version (both accountants; the larger "
-                      "one counts):", ""]
+            lines += ["", "Epsilon spent by each site's images up to this version (epsilon = RDP, the "
+                      "figure budgets are checked against; PRV beside it):", ""]
             lines += _table(["Site"] + [_label(k) for k in cols], [[s] + [f.get(k) for k in cols]
                                                                     for s, f in sites.items()])
 
