@@ -80,11 +80,11 @@ class RoundGuard:
 
 def report(entry: dict[str, Any], plan: dict[str, Any] | None) -> dict[str, Any]:
     """The privacy figures a site shares: mechanism and epsilon, never paths or image hashes."""
-    keys = ("kind", "run_id", "round", "model_version", "epsilon", "epsilon_rdp", "epsilon_prv", "delta",
+    keys = ("run_id", "round", "model_version", "epsilon", "epsilon_rdp", "epsilon_prv", "delta",
             "target_epsilon", "ceiling_epsilon", "noise_multiplier", "sample_rate", "steps", "max_grad_norm",
             "images", "reason", "unit")
     out = {k: entry[k] for k in keys if k in entry}
-    out["ledger_head"] = entry["hash"]
+    out["entry"], out["ledger_head"] = entry["kind"], entry["hash"]
     if plan is not None:
         out.update(planned_rounds=plan["planned_rounds"], first_round=plan["first_round"],
                    steps_per_round=plan["steps_per_round"], projected_epsilon=plan["projected_epsilon"])

@@ -92,7 +92,7 @@ class PrivacyConfig:
     grad_sample_mode: str = "hooks"  # Opacus per-sample gradient engine: hooks | functorch
     ledger_dir: str = "privacy"  # where simulated sites keep their ledgers (deployed sites: node config)
     noise_multiplier: float = 1.0  # client_dp only: server-side noise on the aggregate, in units of the clipping norm
-    sites: dict[str, dict[str, float]] = field(default_factory=dict)  # simulations: per-site budget overrides
+    sites: dict[str, dict[str, Any]] = field(default_factory=dict)  # simulations: per-site budget overrides
 
 
 @dataclass

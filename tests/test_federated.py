@@ -93,3 +93,35 @@ def test_killed_server_resumes_without_repeating_or_losing_a_round(toy, tmp_path
     cards = [json.loads(c.read_text()) for c in sorted((run / "registry").glob("v*/card.json"))]
     assert [c["round"] for c in cards] == [1, 2, 3]
     assert [c["parent"] for c in cards][1:] == [cards[0]["version"], cards[1]["version"]]
+
+
+DP = ["privacy=dp_sgd", "federation.rounds=1", "train.local_epochs=2", "federation.fraction_evaluate=0"]
+
+
+def test_dp_run_publishes_each_sites_epsilon_and_an_exhausted_site_is_refused(toy, tmp_path):
+    """Run 1 spends each site's budget (target 3); run 2 (same images, same ledgers) raises two sites' targets,
+    while site_2 lowers its own below what it already spent: site_2 refuses with "budget exhausted" and the round
+    goes on with the other two."""
+    ledgers = tmp_path / "ledgers"
+    common = [*BASE, *DP, f"partition.source={toy}", f"privacy.ledger_dir={ledgers}"]
+    assert main(["simulate", *common, "privacy.target_epsilon=3", "privacy.ceiling_epsilon=4",
+                 f"run_dir={tmp_path / 'run1'}"]) == 0
+    card1 = json.loads(next((tmp_path / "run1" / "registry").glob("v*/card.json")).read_text())
+    spent = {s: f["epsilon"] for s, f in card1["privacy"]["sites"].items()}
+    assert set(spent) == {"site_0", "site_1", "site_2"} and all(2.0 < e <= 3.0 * 1.01 for e in spent.values())
+
+    run2 = tmp_path / "run2"
+    assert main(["simulate", *common, "privacy.target_epsilon=6", "privacy.ceiling_epsilon=8",
+                 "+privacy.sites.site_2={target_epsilon: 2.5, ceiling_epsilon: 4}", f"run_dir={run2}"]) == 0
+    train = {r["site"]: r for r in _records(run2) if r["phase"] == "train"}
+    assert train["site_2"]["status"].startswith("refused: privacy budget exhausted")
+    assert train["site_0"]["status"] == "ok" and train["site_1"]["status"] == "ok"
+    card = json.loads(next((run2 / "registry").glob("v*/card.json")).read_text())
+    assert next(s for s in card["sites"] if s["name"] == "site_2")["status"] == "budget exhausted"
+    sites = card["privacy"]["sites"]
+    assert sites["site_0"]["epsilon"] > spent["site_0"]  # spending continued from run 1, not from zero
+    assert sites["site_0"]["epsilon"] <= 6.0 * 1.01 and sites["site_2"]["epsilon"] <= 4.0
+    for site in ("site_0", "site_1", "site_2"):  # every site ledger intact, no entry above that site's ceiling
+        assert main(["audit", "verify", str(ledgers / site)]) == 0
+    assert main(["audit", "verify", str(run2 / "privacy-ledger.jsonl")]) == 0
+    assert main(["audit", "show", str(ledgers), "--ceiling-check"]) == 0

@@ -103,6 +103,9 @@ class Ledger:
 
     def append(self, kind: str, fields: dict[str, Any]) -> dict[str, Any]:
         """Add one entry (after verifying the chain), flushed to disk before returning."""
+        reserved = {"seq", "prev", "kind", "time", "hash"} & set(fields)
+        if reserved:
+            raise LedgerError(f"privacy ledger {self.path}: fields {sorted(reserved)} are set by the ledger itself")
         entries = self.entries()
         entry = {"seq": len(entries) + 1, "prev": entries[-1]["hash"] if entries else GENESIS, "kind": kind,
                  "time": datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z"), **fields}
