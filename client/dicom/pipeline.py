@@ -87,7 +87,8 @@ class DicomPipeline:
         try:
             analysis = self.analyser(image.pixels)
             result.prediction = analysis.prediction
-            result.outputs = self.write_results(image, analysis)
+            folder = self.out_dir / str(image.dataset.SOPInstanceUID)
+            result.outputs = write_results(image, analysis, folder, self.model_version)
         except Exception as e:  # a bug or a full disk must not lose the file: it is set aside with the reason
             return self._quarantine(result, PROCESSING_ERROR, f"{type(e).__name__} while analysing: {e}"[:500])
         result.notes = list(image.notes)
@@ -96,23 +97,6 @@ class DicomPipeline:
         log.info("processed: %d finding(s), verdict %s", len(analysis.prediction.findings()),
                  "positive" if analysis.prediction.positive else "negative")
         return result
-
-    def write_results(self, image: DicomImage, analysis: Analysis) -> list[Path]:
-        """GSPS, SR and SC for the PACS (returned), plus PNGs and result.json for people, in the image's folder."""
-        ds = image.dataset
-        folder = self.out_dir / str(ds.SOPInstanceUID)
-        folder.mkdir(parents=True, exist_ok=True)
-        objects = {
-            "gsps": presentation_state(ds, analysis.prediction, self.model_version),
-            "sr": measurement_report(ds, analysis.prediction, self.model_version, image.pixel_spacing_mm),
-            "sc": secondary_capture(ds, analysis.picture, self.model_version),
-        }
-        outputs = [atomic_write(folder / RESULT_FILES[k], _encode(obj)) for k, obj in objects.items()]
-        write_pictures(analysis, folder, "image")
-        atomic_json(folder / "result.json", {"model_version": self.model_version, **analysis.summary(),
-                                             "pixel_spacing_mm": image.pixel_spacing_mm, "notes": image.notes,
-                                             "outputs": [p.name for p in outputs]})
-        return outputs
 
     def _keep(self, ds: Dataset, result: PipelineResult) -> None:
         assert self.deidentify is not None and self.keep_dir is not None
@@ -132,6 +116,23 @@ class DicomPipeline:
             result.notes.append(f"quarantine failed ({type(e).__name__}); file left in place")
         log.warning("quarantined: %s", reason)
         return result
+
+
+def write_results(image: DicomImage, analysis: Analysis, folder: Path, version: str) -> list[Path]:
+    """GSPS, SR and SC for the PACS (returned), plus PNGs and result.json for people, in `folder`."""
+    ds = image.dataset
+    folder.mkdir(parents=True, exist_ok=True)
+    objects = {
+        "gsps": presentation_state(ds, analysis.prediction, version),
+        "sr": measurement_report(ds, analysis.prediction, version, image.pixel_spacing_mm),
+        "sc": secondary_capture(ds, analysis.picture, version),
+    }
+    outputs = [atomic_write(folder / RESULT_FILES[k], _encode(obj)) for k, obj in objects.items()]
+    write_pictures(analysis, folder, "image")
+    atomic_json(folder / "result.json", {"model_version": version, **analysis.summary(),
+                                         "pixel_spacing_mm": image.pixel_spacing_mm, "notes": image.notes,
+                                         "outputs": [p.name for p in outputs]})
+    return outputs
 
 
 def _encode(ds: Dataset) -> bytes:
