@@ -82,15 +82,15 @@ class DicomPipeline:
         result = PipelineResult(source=path, model_version=self.model_version)
         try:
             image = read_dicom_image(path, self.modalities)
-        except DicomRejected as e:
-            return self._quarantine(result, e.reason, e.problem)
-        try:
             analysis = self.analyser(image.pixels)
             result.prediction = analysis.prediction
             folder = self.out_dir / str(image.dataset.SOPInstanceUID)
             result.outputs = write_results(image, analysis, folder, self.model_version)
-        except Exception as e:  # a bug or a full disk must not lose the file: it is set aside with the reason
-            return self._quarantine(result, PROCESSING_ERROR, f"{type(e).__name__} while analysing: {e}"[:500])
+        except DicomRejected as e:
+            return self._quarantine(result, e.reason, e.problem)
+        except Exception as e:  # a bug, a malformed LUT or a full disk must not lose the file: set aside with the reason
+            result.outputs = []
+            return self._quarantine(result, PROCESSING_ERROR, f"{type(e).__name__} while processing: {e}"[:500])
         result.notes = list(image.notes)
         if self.deidentify is not None:
             self._keep(image.dataset, result)
@@ -102,11 +102,12 @@ class DicomPipeline:
         assert self.deidentify is not None and self.keep_dir is not None
         try:
             clean = self.deidentify(ds)
+            self.keep_dir.mkdir(parents=True, exist_ok=True)
+            result.kept = atomic_write(self.keep_dir / f"{clean.SOPInstanceUID}.dcm", _encode(clean))
         except BurnedInAnnotation as e:
             result.notes.append(f"not kept: {e}")
-            return
-        self.keep_dir.mkdir(parents=True, exist_ok=True)
-        result.kept = atomic_write(self.keep_dir / f"{clean.SOPInstanceUID}.dcm", _encode(clean))
+        except Exception as e:  # results were delivered; losing the kept copy is reported, not fatal
+            result.notes.append(f"not kept: {type(e).__name__} while de-identifying or writing the copy")
 
     def _quarantine(self, result: PipelineResult, reason: str, problem: str) -> PipelineResult:
         result.reason, result.problem = reason, problem

@@ -57,6 +57,8 @@ def predict_files(paths: list[str | Path], model_ref: str | Path, out: Path, *, 
             record.update(ok=False, reason=e.reason, problem=e.problem)
         except DataError as e:
             record.update(ok=False, reason="unreadable_image", problem=e.problem)
+        except Exception as e:  # one odd file (a malformed LUT, say) must not end the run for the others
+            record.update(ok=False, reason="processing_error", problem=f"{type(e).__name__}: {e}"[:500])
         records.append(record)
         yield record
     atomic_json(out / "predictions.json", {"model_version": version, "images": records})
