@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import logging
 import subprocess
+import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -20,7 +23,7 @@ from client.listener.processor import Quarantine
 from client.listener.queue import DurableQueue, pseudonym
 from client.listener.service import ListenerService
 from common.errors import ConfigError
-from orthanc_support import DCMTK_STORESCU, ORTHANC_AE, Orthanc, free_port, have_dcmtk, have_orthanc
+from orthanc_support import DCMTK_STORESCU, ORTHANC_AE, Orthanc, free_port, have_dcmtk, have_orthanc, referenced_uids
 
 RG1 = Path(get_testdata_file("RG1_UNCR.dcm"))
 RG3 = Path(get_testdata_file("RG3_UNCR.dcm"))
@@ -219,3 +222,144 @@ def test_outbox_survives_an_unreachable_pacs(tmp_path):
         assert [r["event"] for r in journal(svc.queue.root)][-1] == "sent"
     finally:
         svc.stop(timeout=10)
+
+
+# -- with the real DICOM pipeline -------------------------------------------------------------------------------------
+GSPS, SC = "1.2.840.10008.5.1.4.1.1.11.1", "1.2.840.10008.5.1.4.1.1.7"
+SR_PREFIX = "1.2.840.10008.5.1.4.1.1.88."
+
+
+def _have_pipeline() -> bool:
+    try:
+        return importlib.util.find_spec("client.dicom.pipeline") is not None
+    except ModuleNotFoundError:
+        return False
+
+
+needs_pipeline = pytest.mark.skipif(not _have_pipeline(),
+                                    reason="the DICOM pipeline (client/dicom/pipeline.py) is not in this checkout")
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> Path:
+    from common.nn.model import ModelSpec, build_model
+    from common.nn.weights import save_weights
+
+    spec = ModelSpec(width=0.125, depth=0.5)
+    return save_weights(build_model(spec), spec, tmp_path_factory.mktemp("model") / "tiny.safetensors", {"imgsz": 128})
+
+
+@pytest.fixture(scope="module")
+def synthetic_dx(tmp_path_factory) -> list[tuple[Path, str]]:
+    """Synthetic DX files with made-up identities: (path, patient name) pairs."""
+    import csv
+
+    from common.synth import generate_dataset
+
+    out = tmp_path_factory.mktemp("dx") / "site"
+    generate_dataset(out, ["general_hospital"], images_per_site=4, size=128, seed=3, dicom=True, progress=False)
+    with open(out / "meta.csv") as f:
+        return [(out / "general_hospital" / row["dicom"], row["dicom_patient_name"]) for row in csv.DictReader(f)]
+
+
+def results_by_source(pacs: Orthanc) -> dict[str, list[dict]]:
+    """Objects the listener stored in Orthanc, grouped by the SOP Instance UID they reference."""
+    grouped: dict[str, list[dict]] = {}
+    for _, tags in pacs.received_from("FRACFL"):
+        for uid in referenced_uids(tags):
+            grouped.setdefault(uid, []).append(tags)
+    return grouped
+
+
+def check_results(grouped: dict[str, list[dict]], source: Path) -> None:
+    src = dcmread(source, stop_before_pixels=True)
+    results = grouped.get(src.SOPInstanceUID, [])
+    classes = sorted(t["SOPClassUID"] for t in results)
+    assert len(classes) == 3 and classes[0] == GSPS and classes[1] == SC and classes[2].startswith(SR_PREFIX), \
+        (source.name, classes)  # exactly one of each: processed once
+    for tags in results:
+        assert tags["StudyInstanceUID"] == src.StudyInstanceUID, (source.name, tags["SOPClassUID"])
+
+
+@needs_orthanc
+@needs_pipeline
+def test_orthanc_routes_radiographs_and_receives_gsps_sr_sc(tmp_path, tiny_model, synthetic_dx, caplog):
+    """Uploads to a real Orthanc are auto-routed to the listener; the results land in Orthanc, referencing the source."""
+    from client.listener.inference import build_processor
+
+    caplog.set_level(logging.DEBUG)
+    lport = free_port()
+    sources = [RG1, RG3, synthetic_dx[0][0]]
+    with Orthanc(tmp_path / "orthanc", "FRACFL", lport) as pacs:
+        cfg = ListenConfig(host="127.0.0.1", port=lport, queue_dir=str(tmp_path / "queue"), model=str(tiny_model),
+                           allowed_peers=[PeerConfig(ae_title=ORTHANC_AE, host="127.0.0.1")], threads=1,
+                           destination=DestinationConfig(ORTHANC_AE, "127.0.0.1", pacs.dicom_port))
+        svc = ListenerService(cfg, build_processor(cfg))
+        svc.start()
+        try:
+            for f in sources:
+                pacs.upload(f)
+            wait_for(lambda: len(list(pacs.received_from("FRACFL"))) >= 9, timeout=90, what="9 result objects")
+            grouped = results_by_source(pacs)
+        finally:
+            svc.stop(timeout=10)
+    for f in sources:
+        check_results(grouped, f)
+    assert svc.queue.count("outbox") == svc.queue.count("failed") == svc.queue.count("incoming") == 0
+    logged = caplog.text
+    for f in sources:
+        ds = dcmread(f, stop_before_pixels=True)
+        for value in (str(ds.PatientName), str(ds.PatientID), ds.get("PatientBirthDate"), ds.SOPInstanceUID):
+            assert not value or value not in logged, "patient data or UID in the listener's log"
+
+
+def start_listener(args: list[str], port: int, log: Path) -> subprocess.Popen:
+    fracfl = Path(sys.executable).parent / "fracfl"
+    proc = subprocess.Popen([str(fracfl), "listen", *args], stdout=open(log, "ab"), stderr=subprocess.STDOUT)
+    ae = scu("MODALITY", Verification)
+
+    def echo() -> bool:
+        assert proc.poll() is None, log.read_text()
+        assoc = ae.associate("127.0.0.1", port, ae_title="FRACFL")
+        ok = assoc.is_established and assoc.send_c_echo().Status == 0x0000
+        assoc.release() if assoc.is_established else None
+        return ok
+
+    wait_for(echo, timeout=90, what="fracfl listen to answer C-ECHO")
+    return proc
+
+
+@needs_orthanc
+@needs_pipeline
+def test_killed_listener_loses_nothing_acknowledged(tmp_path, tiny_model, synthetic_dx):
+    """SIGKILL `fracfl listen` mid-work, restart it: every acknowledged object is processed once, results arrive."""
+    lport = free_port()
+    queue, log = tmp_path / "queue", tmp_path / "listen.log"
+    sources = [RG1, RG3] + [p for p, _ in synthetic_dx]
+    with Orthanc(tmp_path / "orthanc", "FRACFL", lport, route=False) as pacs:
+        args = ["host=127.0.0.1", f"port={lport}", f"queue_dir={queue}", f"model={tiny_model}", "threads=1",
+                f"destination.port={pacs.dicom_port}", "retry_delay=0.2", "status_every=1"]
+        proc = start_listener(args, lport, log)
+        assoc = scu().associate("127.0.0.1", lport, ae_title="FRACFL")
+        statuses = [assoc.send_c_store(f).Status for f in sources]
+        assoc.release()
+        assert statuses == [0x0000] * len(sources)
+        wait_for(lambda: any(r["event"] == "processed" for r in journal(queue)), timeout=60, what="first item")
+        proc.kill()
+        proc.wait()
+        before = Counter(r["event"] for r in journal(queue))
+        assert before["received"] == len(sources) and before["processed"] < len(sources)  # work was left over
+
+        proc = start_listener(args, lport, log)
+        try:
+            wait_for(lambda: sum(r["event"] == "sent" for r in journal(queue)) == len(sources), timeout=90,
+                     what="results of every acknowledged object")
+        finally:
+            proc.terminate()  # SIGTERM: graceful stop, exit code 0
+            assert proc.wait(30) == 0, log.read_text()[-2000:]
+        grouped = results_by_source(pacs)
+    for f in sources:
+        check_results(grouped, f)
+    processed = Counter(r["item"] for r in journal(queue) if r["event"] == "processed")
+    assert len(processed) <= len(sources) and max(processed.values()) == 1
+    assert "recovered queue after restart" in log.read_text()
