@@ -119,7 +119,7 @@ def main() -> None:
     lport = free_port()
     rows = []
     with Orthanc(work / "orthanc", "FRACFL", lport) as pacs:
-        cfg = ListenConfig(host="127.0.0.1", port=lport, queue_dir=str(work / "queue"), model=str(model_path),
+        cfg = ListenConfig(host="127.0.0.1", port=lport, queue_dir=str(work / "queue"), weights=str(model_path),
                            backend=a.backend, threads=a.threads, status_every=3600,
                            destination=DestinationConfig(ORTHANC_AE, "127.0.0.1", pacs.dicom_port))
         svc = ListenerService(cfg, build_processor(cfg))

@@ -291,7 +291,7 @@ def test_orthanc_routes_radiographs_and_receives_gsps_sr_sc(tmp_path, tiny_model
     lport = free_port()
     sources = [RG1, RG3, synthetic_dx[0][0]]
     with Orthanc(tmp_path / "orthanc", "FRACFL", lport) as pacs:
-        cfg = ListenConfig(host="127.0.0.1", port=lport, queue_dir=str(tmp_path / "queue"), model=str(tiny_model),
+        cfg = ListenConfig(host="127.0.0.1", port=lport, queue_dir=str(tmp_path / "queue"), weights=str(tiny_model),
                            allowed_peers=[PeerConfig(ae_title=ORTHANC_AE, host="127.0.0.1")], threads=1,
                            destination=DestinationConfig(ORTHANC_AE, "127.0.0.1", pacs.dicom_port))
         svc = ListenerService(cfg, build_processor(cfg))
@@ -337,7 +337,7 @@ def test_killed_listener_loses_nothing_acknowledged(tmp_path, tiny_model, synthe
     queue, log = tmp_path / "queue", tmp_path / "listen.log"
     sources = [RG1, RG3] + [p for p, _ in synthetic_dx]
     with Orthanc(tmp_path / "orthanc", "FRACFL", lport, route=False) as pacs:
-        args = ["host=127.0.0.1", f"port={lport}", f"queue_dir={queue}", f"model={tiny_model}", "threads=1",
+        args = ["host=127.0.0.1", f"port={lport}", f"queue_dir={queue}", f"weights={tiny_model}", "threads=1",
                 f"destination.port={pacs.dicom_port}", "retry_delay=0.2", "status_every=1"]
         proc = start_listener(args, lport, log)
         assoc = scu().associate("127.0.0.1", lport, ae_title="FRACFL")

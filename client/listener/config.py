@@ -35,7 +35,7 @@ class ListenConfig:
     require_called_ae: bool = True  # reject associations addressed to another AE title
     destination: DestinationConfig | None = field(default_factory=DestinationConfig)  # null: keep results only on disk
     queue_dir: str = "var/listener"
-    model: str = ""  # weights file or registry version folder
+    weights: str = ""  # weights file or registry version folder (`model` is a Hydra group name elsewhere)
     backend: str = "torch"
     device: str = "cpu"
     threads: int = 2  # CPU threads for inference

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from client.listener.config import ListenConfig
 from client.listener.processor import Processor, Quarantine
+from common.errors import ConfigError
 
 
 class PipelineProcessor:
@@ -24,5 +25,7 @@ class PipelineProcessor:
 def build_processor(cfg: ListenConfig) -> Processor:
     from client.dicom.pipeline import DicomPipeline
 
+    if not cfg.weights:
+        raise ConfigError("config key weights: give the model (a weights file or a registry version folder)")
     root = Path(cfg.queue_dir)
-    return PipelineProcessor(DicomPipeline(cfg.model, root / "results", root / "quarantine", backend=cfg.backend))
+    return PipelineProcessor(DicomPipeline(cfg.weights, root / "results", root / "quarantine", backend=cfg.backend))
