@@ -1,6 +1,7 @@
 """Read any radiograph file as one uint8 grayscale array, whatever its storage quirks.
 
-Radiographs are grayscale, but files come as 3-channel or palette JPEG/PNG, 16-bit PNG/TIFF, with EXIF
+DICOM files (Part 10) go through `common.dicom` (modality/VOI LUT, MONOCHROME1). Radiographs are grayscale, but
+files come as 3-channel or palette JPEG/PNG, 16-bit PNG/TIFF, with EXIF
 orientation flags, or slightly truncated. Everything downstream (training, evaluation, the checker) sees the
 same HxW uint8 array with the orientation a viewer would show, so labels drawn on the viewed image match.
 """
@@ -16,7 +17,7 @@ from PIL import Image
 
 from common.errors import DataError
 
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".dcm"})
 
 TRUNCATED_NOTE = "truncated JPEG: decoded with missing data"
 
@@ -62,6 +63,8 @@ def decode_image(data: bytes, path: str | Path, *, max_side: int | None = None) 
         raise DataError(path, "cannot decode image (file is empty)")
     if max_side is not None and max_side < 1:
         raise ValueError(f"max_side must be >= 1, got {max_side}")
+    if data[128:132] == b"DICM":
+        return _decode_dicom(data, path, max_side)
     notes: list[str] = []
     try:
         im = _open_loaded(data, max_side)
@@ -86,6 +89,17 @@ def decode_image(data: bytes, path: str | Path, *, max_side: int | None = None) 
     if not (arr.flags.writeable and arr.flags.c_contiguous):  # PIL hands out read-only views: callers may edit
         arr = np.array(arr, order="C")
     return arr, notes
+
+
+def _decode_dicom(data: bytes, path: Path, max_side: int | None) -> tuple[np.ndarray, list[str]]:
+    """DICOM through the shared DICOM reader (modality/VOI LUT, MONOCHROME1), any greyscale modality."""
+    from common.dicom import read_dicom_image  # imported here: common.dicom itself uses this module's windowing
+
+    image = read_dicom_image(path, modalities=None, data=data)
+    arr = image.pixels
+    if max_side is not None and max(arr.shape) > max_side:
+        arr = _downscale(arr, max_side)
+    return arr, image.notes
 
 
 # Decoders tried, in PIL's names. Naming them keeps PIL away from plug-ins other packages register (Ultralytics
@@ -153,7 +167,7 @@ def _to_gray_u8(im: Image.Image, notes: list[str]) -> np.ndarray:
         return np.asarray(im, dtype=np.uint8)
     if mode in _HIGH_DEPTH_BITS or mode.startswith("I;"):
         bits = _HIGH_DEPTH_BITS.get(mode, 16)
-        out, constant = _window(np.asarray(im if mode in _HIGH_DEPTH_BITS else im.convert("I")))
+        out, constant = window_to_u8(np.asarray(im if mode in _HIGH_DEPTH_BITS else im.convert("I")))
         notes.append(f"{bits}-bit image {'is constant: mapped to 0' if constant else 'windowed to 8 bits'}")
         return out
     if mode in ("LA", "La", "PA", "RGBA", "RGBa") or (mode == "P" and "transparency" in im.info):
@@ -162,7 +176,7 @@ def _to_gray_u8(im: Image.Image, notes: list[str]) -> np.ndarray:
     return np.asarray(im.convert("L"), dtype=np.uint8)
 
 
-def _window(a: np.ndarray) -> tuple[np.ndarray, bool]:
+def window_to_u8(a: np.ndarray) -> tuple[np.ndarray, bool]:
     """Map high bit-depth values to 0..255 between robust percentiles; (array, whether it was constant)."""
     a = np.nan_to_num(a.astype(np.float32, copy=False), nan=0.0, posinf=0.0, neginf=0.0)
     step = max(1, int(np.sqrt(a.size / 250_000)))  # percentiles of a ~250k-pixel subsample: fast, same result

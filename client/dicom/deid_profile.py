@@ -1,0 +1,72 @@
+"""PS3.15 Annex E Basic Application Level Confidentiality Profile: the attribute actions, as data.
+
+Actions (Table E.1-1): X remove, Z empty (zero length), D replace with a dummy value, U replace the UID with a
+consistent pseudonym, C clean (treated as X here: we do not keep free text). Compound actions of the standard
+(X/Z, Z/D, X/Z/D, X/D, X/Z/U*) are resolved to the stricter single action that keeps the object valid for the IODs
+fracfl writes and reads. The rows below are the Basic Profile entries that occur in radiography objects and in the
+objects fracfl produces; `deid.py` adds three safety nets for anything not listed: every private element removed,
+every other person name emptied, every other non-class UID pseudonymised, every other date/time removed.
+"""
+
+from __future__ import annotations
+
+BASIC_PROFILE: dict[str, str] = {
+    # Patient
+    "PatientName": "D", "PatientID": "D", "PatientBirthDate": "Z", "PatientBirthTime": "X", "PatientSex": "Z",
+    "PatientAge": "X", "PatientSize": "X", "PatientWeight": "X", "PatientAddress": "X", "PatientTelephoneNumbers": "X",
+    "PatientMotherBirthName": "X", "OtherPatientIDs": "X", "OtherPatientIDsSequence": "X", "OtherPatientNames": "X",
+    "PatientBirthName": "X", "MilitaryRank": "X", "BranchOfService": "X", "MedicalRecordLocator": "X",
+    "EthnicGroup": "X", "Occupation": "X", "AdditionalPatientHistory": "X", "PatientComments": "X",
+    "PatientReligiousPreference": "X", "PatientInsurancePlanCodeSequence": "X", "PregnancyStatus": "X",
+    "MedicalAlerts": "X", "Allergies": "X", "SmokingStatus": "X", "LastMenstrualDate": "X", "CountryOfResidence": "X",
+    "RegionOfResidence": "X", "PatientState": "X", "ResponsiblePerson": "X", "ResponsibleOrganization": "X",
+    "IssuerOfPatientID": "X", "PatientSexNeutered": "X", "PatientInstitutionResidence": "X",
+    # Visit, study, request
+    "AccessionNumber": "Z", "StudyID": "Z", "StudyDate": "Z", "StudyTime": "Z", "SeriesDate": "X", "SeriesTime": "X",
+    "AcquisitionDate": "X", "AcquisitionTime": "X", "AcquisitionDateTime": "X", "ContentDate": "Z", "ContentTime": "Z",
+    "InstanceCreationDate": "X", "InstanceCreationTime": "X", "OverlayDate": "X", "OverlayTime": "X",
+    "CurveDate": "X", "CurveTime": "X", "StudyDescription": "X", "SeriesDescription": "X",
+    "RequestAttributesSequence": "X", "RequestedProcedureDescription": "X", "RequestedProcedureID": "X",
+    "ScheduledProcedureStepID": "X", "PerformedProcedureStepID": "X", "PerformedProcedureStepDescription": "X",
+    "PerformedProcedureStepStartDate": "X", "PerformedProcedureStepStartTime": "X",
+    "PerformedProcedureStepEndDate": "X", "PerformedProcedureStepEndTime": "X", "AdmissionID": "X",
+    "AdmittingDiagnosesDescription": "X", "AdmittingDiagnosesCodeSequence": "X", "ReasonForStudy": "X",
+    "RequestingPhysician": "X", "RequestingService": "X", "ImageComments": "X", "StudyComments": "X",
+    "ReferencedPatientSequence": "X", "ReferencedStudySequence": "X", "ReferencedPerformedProcedureStepSequence": "X",
+    "OrderEnteredBy": "X", "OrderEntererLocation": "X", "OrderCallbackPhoneNumber": "X", "FillerOrderNumberImagingServiceRequest": "X",
+    "PlacerOrderNumberImagingServiceRequest": "X", "ProcedureCodeSequence": "X",
+    # People
+    "ReferringPhysicianName": "Z", "ReferringPhysicianAddress": "X", "ReferringPhysicianTelephoneNumbers": "X",
+    "ReferringPhysicianIdentificationSequence": "X", "PerformingPhysicianName": "X", "PerformingPhysicianIdentificationSequence": "X",
+    "NameOfPhysiciansReadingStudy": "X", "PhysiciansReadingStudyIdentificationSequence": "X",
+    "PhysiciansOfRecord": "X", "PhysiciansOfRecordIdentificationSequence": "X", "OperatorsName": "X",
+    "OperatorIdentificationSequence": "X", "ContentCreatorName": "Z", "VerifyingObserverName": "X",
+    "PersonName": "X", "ReviewerName": "X", "ScheduledPerformingPhysicianName": "X",
+    # Equipment and place
+    "InstitutionName": "X", "InstitutionAddress": "X", "InstitutionalDepartmentName": "X",
+    "InstitutionCodeSequence": "X", "StationName": "X", "DeviceSerialNumber": "X", "DetectorID": "X",
+    "PlateID": "X", "CassetteID": "X", "GantryID": "X", "GeneratorID": "X", "DeviceUID": "U",
+    "ProtocolName": "X", "AcquisitionDeviceProcessingDescription": "X", "DerivationDescription": "X",
+    "ModifiedAttributesSequence": "X", "OriginalAttributesSequence": "X", "SourceImageSequence": "X",
+    "ReferencedImageSequence": "X", "ContributingEquipmentSequence": "X", "FrameComments": "X",
+    "TextString": "X", "TextComments": "X", "OverlayComments": "X", "OverlayData": "X", "IconImageSequence": "X",
+    "DigitalSignaturesSequence": "X", "MACParametersSequence": "X", "EncryptedAttributesSequence": "X",
+    "RequestedContrastAgent": "X", "ContrastBolusAgent": "X", "ImagePresentationComments": "X",
+    # UIDs (instance UIDs are pseudonymised consistently so results can be linked back at the site)
+    "StudyInstanceUID": "U", "SeriesInstanceUID": "U", "SOPInstanceUID": "U", "FrameOfReferenceUID": "U",
+    "SynchronizationFrameOfReferenceUID": "U", "ReferencedSOPInstanceUID": "U", "MediaStorageSOPInstanceUID": "U",
+    "IrradiationEventUID": "U", "ConcatenationUID": "U", "DimensionOrganizationUID": "U", "InstanceCreatorUID": "X",
+    "StorageMediaFileSetUID": "U", "TargetUID": "U", "UID": "U", "TransactionUID": "U",
+    # Kept on purpose although they are UIDs: they name software and dictionaries, not people or studies.
+    "ImplementationClassUID": "K", "SOPClassUID": "K", "MediaStorageSOPClassUID": "K", "ReferencedSOPClassUID": "K",
+    "TransferSyntaxUID": "K", "CodingSchemeUID": "K", "ContextGroupExtensionCreatorUID": "K", "MappingResourceUID": "K",
+}
+"""Basic Profile action per attribute keyword."""
+
+DUMMY_DATE = ""  # Z/D dates are emptied: the study date is a quasi-identifier and no model input needs it
+
+# Attributes whose replaced values the site's linking table records, so results/feedback map back to the study.
+LINKED = ("PatientID", "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
+
+# Code of the profile applied, for DeidentificationMethodCodeSequence (PS3.16 CID 7050).
+BASIC_PROFILE_CODE = ("113100", "DCM", "Basic Application Confidentiality Profile")

@@ -1,0 +1,10 @@
+"""DICOM radiographs, shared by both sides: validation with reason codes and the grey-scale display pipeline."""
+
+from common.dicom.image import DicomImage, pixel_spacing, read_dicom_image
+from common.dicom.pixels import to_grey_u8
+from common.dicom.read import RADIOGRAPH_MODALITIES, REASONS, DicomRejected, check_image, decode_pixels, is_dicom_bytes, open_dataset
+
+__all__ = [
+    "DicomImage", "DicomRejected", "RADIOGRAPH_MODALITIES", "REASONS", "check_image", "decode_pixels", "is_dicom_bytes",
+    "open_dataset", "pixel_spacing", "read_dicom_image", "to_grey_u8",
+]
