@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
 import subprocess
@@ -16,10 +15,13 @@ from pydicom import dcmread
 from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 from pynetdicom import AE
-from pynetdicom.sop_class import ComputedRadiographyImageStorage, RTPlanStorage, Verification
+from pynetdicom.sop_class import (ComputedRadiographyImageStorage, DigitalXRayImageStorageForPresentation, RTPlanStorage,
+                                   Verification)
 
+from client.dicom.results import result_uid
+from client.inference.version import model_version
 from client.listener.config import DestinationConfig, ListenConfig, PeerConfig
-from client.listener.processor import Quarantine
+from client.listener.inference import build_processor
 from client.listener.queue import DurableQueue, pseudonym
 from client.listener.service import ListenerService
 from common.errors import ConfigError
@@ -29,25 +31,27 @@ RG1 = Path(get_testdata_file("RG1_UNCR.dcm"))
 RG3 = Path(get_testdata_file("RG3_UNCR.dcm"))
 needs_orthanc = pytest.mark.skipif(not have_orthanc(), reason="Orthanc not installed (apt-get install orthanc)")
 needs_dcmtk = pytest.mark.skipif(not have_dcmtk(), reason="dcmtk not installed (apt-get install dcmtk)")
+GSPS, SC = "1.2.840.10008.5.1.4.1.1.11.1", "1.2.840.10008.5.1.4.1.1.7"
+SR_PREFIX = "1.2.840.10008.5.1.4.1.1.88."
 
 
-class DerivedCopy:
-    """Network-layer tests only: one derived object per input (new UID), quarantines non-radiographs."""
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> Path:
+    from common.nn.model import ModelSpec, build_model
+    from common.nn.weights import save_weights
 
-    def __init__(self, out: Path):
-        self.out = out
-        self.seen: list[str] = []
+    spec = ModelSpec(width=0.125, depth=0.5)
+    return save_weights(build_model(spec), spec, tmp_path_factory.mktemp("model") / "tiny.safetensors", {"imgsz": 128})
 
-    def __call__(self, path: Path) -> list[Path]:
-        ds = dcmread(path)
-        self.seen.append(ds.SOPInstanceUID)
-        if ds.Modality not in ("CR", "DX", "MG"):
-            raise Quarantine(f"not a radiograph (modality {ds.Modality})")
-        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-        self.out.mkdir(exist_ok=True)
-        target = self.out / f"{ds.SOPInstanceUID}.dcm"
-        ds.save_as(target)
-        return [target]
+
+@pytest.fixture(scope="module")
+def synthetic_dx(tmp_path_factory) -> list[Path]:
+    """Synthetic DX For Presentation files with made-up patient identities."""
+    from common.synth import generate_dataset
+
+    out = tmp_path_factory.mktemp("dx") / "site"
+    generate_dataset(out, ["general_hospital"], images_per_site=4, size=128, seed=3, dicom=True, progress=False)
+    return sorted(out.rglob("dicom/*.dcm"))
 
 
 def journal(queue_dir: Path) -> list[dict]:
@@ -67,20 +71,20 @@ def wait_for(predicate, timeout: float = 30.0, what: str = "condition"):
 
 def scu(ae_title: str = "MODALITY", *contexts) -> AE:
     ae = AE(ae_title)
-    for cx in contexts or (Verification, ComputedRadiographyImageStorage):
+    for cx in contexts or (Verification, ComputedRadiographyImageStorage, DigitalXRayImageStorageForPresentation):
         ae.add_requested_context(cx)
     return ae
 
 
 @pytest.fixture
-def service(tmp_path):
-    """A listener on a free loopback port that keeps results in its outbox (no destination)."""
+def service(tmp_path, tiny_model):
+    """A listener with the real DICOM pipeline on a free loopback port, keeping results in its outbox."""
     started = []
 
     def start(processor=None, **overrides) -> ListenerService:
         cfg = ListenConfig(host="127.0.0.1", port=0, queue_dir=str(tmp_path / "queue"), destination=None,
-                           retry_delay=0.2, status_every=0.5, **overrides)
-        svc = ListenerService(cfg, processor or DerivedCopy(tmp_path / "results"))
+                           retry_delay=0.2, status_every=0.5, weights=str(tiny_model), threads=1, **overrides)
+        svc = ListenerService(cfg, processor or build_processor(cfg))
         svc.start()
         started.append(svc)
         return svc
@@ -103,7 +107,8 @@ def test_echo_and_store_from_pynetdicom(service, tmp_path):
     item = next(svc.queue.dir("outbox").iterdir())
     meta = json.loads((item / "meta.json").read_text())
     assert meta["ref"] == pseudonym(dcmread(RG1, stop_before_pixels=True).SOPInstanceUID)
-    assert meta["calling_ae"] == "MODALITY" and len(meta["files"]) == 1
+    assert meta["calling_ae"] == "MODALITY"
+    assert sorted(name.split("-", 1)[1] for name in meta["files"]) == ["gsps.dcm", "sc.dcm", "sr.dcm"]
     wait_for(lambda: (svc.queue.root / "status.json").exists(), what="status.json")
     status = json.loads((svc.queue.root / "status.json").read_text())
     assert status["ae_title"] == "FRACFL" and set(status["queue"]) == {"incoming", "processing", "outbox", "failed"}
@@ -139,33 +144,52 @@ def test_dcmtk_echo_refused_with_association_rejection(service):
     assert done.returncode != 0 and "Association Rejected" in done.stdout + done.stderr
 
 
-def test_bad_objects_do_not_stop_the_service(service, tmp_path):
-    """A non-radiograph is quarantined with its reason; an object the processor crashes on is retried, then parked."""
-    crash_on = dcmread(RG3, stop_before_pixels=True).SOPInstanceUID
-    inner = DerivedCopy(tmp_path / "results")
-
-    def flaky(path: Path):
-        if dcmread(path, stop_before_pixels=True).SOPInstanceUID == crash_on:
-            raise MemoryError("decoder blew up")
-        return inner(path)
-
-    svc = service(flaky, max_attempts=2)
+def test_bad_objects_are_quarantined_and_the_service_keeps_going(service, tmp_path):
+    """A non-image and a radiograph with truncated pixel data are quarantined by the pipeline, with reasons."""
+    broken = tmp_path / "broken.dcm"
+    ds = dcmread(RG3)
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.PixelData = ds.PixelData[: len(ds.PixelData) // 3]
+    ds.save_as(broken)
+    svc = service()
     ae = scu("MODALITY", Verification, ComputedRadiographyImageStorage, RTPlanStorage)
     assoc = ae.associate("127.0.0.1", svc.port, ae_title="FRACFL")
-    for f in (get_testdata_file("rtplan.dcm"), RG3, RG1):
+    for f in (get_testdata_file("rtplan.dcm"), broken, RG3):
         assert assoc.send_c_store(f).Status == 0x0000
     assoc.release()
-    wait_for(lambda: svc.queue.count("failed") == 2 and svc.queue.count("outbox") == 1, timeout=30, what="outcomes")
-    reasons = sorted((p / "reason.txt").read_text() for p in svc.queue.dir("failed").iterdir())
-    assert reasons[0].startswith("gave up after 2 attempts: processing error MemoryError")
-    assert "decoder blew up" in reasons[0]  # the traceback is kept beside the object
-    assert reasons[1].startswith("quarantined: not a radiograph (modality RTPLAN)")
-    events = Counter(row["event"] for row in journal(svc.queue.root))
-    assert events == {"received": 3, "processed": 1, "retry": 1, "failed": 2}
-    # Still serving.
-    assoc = scu().associate("127.0.0.1", svc.port, ae_title="FRACFL")
+    expected = {"received": 3, "processed": 1, "failed": 2}
+    wait_for(lambda: Counter(row["event"] for row in journal(svc.queue.root)) == expected, timeout=60, what="outcomes")
+    reasons = {json.loads((p / "meta.json").read_text())["ref"]: (p / "reason.txt").read_text()
+               for p in svc.queue.dir("failed").iterdir()}
+    plan_ref = pseudonym(dcmread(get_testdata_file("rtplan.dcm"), stop_before_pixels=True).SOPInstanceUID)
+    broken_ref = pseudonym(dcmread(broken, stop_before_pixels=True).SOPInstanceUID)
+    assert reasons.keys() == {plan_ref, broken_ref}
+    for text in reasons.values():  # reason code, the pipeline's sentence, where the file went
+        assert text.startswith("quarantined: ") and "file: " in text and str(svc.queue.root / "quarantine") in text
+    assert reasons[plan_ref] != reasons[broken_ref]
+    assert svc.queue.count("failed") == 2 and svc.queue.count("outbox") == 1
+    assoc = scu().associate("127.0.0.1", svc.port, ae_title="FRACFL")  # still serving
     assert assoc.send_c_echo().Status == 0x0000
     assoc.release()
+
+
+def test_processor_crash_is_retried_then_parked(service):
+    """An exception escaping the processor (a bug, not bad input) is retried with backoff, then parked in failed/."""
+    calls = []
+
+    def crashing(path: Path):
+        calls.append(path)
+        raise MemoryError("decoder blew up")
+
+    svc = service(crashing, max_attempts=3)
+    assoc = scu().associate("127.0.0.1", svc.port, ae_title="FRACFL")
+    assert assoc.send_c_store(RG3).Status == 0x0000
+    assoc.release()
+    wait_for(lambda: svc.queue.count("failed") == 1, timeout=30, what="the item parked in failed/")
+    reason = next(svc.queue.dir("failed").iterdir()) / "reason.txt"
+    assert reason.read_text().startswith("gave up after 3 attempts: processing error MemoryError")
+    assert "decoder blew up" in reason.read_text()  # the traceback is kept beside the object, not in the log
+    assert len(calls) == 3 and Counter(r["event"] for r in journal(svc.queue.root))["retry"] == 2
 
 
 def test_queue_recovery_finishes_or_requeues_exactly_once(tmp_path):
@@ -196,18 +220,20 @@ def test_config_errors_name_the_key():
     with pytest.raises(ConfigError, match=r"allowed_peers\[0\]"):
         ListenConfig(allowed_peers=[PeerConfig()]).check()
     with pytest.raises(ConfigError, match=r"allowed_peers\[0\].host"):
-        ListenerService(ListenConfig(allowed_peers=[PeerConfig(host="pacs.example")]), DerivedCopy(Path("/nonexistent")))
+        ListenerService(ListenConfig(allowed_peers=[PeerConfig(host="pacs.example")]), lambda path: [])
+    with pytest.raises(ConfigError, match="weights"):
+        build_processor(ListenConfig())
 
 
 @needs_orthanc
-def test_outbox_survives_an_unreachable_pacs(tmp_path):
+def test_outbox_survives_an_unreachable_pacs(tmp_path, tiny_model):
     """Results wait in outbox/ while the PACS is down and are delivered once it is up (and only then removed)."""
     lport = free_port()
     pacs = Orthanc(tmp_path / "orthanc", "FRACFL", lport, route=False)
     cfg = ListenConfig(host="127.0.0.1", port=lport, queue_dir=str(tmp_path / "queue"), retry_delay=0.2,
-                       max_retry_delay=0.5, send_timeout=5,
+                       max_retry_delay=0.5, send_timeout=5, weights=str(tiny_model), threads=1,
                        destination=DestinationConfig(ORTHANC_AE, "127.0.0.1", pacs.dicom_port))
-    svc = ListenerService(cfg, DerivedCopy(tmp_path / "results"))
+    svc = ListenerService(cfg, build_processor(cfg))
     svc.start()
     try:
         assoc = scu().associate("127.0.0.1", lport, ae_title="FRACFL")
@@ -217,79 +243,42 @@ def test_outbox_survives_an_unreachable_pacs(tmp_path):
         assert svc.queue.count("outbox") == 1
         with pacs:
             wait_for(lambda: svc.queue.count("outbox") == 0, what="delivery after the PACS came up")
-            stored = [pacs.tags(i) for i in pacs.instances()]
-        assert len(stored) == 1 and stored[0]["SOPInstanceUID"] != dcmread(RG3, stop_before_pixels=True).SOPInstanceUID
+            stored = listener_results(pacs)
+        check_results(stored, RG3, tiny_model)
         assert [r["event"] for r in journal(svc.queue.root)][-1] == "sent"
     finally:
         svc.stop(timeout=10)
 
 
-# -- with the real DICOM pipeline -------------------------------------------------------------------------------------
-GSPS, SC = "1.2.840.10008.5.1.4.1.1.11.1", "1.2.840.10008.5.1.4.1.1.7"
-SR_PREFIX = "1.2.840.10008.5.1.4.1.1.88."
+def listener_results(pacs: Orthanc) -> dict[str, dict]:
+    """Objects the listener stored in Orthanc (by C-STORE from FRACFL): SOP Instance UID -> simplified tags."""
+    return {tags["SOPInstanceUID"]: tags for _, tags in pacs.received_from("FRACFL")}
 
 
-def _have_pipeline() -> bool:
-    try:
-        return importlib.util.find_spec("client.dicom.pipeline") is not None
-    except ModuleNotFoundError:
-        return False
+def check_results(stored: dict[str, dict], source: Path, weights: Path) -> None:
+    """GSPS, SR and SC of `source` are in the PACS, in its study; GSPS and SR reference it by SOP Instance UID.
 
-
-needs_pipeline = pytest.mark.skipif(not _have_pipeline(),
-                                    reason="the DICOM pipeline (client/dicom/pipeline.py) is not in this checkout")
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory) -> Path:
-    from common.nn.model import ModelSpec, build_model
-    from common.nn.weights import save_weights
-
-    spec = ModelSpec(width=0.125, depth=0.5)
-    return save_weights(build_model(spec), spec, tmp_path_factory.mktemp("model") / "tiny.safetensors", {"imgsz": 128})
-
-
-@pytest.fixture(scope="module")
-def synthetic_dx(tmp_path_factory) -> list[tuple[Path, str]]:
-    """Synthetic DX files with made-up identities: (path, patient name) pairs."""
-    import csv
-
-    from common.synth import generate_dataset
-
-    out = tmp_path_factory.mktemp("dx") / "site"
-    generate_dataset(out, ["general_hospital"], images_per_site=4, size=128, seed=3, dicom=True, progress=False)
-    with open(out / "meta.csv") as f:
-        return [(out / "general_hospital" / row["dicom"], row["dicom_patient_name"]) for row in csv.DictReader(f)]
-
-
-def results_by_source(pacs: Orthanc) -> dict[str, list[dict]]:
-    """Objects the listener stored in Orthanc, grouped by the SOP Instance UID they reference."""
-    grouped: dict[str, list[dict]] = {}
-    for _, tags in pacs.received_from("FRACFL"):
-        for uid in referenced_uids(tags):
-            grouped.setdefault(uid, []).append(tags)
-    return grouped
-
-
-def check_results(grouped: dict[str, list[dict]], source: Path) -> None:
+    The pipeline derives each result's UID from the source UID, model version and kind, and the SC (which has no
+    reference sequence) is recognised by that UID; any other object referencing the source is a duplicate.
+    """
     src = dcmread(source, stop_before_pixels=True)
-    results = grouped.get(src.SOPInstanceUID, [])
-    classes = sorted(t["SOPClassUID"] for t in results)
-    assert len(classes) == 3 and classes[0] == GSPS and classes[1] == SC and classes[2].startswith(SR_PREFIX), \
-        (source.name, classes)  # exactly one of each: processed once
-    for tags in results:
-        assert tags["StudyInstanceUID"] == src.StudyInstanceUID, (source.name, tags["SOPClassUID"])
+    version = model_version(weights)
+    for kind, sop_class in (("gsps", GSPS), ("sr", SR_PREFIX), ("sc", SC)):
+        tags = stored.get(result_uid(src, version, kind))
+        assert tags is not None, f"no {kind} for {source.name} in the PACS"
+        assert tags["SOPClassUID"].startswith(sop_class) and tags["StudyInstanceUID"] == src.StudyInstanceUID
+        if kind != "sc":
+            assert src.SOPInstanceUID in referenced_uids(tags), f"{kind} of {source.name} does not reference it"
+    referencing = [t for t in stored.values() if src.SOPInstanceUID in referenced_uids(t)]
+    assert len(referencing) == 2, f"{len(referencing)} objects reference {source.name}: expected its GSPS and SR"
 
 
 @needs_orthanc
-@needs_pipeline
 def test_orthanc_routes_radiographs_and_receives_gsps_sr_sc(tmp_path, tiny_model, synthetic_dx, caplog):
     """Uploads to a real Orthanc are auto-routed to the listener; the results land in Orthanc, referencing the source."""
-    from client.listener.inference import build_processor
-
     caplog.set_level(logging.DEBUG)
     lport = free_port()
-    sources = [RG1, RG3, synthetic_dx[0][0]]
+    sources = [RG1, RG3, synthetic_dx[0]]
     with Orthanc(tmp_path / "orthanc", "FRACFL", lport) as pacs:
         cfg = ListenConfig(host="127.0.0.1", port=lport, queue_dir=str(tmp_path / "queue"), weights=str(tiny_model),
                            allowed_peers=[PeerConfig(ae_title=ORTHANC_AE, host="127.0.0.1")], threads=1,
@@ -300,11 +289,11 @@ def test_orthanc_routes_radiographs_and_receives_gsps_sr_sc(tmp_path, tiny_model
             for f in sources:
                 pacs.upload(f)
             wait_for(lambda: len(list(pacs.received_from("FRACFL"))) >= 9, timeout=90, what="9 result objects")
-            grouped = results_by_source(pacs)
+            stored = listener_results(pacs)
         finally:
             svc.stop(timeout=10)
     for f in sources:
-        check_results(grouped, f)
+        check_results(stored, f, tiny_model)
     assert svc.queue.count("outbox") == svc.queue.count("failed") == svc.queue.count("incoming") == 0
     logged = caplog.text
     for f in sources:
@@ -330,12 +319,11 @@ def start_listener(args: list[str], port: int, log: Path) -> subprocess.Popen:
 
 
 @needs_orthanc
-@needs_pipeline
 def test_killed_listener_loses_nothing_acknowledged(tmp_path, tiny_model, synthetic_dx):
     """SIGKILL `fracfl listen` mid-work, restart it: every acknowledged object is processed once, results arrive."""
     lport = free_port()
     queue, log = tmp_path / "queue", tmp_path / "listen.log"
-    sources = [RG1, RG3] + [p for p, _ in synthetic_dx]
+    sources = [RG1, RG3] + synthetic_dx
     with Orthanc(tmp_path / "orthanc", "FRACFL", lport, route=False) as pacs:
         args = ["host=127.0.0.1", f"port={lport}", f"queue_dir={queue}", f"weights={tiny_model}", "threads=1",
                 f"destination.port={pacs.dicom_port}", "retry_delay=0.2", "status_every=1"]
@@ -357,9 +345,9 @@ def test_killed_listener_loses_nothing_acknowledged(tmp_path, tiny_model, synthe
         finally:
             proc.terminate()  # SIGTERM: graceful stop, exit code 0
             assert proc.wait(30) == 0, log.read_text()[-2000:]
-        grouped = results_by_source(pacs)
+        stored = listener_results(pacs)
     for f in sources:
-        check_results(grouped, f)
+        check_results(stored, f, tiny_model)
     processed = Counter(r["item"] for r in journal(queue) if r["event"] == "processed")
     assert len(processed) <= len(sources) and max(processed.values()) == 1
     assert "recovered queue after restart" in log.read_text()

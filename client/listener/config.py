@@ -37,7 +37,6 @@ class ListenConfig:
     queue_dir: str = "var/listener"
     weights: str = ""  # weights file or registry version folder (`model` is a Hydra group name elsewhere)
     backend: str = "torch"
-    device: str = "cpu"
     threads: int = 2  # CPU threads for inference
     workers: int = 1  # inference threads pulling from the queue
     max_attempts: int = 3  # processing attempts before an item goes to failed/
@@ -46,6 +45,7 @@ class ListenConfig:
     send_timeout: float = 30.0  # network timeout of one association to the destination
     status_every: float = 60.0  # seconds between status lines (and status.json rewrites)
     keep_done: bool = False  # keep received images in done/ after processing (they hold patient data)
+    keep_dir: str | None = None  # the pipeline keeps de-identified copies here (training, feedback); null: none
     eval: EvalConfig = field(default_factory=EvalConfig)
 
     def check(self) -> None:

@@ -13,8 +13,14 @@ from typing import Protocol, Sequence
 class Quarantine(Exception):
     """The object can never be processed (not a radiograph, unreadable pixels...): no retry, straight to failed/.
 
-    The message is the reason shown to an operator; it must not quote patient data.
+    `reason` is a short code that goes to the log and journal (no patient data); `detail` is the sentence for the
+    operator, kept only in the item's reason.txt because it may quote the file.
     """
+
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(reason)
+        self.reason = reason
+        self.detail = detail
 
 
 class Processor(Protocol):

@@ -108,8 +108,8 @@ class ListenerService:
         try:
             outputs = list(self.processor(item.object))
         except Quarantine as e:
-            log.warning("quarantined %s ref %s: %s", item.id, item.meta.get("ref"), e)
-            self.queue.fail(item, f"quarantined: {e}")
+            log.warning("quarantined %s ref %s: %s", item.id, item.meta.get("ref"), e.reason)
+            self.queue.fail(item, f"quarantined: {e.reason}", e.detail)
             return
         except Exception as e:  # noqa: BLE001 - a service survives whatever one object does
             # Log only the exception type: messages from decoders can quote header values. The full traceback is
