@@ -323,7 +323,7 @@ def test_killed_listener_loses_nothing_acknowledged(tmp_path, tiny_model, synthe
     """SIGKILL `fracfl listen` mid-work, restart it: every acknowledged object is processed once, results arrive."""
     lport = free_port()
     queue, log = tmp_path / "queue", tmp_path / "listen.log"
-    sources = [RG1, RG3] + synthetic_dx
+    sources = [RG3, *synthetic_dx]
     with Orthanc(tmp_path / "orthanc", "FRACFL", lport, route=False) as pacs:
         args = ["host=127.0.0.1", f"port={lport}", f"queue_dir={queue}", f"weights={tiny_model}", "threads=1",
                 f"destination.port={pacs.dicom_port}", "retry_delay=0.2", "status_every=1"]

@@ -45,6 +45,7 @@ class ListenConfig:
     send_timeout: float = 30.0  # network timeout of one association to the destination
     status_every: float = 60.0  # seconds between status lines (and status.json rewrites)
     keep_done: bool = False  # keep received images in done/ after processing (they hold patient data)
+    heatmap: bool = True  # Grad-CAM heatmap in the Secondary Capture (a backward pass: roughly doubles inference)
     keep_dir: str | None = None  # the pipeline keeps de-identified copies here (training, feedback); null: none
     eval: EvalConfig = field(default_factory=EvalConfig)
 
