@@ -18,6 +18,7 @@ from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pydicom.datadict import dictionary_keyword
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
@@ -127,7 +128,7 @@ class Deidentifier:
             if elem.tag.is_private:
                 del ds[elem.tag]
                 continue
-            action = BASIC_PROFILE.get(elem.keyword) or _safety_net(elem)
+            action = BASIC_PROFILE.get(_keyword(elem)) or _safety_net(elem)
             if action == "X" or action == "C":
                 del ds[elem.tag]
             elif action == "Z":
@@ -173,6 +174,16 @@ class _Run:
 
 def _values(value) -> list:
     return list(value) if isinstance(value, (list, tuple, MultiValue)) else [value]
+
+
+def _keyword(elem) -> str:
+    """Keyword, including repeating groups (overlays 60xx, curves 50xx) for which pydicom leaves it empty."""
+    if elem.keyword:
+        return elem.keyword
+    try:
+        return dictionary_keyword(elem.tag)
+    except KeyError:
+        return ""
 
 
 def _safety_net(elem) -> str | None:

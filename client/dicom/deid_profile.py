@@ -49,7 +49,7 @@ BASIC_PROFILE: dict[str, str] = {
     "ProtocolName": "X", "AcquisitionDeviceProcessingDescription": "X", "DerivationDescription": "X",
     "ModifiedAttributesSequence": "X", "OriginalAttributesSequence": "X", "SourceImageSequence": "X",
     "ReferencedImageSequence": "X", "ContributingEquipmentSequence": "X", "FrameComments": "X",
-    "TextString": "X", "TextComments": "X", "OverlayComments": "X", "OverlayData": "X", "IconImageSequence": "X",
+    "TextString": "X", "TextComments": "X", "OverlayComments": "X", "OverlayData": "X", "CurveData": "X", "IconImageSequence": "X",
     "DigitalSignaturesSequence": "X", "MACParametersSequence": "X", "EncryptedAttributesSequence": "X",
     "RequestedContrastAgent": "X", "ContrastBolusAgent": "X", "ImagePresentationComments": "X",
     # UIDs (instance UIDs are pseudonymised consistently so results can be linked back at the site)
@@ -57,6 +57,7 @@ BASIC_PROFILE: dict[str, str] = {
     "SynchronizationFrameOfReferenceUID": "U", "ReferencedSOPInstanceUID": "U", "MediaStorageSOPInstanceUID": "U",
     "IrradiationEventUID": "U", "ConcatenationUID": "U", "DimensionOrganizationUID": "U", "InstanceCreatorUID": "X",
     "StorageMediaFileSetUID": "U", "TargetUID": "U", "UID": "U", "TransactionUID": "U",
+    "SourceApplicationEntityTitle": "X",
     # Kept on purpose although they are UIDs: they name software and dictionaries, not people or studies.
     "ImplementationClassUID": "K", "SOPClassUID": "K", "MediaStorageSOPClassUID": "K", "ReferencedSOPClassUID": "K",
     "TransferSyntaxUID": "K", "CodingSchemeUID": "K", "ContextGroupExtensionCreatorUID": "K", "MappingResourceUID": "K",

@@ -82,14 +82,15 @@ class DicomPipeline:
         result = PipelineResult(source=path, model_version=self.model_version)
         try:
             image = read_dicom_image(path, self.modalities)
-        except DicomRejected as e:
-            return self._quarantine(result, e.reason, e.problem)
-        try:
             analysis = self.analyser(image.pixels)
             result.prediction = analysis.prediction
-            result.outputs = self.write_results(image, analysis)
-        except Exception as e:  # a bug or a full disk must not lose the file: it is set aside with the reason
-            return self._quarantine(result, PROCESSING_ERROR, f"{type(e).__name__} while analysing: {e}"[:500])
+            folder = self.out_dir / str(image.dataset.SOPInstanceUID)
+            result.outputs = write_results(image, analysis, folder, self.model_version)
+        except DicomRejected as e:
+            return self._quarantine(result, e.reason, e.problem)
+        except Exception as e:  # a bug, a malformed LUT or a full disk must not lose the file: set aside with the reason
+            result.outputs = []
+            return self._quarantine(result, PROCESSING_ERROR, f"{type(e).__name__} while processing: {e}"[:500])
         result.notes = list(image.notes)
         if self.deidentify is not None:
             self._keep(image.dataset, result)
@@ -97,32 +98,16 @@ class DicomPipeline:
                  "positive" if analysis.prediction.positive else "negative")
         return result
 
-    def write_results(self, image: DicomImage, analysis: Analysis) -> list[Path]:
-        """GSPS, SR and SC for the PACS (returned), plus PNGs and result.json for people, in the image's folder."""
-        ds = image.dataset
-        folder = self.out_dir / str(ds.SOPInstanceUID)
-        folder.mkdir(parents=True, exist_ok=True)
-        objects = {
-            "gsps": presentation_state(ds, analysis.prediction, self.model_version),
-            "sr": measurement_report(ds, analysis.prediction, self.model_version, image.pixel_spacing_mm),
-            "sc": secondary_capture(ds, analysis.picture, self.model_version),
-        }
-        outputs = [atomic_write(folder / RESULT_FILES[k], _encode(obj)) for k, obj in objects.items()]
-        write_pictures(analysis, folder, "image")
-        atomic_json(folder / "result.json", {"model_version": self.model_version, **analysis.summary(),
-                                             "pixel_spacing_mm": image.pixel_spacing_mm, "notes": image.notes,
-                                             "outputs": [p.name for p in outputs]})
-        return outputs
-
     def _keep(self, ds: Dataset, result: PipelineResult) -> None:
         assert self.deidentify is not None and self.keep_dir is not None
         try:
             clean = self.deidentify(ds)
+            self.keep_dir.mkdir(parents=True, exist_ok=True)
+            result.kept = atomic_write(self.keep_dir / f"{clean.SOPInstanceUID}.dcm", _encode(clean))
         except BurnedInAnnotation as e:
             result.notes.append(f"not kept: {e}")
-            return
-        self.keep_dir.mkdir(parents=True, exist_ok=True)
-        result.kept = atomic_write(self.keep_dir / f"{clean.SOPInstanceUID}.dcm", _encode(clean))
+        except Exception as e:  # results were delivered; losing the kept copy is reported, not fatal
+            result.notes.append(f"not kept: {type(e).__name__} while de-identifying or writing the copy")
 
     def _quarantine(self, result: PipelineResult, reason: str, problem: str) -> PipelineResult:
         result.reason, result.problem = reason, problem
@@ -132,6 +117,23 @@ class DicomPipeline:
             result.notes.append(f"quarantine failed ({type(e).__name__}); file left in place")
         log.warning("quarantined: %s", reason)
         return result
+
+
+def write_results(image: DicomImage, analysis: Analysis, folder: Path, version: str) -> list[Path]:
+    """GSPS, SR and SC for the PACS (returned), plus PNGs and result.json for people, in `folder`."""
+    ds = image.dataset
+    folder.mkdir(parents=True, exist_ok=True)
+    objects = {
+        "gsps": presentation_state(ds, analysis.prediction, version),
+        "sr": measurement_report(ds, analysis.prediction, version, image.pixel_spacing_mm),
+        "sc": secondary_capture(ds, analysis.picture, version),
+    }
+    outputs = [atomic_write(folder / RESULT_FILES[k], _encode(obj)) for k, obj in objects.items()]
+    write_pictures(analysis, folder, "image")
+    atomic_json(folder / "result.json", {"model_version": version, **analysis.summary(),
+                                         "pixel_spacing_mm": image.pixel_spacing_mm, "notes": image.notes,
+                                         "outputs": [p.name for p in outputs]})
+    return outputs
 
 
 def _encode(ds: Dataset) -> bytes:

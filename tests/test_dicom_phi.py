@@ -1,0 +1,87 @@
+"""No patient data escapes: synthetic DICOM with made-up identities through the whole site pipeline, ingest and a
+real federated round (Flower simulation, wandb offline); every file and every line printed or logged is searched."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pydicom
+import pytest
+
+from client.dicom import DicomPipeline
+from common.cli import main
+from common.config import EvalConfig
+from common.nn.model import ModelSpec, build_model
+from common.nn.weights import save_weights
+from common.synth import generate_dataset, get_profile
+
+pytestmark = pytest.mark.slow
+
+SITE = "general_hospital"
+
+
+def _identities(site: Path) -> set[bytes]:
+    """Every identifying value the generator wrote, in the spellings a leak could take."""
+    needles: set[str] = set()
+    for line in (site / "ground_truth.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        ds = pydicom.dcmread(site / record["dicom"], stop_before_pixels=True)
+        family, given = record["dicom_patient_name"].split("^")
+        birth = str(ds.PatientBirthDate)
+        needles |= {record["dicom_patient_name"], f"{family} {given}", f"{given} {family}", record["dicom_patient_id"],
+                    str(ds.AccessionNumber), birth, f"{birth[:4]}-{birth[4:6]}-{birth[6:]}"}
+    return {n.encode() for n in needles}
+
+
+def _leaks(files: list[Path], needles: set[bytes]) -> list[str]:
+    found = []
+    for path in files:
+        data = path.read_bytes()
+        found += [f"{path}: {n.decode()}" for n in needles if n in data]
+    return found
+
+
+def test_no_patient_data_leaves_the_site_pipeline(tmp_path, caplog, capfd):
+    caplog.set_level(logging.DEBUG)
+    synth = tmp_path / "synth"
+    generate_dataset(synth, [get_profile(SITE)], images_per_site=8, size=128, dicom=True, progress=False)
+    site = synth / SITE
+    needles = _identities(site)
+    assert len(needles) > 20
+
+    work = tmp_path / "work"  # everything the site and the federation produce lands here
+    spec = ModelSpec(width=0.125, depth=0.5)
+    weights = save_weights(build_model(spec), spec, work / "model.safetensors", {"imgsz": 128})
+
+    # 1. The network listener's path: each received file through the pipeline, de-identified copies kept.
+    pipeline = DicomPipeline(weights, work / "results", work / "quarantine", eval_cfg=EvalConfig(conf=0.01, max_det=3),
+                             keep_dir=work / "kept", site_dir=work / "site_keys", burned_in="accept", heatmap=False)
+    results = [pipeline.process(p) for p in sorted((site / "dicom").glob("*.dcm"))]
+    assert all(r.ok and r.kept is not None for r in results)
+    # 2. fracfl predict with DICOM results, and ingest of de-identified DICOM + labels into a training set.
+    assert main(["predict", str(site / "dicom"), "--model", str(weights), "--out", str(work / "predict"), "--json",
+                 "--conf", "0.01", "--dicom-results"]) == 0
+    assert main(["ingest", str(site / "dicom"), "--labels", str(site / "labels"), "--out", str(work / "site_data"),
+                 "--keys", str(work / "site_keys"), "--burned-in", "accept", "--val-fraction", "0.3"]) == 0
+    assert len(list((work / "site_data" / "images").rglob("*.png"))) == 8
+    # 3. A real federated round on the de-identified training set, with wandb tracking offline.
+    run = work / "run"
+    assert main(["simulate", "model=yolov7_nano", "partition=iid", "federation.sites=2", "federation.min_sites=2",
+                 "tracking=offline", "train.imgsz=64", "train.batch_size=4", "train.local_epochs=1", "augment=none",
+                 "federation.rounds=1", "progress=false", f"partition.source={work / 'site_data'}", f"run_dir={run}"]) == 0
+    assert list((run / "registry").glob("v*/card.json")) and list(run.rglob("wandb/**/*.wandb"))
+
+    # Results that go back to the PACS belong in the patient's record: they must carry the identity (this also
+    # proves the search below finds identities inside binary DICOM). So must the site's own linking table.
+    to_pacs = {p for r in results for p in r.outputs} | set((work / "predict").rglob("*.dcm"))
+    assert to_pacs and all(_leaks([p], needles) for p in to_pacs if p.name == "sc.dcm")
+    assert _leaks([work / "site_keys" / "links.sqlite"], needles)
+
+    everything = [p for p in work.rglob("*") if p.is_file() and p not in to_pacs and p.parent != work / "site_keys"]
+    assert len(everything) > 50
+    out, err = capfd.readouterr()
+    (work / "console.txt").write_text(out + err + "\n".join(r.getMessage() for r in caplog.records))
+    leaks = _leaks(everything + [work / "console.txt"], needles)
+    assert not leaks, "patient data found:\n" + "\n".join(leaks[:20])
