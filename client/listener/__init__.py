@@ -1,0 +1,1 @@
+"""`fracfl listen`: a DICOM Storage SCP that queues radiographs durably, runs inference and sends results to a PACS."""
