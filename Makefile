@@ -17,6 +17,8 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	rm -rf runs/demo  # a fresh demo each time (an existing run folder would be resumed)
 	$(BIN)/fracfl simulate experiment=demo run_dir=runs/demo
+	$(BIN)/fracfl audit show runs/demo/site-ledgers
+	$(BIN)/fracfl audit report runs/demo/site-ledgers runs/demo --out runs/demo/privacy-audit.html
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

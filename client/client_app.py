@@ -12,6 +12,9 @@ from typing import Callable
 
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
+from flwr.clientapp.mod import fixedclipping_mod
+from flwr.clientapp.typing import ClientAppCallable
+from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 
 from client.faults import fault_injection_mod
 from client.privacy import PrivacyRefused, site_budget
@@ -60,7 +63,15 @@ def _train(site: Site, state: dict, job: SiteJob, cfg: ConfigRecord, context: Co
                       model_version=str(cfg.get("model-version", "")))
 
 
-@app.train(mods=[fault_injection_mod])
+def client_dp_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+    """Flower's fixedclipping_mod when the server runs client-level DP (its wrapper sends a clipping norm)."""
+    cfg = msg.content.get("config")
+    if cfg is not None and KEY_CLIPPING_NORM in cfg:
+        return fixedclipping_mod(msg, context, call_next)
+    return call_next(msg, context)
+
+
+@app.train(mods=[fault_injection_mod, client_dp_mod])
 def train(msg: Message, context: Context) -> Message:
     return _handle(msg, context, "train", _train)
 

@@ -151,3 +151,10 @@ entry is detected.</p><ul>{checks}</ul>
 <h2>Burn-down per site</h2>{charts}
 <p><small>Epsilon from Opacus' RDP accountant (the figure budgets are checked against); the PRV accountant's figure
 is recorded beside it in the ledgers. Privacy unit: one radiograph.</small></p></body></html>"""
+
+
+def write_audit_report(paths: list[str | Path], out: Path) -> Path:
+    """The HTML audit of the ledgers under `paths`, written to `out`."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(render_html(*read_all(paths)), encoding="utf-8")
+    return out

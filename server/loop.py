@@ -114,8 +114,10 @@ def run_round(
     max_update_norm: float,
     timeout: float,
     server_eval: Callable[[State], dict[str, float] | None] | None = None,
+    equal_weights: bool = False,
 ) -> RoundResult:
-    """One round: local training, screening, aggregation, site evaluation and the server's own evaluation."""
+    """One round: local training, screening, aggregation, site evaluation and the server's own evaluation.
+    `equal_weights` averages sites equally (client-level DP's noise assumes it)."""
     params, _ = split_state(state)
     full = to_record(state)
     train = strategy.configure_train(rnd, _subset(full, params), ConfigRecord(config), grid)
@@ -141,7 +143,7 @@ def run_round(
     if accepted:
         for r in accepted:  # the strategy aggregates trainable parameters; buffers are combined below
             r.message.content["arrays"] = _subset(r.message.content["arrays"], params)
-            r.message.content["metrics"] = MetricRecord({"num-examples": float(r.examples)})
+            r.message.content["metrics"] = MetricRecord({"num-examples": 1.0 if equal_weights else float(r.examples)})
         agg, _ = strategy.aggregate_train(rnd, [r.message for r in accepted])
         if agg is not None:
             new_params = {k: v.astype(state[k].dtype) for k, v in from_record(agg).items()}

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 from flwr.serverapp import Grid
+from flwr.serverapp.exception import PrivacyBudgetExhausted
 
 from common.data.dataset import DetectionDataset
 from common.engine.device import select_device
@@ -27,7 +28,9 @@ from common.protocol import SiteJob, encode_metrics
 from server.checkpoint import load_checkpoint, restore_strategy, save_checkpoint
 from server.config import ServerJob
 from server.loop import RoundResult, run_round, server_record
-from server.privacy import card_section, latest_reports, summarise
+from server.audit import write_audit_report
+from server.privacy import (card_section, client_dp_section, client_dp_strategy, latest_reports, replay_releases,
+                            summarise)
 from server.registry import Registry, describe_model
 from server.strategies import build_strategy
 from server.tracking import make_tracker
@@ -65,7 +68,7 @@ def _pooled_evaluator(job: ServerJob, spec: ModelSpec):
 
 
 def _card(job: ServerJob, spec: ModelSpec, result: RoundResult, chash: str,
-          privacy: dict[str, dict[str, Any]]) -> dict[str, Any]:
+          privacy: dict[str, dict[str, Any]], strategy: Any = None) -> dict[str, Any]:
     train = {r["site"]: r for r in result.records if r["phase"] == "train"}
     evals = {r["site"]: r for r in result.records if r["phase"] == "evaluate"}
     pooled = next((r["metrics"] for r in result.records if r["phase"] == "server"), None)
@@ -79,7 +82,8 @@ def _card(job: ServerJob, spec: ModelSpec, result: RoundResult, chash: str,
                   "description": describe_model(spec.arch)},
         "sites": sites,
         "metrics": {"pooled": pooled, "per_site": {s: r["metrics"] for s, r in sorted(evals.items())}},
-        "privacy": card_section(job.privacy, privacy), "exports": [],
+        "privacy": (client_dp_section(strategy, job.privacy) if job.privacy.mode == "client_dp"
+                    else card_section(job.privacy, privacy)), "exports": [],
     }
 
 
@@ -97,6 +101,8 @@ def run_federation(grid: Grid, job: ServerJob, sites_manifest: str | None = None
     model, spec, _ = model_from_config(m.arch, m.names, m.width, m.depth, m.norm, m.init)
     state = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
     strategy = build_strategy(job.strategy, job.federation)
+    if job.privacy.mode == "client_dp":
+        strategy = client_dp_strategy(strategy, job.privacy, job.federation.sites, job.federation.fraction_train)
     registry = Registry(Path(job.registry))
     records_path = run_dir / "records.jsonl"
     chash = config_hash(job)
@@ -105,7 +111,9 @@ def run_federation(grid: Grid, job: ServerJob, sites_manifest: str | None = None
     ckpt = load_checkpoint(run_dir / "checkpoint", chash)
     if ckpt is not None:
         state, start = ckpt.state, ckpt.round + 1
-        restore_strategy(strategy, ckpt.strategy_state)
+        restore_strategy(getattr(strategy, "strategy", strategy), ckpt.strategy_state)
+        if job.privacy.mode == "client_dp":
+            replay_releases(strategy, ckpt.round)
         kept = [r for r in read_records(records_path, missing_ok=True) if r["round"] <= ckpt.round]
         tmp = records_path.with_name(records_path.name + ".tmp")
         tmp.unlink(missing_ok=True)
@@ -113,7 +121,7 @@ def run_federation(grid: Grid, job: ServerJob, sites_manifest: str | None = None
         tmp.replace(records_path)
         log.info("resuming run %s after round %d", job.run_id, ckpt.round)
         reports = latest_reports(kept)
-        _publish_missing(registry, job, spec, ckpt.round, state, kept, chash, reports)
+        _publish_missing(registry, job, spec, ckpt.round, state, kept, chash, reports, strategy)
 
     evaluate = _pooled_evaluator(job, spec)
     if start == 1:
@@ -133,8 +141,14 @@ def run_federation(grid: Grid, job: ServerJob, sites_manifest: str | None = None
             t0 = time.perf_counter()
             parent = registry.latest(job.run_id)
             config["model-version"] = parent.version if parent else "initial"
-            result = run_round(grid, strategy, rnd, state, config, names, max_update_norm=job.federation.max_update_norm,
-                               timeout=job.federation.round_timeout, server_eval=evaluate)
+            try:
+                result = run_round(grid, strategy, rnd, state, config, names,
+                                   max_update_norm=job.federation.max_update_norm,
+                                   timeout=job.federation.round_timeout, server_eval=evaluate,
+                                   equal_weights=job.privacy.mode == "client_dp")
+            except PrivacyBudgetExhausted as e:  # client-level DP: the next release would cross the ceiling
+                log.warning("round %d not run: %s; the run stops here", rnd, e)
+                break
             state = result.state
             t1 = time.perf_counter()
             append_records(records_path, result.records)
@@ -144,7 +158,7 @@ def run_federation(grid: Grid, job: ServerJob, sites_manifest: str | None = None
             save_checkpoint(run_dir / "checkpoint", rnd, state, strategy, chash)
             published = ""
             if rnd % job.federation.publish_every == 0 or rnd == job.federation.rounds:
-                pub = registry.publish(_model_from_state(spec, state), spec, _card(job, spec, result, chash, reports),
+                pub = registry.publish(_model_from_state(spec, state), spec, _card(job, spec, result, chash, reports, strategy),
                                        {"imgsz": job.train.imgsz, "run_id": job.run_id, "round": rnd})
                 published = f", published as {pub.version}"
             tracker.log(rnd, _flat_metrics(result.records))
@@ -152,21 +166,25 @@ def run_federation(grid: Grid, job: ServerJob, sites_manifest: str | None = None
                      t1 - t0, time.perf_counter() - t1, published)
     records = read_records(records_path)
     files = write_report(records, run_dir / "report", f"fracfl run {job.run_id}", _summary(job, chash))
+    if job.privacy.mode == "dp_sgd":  # governance's view of this run, from the server's summary ledger
+        files["privacy_audit"] = write_audit_report([run_dir / "privacy-ledger.jsonl"],
+                                                    run_dir / "report" / "privacy-audit.html")
     latest = registry.latest(job.run_id)
     summary = {"run_id": job.run_id, "run_dir": str(run_dir), "rounds": job.federation.rounds,
-               "latest": latest.version if latest else None, "report": str(files.get("summary_md", ""))}
+               "latest": latest.version if latest else None, "report": str(files.get("summary_md", "")),
+               "privacy_audit": str(files.get("privacy_audit", "")) or None}
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
     return summary
 
 
 def _publish_missing(registry: Registry, job: ServerJob, spec: ModelSpec, rnd: int, state, records, chash: str,
-                     reports: dict[str, dict[str, Any]]) -> None:
+                     reports: dict[str, dict[str, Any]], strategy: Any) -> None:
     """A server killed between checkpoint and publish: publish that round now, once."""
     due = rnd % job.federation.publish_every == 0 or rnd == job.federation.rounds
     latest = registry.latest(job.run_id)
     if due and (latest is None or latest.card["round"] < rnd):
         result = RoundResult(rnd, state, [r for r in records if r["round"] == rnd])
-        registry.publish(_model_from_state(spec, state), spec, _card(job, spec, result, chash, reports),
+        registry.publish(_model_from_state(spec, state), spec, _card(job, spec, result, chash, reports, strategy),
                          {"imgsz": job.train.imgsz, "run_id": job.run_id, "round": rnd})
 
 

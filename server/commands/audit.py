@@ -47,12 +47,9 @@ def _verify(a: argparse.Namespace) -> int:
 
 
 def _report(a: argparse.Namespace) -> int:
-    from server.audit import read_all, render_html
+    from server.audit import write_audit_report
 
-    out = Path(a.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(render_html(*read_all(a.paths)), encoding="utf-8")
-    print(f"wrote {out}")
+    print(f"wrote {write_audit_report(a.paths, Path(a.out))}")
     return 0
 
 
