@@ -17,7 +17,8 @@ from common.nn.model import ModelSpec, build_model
 from common.nn.weights import save_weights
 from common.privacy import one_run
 from common.privacy.accounting import Mechanism, epsilons
-from common.privacy.canary_audit import NO_AUGMENT, MiaConfig, run_audit
+from common.data.spec import load_spec
+from common.privacy.canary_audit import NO_AUGMENT, MiaConfig, draw_members, make_canaries, run_audit
 from server.commands.audit_mia import add_mia
 from tests_support import toy_dataset
 
@@ -136,3 +137,17 @@ def test_bad_requests_are_refused_before_training(site):
     with pytest.raises(ConfigError, match="model.norm=group"):
         run_audit(build_model(ModelSpec(width=0.125, depth=0.5)), site,
                   MiaConfig(canaries=4, noise_multiplier=1.0, train=_train(max_steps=1)), progress=False)
+
+
+def test_canaries_taken_from_the_training_split_leave_it(tmp_path):
+    spec = load_spec(toy_dataset(tmp_path / "site", n=16, positives=16) / "data.yaml")
+    work = tmp_path / "work"
+    work.mkdir()
+    canaries, site = make_canaries(MiaConfig(canaries=5, source="train", labels="own", dp=False), spec, 64, work)
+    train = spec.images("train")
+    assert len(canaries.images) == 5 and set(canaries.images) <= set(train)
+    assert sorted(site + canaries.images) == sorted(train)  # out-canaries are not trained on unless drawn in
+    for img, lab in zip(canaries.images, canaries.label_files):
+        assert lab.read_text() == spec.label_file(img).read_text()  # own labels, copied under the work dir
+    assert draw_members(100_000, 0).mean() == pytest.approx(0.5, abs=0.01)
+    assert draw_members(64, 3).tolist() == draw_members(64, 3).tolist()
