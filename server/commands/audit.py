@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from server.commands.audit_mia import add_mia
+
 
 def _show(a: argparse.Namespace) -> int:
     from rich.console import Console
@@ -68,6 +70,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     q = asub.add_parser("verify", help="check each ledger's hash chain; report exactly where it breaks")
     q.add_argument("paths", nargs="+", help=paths_help)
     q.set_defaults(func=_verify)
+
+    add_mia(asub)
 
     q = asub.add_parser("report", help="an HTML report with a burn-down chart per site")
     q.add_argument("paths", nargs="+", help=paths_help)
