@@ -148,7 +148,7 @@ def run_round(
         if agg is not None:
             new_params = {k: v.astype(state[k].dtype) for k, v in from_record(agg).items()}
             buffers = aggregate_buffers([r.state for r in accepted], [max(r.examples, 1) for r in accepted])
-            merged = {k: new_params.get(k, buffers.get(k)) for k in state}
+            merged = {k: new_params[k] if k in new_params else buffers.get(k, state[k]) for k in state}  # fixed: kept
             problem = check_update(merged, state, max_update_norm * len(accepted))
             if problem is None:
                 result.state = merged

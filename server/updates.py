@@ -20,11 +20,17 @@ def is_buffer(name: str) -> bool:
     return name.rsplit(".", 1)[-1] in BUFFER_SUFFIXES
 
 
+def is_fixed(name: str) -> bool:
+    """Buffers, and the DFL projection: a constant (0..reg_max-1) that no site trains, so no strategy (or DP
+    noise) may touch it."""
+    return is_buffer(name) or ".dfl." in f".{name}"
+
+
 def split_state(state: Mapping[str, np.ndarray]) -> tuple[State, State]:
-    """(trainable parameters, buffers) of a flat state."""
-    params = {k: v for k, v in state.items() if not is_buffer(k)}
-    buffers = {k: v for k, v in state.items() if is_buffer(k)}
-    return params, buffers
+    """(trainable parameters, buffers and fixed tensors) of a flat state."""
+    params = {k: v for k, v in state.items() if not is_fixed(k)}
+    fixed = {k: v for k, v in state.items() if is_fixed(k)}
+    return params, fixed
 
 
 def check_update(state: Mapping[str, np.ndarray], reference: Mapping[str, np.ndarray], max_norm: float) -> str | None:

@@ -125,3 +125,31 @@ def test_dp_run_publishes_each_sites_epsilon_and_an_exhausted_site_is_refused(to
         assert main(["audit", "verify", str(ledgers / site)]) == 0
     assert main(["audit", "verify", str(run2 / "privacy-ledger.jsonl")]) == 0
     assert main(["audit", "show", str(ledgers), "--ceiling-check"]) == 0
+
+
+def test_client_dp_clips_each_site_and_noises_the_aggregate(toy, tmp_path):
+    """Flower's client-level DP through our loop: the global change between two rounds is the noise Flower adds
+    (std = sigma * clip / sites per coordinate) plus at most the clipping norm, and the card states epsilon."""
+    import numpy as np
+
+    from common.nn.weights import read_weights
+    from server.updates import split_state
+
+    run = tmp_path / "run"
+    sigma, clip = 0.05, 0.01
+    assert main(["simulate", *BASE, "privacy=client_dp", f"privacy.max_grad_norm={clip}",
+                 f"privacy.noise_multiplier={sigma}", "privacy.ceiling_epsilon=1e9", "federation.rounds=2",
+                 "train.local_epochs=2", "federation.fraction_evaluate=0", f"partition.source={toy}",
+                 f"run_dir={run}"]) == 0
+    v1, v2 = ({k: t.numpy() for k, t in read_weights(run / "registry" / v / "model.safetensors")[0].items()}
+              for v in ("v0001", "v0002"))
+    params, fixed = split_state(v1)
+    change = np.sqrt(sum(float(((v2[k] - v1[k]).astype(np.float64) ** 2).sum()) for k in params))
+    size = sum(v.size for v in params.values())
+    noise = sigma * clip / 3 * np.sqrt(size)
+    assert 0.9 * noise - clip <= change <= 1.1 * noise + clip  # unclipped local updates would be far larger
+    assert all(np.array_equal(v1[k], v2[k]) for k in fixed)  # the fixed DFL projection is never noised
+    card = json.loads((run / "registry" / "v0002" / "card.json").read_text())
+    assert card["privacy"]["mode"] == "client_dp" and card["privacy"]["releases"] == 2
+    assert card["privacy"]["epsilon"] > json.loads((run / "registry" / "v0001" / "card.json").read_text()
+                                                   )["privacy"]["epsilon"] > 0

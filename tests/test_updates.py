@@ -38,6 +38,8 @@ def test_bad_updates_are_named(reference, break_it, expected):
 def test_buffers_are_weighted_and_counters_stay_integers(reference):
     params, buffers = split_state(reference)
     assert "model.0.bn.running_mean" in buffers and "model.0.conv.weight" in params
+    dfl = next(k for k in reference if ".dfl." in k)
+    assert dfl in buffers and dfl not in params  # the fixed DFL projection is never aggregated or noised
     a = {k: v.copy() for k, v in reference.items()}
     b = {k: v.copy() for k, v in reference.items()}
     a["model.0.bn.running_var"][:] = 1.0
@@ -45,7 +47,7 @@ def test_buffers_are_weighted_and_counters_stay_integers(reference):
     a["model.0.bn.num_batches_tracked"] = np.array(10, np.int64)
     b["model.0.bn.num_batches_tracked"] = np.array(30, np.int64)
     out = aggregate_buffers([a, b], [30, 10])
-    assert set(out) == set(buffers)
+    assert set(out) == {k for k in buffers if k != dfl}  # the server keeps its own copy of the constant
     np.testing.assert_allclose(out["model.0.bn.running_var"], 1.75)  # (30*1 + 10*4) / 40
     assert out["model.0.bn.num_batches_tracked"].dtype == np.int64 and out["model.0.bn.num_batches_tracked"] == 30
     assert out["model.0.bn.running_var"].dtype == np.float32
