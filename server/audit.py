@@ -47,7 +47,7 @@ class SiteBudget:
     refused: int = 0
     last: str = ""  # kind and time of the latest entry
     over_ceiling: list[int] = field(default_factory=list)  # seq numbers of entries above their ceiling
-    history: list[tuple[str, float]] = field(default_factory=list)  # (time, epsilon) for the burn-down
+    history: list[tuple[str, float]] = field(default_factory=list)  # (label, epsilon spent) for the burn-down
 
     @property
     def remaining(self) -> float | None:
@@ -75,7 +75,10 @@ def budgets(entries: list[dict[str, Any]]) -> dict[str, SiteBudget]:
         b.refused += refused
         b.spent = max(b.spent, eps) if kind != "plan" else b.spent
         b.last = f"{'refused' if refused else kind} {e.get('time', '')}".strip()
-        b.history.append((str(e.get("time", "")), b.spent))
+        if not b.history:  # the starting point: what was spent before the first entry shown
+            b.history.append(("start", float(e.get("epsilon", 0.0)) if kind == "plan" else 0.0))
+        if kind != "plan":
+            b.history.append((f"r{e.get('round', '?')}" + (" refused" if refused else ""), b.spent))
         plan = plans.get((site, e.get("run_id", ""))) or e
         planned = plan.get("planned_rounds")
         if planned is not None and "projected_epsilon" in plan:
@@ -110,7 +113,8 @@ def _burn_down_png(b: SiteBudget) -> str:
         ax.axhline(0, color="#d62728", lw=1, ls="--", label="ceiling reached")
         if b.target is not None:
             ax.axhline(b.ceiling - b.target, color="#ff7f0e", lw=1, ls=":", label="planned target")
-    ax.set_xlabel("ledger entry (plan, round or refusal), oldest first")
+    ax.set_xticks(xs, [label for label, _ in b.history], rotation=45 if len(xs) > 8 else 0, fontsize=8)
+    ax.set_xlabel("training rounds, oldest first")
     ax.set_ylabel("epsilon left")
     ax.set_title(f"{b.site}: privacy budget burn-down")
     ax.legend(fontsize=8, loc="upper right")
