@@ -29,6 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
+from common.utils.durable import fsync_dir, write_durable
+
 STATES = ("tmp", "incoming", "processing", "outbox", "failed", "done")
 OBJECT = "object.dcm"
 META = "meta.json"
@@ -38,21 +40,6 @@ REASON = "reason.txt"
 def pseudonym(uid: str) -> str:
     """A short stable stand-in for a UID in logs: correlates events without printing the UID itself."""
     return hashlib.sha256(uid.encode()).hexdigest()[:12]
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_synced(path: Path, data: bytes) -> None:
-    with open(path, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
 
 
 @dataclass
@@ -72,7 +59,7 @@ class Item:
 
     def save_meta(self) -> None:
         tmp = self.path / (META + ".tmp")
-        _write_synced(tmp, json.dumps(self.meta).encode())
+        write_durable(tmp, json.dumps(self.meta).encode())
         os.replace(tmp, self.path / META)
 
 
@@ -120,7 +107,7 @@ class DurableQueue:
         item_id = f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}"
         staging = self.dir("tmp") / item_id
         staging.mkdir()
-        _write_synced(staging / OBJECT, data)
+        write_durable(staging / OBJECT, data)
         item = Item(staging, {"received": received, "ref": pseudonym(sop_instance_uid), "sop_class": sop_class_uid,
                               "calling_ae": calling_ae, "attempts": 0, "not_before": 0.0})
         item.save_meta()
@@ -176,7 +163,7 @@ class DurableQueue:
 
     def fail(self, item: Item, reason: str, detail: str = "") -> None:
         """Park an item in failed/ with a reason a person can act on (`detail` may quote the file: kept beside it)."""
-        _write_synced(item.path / REASON, (reason + ("\n" + detail if detail else "") + "\n").encode())
+        write_durable(item.path / REASON, (reason + ("\n" + detail if detail else "") + "\n").encode())
         item.meta["failed"] = time.time()
         item.save_meta()
         self._move(item, "failed")

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from common.errors import FracflError
+from common.utils.durable import replace_atomic
 
 GENESIS = "0" * 64
 
@@ -116,10 +117,7 @@ class Ledger:
                 f.write(json.dumps(entry, sort_keys=True) + "\n")
                 f.flush()
                 os.fsync(f.fileno())
-            head = _head_path(self.path)
-            tmp = head.with_name(head.name + ".tmp")
-            tmp.write_text(json.dumps({"seq": entry["seq"], "hash": entry["hash"]}))
-            os.replace(tmp, head)
+            replace_atomic(_head_path(self.path), json.dumps({"seq": entry["seq"], "hash": entry["hash"]}))
         except OSError as e:
             raise LedgerError(f"privacy ledger {self.path} cannot be written: {e.strerror}") from e
         return entry

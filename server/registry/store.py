@@ -28,6 +28,7 @@ from torch import nn
 from common.errors import DataError
 from common.nn.model import ModelSpec
 from common.nn.weights import load_model, save_weights
+from common.utils.durable import fsync_dir, replace_atomic, write_durable
 from server.registry.card import UPDATABLE, CardError, clean_card
 from server.registry.render import render_markdown
 
@@ -51,33 +52,6 @@ def sha256_file(path: str | Path) -> str:
 
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
-
-
-def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):  # not every filesystem lets a directory be opened for fsync
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def _write_durable(path: Path, text: str) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def _replace_atomic(path: Path, text: str) -> None:
-    """Write a temp file beside `path`, fsync it, rename it over `path`, fsync the folder."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        _write_durable(tmp, text)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    _fsync_dir(path.parent)
 
 
 def _card_json(card: dict[str, Any]) -> str:
@@ -307,15 +281,15 @@ class Registry:
                 with open(tmp / WEIGHTS, "rb+") as f:
                     os.fsync(f.fileno())
                 card["hashes"] = {WEIGHTS: sha256_file(tmp / WEIGHTS)}
-                _write_durable(tmp / CARD_JSON, _card_json(card))
-                _write_durable(tmp / CARD_MD, render_markdown(card))
-                _fsync_dir(tmp)
+                write_durable(tmp / CARD_JSON, _card_json(card))
+                write_durable(tmp / CARD_MD, render_markdown(card))
+                fsync_dir(tmp)
                 os.rename(tmp, final)  # the commit point
             except BaseException:
                 shutil.rmtree(tmp, ignore_errors=True)
                 raise
-            _fsync_dir(self.root)
-            _replace_atomic(self.root / LATEST, json.dumps(
+            fsync_dir(self.root)
+            replace_atomic(self.root / LATEST, json.dumps(
                 {"version": version, "run_id": card["run_id"], "round": card["round"]}, indent=2) + "\n")
         return Published(version, final, card)
 
@@ -333,6 +307,6 @@ class Registry:
             card[section] = value
             card = clean_card(card)
             card["updated"] = _now()
-            _replace_atomic(p.path / CARD_JSON, _card_json(card))
-            _replace_atomic(p.path / CARD_MD, render_markdown(card))
+            replace_atomic(p.path / CARD_JSON, _card_json(card))
+            replace_atomic(p.path / CARD_MD, render_markdown(card))
         return Published(p.version, p.path, card)
