@@ -87,10 +87,17 @@ def test_divergence_is_reported_not_returned(synth_data):
 
 
 class _PoissonLikeHook:
-    """Stands where Opacus will: swaps in a loader that sometimes yields an empty batch, counts optimiser steps."""
+    """The engine's contract with any privacy hook (the real DP-SGD hook is tested in test_dp.py): a swapped-in
+    loader that yields an empty batch, counted optimiser steps, and release at the end."""
 
     def __init__(self):
-        self.steps = 0
+        self.steps, self.released = 0, False
+
+    def batches(self, loader, optimizer):
+        return loader
+
+    def release(self):
+        self.released = True
 
     def wrap(self, model, optimizer, loader):
         optimizer.register_step_post_hook(lambda *_: setattr(self, "steps", self.steps + 1))
@@ -103,7 +110,7 @@ def test_privacy_hook_wraps_the_same_path(synth_data):
     hook = _PoissonLikeHook()
     model = build_model(NANO)
     res = train_local(model, _data(synth_data), TrainConfig(**{**FAST.__dict__, "max_steps": 3}), privacy=hook, progress=False)
-    assert hook.steps == 3 and res.metrics["images"] == 16
+    assert hook.steps == 3 and res.metrics["images"] == 16 and hook.released
     with pytest.raises(ConfigError, match="mosaic"):
         train_local(model, _data(synth_data), TrainConfig(**{**FAST.__dict__, "augment": AugmentConfig(mosaic=0.5)}),
                     privacy=hook, progress=False)
