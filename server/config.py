@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from common.config import EvalConfig, LocalTrainConfig, ModelConfig
+from server.export.config import ExportConfig
 
 
 @dataclass
@@ -47,6 +48,7 @@ class ServerJob:
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
     federation: FederationConfig = field(default_factory=FederationConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)  # edge builds of published versions
     registry: str = "registry"
     run_dir: str = "runs/federated"
     run_id: str = ""
