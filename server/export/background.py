@@ -1,7 +1,7 @@
 """Exports off the round's critical path: one worker process at a time, at low CPU priority, while rounds go on.
 
 The round loop only queues a version (`submit` returns at once). A thread runs `python -m server.export.worker`
-for it with a time limit; the worker writes the card. A worker that crashes, hangs or outlives its time limit is
+for it (at low CPU priority) with a time limit; the worker writes the card. A worker that crashes, hangs or outlives its time limit is
 stopped and the card says so, in the version's `exports` section; nothing of it reaches the round. At the end of a
 run `close` waits (bounded) for what is still queued, so a finished run's last model carries its exports.
 """
@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import queue
 import subprocess
 import sys
@@ -29,10 +28,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("fracfl.export")
 _POLL_S = 0.2
-
-
-def _lower_priority() -> None:  # pragma: no cover - runs in the child before exec
-    os.nice(10)
 
 
 class BackgroundExports:
@@ -93,8 +88,7 @@ class BackgroundExports:
             out.write(f"--- {version} ---\n")
             out.flush()
             proc = subprocess.Popen(self._command(version), stdout=out, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL,
-                                    preexec_fn=_lower_priority if hasattr(os, "nice") else None)
+                                    stdin=subprocess.DEVNULL)
             while (rc := proc.poll()) is None:
                 if self._stop.is_set() or time.perf_counter() - t0 > self.cfg.timeout:
                     proc.kill()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 
 
@@ -21,6 +22,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--eval", default="{}", help="EvalConfig as JSON")
     p.add_argument("--val-data", default=None)
     a = p.parse_args(argv)
+    if hasattr(os, "nice"):
+        os.nice(10)  # the rounds go first: exports take whatever CPU they leave
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     import torch
