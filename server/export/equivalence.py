@@ -17,6 +17,7 @@ from common.engine.evaluate import predict_dataset
 from common.inference.backend import Backend
 from common.inference.predictor import to_input
 from common.metrics import ImageResult, evaluate_detections
+from common.metrics.triage import image_score
 
 # Goals from the edge issue: largest mAP50 loss vs PyTorch, in points (0.1 point = 0.001 mAP50).
 GOAL_POINTS = {"fp32": 0.1, "fp16": 0.1, "w8a32": 1.5, "int8": 1.5}
@@ -69,15 +70,24 @@ def compare(variant: str, backend: Backend, ref: Reference, data: DetectionDatas
         "map50": map50, "map50_torch": ref.map50, "map50_delta_points": delta,
         "sensitivity": sens, "sensitivity_torch": ref.sensitivity,
         "max_box_diff_px": largest_box_difference(ref.backend, backend, data, fixed_images, cfg.conf),
+        "max_score_diff": _largest_score_difference(ref.results, results),
         "verdicts_agree": _verdicts_agree(ref.results, results, cfg.conf),
         "meets_goal": None if delta is None else bool(abs(delta) <= GOAL_POINTS[variant]),
         "n_images": len(data),
     }
 
 
+def _image_score(r: ImageResult) -> float:
+    return image_score(r.pred_scores)
+
+
+def _largest_score_difference(ref: list[ImageResult], other: list[ImageResult]) -> float:
+    """Largest difference of the image-level fracture score (what triage ranks by) over the validation images:
+    informative even for a weak model whose mAP is near zero for both backends."""
+    return max((abs(_image_score(a) - _image_score(b)) for a, b in zip(ref, other)), default=0.0)
+
+
 def _verdicts_agree(ref: list[ImageResult], other: list[ImageResult], conf: float) -> float:
     """Share of images with the same positive/negative verdict at the operating point."""
-    def verdict(r: ImageResult) -> bool:
-        return bool(len(r.pred_scores) and r.pred_scores.max() >= conf)
-
-    return float(np.mean([verdict(a) == verdict(b) for a, b in zip(ref, other)])) if ref else float("nan")
+    agree = [(_image_score(a) >= conf) == (_image_score(b) >= conf) for a, b in zip(ref, other)]
+    return float(np.mean(agree)) if agree else float("nan")

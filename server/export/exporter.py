@@ -34,11 +34,12 @@ class ExportError(FracflError):
 
 @contextlib.contextmanager
 def _quiet(enabled: bool = True):
-    """The converter and quantiser print progress tables to stdout; keep them out of the server's log."""
+    """The converter and quantiser print progress tables and bars (stdout, stderr); keep them out of the logs.
+    Failures still surface as exceptions, which are recorded."""
     if not enabled:
         yield
         return
-    with contextlib.redirect_stdout(io.StringIO()):
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
         yield
 
 

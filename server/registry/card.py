@@ -33,7 +33,7 @@ _STATUS = re.compile(r"^(trained|budget exhausted|(rejected|failed): \S.*)$")
 # An edge export entry (one per variant, see docs/export.md): what was built, its file, and how it compares.
 _EXPORT_TEXT = {"variant", "file", "status", "sha256", "note"}
 _EXPORT_NUMBERS = {"bytes", "imgsz", "seconds", "map50", "map50_torch", "map50_delta_points", "sensitivity",
-                   "sensitivity_torch", "max_box_diff_px", "verdicts_agree", "n_images"}
+                   "sensitivity_torch", "max_box_diff_px", "max_score_diff", "verdicts_agree", "n_images"}
 _EXPORT_FLAGS = {"meets_goal"}
 _EXPORT_STATUS = re.compile(r"^(ok|(failed|timed out|skipped): \S.*)$")
 EXPORT_FILE = re.compile(r"^exports/[A-Za-z0-9_.-]+\.tflite$")  # inside the version folder, never outside it

@@ -83,14 +83,16 @@ def exports_table(exports: list[dict[str, Any]]) -> list[str]:
                      "n/a" if delta is None else f"{delta:+.2f}" + ("" if goal is None else " ✓" if goal else " ✗"),
                      _vs(e.get("sensitivity"), e.get("sensitivity_torch")),
                      "n/a" if diff is None else f"{diff:.2f} px",
+                     "n/a" if e.get("max_score_diff") is None else f"{e['max_score_diff']:.4f}",
                      "n/a" if e.get("seconds") is None else f"{e['seconds']:.1f} s",
                      f"`{e['sha256'][:16]}…`" if e.get("sha256") else "n/a"])
     out = ["TFLite (LiteRT) builds for devices without a GPU, each compared with this PyTorch model on the validation "
            "images through the same preprocessing and postprocessing. mAP@0.5 and sensitivity: edge (PyTorch). "
            "Goal: fp32/fp16 within 0.1 point of mAP@0.5, int8 within 1.5 points (✓ met, ✗ missed). Box shift: the "
-           "largest displacement of PyTorch's top boxes on a fixed set of images.", ""]
+           "largest displacement of PyTorch's top boxes on a fixed set of images (network pixels). Score diff: the largest "
+           "change of an image's fracture score (its highest box score) over the validation images.", ""]
     out += _table(["Variant", "File", "Size", "Status", "mAP@0.5", "Δ mAP@0.5 (points)", "Sensitivity",
-                   "Box shift", "Export time", "SHA-256"], rows)
+                   "Box shift", "Score diff", "Export time", "SHA-256"], rows)
     notes = [f"- {e['variant']}: {e['note']}" for e in exports if e.get("note")]
     return out + ([""] + notes if notes else []) + ["", "Full SHA-256 of every file: card.json, `exports`."]
 
