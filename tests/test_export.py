@@ -177,3 +177,17 @@ def test_run_end_stops_outstanding_exports(tmp_path, toy):
     assert outcomes[v2] == "skipped: the run ended before this export started"
     assert [e["status"] for e in _card_exports(reg, v2)] == [outcomes[v2]] * 2
     assert reg.verify(v1) == [] and reg.verify(v2) == []
+
+
+def test_export_command_reports_failure_and_bad_input(tmp_path, toy, capsys):
+    from common.cli import main
+
+    p = _publish(tmp_path / "registry")
+    args = ["export", "--model", "latest", "--registry", str(p.path.parent), "--data", str(toy)]
+    assert main([*args, "--variants", "int8", "--calibration", str(tmp_path / "nothing")]) == 1
+    out = capsys.readouterr().out
+    assert "int8: failed: calibration data unusable (dataset path does not exist)" in out
+    assert main([*args, "--variants", "fp32,int4"]) == 2
+    assert "--variants: ['int4']; choose from fp32, fp16, w8a32, int8" in capsys.readouterr().err
+    assert main(["export", "--model", "v0009", "--registry", str(p.path.parent)]) == 2
+    assert "no version v0009 in this registry; available: v0001" in capsys.readouterr().err

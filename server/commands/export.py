@@ -41,7 +41,7 @@ def _run(a: argparse.Namespace) -> int:
                            calibration_images=a.calibration_images)
     except ConfigError as e:
         raise ConfigError(str(e).replace("export.", "--")) from e
-    console = Console(highlight=False)
+    console = Console(highlight=False, soft_wrap=True)
     console.print(f"exporting {reg.root / version}: {', '.join(cfg.variants)}")
 
     def report(entry: dict) -> None:

@@ -103,6 +103,8 @@ def export_version(registry: Registry, version: str, cfg: ExportConfig, val_data
     if problem:
         log.warning("%s: export failed: %s", version, problem)
         entries = failed_entries(list(cfg.variants), f"failed: {problem}")
+        for entry in entries if report is not None else []:
+            report(entry)
         return registry.update_card(version, "exports", entries).card["exports"]
 
     validation, ref, note = _reference(cfg, val_data, model, imgsz, eval_cfg)
