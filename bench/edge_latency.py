@@ -9,12 +9,14 @@
    decoding, NMS). PyTorch is timed fused (BatchNorm folded into the convolutions, as a deployment would run it).
 
     .venv/bin/python bench/edge_latency.py [--weights W.safetensors] [--images 30] [--imgsz 640] [--threads 2]
+    .venv/bin/python bench/edge_latency.py --out DIR ...; ... --out DIR --latency-only   # re-time the same files
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import os
 import statistics
 import sys
 import tempfile
@@ -65,6 +67,8 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--variants", default="fp32,fp16,w8a32,int8")
     p.add_argument("--out", default=None, help="keep the registry with the exports here (default: a temp folder)")
+    p.add_argument("--latency-only", action="store_true",
+                   help="time the exports already in --out's registry again (no export, no equivalence run)")
     a = p.parse_args()
 
     import torch
@@ -88,13 +92,17 @@ def main() -> None:
     print(f"model: {source}; {a.imgsz} px; {a.threads} threads; validation: {val_data}")
 
     reg = Registry(work / "registry")
-    version = reg.publish(model, spec, dict(CARD), {"imgsz": a.imgsz}).version
-    cfg = ExportConfig(variants=variants, imgsz=a.imgsz, calibration=calib_data, calibration_split=calib_split,
-                       threads=a.threads)
-    t0 = time.perf_counter()
-    entries = export_version(reg, version, cfg, val_data, EvalConfig(),
-                             report=lambda e: print(f"  exported {e['variant']}: {e['status']}", flush=True))
-    print(f"export and equivalence: {time.perf_counter() - t0:.0f} s")
+    if a.latency_only:
+        version = reg.get("latest").version
+        entries = reg.get(version).card["exports"]
+    else:
+        version = reg.publish(model, spec, dict(CARD), {"imgsz": a.imgsz}).version
+        cfg = ExportConfig(variants=variants, imgsz=a.imgsz, calibration=calib_data, calibration_split=calib_split,
+                           threads=a.threads)
+        t0 = time.perf_counter()
+        entries = export_version(reg, version, cfg, val_data, EvalConfig(),
+                                 report=lambda e: print(f"  exported {e['variant']}: {e['status']}", flush=True))
+        print(f"export and equivalence: {time.perf_counter() - t0:.0f} s")
     folder = reg.get(version).path
 
     fused = copy.deepcopy(model).eval().fuse()
@@ -110,6 +118,7 @@ def main() -> None:
     for name, b in backends.items():  # warm-up: first calls allocate and pick kernels
         for x in inputs[:2]:
             b(x)
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     for img, x in zip(images, inputs):  # interleaved: load from other processes hits every backend alike
         for name, b in backends.items():
             t = time.perf_counter()
@@ -121,7 +130,8 @@ def main() -> None:
 
     torch_ms = _median_ms(net["pytorch fp32 eager"])
     by_variant = {e["variant"]: e for e in entries}
-    print(f"\nmedian latency per radiograph, {len(images)} radiographs at {a.imgsz} px, {a.threads} threads:")
+    print(f"\nmedian latency per radiograph, {len(images)} radiographs at {a.imgsz} px, {a.threads} threads "
+          f"(1-min load average before timing: {load:.1f} on {os.cpu_count()} cores):")
     print(f"{'backend':22s} {'network ms':>10s} {'end-to-end ms':>13s} {'vs pytorch':>10s} {'size MB':>8s} "
           f"{'mAP50 (torch)':>15s} {'sens (torch)':>14s} {'box diff px':>11s} {'score diff':>10s}")
     rows = []
@@ -146,7 +156,8 @@ def main() -> None:
     if int8:
         print(f"\nint8 goal (<= 1/4 of PyTorch eager): {int8['ratio_vs_pytorch']:.2f} -> "
               f"{'met' if int8['ratio_vs_pytorch'] <= 0.25 else 'NOT met'}")
-    emit({"bench": "edge_latency", "machine": machine(), "model": source, "imgsz": a.imgsz, "threads": a.threads,
+    emit({"bench": "edge_latency", "machine": machine(), "load_average": load, "model": source, "imgsz": a.imgsz,
+          "threads": a.threads,
           "images": len(images), "validation": val_data, "rows": rows})
 
 
