@@ -191,3 +191,12 @@ def test_export_command_reports_failure_and_bad_input(tmp_path, toy, capsys):
     assert "--variants: ['int4']; choose from fp32, fp16, w8a32, int8" in capsys.readouterr().err
     assert main(["export", "--model", "v0009", "--registry", str(p.path.parent)]) == 2
     assert "no version v0009 in this registry; available: v0001" in capsys.readouterr().err
+
+
+def test_failure_reasons_on_cards_carry_no_file_paths():
+    from server.export.version import reason
+
+    text = reason(PermissionError(13, "Permission denied", "/data/site_a/doe_jane_1961/img1.png"), "calibration")
+    assert text == "calibration: PermissionError: [Errno 13] Permission denied: '<path>'"
+    assert reason(DataError("/data/doe_jane.png", "truncated JPEG")) == "truncated JPEG"
+    assert reason(RuntimeError("fp32/fp16 mismatch")) == "RuntimeError: fp32/fp16 mismatch"

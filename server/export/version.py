@@ -8,6 +8,7 @@ stops the others; its card entry says why. The files go to `vNNNN/exports/model_
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -26,12 +27,14 @@ from server.registry import Registry, sha256_file
 
 log = logging.getLogger("fracfl.export")
 _MAX_REASON = 300
+_PATH = re.compile(r"(?<![\w.])(?:[A-Za-z]:)?[/\\](?:[^\s'\"/\\]+[/\\])+[^\s'\"]*")  # absolute paths, 2+ levels
 
 
 def reason(e: BaseException, where: str = "") -> str:
-    """One line for the card. Data errors give their problem, not their path (a file name may name a patient)."""
+    """One line for the card. No file paths (a file name may name a patient): data errors give their problem only,
+    and paths inside other messages (e.g. an OSError's file name) are replaced by <path>."""
     text = e.problem if isinstance(e, DataError) else f"{type(e).__name__}: {e}"
-    text = " ".join(str(text).split()) or type(e).__name__
+    text = _PATH.sub("<path>", " ".join(str(text).split())) or type(e).__name__
     text = f"{where}: {text}" if where else text
     return text if len(text) <= _MAX_REASON else text[: _MAX_REASON - 3] + "..."
 
