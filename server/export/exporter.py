@@ -15,6 +15,7 @@ import copy
 import io
 import json
 import os
+import shutil
 import zipfile
 from pathlib import Path
 
@@ -65,12 +66,10 @@ def convert_fp32(model: torch.nn.Module, imgsz: int, out: Path, quiet: bool = Tr
             f = Exporter(overrides={"format": "litert", "imgsz": imgsz, "batch": 1, "device": "cpu",
                                     "verbose": False})(m)
         if not f or not Path(f).is_file():
-            raise ExportError("fp32 conversion produced no file (see the log for Ultralytics' message)")
+            raise ExportError("fp32 conversion produced no file")
         Path(f).replace(out)
     finally:
-        for p in work.iterdir():
-            p.unlink()
-        work.rmdir()
+        shutil.rmtree(work, ignore_errors=True)
     return out
 
 
