@@ -18,6 +18,9 @@ def _registry_and_version(a: argparse.Namespace):
     p = Path(a.model)
     if p.is_dir() and (p / "card.json").is_file():  # a version folder given as a path
         return Registry(p.parent), p.name
+    if p.is_file():
+        raise DataError(p, "exports are made for registry versions, whose cards record them: give a version "
+                        "(v0003, latest) or a version folder")
     root = Path(a.registry) if a.registry else default_root()
     if not root.is_dir():
         raise DataError(root, "no registry here (use --registry DIR or set FRACFL_REGISTRY, or give a version folder)")
