@@ -115,6 +115,7 @@ def quantise(fp32: Path, variant: str, out: Path, calibration: list[np.ndarray] 
         tmp = out.with_name(out.name + ".tmp")
         result.export_model(str(tmp), overwrite=True)
     _copy_metadata(fp32, tmp, variant)
+    os.chmod(tmp, 0o644)  # the quantiser writes executable files; these are data
     tmp.replace(out)
     return out
 
