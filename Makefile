@@ -9,9 +9,19 @@ STAMP  := $(VENV)/.fracfl-installed
 install: $(STAMP)
 
 # Pinned, known-good versions live in pyproject.toml (torch 2.14.1 / torchvision 0.29.1 on this platform).
+# Three pip runs on purpose (see the `edge` extra in pyproject.toml and docs/export.md): the project; then the edge
+# packages, which pull typing-extensions down to 4.12 (pip prints a conflict with pydantic/flwr: expected); then
+# typing-extensions re-pinned, which works for all of them although xdsl declares otherwise (pip prints that
+# conflict too). The last line fails the install if flwr or the converter does not import.
+TYPING_EXTENSIONS := typing-extensions==4.16.0
+EDGE_PINS := import tomllib; print(" ".join(tomllib.load(open("pyproject.toml", "rb"))["project"]["optional-dependencies"]["edge"]))
+
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --disable-pip-version-check -q -e ".[dev]"
+	$(BIN)/python -m pip install --disable-pip-version-check -q $$($(BIN)/python -c '$(EDGE_PINS)')
+	$(BIN)/python -m pip install --disable-pip-version-check -q "$(TYPING_EXTENSIONS)"
+	$(BIN)/python -c "import flwr.serverapp, litert_torch, ai_edge_quantizer; from ai_edge_litert.interpreter import Interpreter"
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from common.config import EvalConfig, LocalTrainConfig, ModelConfig, PrivacyConfig
+from server.export.config import ExportConfig
 
 
 @dataclass
@@ -48,6 +49,7 @@ class ServerJob:
     federation: FederationConfig = field(default_factory=FederationConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)  # edge builds of published versions
     registry: str = "registry"
     run_dir: str = "runs/federated"
     run_id: str = ""

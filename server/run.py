@@ -27,6 +27,7 @@ from common.nn.weights import model_from_config
 from common.protocol import SiteJob, encode_metrics
 from server.checkpoint import load_checkpoint, restore_strategy, save_checkpoint
 from server.config import ServerJob
+from server.export.background import background_exports
 from server.loop import RoundResult, run_round, server_record
 from server.audit import write_audit_report
 from server.privacy import (card_section, client_dp_section, client_dp_strategy, latest_reports, replay_releases,
@@ -42,7 +43,7 @@ log = logging.getLogger("fracfl.server")
 def config_hash(job: ServerJob) -> str:
     """Hash of everything that defines the run's maths (not paths or progress bars)."""
     d = asdict(job)
-    for k in ("run_dir", "progress", "registry", "val_data", "sites_manifest", "tracking"):
+    for k in ("run_dir", "progress", "registry", "val_data", "sites_manifest", "tracking", "export"):
         d.pop(k, None)
     return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -136,7 +137,8 @@ def run_federation(grid: Grid, job: ServerJob, sites_manifest: str | None = None
         config["sites-manifest"] = sites_manifest
         config["faults"] = json.dumps(dict(job.federation.faults or {}))
     names: dict[int, str] = {}
-    with make_tracker(job.tracking.mode, run_dir, job.tracking.project, job.run_id, asdict(job)) as tracker:
+    with make_tracker(job.tracking.mode, run_dir, job.tracking.project, job.run_id, asdict(job)) as tracker, \
+            background_exports(job, run_dir) as exports:
         for rnd in range(start, job.federation.rounds + 1):
             t0 = time.perf_counter()
             parent = registry.latest(job.run_id)
@@ -161,6 +163,8 @@ def run_federation(grid: Grid, job: ServerJob, sites_manifest: str | None = None
                 pub = registry.publish(_model_from_state(spec, state), spec, _card(job, spec, result, chash, reports, strategy),
                                        {"imgsz": job.train.imgsz, "run_id": job.run_id, "round": rnd})
                 published = f", published as {pub.version}"
+                if exports.submit(pub.version, final=rnd == job.federation.rounds):
+                    published += " (edge export queued)"
             tracker.log(rnd, _flat_metrics(result.records))
             log.info("round %d/%d: %.2f s for sites and aggregation, %.2f s to record%s", rnd, job.federation.rounds,
                      t1 - t0, time.perf_counter() - t1, published)

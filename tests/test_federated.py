@@ -22,6 +22,7 @@ BASE = [
     "train.imgsz=64", "train.batch_size=8", "train.optimizer=adamw", "train.lr=0.004", "train.grad_clip=null",
     "augment=none", "progress=false",
 ]
+NO_EXPORT = ["export.enabled=false"]  # edge exports are tested once, in the first run, and in test_export.py
 
 
 def _records(run: Path) -> list[dict]:
@@ -40,7 +41,7 @@ def toy(tmp_path_factory) -> Path:
 def test_three_sites_learn_and_publish(toy, tmp_path):
     run = tmp_path / "run"
     assert main(["simulate", *BASE, f"partition.source={toy}", "federation.rounds=3", "train.local_epochs=50",
-                 f"run_dir={run}"]) == 0
+                 "export.every_k=3", "export.variants=[fp32,int8]", f"run_dir={run}"]) == 0
     records = _records(run)
     assert {r["round"] for r in records} == {0, 1, 2, 3}
     trained = [r for r in records if r["phase"] == "train"]
@@ -54,6 +55,11 @@ def test_three_sites_learn_and_publish(toy, tmp_path):
     assert card["metrics"]["pooled"]["map50"] == pytest.approx(after["map50"])
     assert {s["name"] for s in card["sites"]} == {"site_0", "site_1", "site_2"}
     assert (run / "report" / "summary.md").is_file() and (run / "report" / "curves.png").is_file()
+    # The last version's edge exports, made in the background while the run went on, are on its card.
+    exports = {e["variant"]: e for e in card["exports"]}
+    assert set(exports) == {"fp32", "int8"} and all(e["status"] == "ok" for e in exports.values()), exports
+    assert exports["fp32"]["meets_goal"] and exports["fp32"]["map50_torch"] == pytest.approx(after["map50"])
+    assert [json.loads(c.read_text())["exports"] for c in cards[:2]] == [[], []]  # every_k=3: only the last
     assert main(["registry", "verify", "all", "--root", str(run / "registry")]) == 0  # through the real entry point
     assert main(["registry", "show", "latest", "--root", str(run / "registry")]) == 0
 
@@ -62,7 +68,7 @@ def test_three_sites_learn_and_publish(toy, tmp_path):
 def test_broken_update_is_rejected_and_round_completes(toy, tmp_path, fault, reason):
     run = tmp_path / "run"
     assert main(["simulate", *BASE, f"partition.source={toy}", "federation.rounds=1", "train.local_epochs=2",
-                 f"federation.faults={{site_1: '{fault}'}}", f"run_dir={run}"]) == 0
+                 f"federation.faults={{site_1: '{fault}'}}", *NO_EXPORT, f"run_dir={run}"]) == 0
     train = {r["site"]: r for r in _records(run) if r["phase"] == "train"}
     assert train["site_1"]["status"].startswith("rejected:") and reason in train["site_1"]["status"]
     assert train["site_0"]["status"] == "ok" and train["site_2"]["status"] == "ok"
@@ -73,7 +79,7 @@ def test_broken_update_is_rejected_and_round_completes(toy, tmp_path, fault, rea
 def test_killed_server_resumes_without_repeating_or_losing_a_round(toy, tmp_path):
     run = tmp_path / "run"
     args = [sys.executable, "-m", "common.cli", "simulate", *BASE, f"partition.source={toy}", "federation.rounds=3",
-            "train.local_epochs=1", f"run_dir={run}"]
+            "train.local_epochs=1", *NO_EXPORT, f"run_dir={run}"]
     proc = subprocess.Popen(args, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     pointer = run / "checkpoint" / "checkpoint.json"
     deadline = time.time() + 300

@@ -140,8 +140,8 @@ def test_crash_mid_publish_leaves_nothing_visible(reg, model, monkeypatch):
 def test_update_card_adds_section_and_keeps_hash(reg):
     before = reg.get("v0002")
     weights = before.weights.read_bytes()
-    export = {"format": "tflite", "file": "model_int8.tflite", "quantisation": "int8", "size_mb": 0.4,
-              "map50": 0.39}
+    export = {"variant": "int8", "file": "exports/model_int8.tflite", "status": "failed: converter crashed",
+              "seconds": 3.5}
     after = reg.update_card("v0002", "exports", [export])
     assert after.card["exports"] == [export] and after.card["updated"]
     assert after.card["hashes"] == before.card["hashes"] and before.weights.read_bytes() == weights
@@ -154,6 +154,11 @@ def test_update_card_adds_section_and_keeps_hash(reg):
     for section in ("hashes", "run_id", "version"):
         with pytest.raises(CardError, match=section):
             reg.update_card("v0002", section, "x")
+    for bad, field in [({**export, "file": "../v0001/model.safetensors"}, "file"),
+                       ({**export, "status": "ok"}, "sha256"), ({**export, "size_mb": 1}, "unknown field"),
+                       ({**export, "status": "done"}, "status")]:
+        with pytest.raises(CardError, match=rf"exports\[0\].*{field}|{field}.*exports\[0\]"):
+            reg.update_card("v0002", "exports", [bad])
 
 
 def test_card_md_is_readable_and_honest(reg):

@@ -60,6 +60,16 @@ def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], ModelSpec, 
     return tensors, ModelSpec.from_dict(json.loads(header["spec"])), json.loads(header.get("meta", "{}"))
 
 
+def read_metadata(path: str | Path) -> dict[str, Any]:
+    """The free-form metadata of a fracfl weights file (e.g. `imgsz`), without reading its tensors."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            header = f.metadata() or {}
+    except Exception as e:  # safetensors raises several private error types
+        raise DataError(path, f"not a fracfl weights file (safetensors): {e}") from e
+    return json.loads(header.get("meta", "{}"))
+
+
 def load_model(path: str | Path) -> tuple[nn.Module, ModelSpec, dict[str, Any]]:
     """Rebuild the network stored in `path` and load its weights strictly."""
     tensors, spec, meta = read_weights(path)

@@ -4,7 +4,7 @@ The card writer serialises only the documented fields below. Metric tables keep 
 `EvalReport.to_dict()` loses its curves, confusion matrix and error lists (which name image files) on the way in,
 and a metric whose name suggests identifying data (`patient_id`, `name`, `file`, ...) is refused outright. No patient
 data can reach a card through these fields; free text appears only in site names, status reasons, the strategy's
-parameters and the privacy/export descriptors, all of which the server fills from its own configuration.
+parameters, the privacy descriptors and export notes, all of which the server fills from its own configuration.
 """
 
 from __future__ import annotations
@@ -30,6 +30,13 @@ _ARCH_NAMES = {"yolov7-tiny": "YOLOv7-tiny", "yolov7": "YOLOv7"}
 _SITE_KEYS = {"name", "examples", "status", "metrics"}
 _MODEL_KEYS = {"arch", "width", "depth", "norm", "classes", "parameters", "description"}
 _STATUS = re.compile(r"^(trained|budget exhausted|(rejected|failed|refused): \S.*)$")
+# An edge export entry (one per variant, see docs/export.md): what was built, its file, and how it compares.
+_EXPORT_TEXT = {"variant", "file", "status", "sha256", "note"}
+_EXPORT_NUMBERS = {"bytes", "imgsz", "seconds", "map50", "map50_torch", "map50_delta_points", "sensitivity",
+                   "sensitivity_torch", "max_box_diff_px", "max_score_diff", "verdicts_agree", "n_images"}
+_EXPORT_FLAGS = {"meets_goal"}
+_EXPORT_STATUS = re.compile(r"^(ok|(failed|timed out|skipped): \S.*)$")
+EXPORT_FILE = re.compile(r"^exports/[A-Za-z0-9_.-]+\.tflite$")  # inside the version folder, never outside it
 # Tokens of a metric name that suggest identifying data rather than an aggregate figure.
 _IDENTIFYING = frozenset({"patient", "patients", "name", "names", "id", "ids", "mrn", "dob", "birth", "birthdate",
                           "accession", "uid", "ssn", "address", "phone", "file", "filename", "files", "path", "paths"})
@@ -145,6 +152,39 @@ def _site(entry: Any, i: int) -> dict[str, Any]:
     }
 
 
+def _export(entry: Any, i: int) -> dict[str, Any]:
+    where = f"exports[{i}]"
+    if not isinstance(entry, dict):
+        raise CardError(f"card.{where}: expected a mapping (variant, file, status, ...)")
+    extra = set(entry) - _EXPORT_TEXT - _EXPORT_NUMBERS - _EXPORT_FLAGS
+    if extra:
+        raise CardError(f"card.{where}: unknown field(s) {sorted(extra)}; see docs/export.md for an entry's fields")
+    out: dict[str, Any] = {}
+    for k, v in entry.items():
+        if k in _EXPORT_TEXT:
+            out[k] = _text(v, f"{where}.{k}", optional=k == "note")
+        elif k in _EXPORT_FLAGS:
+            if v is not None and not isinstance(v, bool):
+                raise CardError(f"card.{where}.{k}: expected true, false or null, got {v!r}")
+            out[k] = v
+        else:
+            number = _number(v)
+            if number is NotImplemented:
+                raise CardError(f"card.{where}.{k}: expected a number, got {v!r}")
+            out[k] = number
+    for k in ("variant", "file", "status"):
+        if k not in out:
+            raise CardError(f"card.{where}.{k}: missing")
+    if not EXPORT_FILE.match(out["file"]):
+        raise CardError(f"card.{where}.file: {out['file']!r}; expected exports/<name>.tflite inside the version folder")
+    if not _EXPORT_STATUS.match(out["status"]):
+        raise CardError(f"card.{where}.status: {out['status']!r}; expected 'ok', 'failed: <reason>', "
+                        "'timed out: <reason>' or 'skipped: <reason>'")
+    if out["status"] == "ok" and not re.fullmatch(r"[0-9a-f]{64}", str(out.get("sha256", ""))):
+        raise CardError(f"card.{where}.sha256: an export with status ok needs its file's sha256")
+    return out
+
+
 def _model(given: Any, spec: ModelSpec | None, parameters: int | None) -> dict[str, Any]:
     if given is not None and not isinstance(given, dict):
         raise CardError("card.model: expected a mapping")
@@ -208,8 +248,8 @@ def clean_card(card: dict[str, Any], spec: ModelSpec | None = None, parameters: 
     if privacy is not None and not isinstance(privacy, dict):
         raise CardError("card.privacy: expected a mapping of privacy figures, or null")
     exports = card.get("exports") or []
-    if not isinstance(exports, (list, tuple)) or not all(isinstance(e, dict) for e in exports):
-        raise CardError("card.exports: expected a list of mappings")
+    if not isinstance(exports, (list, tuple)):
+        raise CardError("card.exports: expected a list of export entries")
     hashes = card.get("hashes") or {}
     if not isinstance(hashes, dict):
         raise CardError("card.hashes: expected a mapping of file name to sha256")
@@ -225,7 +265,7 @@ def clean_card(card: dict[str, Any], spec: ModelSpec | None = None, parameters: 
                     "per_site": {_text(k, "metrics.per_site"): clean_metrics(v, f"metrics.per_site.{k}")
                                  for k, v in per_site.items()}},
         "privacy": None if privacy is None else _plain(privacy, "privacy"),
-        "exports": [_plain(e, f"exports[{i}]") for i, e in enumerate(exports)],
+        "exports": [_export(e, i) for i, e in enumerate(exports)],
         "version": card.get("version"),
         "parent": card.get("parent"),
         "created": card.get("created"),

@@ -62,6 +62,41 @@ def _params(params: dict[str, Any]) -> str:
     return ", ".join(f"{k}={_fmt(v)}" for k, v in params.items()) or "defaults"
 
 
+def _size(n: Any) -> str:
+    return "n/a" if n is None else f"{n / 1e6:.2f} MB" if n >= 1e5 else f"{n / 1e3:.1f} kB"
+
+
+def _vs(value: Any, torch_value: Any, digits: int = 3) -> str:
+    if value is None:
+        return "n/a"
+    return f"{value:.{digits}f} ({torch_value:.{digits}f})" if torch_value is not None else f"{value:.{digits}f}"
+
+
+def exports_table(exports: list[dict[str, Any]]) -> list[str]:
+    """TFLite builds for devices without a GPU: file, size, hash, and how closely each matches PyTorch."""
+    rows = []
+    for e in exports:
+        delta, goal = e.get("map50_delta_points"), e.get("meets_goal")
+        diff = e.get("max_box_diff_px")
+        rows.append([e["variant"], f"`{e['file']}`", _size(e.get("bytes")), e["status"],
+                     _vs(e.get("map50"), e.get("map50_torch")),
+                     "n/a" if delta is None else f"{delta:+.2f}" + ("" if goal is None else " ✓" if goal else " ✗"),
+                     _vs(e.get("sensitivity"), e.get("sensitivity_torch")),
+                     "n/a" if diff is None else f"{diff:.2f} px",
+                     "n/a" if e.get("max_score_diff") is None else f"{e['max_score_diff']:.4f}",
+                     "n/a" if e.get("seconds") is None else f"{e['seconds']:.1f} s",
+                     f"`{e['sha256'][:16]}…`" if e.get("sha256") else "n/a"])
+    out = ["TFLite (LiteRT) builds for devices without a GPU, each compared with this PyTorch model on the validation "
+           "images through the same preprocessing and postprocessing. mAP@0.5 and sensitivity: edge (PyTorch). "
+           "Goal: fp32/fp16 within 0.1 point of mAP@0.5, int8 within 1.5 points (✓ met, ✗ missed). Box shift: the "
+           "largest displacement of PyTorch's top boxes on a fixed set of images (network pixels). Score diff: the largest "
+           "change of an image's fracture score (its highest box score) over the validation images.", ""]
+    out += _table(["Variant", "File", "Size", "Status", "mAP@0.5", "Δ mAP@0.5 (points)", "Sensitivity",
+                   "Box shift", "Score diff", "Export time", "SHA-256"], rows)
+    notes = [f"- {e['variant']}: {e['note']}" for e in exports if e.get("note")]
+    return out + ([""] + notes if notes else []) + ["", "Full SHA-256 of every file: card.json, `exports`."]
+
+
 def render_markdown(card: dict[str, Any]) -> str:
     """The page for one version; deterministic for a given card (card.json is the source of truth)."""
     model, strategy, metrics = card["model"], card["strategy"], card["metrics"]
@@ -131,8 +166,7 @@ def render_markdown(card: dict[str, Any]) -> str:
     if not exports:
         lines += ["None yet."]
     else:
-        keys = list(dict.fromkeys(k for e in exports for k in e))
-        lines += _table(keys, [[e.get(k) for k in keys] for e in exports])
+        lines += exports_table(exports)
 
     lines += ["", "## Content hashes", "",
               "SHA-256 of the files in this version; `fracfl registry verify` recomputes them.", ""]

@@ -29,7 +29,7 @@ from common.errors import DataError
 from common.nn.model import ModelSpec
 from common.nn.weights import load_model, save_weights
 from common.utils.durable import fsync_dir, replace_atomic, write_durable
-from server.registry.card import UPDATABLE, CardError, clean_card
+from server.registry.card import EXPORT_FILE, UPDATABLE, CardError, clean_card
 from server.registry.render import render_markdown
 
 try:
@@ -216,6 +216,15 @@ class Registry:
             if actual != expected:
                 problems.append(f"{version}/{name}: sha256 {actual[:12]}... does not match the card's "
                                 f"{str(expected)[:12]}... (file changed or damaged)")
+        for e in card.get("exports") or []:  # edge builds: a file the card calls ok must be there, unchanged
+            if not isinstance(e, dict) or e.get("status") != "ok" or not EXPORT_FILE.match(str(e.get("file"))):
+                continue
+            path = folder / e["file"]
+            if not path.is_file():
+                problems.append(f"{version}/{e['file']}: missing (the card lists it as exported)")
+            elif sha256_file(path) != e.get("sha256"):
+                problems.append(f"{version}/{e['file']}: sha256 does not match the card's exports entry "
+                                "(file changed or damaged)")
         return problems
 
     def load(self, version: str | int) -> tuple[nn.Module, ModelSpec, dict[str, Any]]:
