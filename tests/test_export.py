@@ -200,3 +200,25 @@ def test_failure_reasons_on_cards_carry_no_file_paths():
     assert text == "calibration: PermissionError: [Errno 13] Permission denied: '<path>'"
     assert reason(DataError("/data/doe_jane.png", "truncated JPEG")) == "truncated JPEG"
     assert reason(RuntimeError("fp32/fp16 mismatch")) == "RuntimeError: fp32/fp16 mismatch"
+
+
+def test_predict_command_runs_the_edge_build_like_the_torch_model(exported, toy, tmp_path, capsys):
+    """`fracfl predict --backend tflite` on a PNG and a DICOM radiograph: same verdicts and image scores as torch
+    (one preprocessing and postprocessing path), no heatmap (the edge runtime has no gradients)."""
+    import json
+
+    from pydicom.data import get_testdata_file
+
+    from common.cli import main
+
+    reg, version, _ = exported
+    folder = reg.get(version).path
+    inputs = [str(DetectionDataset.from_data(toy, "val", IMGSZ).images[0]), get_testdata_file("RG3_UNCR.dcm")]
+    runs = {}
+    for backend in ("torch", "tflite"):
+        assert main(["predict", *inputs, "--model", str(folder), "--backend", backend, "--conf", "0.0",
+                     "--out", str(tmp_path / backend), "--json"]) == 0
+        runs[backend] = json.loads(capsys.readouterr().out)
+    for t, e in zip(runs["torch"], runs["tflite"]):
+        assert e["ok"] and t["probability"] == pytest.approx(e["probability"], abs=1e-3)
+        assert t["positive"] == e["positive"] and e["heatmap"] is False

@@ -15,7 +15,7 @@ def _run(a: argparse.Namespace) -> int:
 
     cfg = EvalConfig(conf=a.conf)
     records = []
-    for record in predict_files(a.paths, a.model, Path(a.out), backend=a.backend, cfg=cfg,
+    for record in predict_files(a.paths, a.model, Path(a.out), backend=a.backend, variant=a.variant, cfg=cfg,
                                 dicom_results=a.dicom_results, heatmap=not a.no_heatmap):
         records.append(record)
         if not a.json:
@@ -34,7 +34,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                        "are read with their LUTs/window (MONOCHROME1 inverted). Exit code 1 when a file was skipped.")
     p.add_argument("paths", nargs="+", metavar="PATH", help="files or folders (searched recursively)")
     p.add_argument("--model", required=True, help="weights file (.safetensors) or registry version folder")
-    p.add_argument("--backend", default="torch", help="inference runtime (torch; tflite once exported models exist)")
+    p.add_argument("--backend", default="torch", choices=["torch", "tflite"],
+                   help="inference runtime: the PyTorch model, or an edge build exported into the version folder "
+                   "(same preprocessing, decoding and operating point; no heatmap, which needs gradients)")
+    p.add_argument("--variant", default="fp32", help="tflite build: fp32, fp16, w8a32 or int8 (default fp32)")
     p.add_argument("--out", default="runs/predict", help="folder for annotated/heatmap PNGs and predictions.json")
     p.add_argument("--conf", type=float, default=d.conf, help=f"operating point score (default {d.conf})")
     p.add_argument("--json", action="store_true", help="print one JSON array instead of one line per image")

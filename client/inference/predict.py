@@ -29,14 +29,15 @@ def collect(paths: list[str | Path]) -> list[Path]:
 
 
 def predict_files(paths: list[str | Path], model_ref: str | Path, out: Path, *, backend: str = "torch",
-                  cfg: EvalConfig | None = None, dicom_results: bool = False, heatmap: bool = True) -> Iterator[dict]:
+                  variant: str = "fp32", cfg: EvalConfig | None = None, dicom_results: bool = False,
+                  heatmap: bool = True) -> Iterator[dict]:
     """Analyse each file, write its annotated (and heatmap) PNG to `out`, yield its record; bad files yield a
     record with `ok: False` and the reason instead of stopping the run. Writes `out/predictions.json` at the end."""
     from client.dicom.pipeline import write_results  # DICOM results only when asked: keeps PNG-only use light
 
     files = collect(paths)
     version = model_version(model_ref)
-    analyser = Analyser(load_backend(model_ref, backend), cfg or EvalConfig(), version, heatmap)
+    analyser = Analyser(load_backend(model_ref, backend, variant=variant), cfg or EvalConfig(), version, heatmap)
     out.mkdir(parents=True, exist_ok=True)
     records, stems = [], set()
     for path in files:
