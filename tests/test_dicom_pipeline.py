@@ -107,6 +107,7 @@ def test_results_validate_and_reference_the_source(pipeline, synth_dicom, tmp_pa
         assert sc.SOPClassUID == pydicom.uid.SecondaryCaptureImageStorage
         assert sc.PhotometricInterpretation == "RGB" and (sc.Rows, sc.Columns) == (source.Rows, source.Columns)
         assert sc.StudyInstanceUID == source.StudyInstanceUID and sc.BurnedInAnnotation == "YES"
+        assert sc.SourceImageSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID
         assert result.model_version in sc.SeriesDescription
         assert len({gsps.SeriesInstanceUID, sr_file.SeriesInstanceUID, sc.SeriesInstanceUID, source.SeriesInstanceUID}) == 4
 

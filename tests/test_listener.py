@@ -256,10 +256,9 @@ def listener_results(pacs: Orthanc) -> dict[str, dict]:
 
 
 def check_results(stored: dict[str, dict], source: Path, weights: Path) -> None:
-    """GSPS, SR and SC of `source` are in the PACS, in its study; GSPS and SR reference it by SOP Instance UID.
-
-    The pipeline derives each result's UID from the source UID, model version and kind, and the SC (which has no
-    reference sequence) is recognised by that UID; any other object referencing the source is a duplicate.
+    """GSPS, SR and SC of `source` are in the PACS, in its study, each referencing it by SOP Instance UID (the SC
+    through its Source Image Sequence). Result UIDs derive from the source UID, model version and kind; any other
+    object referencing the source is a duplicate.
     """
     src = dcmread(source, stop_before_pixels=True)
     version = model_version(weights)
@@ -267,10 +266,9 @@ def check_results(stored: dict[str, dict], source: Path, weights: Path) -> None:
         tags = stored.get(result_uid(src, version, kind))
         assert tags is not None, f"no {kind} for {source.name} in the PACS"
         assert tags["SOPClassUID"].startswith(sop_class) and tags["StudyInstanceUID"] == src.StudyInstanceUID
-        if kind != "sc":
-            assert src.SOPInstanceUID in referenced_uids(tags), f"{kind} of {source.name} does not reference it"
+        assert src.SOPInstanceUID in referenced_uids(tags), f"{kind} of {source.name} does not reference it"
     referencing = [t for t in stored.values() if src.SOPInstanceUID in referenced_uids(t)]
-    assert len(referencing) == 2, f"{len(referencing)} objects reference {source.name}: expected its GSPS and SR"
+    assert len(referencing) == 3, f"{len(referencing)} objects reference {source.name}: expected its GSPS, SR, SC"
 
 
 @needs_orthanc

@@ -148,4 +148,7 @@ def secondary_capture(source: Dataset, picture: np.ndarray, model_version: str) 
     sc.SoftwareVersions = model_version[:64]
     sc.BurnedInAnnotation = "YES"  # labels and boxes are in the pixels
     sc.DerivationDescription = f"fracfl findings and Grad-CAM heatmap over the source image, model {model_version}"[:1024]
+    ref = Dataset()  # which image this picture was derived from, as a PACS viewer links them
+    ref.ReferencedSOPClassUID, ref.ReferencedSOPInstanceUID = source.SOPClassUID, source.SOPInstanceUID
+    sc.SourceImageSequence = [ref]
     return sc
