@@ -100,7 +100,8 @@ def main() -> None:
     p.add_argument("--fracatlas", type=int, default=10, help="FracAtlas validation images to include")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--imgsz", type=int, default=640)
-    p.add_argument("--backend", default="torch")
+    p.add_argument("--backend", default="torch", choices=["torch", "tflite"])
+    p.add_argument("--variant", default="fp32", help="tflite build (exported first, calibrated on synthetic DX)")
     p.add_argument("--heatmap", choices=["on", "off", "both"], default="both", help="Grad-CAM in the SC (both: side by side)")
     a = p.parse_args()
     if not have_orthanc():
@@ -116,17 +117,40 @@ def main() -> None:
     spec = ModelSpec()  # full-size YOLOv7-tiny backbone/neck, Ultralytics anchor-free head; random weights
     model_path = save_weights(build_model(spec).eval(), spec, work / "model.safetensors", {"imgsz": a.imgsz})
     sources = inputs(work, a.fracatlas)
+    if a.backend == "tflite":
+        model_path = edge_build(model_path, work, a.variant)
     (work / "send").mkdir()
     lport = free_port()
     with Orthanc(work / "orthanc", "FRACFL", lport) as pacs:
         passes = {"on": [True], "off": [False], "both": [True, False]}[a.heatmap]
         for heatmap in passes:
             cfg = ListenConfig(host="127.0.0.1", port=lport, queue_dir=str(work / f"queue-heatmap-{heatmap}"),
-                               weights=str(model_path), backend=a.backend, threads=a.threads, status_every=3600,
+                               weights=str(model_path), backend=a.backend, variant=a.variant, threads=a.threads,
+                               status_every=3600,
                                heatmap=heatmap, destination=DestinationConfig(ORTHANC_AE, "127.0.0.1", pacs.dicom_port))
             report(run_pass(cfg, pacs, sources, work, a.repeats), f"heatmap {'on' if heatmap else 'off'}", a)
         stored = sum(1 for _ in pacs.received_from("FRACFL"))
     print(f"results stored in Orthanc: {stored} objects")
+
+
+def edge_build(weights: Path, work: Path, variant: str) -> Path:
+    """Publish the model to a scratch registry and export the TFLite variant, as the server would."""
+    from common.nn.weights import load_model
+    from server.export.config import ExportConfig
+    from server.export.version import export_version
+    from server.registry import Registry
+
+    model, spec, meta = load_model(weights)
+    reg = Registry(work / "registry")
+    card = {"run_id": "bench", "round": 1, "strategy": {"name": "fedavg", "params": {}}, "model": {}, "sites": [],
+            "metrics": {}, "privacy": None, "exports": []}
+    pub = reg.publish(model, spec, card, meta)
+    calib = work / "synth" / "data.yaml"
+    entries = export_version(reg, pub.version, ExportConfig(variants=[variant], calibration=str(calib),
+                                                            validation=str(calib)))
+    if entries[0]["status"] != "ok":
+        raise SystemExit(f"export failed: {entries[0]['status']}")
+    return pub.path
 
 
 def run_pass(cfg, pacs: Orthanc, sources: list[tuple[str, Path]], work: Path, repeats: int) -> list[dict]:

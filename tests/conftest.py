@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
 import pytest
 
 # Before anything imports fracfl: Ultralytics' settings go to a throw-away folder, never the user's home.
-os.environ.setdefault("FRACFL_CACHE_DIR", tempfile.mkdtemp(prefix="fracfl-test-cache-"))
+if "FRACFL_CACHE_DIR" not in os.environ:
+    os.environ["FRACFL_CACHE_DIR"] = tempfile.mkdtemp(prefix="fracfl-test-cache-")
+    atexit.register(shutil.rmtree, os.environ["FRACFL_CACHE_DIR"], True)  # removed when the test run ends
 
 FRACATLAS = Path(os.environ.get("FRACATLAS_DIR", Path(__file__).resolve().parents[2] / "shared" / "datasets" / "fracatlas"))
 SITES = ("general_hospital", "trauma_center", "rural_clinic")

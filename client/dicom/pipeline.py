@@ -64,12 +64,13 @@ class DicomPipeline:
     def __init__(self, model_ref: str | Path, out_dir: str | Path, quarantine_dir: str | Path, backend: str = "torch",
                  eval_cfg: EvalConfig | None = None, *, keep_dir: str | Path | None = None,
                  site_dir: str | Path | None = None, burned_in: str = "refuse", heatmap: bool = True,
-                 modalities: frozenset[str] = RADIOGRAPH_MODALITIES):
+                 modalities: frozenset[str] = RADIOGRAPH_MODALITIES, variant: str = "fp32"):
         self.out_dir = Path(out_dir)
         self.quarantine_dir = Path(quarantine_dir)
         self.modalities = modalities
         self.model_version = model_version(model_ref)
-        self.analyser = Analyser(load_backend(model_ref, backend), eval_cfg or EvalConfig(), self.model_version, heatmap)
+        self.analyser = Analyser(load_backend(model_ref, backend, variant=variant), eval_cfg or EvalConfig(),
+                                 self.model_version, heatmap)
         self.keep_dir = Path(keep_dir) if keep_dir is not None else None
         self.deidentify: Deidentifier | None = None
         if self.keep_dir is not None:

@@ -36,7 +36,8 @@ class ListenConfig:
     destination: DestinationConfig | None = field(default_factory=DestinationConfig)  # null: keep results only on disk
     queue_dir: str = "var/listener"
     weights: str = ""  # weights file or registry version folder (`model` is a Hydra group name elsewhere)
-    backend: str = "torch"
+    backend: str = "torch"  # torch | tflite (an edge build exported into the version folder)
+    variant: str = "fp32"  # tflite build: fp32 | fp16 | w8a32 | int8
     threads: int = 2  # CPU threads for inference
     workers: int = 1  # inference threads pulling from the queue
     max_attempts: int = 3  # processing attempts before an item goes to failed/

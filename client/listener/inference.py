@@ -31,4 +31,4 @@ def build_processor(cfg: ListenConfig) -> Processor:
         raise ConfigError("config key weights: give the model (a weights file or a registry version folder)")
     root = Path(cfg.queue_dir)
     return PipelineProcessor(DicomPipeline(cfg.weights, root / "results", root / "quarantine", backend=cfg.backend,
-                                           eval_cfg=cfg.eval, keep_dir=cfg.keep_dir, heatmap=cfg.heatmap))
+                                           variant=cfg.variant, eval_cfg=cfg.eval, keep_dir=cfg.keep_dir, heatmap=cfg.heatmap))
