@@ -35,7 +35,7 @@ from server.privacy import (card_section, client_dp_section, client_dp_strategy,
 from server.registry import Registry, describe_model
 from server.strategies import build_strategy
 from server.tracking import make_tracker
-from simulations.report import append_records, read_records, write_report
+from server.report import append_records, read_records, write_report
 
 log = logging.getLogger("fracfl.server")
 

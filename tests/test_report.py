@@ -10,7 +10,7 @@ import math
 import pytest
 
 from common.errors import DataError
-from simulations.report import append_records, normalise, read_records, summarise, write_report
+from server.report import append_records, normalise, read_records, summarise, write_report
 
 SITES = ("general_hospital", "trauma_center", "rural_clinic")
 ROUNDS = 4  # rounds 1..4 after the initial model (round 0)
