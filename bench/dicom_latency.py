@@ -101,6 +101,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--imgsz", type=int, default=640)
     p.add_argument("--backend", default="torch", choices=["torch", "tflite"])
+    p.add_argument("--weights", default=None, help="trained weights to use instead of a random full-size model")
     p.add_argument("--variant", default="fp32", help="tflite build (exported first, calibrated on synthetic DX)")
     p.add_argument("--heatmap", choices=["on", "off", "both"], default="both", help="Grad-CAM in the SC (both: side by side)")
     a = p.parse_args()
@@ -114,8 +115,14 @@ def main() -> None:
 
     torch.set_num_threads(a.threads)
     work = Path(tempfile.mkdtemp(prefix="fracfl-dicom-latency-"))
-    spec = ModelSpec()  # full-size YOLOv7-tiny backbone/neck, Ultralytics anchor-free head; random weights
-    model_path = save_weights(build_model(spec).eval(), spec, work / "model.safetensors", {"imgsz": a.imgsz})
+    if a.weights:  # a trained model: realistic findings (a random one's int8 build scores everything ~0.5)
+        from common.nn.weights import load_model
+
+        model, spec, _ = load_model(a.weights)
+    else:  # full-size YOLOv7-tiny backbone/neck, Ultralytics anchor-free head; random weights
+        spec = ModelSpec()
+        model = build_model(spec)
+    model_path = save_weights(model.eval(), spec, work / "model.safetensors", {"imgsz": a.imgsz})
     sources = inputs(work, a.fracatlas)
     if a.backend == "tflite":
         model_path = edge_build(model_path, work, a.variant)
