@@ -222,3 +222,18 @@ def test_predict_command_runs_the_edge_build_like_the_torch_model(exported, toy,
     for t, e in zip(runs["torch"], runs["tflite"]):
         assert e["ok"] and t["probability"] == pytest.approx(e["probability"], abs=1e-3)
         assert t["positive"] == e["positive"] and e["heatmap"] is False
+
+
+def test_group_norm_model_of_dp_runs_exports_and_matches(tmp_path):
+    """DP-SGD runs publish GroupNorm models; Ultralytics' fuse() would try to fold GroupNorm like BatchNorm."""
+    from common.inference.tflite import TFLiteBackend
+    from server.export.exporter import convert_fp32
+
+    torch.manual_seed(0)
+    model = build_model(ModelSpec(width=0.125, depth=0.5, norm="group")).eval()
+    edge = TFLiteBackend(convert_fp32(model, IMGSZ, tmp_path / "gn.tflite"), names={0: "fracture"})
+    x = torch.rand(2, 3, IMGSZ, IMGSZ)
+    with torch.no_grad():
+        ref = model(x)[0]
+    torch.testing.assert_close(edge(x), ref, atol=0.02, rtol=1e-3)
+    assert any(isinstance(m, torch.nn.GroupNorm) for m in model.modules())  # the original is left as it was

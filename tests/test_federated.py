@@ -101,7 +101,7 @@ def test_killed_server_resumes_without_repeating_or_losing_a_round(toy, tmp_path
     assert [c["parent"] for c in cards][1:] == [cards[0]["version"], cards[1]["version"]]
 
 
-DP = ["privacy=dp_sgd", "federation.rounds=1", "train.local_epochs=2", "federation.fraction_evaluate=0"]
+DP = ["privacy=dp_sgd", "federation.rounds=1", "train.local_epochs=2", "federation.fraction_evaluate=0", *NO_EXPORT]
 
 
 def test_dp_run_publishes_each_sites_epsilon_and_an_exhausted_site_is_refused(toy, tmp_path):
@@ -143,7 +143,7 @@ def test_client_dp_clips_each_site_and_noises_the_aggregate(toy, tmp_path):
 
     run = tmp_path / "run"
     sigma, clip = 0.05, 0.01
-    assert main(["simulate", *BASE, "privacy=client_dp", f"privacy.max_grad_norm={clip}",
+    assert main(["simulate", *BASE, *NO_EXPORT, "privacy=client_dp", f"privacy.max_grad_norm={clip}",
                  f"privacy.noise_multiplier={sigma}", "privacy.ceiling_epsilon=1e9", "federation.rounds=2",
                  "train.local_epochs=2", "federation.fraction_evaluate=0", f"partition.source={toy}",
                  f"run_dir={run}"]) == 0

@@ -16,6 +16,7 @@ import io
 import json
 import os
 import shutil
+import types
 import zipfile
 from pathlib import Path
 
@@ -52,11 +53,24 @@ def calibration_inputs(data: DetectionDataset, n: int) -> list[np.ndarray]:
     return [to_input(data.prepared(int(i)).img).unsqueeze(0).numpy() for i in idx]
 
 
+def _keep_group_norm(model: torch.nn.Module) -> None:
+    """Ultralytics' fuse() folds every Conv's `bn` into its convolution, which only BatchNorm allows; GroupNorm
+    (the DP-SGD form of the model) normalises each image by its own statistics, so it stays a layer of its own."""
+    from ultralytics.nn.modules import Conv
+
+    for mod in model.modules():
+        if isinstance(mod, Conv) and isinstance(getattr(mod, "bn", None), torch.nn.GroupNorm):
+            mod.gn = mod.bn
+            del mod.bn  # fuse() and is_fused() look for `bn`
+            mod.forward = types.MethodType(lambda self, x: self.act(self.gn(self.conv(x))), mod)
+
+
 def convert_fp32(model: torch.nn.Module, imgsz: int, out: Path, quiet: bool = True) -> Path:
     """Ultralytics' LiteRT export of `model` at `imgsz`, written to `out` (a .tflite with metadata.json inside)."""
     from ultralytics.engine.exporter import Exporter
 
     m = copy.deepcopy(model).cpu().eval()
+    _keep_group_norm(m)
     m.task = "detect"  # what Ultralytics' checkpoints carry; our models are built from a yaml dict
     work = out.parent / f".convert-{os.getpid()}"
     work.mkdir(parents=True, exist_ok=True)
