@@ -30,7 +30,6 @@ def gradcam(backend: TorchBackend, image: np.ndarray, conf: float) -> np.ndarray
     feats: list[torch.Tensor] = []
 
     def keep(_module, _inputs, output):
-        output.retain_grad()
         feats.append(output)
 
     hooks = [model.model[i].register_forward_hook(keep) for i in head.f]
@@ -43,17 +42,17 @@ def gradcam(backend: TorchBackend, image: np.ndarray, conf: float) -> np.ndarray
             scores = model(x)[0][0, 4:]  # (nc, anchors), sigmoid class scores
             hit = scores >= conf
             target = scores[hit].sum() if bool(hit.any()) else scores.max()
-            model.zero_grad(set_to_none=True)
-            target.backward()
+            # gradients down to the head's inputs only: no backward pass through the backbone, no weight grads
+            grads = torch.autograd.grad(target, feats, allow_unused=True)
     finally:
         for h in hooks:
             h.remove()
     size = backend.imgsz
     cam = torch.zeros(size, size)
-    for f in feats:
-        if f.grad is None:
+    for f, g in zip(feats, grads):
+        if g is None:
             continue
-        weights = f.grad.mean(dim=(2, 3), keepdim=True)
+        weights = g.mean(dim=(2, 3), keepdim=True)
         level = F.relu((weights * f).sum(dim=1, keepdim=True)).detach().float().cpu()
         cam += F.interpolate(level, size=(size, size), mode="bilinear", align_corners=False)[0, 0]
     return _unletterbox(cam.numpy(), gain, pad, image.shape[:2])
