@@ -64,7 +64,7 @@ def test_no_patient_data_leaves_the_site_pipeline(tmp_path, caplog, capfd):
     assert main(["predict", str(site / "dicom"), "--model", str(weights), "--out", str(work / "predict"), "--json",
                  "--conf", "0.01", "--dicom-results"]) == 0
     # Ingest splits by a keyed hash of the pseudonymous patient (a fresh random site secret here): with one patient
-    # per image, 12 images at 0.5 leave a split empty with probability 2 * 0.5**12 (0.3 and 8 images: 11 %).
+    # per image, 12 images at 0.5 leave a split empty with probability 2 * 0.5**12 (at 0.3 with 8 images: 6 %).
     assert main(["ingest", str(site / "dicom"), "--labels", str(site / "labels"), "--out", str(work / "site_data"),
                  "--keys", str(work / "site_keys"), "--burned-in", "accept", "--val-fraction", "0.5"]) == 0
     assert len(list((work / "site_data" / "images").rglob("*.png"))) == 12
