@@ -137,12 +137,13 @@ def run_federation(grid: Grid, job: ServerJob, sites_manifest: str | None = None
         config["sites-manifest"] = sites_manifest
         config["faults"] = json.dumps(dict(job.federation.faults or {}))
     names: dict[int, str] = {}
+    last = registry.latest(job.run_id)  # read once; kept up to date as the loop publishes
+    parent = last.version if last else "initial"
     with make_tracker(job.tracking.mode, run_dir, job.tracking.project, job.run_id, asdict(job)) as tracker, \
             background_exports(job, run_dir) as exports:
         for rnd in range(start, job.federation.rounds + 1):
             t0 = time.perf_counter()
-            parent = registry.latest(job.run_id)
-            config["model-version"] = parent.version if parent else "initial"
+            config["model-version"] = parent  # the global model the sites train from (ledgers record it)
             try:
                 result = run_round(grid, strategy, rnd, state, config, names,
                                    max_update_norm=job.federation.max_update_norm,
@@ -162,7 +163,7 @@ def run_federation(grid: Grid, job: ServerJob, sites_manifest: str | None = None
             if rnd % job.federation.publish_every == 0 or rnd == job.federation.rounds:
                 pub = registry.publish(_model_from_state(spec, state), spec, _card(job, spec, result, chash, reports, strategy),
                                        {"imgsz": job.train.imgsz, "run_id": job.run_id, "round": rnd})
-                published = f", published as {pub.version}"
+                published, parent = f", published as {pub.version}", pub.version
                 if exports.submit(pub.version, final=rnd == job.federation.rounds):
                     published += " (edge export queued)"
             tracker.log(rnd, _flat_metrics(result.records))
