@@ -4,14 +4,15 @@ Both run on Flower's simulation engine (Ray) with 3 sites and YOLOv7-tiny's stat
 is a no-op in both (fracfl: `train.local_epochs=0`, no site or server evaluation). fracfl's round still screens
 every update, aggregates buffers apart, writes its checkpoint, publishes to the registry and appends records:
 that is the overhead measured. Per-round time = (time of N rounds - time of 1 round) / (N - 1), so start-up
-(Ray, imports) cancels out.
+(Ray, imports) cancels out; plain and fracfl runs alternate, and the medians of `--repeats` pairs are compared.
 
-    .venv/bin/python bench/round_overhead.py [--rounds 6]
+    .venv/bin/python bench/round_overhead.py [--rounds 8] [--repeats 3]
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -68,7 +69,8 @@ def timed(args: list[str]) -> float:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--rounds", type=int, default=6)
+    p.add_argument("--rounds", type=int, default=8)
+    p.add_argument("--repeats", type=int, default=3, help="alternating plain/fracfl pairs; medians are reported")
     p.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.child:
@@ -80,17 +82,24 @@ def main() -> None:
     from tests_support import toy_dataset
 
     print("machine:", machine())
+    per_round: dict[str, list[float]] = {"plain": [], "fracfl": []}
     with tempfile.TemporaryDirectory() as tmp:
         data = str(toy_dataset(Path(tmp) / "toy", n=12, positives=9))
-        per_round = {}
-        for kind in ("plain", "fracfl"):
-            extra = lambda n: [data, f"{tmp}/{kind}-{n}"] if kind == "fracfl" else []  # noqa: E731
-            t1, tn = timed(["--child", kind, "1", *extra(1)]), timed(["--child", kind, str(a.rounds), *extra(a.rounds)])
-            per_round[kind] = (tn - t1) / (a.rounds - 1)
-            print(f"{kind:7s}: 1 round {t1:6.1f} s, {a.rounds} rounds {tn:6.1f} s -> {per_round[kind]:.2f} s per round")
-    ratio = per_round["fracfl"] / per_round["plain"]
-    print(f"fracfl / plain Flower per-round time: {ratio:.2f}x (goal: at most 1.2x)")
-    emit({"bench": "round_overhead", "machine": machine(), "rounds": a.rounds, **per_round, "ratio": ratio})
+        for rep in range(a.repeats):
+            for kind in ("plain", "fracfl"):
+                extra = lambda n: [data, f"{tmp}/{kind}-{rep}-{n}"] if kind == "fracfl" else []  # noqa: E731
+                t1 = timed(["--child", kind, "1", *extra(1)])
+                tn = timed(["--child", kind, str(a.rounds), *extra(a.rounds)])
+                per_round[kind].append((tn - t1) / (a.rounds - 1))
+                print(f"{rep}: {kind:7s}: 1 round {t1:6.1f} s, {a.rounds} rounds {tn:6.1f} s "
+                      f"-> {per_round[kind][-1]:.2f} s per round")
+    medians = {k: statistics.median(v) for k, v in per_round.items()}
+    ratios = [f / p for f, p in zip(per_round["fracfl"], per_round["plain"])]
+    ratio = medians["fracfl"] / medians["plain"]
+    print(f"per round (median of {a.repeats}): plain Flower {medians['plain']:.2f} s, fracfl {medians['fracfl']:.2f} s")
+    print(f"fracfl / plain Flower: {ratio:.2f}x (pairs: {', '.join(f'{r:.2f}' for r in ratios)}; goal: at most 1.2x)")
+    emit({"bench": "round_overhead", "machine": machine(), "rounds": a.rounds, "repeats": a.repeats,
+          **medians, "pair_ratios": ratios, "ratio": ratio})
 
 
 if __name__ == "__main__":

@@ -28,12 +28,18 @@ class Checkpoint:
     strategy_state: dict[str, Any]
 
 
-def save_checkpoint(folder: Path, rnd: int, state: dict[str, np.ndarray], strategy: object, config_hash: str = "") -> None:
+def strategy_snapshot(strategy: object) -> bytes:
+    """The server optimiser's state, pickled now: the next round changes it while the checkpoint is written."""
+    inner = getattr(strategy, "strategy", strategy)  # inside a DP wrapper
+    return pickle.dumps({k: getattr(inner, k) for k in STRATEGY_STATE if getattr(inner, k, None) is not None})
+
+
+def save_checkpoint(folder: Path, rnd: int, state: dict[str, np.ndarray], strategy_state: bytes,
+                    config_hash: str = "") -> None:
     folder.mkdir(parents=True, exist_ok=True)
     weights = folder / f"state-r{rnd:04d}.safetensors"
-    save_file({k: np.ascontiguousarray(v) for k, v in state.items()}, str(weights))
-    extra = {k: getattr(strategy, k) for k in STRATEGY_STATE if getattr(strategy, k, None) is not None}
-    (folder / f"strategy-r{rnd:04d}.pkl").write_bytes(pickle.dumps(extra))
+    save_file({k: np.require(v, requirements="C") for k, v in state.items()}, str(weights))
+    (folder / f"strategy-r{rnd:04d}.pkl").write_bytes(strategy_state)
     tmp = folder / "checkpoint.json.tmp"
     tmp.write_text(json.dumps({"round": rnd, "weights": weights.name, "strategy": f"strategy-r{rnd:04d}.pkl",
                                "config_hash": config_hash}))

@@ -7,31 +7,64 @@ own `configure_*`/`aggregate_*` methods do the federated-learning part. Flower t
 
 from __future__ import annotations
 
+import functools
+import io
 import json
 import logging
+import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import torch
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from common.protocol import decode_metrics
-from server.updates import aggregate_buffers, check_examples, check_update, split_state
+from server.updates import aggregate_buffers, check_examples, check_update, is_buffer, split_state
 
 log = logging.getLogger("fracfl.server")
 State = dict[str, np.ndarray]
 
 
+def _array(v: np.ndarray) -> Array:
+    return Array.from_numpy_ndarray(np.require(v, requirements="C"))  # shape kept (0-d too), unlike ascontiguousarray
+
+
 def to_record(state: State) -> ArrayRecord:
-    return ArrayRecord({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in state.items()})
+    return ArrayRecord({k: _array(v) for k, v in state.items()})
+
+
+_NPY_HEADERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+
+
+@functools.lru_cache(maxsize=4096)
+def _npy_header(prefix: bytes) -> tuple[tuple[int, ...], bool, np.dtype, int]:
+    """(shape, fortran order, dtype, data offset) of a .npy header; cached, as every site sends the same ones."""
+    head = io.BytesIO(prefix)
+    read_header = _NPY_HEADERS.get(np.lib.format.read_magic(head))
+    if read_header is None:
+        raise ValueError("unsupported .npy version")
+    shape, fortran, dtype = read_header(head)
+    if dtype.hasobject:
+        raise ValueError("object arrays are not accepted")
+    return shape, fortran, dtype, head.tell()
+
+
+def _view(array: Array) -> np.ndarray:
+    """A read-only view of a NumPy-serialised Array's bytes: what `Array.numpy()` returns, without the copy and
+    the header parsing per array (the server reads every site's full state each round)."""
+    data = array.data
+    size = 10 if data[6:7] == b"\x01" else 12  # magic (6), version (2), header length (2 bytes in v1, 4 in v2)
+    length = int.from_bytes(data[8:size], "little")
+    shape, fortran, dtype, offset = _npy_header(bytes(data[:size + length]))
+    flat = np.frombuffer(data, dtype=dtype, count=math.prod(shape), offset=offset)
+    return flat.reshape(shape, order="F" if fortran else "C")
 
 
 def from_record(record: ArrayRecord) -> State:
-    return {k: v.numpy() for k, v in record.to_torch_state_dict().items()}
+    return {k: _view(record[k]) for k in record.keys()}
 
 
 @dataclass
@@ -39,6 +72,7 @@ class RoundResult:
     round: int
     state: State
     records: list[dict[str, Any]] = field(default_factory=list)  # one per site and phase, for reports and cards
+    record: ArrayRecord | None = None  # `state` serialised for the next round
 
 
 @dataclass
@@ -114,14 +148,16 @@ def run_round(
     timeout: float,
     server_eval: Callable[[State], dict[str, float] | None] | None = None,
     equal_weights: bool = False,
+    record: ArrayRecord | None = None,
 ) -> RoundResult:
     """One round: local training, screening, aggregation, site evaluation and the server's own evaluation.
-    `equal_weights` averages sites equally (client-level DP's noise assumes it)."""
+    `equal_weights` averages sites equally (client-level DP's noise assumes it); `record` is `state` already
+    serialised (the previous round's result), so it is not serialised again."""
     params, _ = split_state(state)
-    full = to_record(state)
+    full = record if record is not None else to_record(state)
     train = strategy.configure_train(rnd, _subset(full, params), ConfigRecord(config), grid)
     replies = [_read(m, names) for m in _send(grid, train, full, timeout)]
-    result = RoundResult(rnd, state)
+    result = RoundResult(rnd, state, record=full)
     accepted: list[_Reply] = []
     for r in replies:
         if r.status == "ok":
@@ -145,19 +181,20 @@ def run_round(
             r.message.content["metrics"] = MetricRecord({"num-examples": 1.0 if equal_weights else float(r.examples)})
         agg, _ = strategy.aggregate_train(rnd, [r.message for r in accepted])
         if agg is not None:
-            new_params = {k: v.astype(state[k].dtype) for k, v in from_record(agg).items()}
+            aggregated = from_record(agg)
+            new_params = {k: v.astype(state[k].dtype, copy=False) for k, v in aggregated.items()}
             buffers = aggregate_buffers([r.state for r in accepted], [max(r.examples, 1) for r in accepted])
             merged = {k: new_params[k] if k in new_params else buffers.get(k, state[k]) for k in state}  # fixed: kept
             problem = check_update(merged, state, max_update_norm * len(accepted))
             if problem is None:
-                result.state = merged
+                result.state, result.record = merged, _merged_record(merged, agg, aggregated, full)
             else:
                 log.error("round %d: aggregate rejected (%s); the global model is unchanged", rnd, problem)
     else:
         log.warning("round %d: no update accepted; the global model is unchanged", rnd)
 
     if getattr(strategy, "fraction_evaluate", 1.0) > 0:
-        full = to_record(result.state) if result.state is not state else full
+        full = result.record
         evals = _send(grid, strategy.configure_evaluate(rnd, _subset(full, params), ConfigRecord(config), grid), full, timeout)
         result.records += [_record(rnd, "evaluate", _read(m, names)) for m in evals]
     if server_eval is not None:
@@ -165,6 +202,18 @@ def run_round(
         if pooled is not None:
             result.records.append(server_record(rnd, pooled))
     return result
+
+
+def _merged_record(merged: State, agg: ArrayRecord, aggregated: State, previous: ArrayRecord) -> ArrayRecord:
+    """`merged` as a record: the aggregate's serialised parameters and the previous record's fixed tensors are
+    reused as they are (no copy); only what changed apart from them (buffers, cast parameters) is serialised."""
+    def array(k: str, v: np.ndarray) -> Array:
+        if k in aggregated:
+            return agg[k] if aggregated[k].dtype == v.dtype else _array(v)
+        if is_buffer(k):
+            return _array(v)
+        return previous[k]  # fixed tensors: kept as they were
+    return ArrayRecord({k: array(k, v) for k, v in merged.items()})
 
 
 def server_record(rnd: int, metrics: dict[str, float]) -> dict[str, Any]:

@@ -6,10 +6,12 @@ job, the round records (JSON Lines), the checkpoint and the tracking files; publ
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
 import time
+import warnings
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -25,9 +27,10 @@ from common.engine.evaluate import evaluate_model
 from common.nn.model import ModelSpec, reusable_model
 from common.nn.weights import model_from_config
 from common.protocol import SiteJob, encode_metrics
-from server.checkpoint import load_checkpoint, restore_strategy, save_checkpoint
+from server.checkpoint import load_checkpoint, restore_strategy, save_checkpoint, strategy_snapshot
+from server.commit import Committer
 from server.config import ServerJob
-from server.export.background import background_exports
+from server.export.background import BackgroundExports, background_exports
 from server.loop import RoundResult, run_round, server_record
 from server.audit import write_audit_report
 from server.privacy import (card_section, client_dp_section, client_dp_strategy, latest_reports, replay_releases,
@@ -50,7 +53,9 @@ def config_hash(job: ServerJob) -> str:
 
 def _model_from_state(spec: ModelSpec, state: dict[str, np.ndarray]) -> torch.nn.Module:
     model = reusable_model(spec)
-    model.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()}, strict=True)
+    with warnings.catch_warnings():  # read-only views of received bytes are fine: load_state_dict copies them
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        model.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()}, strict=True)
     return model
 
 
@@ -137,38 +142,32 @@ def run_federation(grid: Grid, job: ServerJob, sites_manifest: str | None = None
         config["sites-manifest"] = sites_manifest
         config["faults"] = json.dumps(dict(job.federation.faults or {}))
     names: dict[int, str] = {}
-    last = registry.latest(job.run_id)  # read once; kept up to date as the loop publishes
-    parent = last.version if last else "initial"
+    record = None  # the global state serialised for sending, carried from round to round
     with make_tracker(job.tracking.mode, run_dir, job.tracking.project, job.run_id, asdict(job)) as tracker, \
-            background_exports(job, run_dir) as exports:
+            background_exports(job, run_dir) as exports, Committer() as committer:
         for rnd in range(start, job.federation.rounds + 1):
             t0 = time.perf_counter()
-            config["model-version"] = parent  # the global model the sites train from (ledgers record it)
+            config["model-version"] = model_version(job.run_id, rnd - 1)  # what the sites train from (ledgers)
             try:
                 result = run_round(grid, strategy, rnd, state, config, names,
                                    max_update_norm=job.federation.max_update_norm,
                                    timeout=job.federation.round_timeout, server_eval=evaluate,
-                                   equal_weights=job.privacy.mode == "client_dp")
+                                   equal_weights=job.privacy.mode == "client_dp", record=record)
             except PrivacyBudgetExhausted as e:  # client-level DP: the next release would cross the ceiling
                 log.warning("round %d not run: %s; the run stops here", rnd, e)
                 break
-            state = result.state
-            t1 = time.perf_counter()
+            state, record = result.state, result.record
+            log.info("round %d/%d: %.2f s for sites and aggregation", rnd, job.federation.rounds,
+                     time.perf_counter() - t0)
+            committer.wait()  # round rnd-1 is on disk before round rnd's records are
             append_records(records_path, result.records)
             reports = latest_reports(result.records, reports)
             if job.privacy.mode == "dp_sgd":
                 summarise(run_dir / "privacy-ledger.jsonl", job.run_id, result.records)
-            save_checkpoint(run_dir / "checkpoint", rnd, state, strategy, chash)
-            published = ""
-            if rnd % job.federation.publish_every == 0 or rnd == job.federation.rounds:
-                pub = registry.publish(_model_from_state(spec, state), spec, _card(job, spec, result, chash, reports, strategy),
-                                       {"imgsz": job.train.imgsz, "run_id": job.run_id, "round": rnd})
-                published, parent = f", published as {pub.version}", pub.version
-                if exports.submit(pub.version, final=rnd == job.federation.rounds):
-                    published += " (edge export queued)"
             tracker.log(rnd, _flat_metrics(result.records))
-            log.info("round %d/%d: %.2f s for sites and aggregation, %.2f s to record%s", rnd, job.federation.rounds,
-                     t1 - t0, time.perf_counter() - t1, published)
+            card = _card(job, spec, result, chash, reports, strategy)
+            committer.submit(functools.partial(_commit, job, spec, registry, exports, rnd, state,
+                                               strategy_snapshot(strategy), card, chash))
     records = read_records(records_path)
     files = write_report(records, run_dir / "report", f"fracfl run {job.run_id}", _summary(job, chash))
     if job.privacy.mode == "dp_sgd":  # governance's view of this run, from the server's summary ledger
@@ -182,6 +181,26 @@ def run_federation(grid: Grid, job: ServerJob, sites_manifest: str | None = None
     return summary
 
 
+def model_version(run_id: str, rnd: int) -> str:
+    """The name of a run's global model after round `rnd` (0: its initial model). Known before the round's
+    commit is written; the registry version holding it has this run_id and round on its card."""
+    return f"{run_id}:r{rnd:04d}"
+
+
+def _commit(job: ServerJob, spec: ModelSpec, registry: Registry, exports: BackgroundExports, rnd: int,
+            state: dict[str, np.ndarray], strategy_state: bytes, card: dict[str, Any], chash: str) -> None:
+    """Round `rnd` on disk: checkpoint first (the resume point), then the registry when a publication is due."""
+    t0 = time.perf_counter()
+    save_checkpoint(Path(job.run_dir) / "checkpoint", rnd, state, strategy_state, chash)
+    published = ""
+    if rnd % job.federation.publish_every == 0 or rnd == job.federation.rounds:
+        pub = registry.publish(state, spec, card, {"imgsz": job.train.imgsz, "run_id": job.run_id, "round": rnd})
+        published = f", published as {pub.version}"
+        if exports.submit(pub.version, final=rnd == job.federation.rounds):
+            published += " (edge export queued)"
+    log.info("round %d/%d: %.2f s to commit%s", rnd, job.federation.rounds, time.perf_counter() - t0, published)
+
+
 def _publish_missing(registry: Registry, job: ServerJob, spec: ModelSpec, rnd: int, state, records, chash: str,
                      reports: dict[str, dict[str, Any]], strategy: Any) -> None:
     """A server killed between checkpoint and publish: publish that round now, once."""
@@ -189,7 +208,7 @@ def _publish_missing(registry: Registry, job: ServerJob, spec: ModelSpec, rnd: i
     latest = registry.latest(job.run_id)
     if due and (latest is None or latest.card["round"] < rnd):
         result = RoundResult(rnd, state, [r for r in records if r["round"] == rnd])
-        registry.publish(_model_from_state(spec, state), spec, _card(job, spec, result, chash, reports, strategy),
+        registry.publish(state, spec, _card(job, spec, result, chash, reports, strategy),
                          {"imgsz": job.train.imgsz, "run_id": job.run_id, "round": rnd})
 
 

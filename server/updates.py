@@ -46,15 +46,23 @@ def check_update(state: Mapping[str, np.ndarray], reference: Mapping[str, np.nda
             return f"wrong shape for {k}: {v.shape}, expected {ref.shape}"
         if v.dtype != ref.dtype:
             return f"wrong dtype for {k}: {v.dtype}, expected {ref.dtype}"
-        if np.issubdtype(v.dtype, np.floating):
+        if not np.issubdtype(v.dtype, np.floating):
+            continue
+        if is_buffer(k):
             if not np.isfinite(v).all():
                 return f"non-finite values in {k}"
             if k.endswith("running_var") and (v < 0).any():
                 return f"negative variance in {k}"
-            if not is_buffer(k):
-                sq += float(np.square(v.astype(np.float64) - ref).sum())
+        else:  # one pass: a NaN or inf anywhere makes the squared change non-finite
+            d = (v - ref).ravel()
+            sq += float(np.dot(d, d))
+    if not np.isfinite(sq):
+        bad = next((k for k, v in state.items() if np.issubdtype(v.dtype, np.floating) and not np.isfinite(v).all()),
+                   None)
+        if bad is not None:
+            return f"non-finite values in {bad}"
     norm = sq**0.5
-    if norm > max_norm:
+    if not norm <= max_norm:
         return f"update norm {norm:.3g} exceeds the bound {max_norm:.3g} (federation.max_update_norm)"
     return None
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from common.errors import ConfigError, DataError
-from server.checkpoint import load_checkpoint, restore_strategy, save_checkpoint
+from server.checkpoint import load_checkpoint, restore_strategy, save_checkpoint, strategy_snapshot
 
 
 class _Strategy:
@@ -15,8 +15,8 @@ class _Strategy:
 
 def test_round_trip_and_only_the_latest_round_kept(tmp_path):
     state = {"w": np.arange(4, dtype=np.float32), "n": np.array(7, np.int64)}
-    save_checkpoint(tmp_path, 1, state, _Strategy(), "abc")
-    save_checkpoint(tmp_path, 2, {**state, "w": state["w"] + 1}, _Strategy(), "abc")
+    save_checkpoint(tmp_path, 1, state, strategy_snapshot(_Strategy()), "abc")
+    save_checkpoint(tmp_path, 2, {**state, "w": state["w"] + 1}, strategy_snapshot(_Strategy()), "abc")
     ck = load_checkpoint(tmp_path, "abc")
     assert ck.round == 2 and ck.state["w"].tolist() == [1, 2, 3, 4] and ck.state["n"].dtype == np.int64
     fresh = type("S", (), {})()
@@ -27,7 +27,7 @@ def test_round_trip_and_only_the_latest_round_kept(tmp_path):
 
 def test_other_config_refused_and_damage_reported(tmp_path):
     assert load_checkpoint(tmp_path) is None
-    save_checkpoint(tmp_path, 1, {"w": np.zeros(2, np.float32)}, _Strategy(), "abc")
+    save_checkpoint(tmp_path, 1, {"w": np.zeros(2, np.float32)}, strategy_snapshot(_Strategy()), "abc")
     with pytest.raises(ConfigError, match="config hash abc"):
         load_checkpoint(tmp_path, "xyz")
     meta = json.loads((tmp_path / "checkpoint.json").read_text())

@@ -105,11 +105,11 @@ def test_verify_catches_changed_and_missing_files(reg):
 def test_crash_mid_publish_leaves_nothing_visible(reg, model, monkeypatch):
     pointer = (reg.root / "latest.json").read_bytes()
 
-    def dies(m, spec, path, meta=None):
-        path.write_bytes(b"half a file")
+    def dies(path, data):
+        path.write_bytes(data[:100])
         raise OSError("disk full")
 
-    monkeypatch.setattr(store_mod, "save_weights", dies)
+    monkeypatch.setattr(store_mod, "write_durable", dies)
     with pytest.raises(OSError, match="disk full"):
         reg.publish(model, SPEC, make_card("run-a", 3))
     monkeypatch.undo()

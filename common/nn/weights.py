@@ -11,11 +11,13 @@ import json
 import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors.numpy import save as save_numpy
 from torch import nn
 
 from common.errors import DataError
@@ -33,13 +35,25 @@ def state_to_save(model: nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
+def serialise_state(state: Mapping[str, np.ndarray], spec: ModelSpec, meta: dict[str, Any] | None = None) -> bytes:
+    """A weights file's bytes from a flat numpy state (floats written as fp32), so a caller that must also hash or
+    fsync them (the registry) handles one buffer instead of re-reading the file."""
+    header = {"format": FORMAT, "spec": json.dumps(spec.to_dict()), "meta": json.dumps(meta or {})}
+    tensors = {k: np.require(v.astype(np.float32, copy=False) if np.issubdtype(v.dtype, np.floating) else v,
+                             requirements="C") for k, v in state.items()}
+    return save_numpy(tensors, metadata=header)
+
+
+def numpy_state(model: nn.Module) -> dict[str, np.ndarray]:
+    return {k: v.numpy() for k, v in state_to_save(model).items()}
+
+
 def save_weights(model: nn.Module, spec: ModelSpec, path: str | Path, meta: dict[str, Any] | None = None) -> Path:
     """Write `model` to a safetensors file; written under a temporary name first so readers never see half a file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    header = {"format": FORMAT, "spec": json.dumps(spec.to_dict()), "meta": json.dumps(meta or {})}
     tmp = path.with_name(path.name + ".tmp")
-    save_file(state_to_save(model), str(tmp), metadata=header)
+    tmp.write_bytes(serialise_state(numpy_state(model), spec, meta))
     tmp.replace(path)
     return path
 

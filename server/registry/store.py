@@ -18,19 +18,22 @@ import json
 import os
 import re
 import shutil
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
 
+import numpy as np
 from torch import nn
 
 from common.errors import DataError
 from common.nn.model import ModelSpec
-from common.nn.weights import load_model, save_weights
+from common.nn.weights import load_model, numpy_state, serialise_state
 from common.utils.durable import fsync_dir, replace_atomic, write_durable
 from server.registry.card import EXPORT_FILE, UPDATABLE, CardError, clean_card
 from server.registry.render import render_markdown
+from server.updates import is_buffer
 
 try:
     import fcntl
@@ -258,14 +261,16 @@ class Registry:
             if p.name.startswith(TEMP_PREFIX) and p.is_dir():
                 shutil.rmtree(p, ignore_errors=True)
 
-    def publish(self, model: nn.Module, spec: ModelSpec, card: dict[str, Any],
+    def publish(self, weights: nn.Module | Mapping[str, np.ndarray], spec: ModelSpec, card: dict[str, Any],
                 weights_meta: dict[str, Any] | None = None) -> Published:
-        """Write `model` and its card as the next version, then point latest.json at it.
+        """Write `weights` (a model or its flat numpy state) and its card as the next version, then point
+        latest.json at it.
 
         `card["parent"]` defaults to the newest version of the same run_id; `version`, `created` and `hashes` are
         set here. `weights_meta` goes into the weights file's header (e.g. `imgsz`, which `fracfl evaluate` reads).
         """
-        parameters = sum(t.numel() for t in model.parameters())
+        state = numpy_state(weights) if isinstance(weights, nn.Module) else weights
+        parameters = sum(v.size for k, v in state.items() if not is_buffer(k))
         card = clean_card({k: v for k, v in card.items() if k not in ("version", "created", "updated", "hashes")},
                           spec, parameters)
         with self._locked():
@@ -286,10 +291,9 @@ class Registry:
                 tmp.mkdir()
                 meta = {"registry_version": version, "run_id": card["run_id"], "round": card["round"]}
                 meta.update(weights_meta or {})
-                save_weights(model, spec, tmp / WEIGHTS, meta)
-                with open(tmp / WEIGHTS, "rb+") as f:
-                    os.fsync(f.fileno())
-                card["hashes"] = {WEIGHTS: sha256_file(tmp / WEIGHTS)}
+                data = serialise_state(state, spec, meta)
+                write_durable(tmp / WEIGHTS, data)
+                card["hashes"] = {WEIGHTS: hashlib.sha256(data).hexdigest()}
                 write_durable(tmp / CARD_JSON, _card_json(card))
                 write_durable(tmp / CARD_MD, render_markdown(card))
                 fsync_dir(tmp)
