@@ -1,7 +1,8 @@
 """Per-round overhead of fracfl's federated loop vs plain Flower FedAvg, same model size, side by side.
 
 Both run on Flower's simulation engine (Ray) with 3 sites and YOLOv7-tiny's state (8.1 M parameters); local work
-is a no-op in both (fracfl: `train.local_epochs=0`, no site or server evaluation). fracfl's round still screens
+is a no-op in both (fracfl: `train.local_epochs=0`, no site or server evaluation, no edge exports: those are built in
+separate low-priority processes, see docs/export.md). fracfl's round still screens
 every update, aggregates buffers apart, writes its checkpoint, publishes to the registry and appends records:
 that is the overhead measured. Per-round time = (time of N rounds - time of 1 round) / (N - 1), so start-up
 (Ray, imports) cancels out; plain and fracfl runs alternate, and the medians of `--repeats` pairs are compared.
@@ -56,6 +57,7 @@ def fracfl(rounds: int, data: str, out: str) -> None:
     code = main(["simulate", "model=yolov7_tiny", "partition=iid", f"partition.source={data}", "federation.sites=3",
                  "federation.min_sites=3", f"federation.rounds={rounds}", "federation.fraction_evaluate=0",
                  "federation.server_eval=false", "train.local_epochs=0", "tracking=disabled", "progress=false",
+                 "export.enabled=false",
                  f"run_dir={out}"])
     if code:
         raise SystemExit(code)

@@ -23,6 +23,7 @@ def test_good_update_passes(reference):
     (lambda s: s.__setitem__("model.0.conv.weight", np.zeros((1, 1), np.float32)), "wrong shape for model.0.conv.weight"),
     (lambda s: s["model.0.conv.weight"].__setitem__((0, 0, 0, 0), np.nan), "non-finite values in model.0.conv.weight"),
     (lambda s: s["model.0.bn.running_var"].__setitem__(0, np.inf), "non-finite values in model.0.bn.running_var"),
+    (lambda s: s["model.1.conv.weight"].__setitem__((0, 0, 0, 0), -np.inf), "non-finite values in model.1.conv.weight"),
     (lambda s: s.__setitem__("model.0.conv.weight", s["model.0.conv.weight"] + 100.0), "exceeds the bound"),
     (lambda s: s.__setitem__("model.0.bn.num_batches_tracked", np.float32(3.0) * np.ones((), np.float32)), "wrong dtype"),
     (lambda s: s.__setitem__("model.0.bn.num_batches_tracked", np.array(3, np.uint64)), "wrong dtype"),
