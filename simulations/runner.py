@@ -11,7 +11,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from common.data.spec import load_spec
-from common.errors import FracflError
+from common.errors import ConfigError, FracflError
 from simulations.config import SimulationJob
 from simulations.partition import make_sites
 
@@ -42,6 +42,7 @@ def run_simulation_job(job: SimulationJob, run_dir: Path) -> dict:
     from client.client_app import app as client_app
     from server.server_app import app as server_app
 
+    _check_gpu(job.train.device, job.federation.client_gpus)
     run_dir.mkdir(parents=True, exist_ok=True)
     manifest, _ = prepare_sites(job, run_dir)
     n_sites = len(json.loads(manifest.read_text()))
@@ -60,6 +61,20 @@ def run_simulation_job(job: SimulationJob, run_dir: Path) -> dict:
     if not summary_file.is_file():
         raise SimulationFailed(f"the server did not finish; see {run_dir / 'simulate.log'} and the output above")
     return json.loads(summary_file.read_text())
+
+
+def _check_gpu(device: str, client_gpus: float) -> None:
+    """Ray hides the GPU from a site given no GPU share (CUDA_VISIBLE_DEVICES=""): say so before the rounds."""
+    import torch
+
+    if client_gpus > 0:
+        return
+    if device.startswith("cuda"):
+        raise ConfigError(f"train.device={device}: simulated sites see a GPU only with federation.client_gpus > 0 "
+                          "(e.g. 0.33: three sites share one GPU)")
+    if device == "auto" and torch.cuda.is_available():
+        log.warning("federation.client_gpus=0: the sites train on the CPU although a GPU is present; set "
+                    "federation.client_gpus (e.g. 0.33 for three sites on one GPU)")
 
 
 def load_resumed(run_dir: Path) -> SimulationJob:

@@ -61,9 +61,10 @@ class DPSGD:
         n = len(loader.dataset)
         self._module = GradSampleModule(model, batch_first=True, loss_reduction="mean", strict=True,
                                         force_functorch=self.mode == "functorch")
+        noise = torch.Generator(next(model.parameters()).device)  # torch.normal needs it on the noise's device
         dp_opt = _DPOptimizer(optimizer, noise_multiplier=self.noise_multiplier, max_grad_norm=self.max_grad_norm,
                               expected_batch_size=max(1, round(self.sample_rate * n)), loss_reduction="mean",
-                              generator=torch.Generator().manual_seed(self.seed + 1))
+                              generator=noise.manual_seed(self.seed + 1))
         sampler = UniformWithReplacementSampler(num_samples=n, sample_rate=self.sample_rate,
                                                 generator=torch.Generator().manual_seed(self.seed))
         logical = DataLoader(loader.dataset, batch_sampler=sampler, collate_fn=loader.collate_fn,
