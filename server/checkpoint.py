@@ -31,7 +31,9 @@ class Checkpoint:
 def save_checkpoint(folder: Path, rnd: int, state: dict[str, np.ndarray], strategy: object, config_hash: str = "") -> None:
     folder.mkdir(parents=True, exist_ok=True)
     weights = folder / f"state-r{rnd:04d}.safetensors"
-    save_file({k: np.ascontiguousarray(v) for k, v in state.items()}, str(weights))
+    # np.require, not np.ascontiguousarray: that one turns 0-d buffers (num_batches_tracked) into shape (1,), and
+    # after a resume the screening would then reject every site's update as the wrong shape.
+    save_file({k: np.require(v, requirements="C") for k, v in state.items()}, str(weights))
     extra = {k: getattr(strategy, k) for k in STRATEGY_STATE if getattr(strategy, k, None) is not None}
     (folder / f"strategy-r{rnd:04d}.pkl").write_bytes(pickle.dumps(extra))
     tmp = folder / "checkpoint.json.tmp"
