@@ -93,11 +93,7 @@ class Flower:
         return "\n".join(f"--- {n} (exit {p.poll()})\n{self.log(n)[-3000:]}" for n, p in self.procs.items())
 
     def stop(self) -> None:
-        for p in reversed(self.procs.values()):  # sites first, the SuperLink last
-            try:
-                kids = psutil.Process(p.pid).children(recursive=True)  # SuperExec and app processes
-            except psutil.NoSuchProcess:
-                kids = []
+        for p in reversed(self.procs.values()):  # sites first, the SuperLink last; each stops what it started
             if p.poll() is None:
                 os.killpg(p.pid, signal.SIGTERM)
                 try:
@@ -105,13 +101,15 @@ class Flower:
                 except subprocess.TimeoutExpired:
                     os.killpg(p.pid, signal.SIGKILL)
                     p.wait()
-            for kid in kids:
-                try:
-                    kid.kill()
-                except psutil.NoSuchProcess:
-                    pass
         for f in self.files:
             f.close()
+        # Whatever is left (e.g. the SuperExec of a SuperNode that gave up) runs one of this test's launchers.
+        for proc in psutil.process_iter(["cmdline"]):
+            if any(str(self.bin) in part for part in proc.info["cmdline"] or ()):
+                try:
+                    proc.kill()
+                except psutil.NoSuchProcess:
+                    pass
 
 
 @pytest.fixture
@@ -166,7 +164,7 @@ def test_certificates_and_node_keys_are_what_flower_accepts(tmp_path, capsys):
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(900)  # ~200 s at load average 6-8 on the shared 2 cores
+@pytest.mark.timeout(900)  # 120-210 s on the shared 2 cores (load average 3 to 8)
 def test_tls_deployment_trains_resumes_publishes_and_refuses_outsiders(flower, tmp_path):
     certs = make_superlink_certs(tmp_path / "certs", ["localhost"])
     foreign_ca = make_superlink_certs(tmp_path / "foreign", ["localhost"])["ca"]
