@@ -38,6 +38,8 @@ def save_checkpoint(folder: Path, rnd: int, state: dict[str, np.ndarray], strate
                     config_hash: str = "") -> None:
     folder.mkdir(parents=True, exist_ok=True)
     weights = folder / f"state-r{rnd:04d}.safetensors"
+    # np.require, not np.ascontiguousarray: that one turns 0-d buffers (num_batches_tracked) into shape (1,), and
+    # after a resume the screening would then reject every site's update as the wrong shape.
     save_file({k: np.require(v, requirements="C") for k, v in state.items()}, str(weights))
     (folder / f"strategy-r{rnd:04d}.pkl").write_bytes(strategy_state)
     tmp = folder / "checkpoint.json.tmp"

@@ -19,6 +19,7 @@ def test_round_trip_and_only_the_latest_round_kept(tmp_path):
     save_checkpoint(tmp_path, 2, {**state, "w": state["w"] + 1}, strategy_snapshot(_Strategy()), "abc")
     ck = load_checkpoint(tmp_path, "abc")
     assert ck.round == 2 and ck.state["w"].tolist() == [1, 2, 3, 4] and ck.state["n"].dtype == np.int64
+    assert {k: v.shape for k, v in ck.state.items()} == {"w": (4,), "n": ()}  # a 0-d buffer stays 0-d
     fresh = type("S", (), {})()
     restore_strategy(fresh, ck.strategy_state)
     assert fresh.m_t["w"].tolist() == [1, 1, 1]

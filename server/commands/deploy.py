@@ -1,0 +1,43 @@
+"""`fracfl deploy certs|node-key`: the TLS and authentication files of a Flower deployment (docs/deployment.md)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def _certs(a: argparse.Namespace) -> int:
+    from server.deploy.certs import make_superlink_certs
+
+    files = make_superlink_certs(Path(a.out), a.host or ["localhost"], days=a.days)
+    for what, path in files.items():
+        print(f"{what:8s} {path}")
+    print(f"SuperLink:  flower-superlink --ssl-ca-certfile {files['ca']} --ssl-certfile {files['cert']} "
+          f"--ssl-keyfile {files['key']} ...\nSuperNodes and `flwr` get {files['ca']} (public); keep "
+          f"{files['ca_key']} offline.")
+    return 0
+
+
+def _node_key(a: argparse.Namespace) -> int:
+    from server.deploy.certs import make_node_key
+
+    files = make_node_key(Path(a.out), a.name)
+    print(f"private  {files['key']}  (stays on this machine: flower-supernode --auth-supernode-private-key)")
+    print(f"public   {files['pub']}  (send to the coordinator: flwr supernode register {files['pub']} CONNECTION)")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("deploy", help="TLS certificates and SuperNode keys for a Flower deployment",
+                       description="Files for Flower's SuperLink/SuperNodes over TLS; see docs/deployment.md.")
+    dsub = p.add_subparsers(dest="deploy_command", metavar="ACTION", required=True)
+    q = dsub.add_parser("certs", help="a CA and the SuperLink's server certificate (coordinator)")
+    q.add_argument("out", help="folder for ca.pem, ca.key, superlink.pem, superlink.key (files are never overwritten)")
+    q.add_argument("--host", action="append", help="a DNS name or IP address SuperNodes use to reach the SuperLink "
+                   "(repeatable; localhost and 127.0.0.1 are always added)")
+    q.add_argument("--days", type=int, default=825, help="validity of the certificates in days (default 825)")
+    q.set_defaults(func=_certs)
+    q = dsub.add_parser("node-key", help="a SuperNode's authentication key pair (each site, on its own machine)")
+    q.add_argument("out", help="folder for NAME.key (private) and NAME.pub (public)")
+    q.add_argument("--name", required=True, help="file name and key comment, e.g. the site's name")
+    q.set_defaults(func=_node_key)
