@@ -1,8 +1,9 @@
-"""Ultralytics' offline switches, set before Ultralytics is first imported anywhere in fracfl.
+"""Offline switches for Ultralytics and Flower, set before either is first imported anywhere in fracfl.
 
 Ultralytics downloads weights, fonts and datasets on demand and checks connectivity at import time. A hospital
 machine may have no network at all, and nothing in fracfl may fetch anything, so every module that imports
 Ultralytics imports this module first. The settings folder lives in fracfl's cache, not in the user's home.
+Flower sends usage telemetry and checks for updates unless told not to; both are off unless the user says otherwise.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ def _apply() -> None:
     config.mkdir(parents=True, exist_ok=True)
     os.environ["YOLO_CONFIG_DIR"] = str(config)
     os.environ.setdefault("MPLCONFIGDIR", str(cache_dir() / "matplotlib"))  # font cache, not in the home folder
+    os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+    os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
 
 
 _apply()

@@ -86,3 +86,14 @@ def test_train_and_evaluate_offline_write_only_their_folders(tmp_path):
     metrics = json.loads((work / "run" / "metrics.json").read_text())
     assert metrics["train"]["images"] > 0 and "map50" in metrics["val"]
     assert (work / "run" / "eval" / "pr_curve.png").stat().st_size > 0
+
+
+def test_flower_telemetry_and_update_check_are_off_unless_asked_for():
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLWR_")}
+    code = ("import common, flwr.supercore.telemetry as t, os; "
+            "print(t.FLWR_TELEMETRY_ENABLED, os.environ['FLWR_DISABLE_UPDATE_CHECK'])")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["0", "1"]
+    env["FLWR_TELEMETRY_ENABLED"] = "1"  # an explicit choice is the user's
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["1", "1"]
