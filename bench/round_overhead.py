@@ -38,13 +38,13 @@ def plain_flower(rounds: int) -> list[float]:
     from flwr.serverapp.strategy import FedAvg
     from flwr.simulation import run_simulation
 
-    from common.nn.model import ModelSpec, build_model
+    from common.nn.model import ModelSpec, build_model, reusable_model
 
     client, server = ClientApp(), ServerApp()
-    model = build_model(ModelSpec())
 
     @client.train()
     def train(msg: Message, context: Context) -> Message:
+        model = reusable_model(ModelSpec())  # built once per worker (a model in the closure would be pickled per call)
         model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
         reply = {"arrays": ArrayRecord(model.state_dict()), "metrics": MetricRecord({"num-examples": 10})}
         return Message(RecordDict(reply), reply_to=msg)

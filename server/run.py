@@ -27,7 +27,7 @@ from common.engine.evaluate import evaluate_model
 from common.nn.model import ModelSpec, reusable_model
 from common.nn.weights import model_from_config
 from common.protocol import SiteJob, encode_metrics
-from server.checkpoint import load_checkpoint, restore_strategy, save_checkpoint, strategy_snapshot
+from server.checkpoint import load_checkpoint, restore_strategy, save_checkpoint, save_strategy, strategy_snapshot
 from server.commit import Committer
 from server.config import ServerJob
 from server.export.background import BackgroundExports, background_exports
@@ -36,6 +36,7 @@ from server.audit import write_audit_report
 from server.privacy import (card_section, client_dp_section, client_dp_strategy, latest_reports, replay_releases,
                             summarise)
 from server.registry import Registry, describe_model
+from server.registry.store import WEIGHTS
 from server.strategies import build_strategy
 from server.tracking import make_tracker
 from server.report import append_records, read_records, write_report
@@ -114,7 +115,10 @@ def run_federation(grid: Grid, job: ServerJob, sites_manifest: str | None = None
     chash = config_hash(job)
 
     start, reports = 1, {}
-    ckpt = load_checkpoint(run_dir / "checkpoint", chash)
+    folder = run_dir / "checkpoint"
+    ckpt = load_checkpoint(folder, chash)
+    if folder.is_dir() and _adopt_published(registry, job.run_id, folder, ckpt.round if ckpt else 0, chash):
+        ckpt = load_checkpoint(folder, chash)
     if ckpt is not None:
         state, start = ckpt.state, ckpt.round + 1
         restore_strategy(getattr(strategy, "strategy", strategy), ckpt.strategy_state)
@@ -127,7 +131,6 @@ def run_federation(grid: Grid, job: ServerJob, sites_manifest: str | None = None
         tmp.replace(records_path)
         log.info("resuming run %s after round %d", job.run_id, ckpt.round)
         reports = latest_reports(kept)
-        _publish_missing(registry, job, spec, ckpt.round, state, kept, chash, reports, strategy)
 
     evaluate = _pooled_evaluator(job, spec)
     if start == 1:
@@ -189,27 +192,30 @@ def model_version(run_id: str, rnd: int) -> str:
 
 def _commit(job: ServerJob, spec: ModelSpec, registry: Registry, exports: BackgroundExports, rnd: int,
             state: dict[str, np.ndarray], strategy_state: bytes, card: dict[str, Any], chash: str) -> None:
-    """Round `rnd` on disk: checkpoint first (the resume point), then the registry when a publication is due."""
+    """Round `rnd` on disk: strategy state, registry version (when a publication is due), then the resume point."""
     t0 = time.perf_counter()
-    save_checkpoint(Path(job.run_dir) / "checkpoint", rnd, state, strategy_state, chash)
-    published = ""
+    folder = Path(job.run_dir) / "checkpoint"
+    save_strategy(folder, rnd, strategy_state)
+    published, ref = "", None
     if rnd % job.federation.publish_every == 0 or rnd == job.federation.rounds:
         pub = registry.publish(state, spec, card, {"imgsz": job.train.imgsz, "run_id": job.run_id, "round": rnd})
-        published = f", published as {pub.version}"
+        published, ref = f", published as {pub.version}", (pub.weights, pub.card["hashes"][WEIGHTS])
         if exports.submit(pub.version, final=rnd == job.federation.rounds):
             published += " (edge export queued)"
+    save_checkpoint(folder, rnd, None if ref else state, chash, published=ref)
     log.info("round %d/%d: %.2f s to commit%s", rnd, job.federation.rounds, time.perf_counter() - t0, published)
 
 
-def _publish_missing(registry: Registry, job: ServerJob, spec: ModelSpec, rnd: int, state, records, chash: str,
-                     reports: dict[str, dict[str, Any]], strategy: Any) -> None:
-    """A server killed between checkpoint and publish: publish that round now, once."""
-    due = rnd % job.federation.publish_every == 0 or rnd == job.federation.rounds
-    latest = registry.latest(job.run_id)
-    if due and (latest is None or latest.card["round"] < rnd):
-        result = RoundResult(rnd, state, [r for r in records if r["round"] == rnd])
-        registry.publish(state, spec, _card(job, spec, result, chash, reports, strategy),
-                         {"imgsz": job.train.imgsz, "run_id": job.run_id, "round": rnd})
+def _adopt_published(registry: Registry, run_id: str, folder: Path, done: int, chash: str) -> bool:
+    """A server killed after publishing round done+1 but before its checkpoint pointer moved: that version is the
+    round's result (its records and strategy state were written before it), so the checkpoint moves to it instead of
+    the round running, and being published, twice."""
+    latest = registry.latest(run_id)
+    if latest is not None and latest.round == done + 1 and (folder / f"strategy-r{done + 1:04d}.pkl").is_file():
+        save_checkpoint(folder, done + 1, None, chash, published=(latest.weights, latest.card["hashes"][WEIGHTS]))
+        log.info("round %d was published as %s before the server stopped; resuming after it", done + 1, latest.version)
+        return True
+    return False
 
 
 def _flat_metrics(records: list[dict]) -> dict[str, float]:
