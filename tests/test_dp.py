@@ -13,6 +13,8 @@ from common.errors import ConfigError
 from common.nn.loss import PerImageDetectionLoss
 from common.nn.model import ModelSpec, build_model
 from common.privacy.dp_sgd import DPSGD, MODES, grad_sample_module
+from common.privacy.grad_sample import conv2d_grad_sample
+from opacus.grad_sample.conv import compute_conv_grad_sample
 from tests_support import toy_dataset
 from test_loss import _alone, _batch
 
@@ -40,6 +42,21 @@ def test_opacus_per_sample_gradients_equal_each_image_alone(mode):
         gap = max((s[i] - p.grad).abs().max().item() for s, p in zip(samples, params))
         scale = max(p.grad.abs().max().item() for p in params)
         assert gap <= 1e-7 * max(scale, 1.0), f"image {i}: per-sample gradient differs by {gap}"
+
+
+@pytest.mark.parametrize("conv", [
+    dict(kernel_size=1), dict(kernel_size=1, bias=True, stride=2), dict(kernel_size=3, padding=1),
+    dict(kernel_size=3, stride=2, padding=1, bias=True), dict(kernel_size=(3, 5), padding=2, dilation=2, groups=2),
+    dict(kernel_size=3, padding="same"), dict(kernel_size=3, padding=1, padding_mode="reflect")])
+def test_lean_conv_grad_sampler_equals_opacus(conv):
+    torch.manual_seed(0)
+    layer = torch.nn.Conv2d(4, 6, **{"bias": False, **conv}).double()
+    x = torch.randn(3, 4, 11, 9, dtype=torch.float64)
+    g = torch.randn_like(layer(x))
+    ours, theirs = conv2d_grad_sample(layer, [x], g), compute_conv_grad_sample(layer, [x], g)
+    assert ours.keys() == theirs.keys()
+    for p in ours:
+        torch.testing.assert_close(ours[p], theirs[p], rtol=1e-10, atol=1e-12)
 
 
 def test_lean_mode_with_a_frozen_backbone_gives_hooks_per_sample_gradients():

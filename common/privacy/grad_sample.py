@@ -6,6 +6,11 @@ pass thrown away every step. Here a layer's trainable parameters stop requiring 
 forward, so backward computes only what flows to its input; Opacus' own hooks and grad samplers still compute every
 per-sample gradient from the saved activations and output gradients. A layer whose input carries no gradient (the
 first one, or the first after frozen layers) keeps its parameters as they are, or its backward hook would not fire.
+
+Convolutions also get their own grad sampler (Opacus' extension point, the `GRAD_SAMPLERS` table, for this class
+only): Opacus unfolds every 3x3 input into a 9x larger matrix before one matrix product per image; here 1x1
+convolutions are one batched matrix product straight from the activations, and the others one weight-gradient
+convolution per image (the kernel autograd runs for the batch gradient). Same values, less memory traffic.
 """
 
 from __future__ import annotations
@@ -14,13 +19,38 @@ from typing import Any
 
 import torch
 from opacus import GradSampleModule
+from opacus.grad_sample.conv import compute_conv_grad_sample
 from opacus.utils.module_utils import trainable_parameters
 from torch import nn
+
+
+def conv2d_grad_sample(layer: nn.Conv2d, activations: list[torch.Tensor], backprops: torch.Tensor
+                       ) -> dict[nn.Parameter, torch.Tensor]:
+    """Per-sample gradients of a Conv2d's weight and bias (see the module docstring); string paddings, non-zero
+    padding modes and empty batches go to Opacus' sampler."""
+    x = activations[0].to(backprops.dtype)
+    n = x.shape[0]
+    if n == 0 or isinstance(layer.padding, str) or layer.padding_mode != "zeros":
+        return compute_conv_grad_sample(layer, activations, backprops)
+    grads: dict[nn.Parameter, torch.Tensor] = {}
+    if layer.weight.requires_grad:
+        if layer.kernel_size == (1, 1) and layer.stride == (1, 1) and layer.padding == (0, 0) and layer.groups == 1:
+            w = torch.bmm(backprops.reshape(n, backprops.shape[1], -1), x.reshape(n, x.shape[1], -1).transpose(1, 2))
+        else:
+            w = torch.stack([torch.ops.aten.convolution_backward(
+                backprops[i : i + 1], x[i : i + 1], layer.weight, None, layer.stride, layer.padding, layer.dilation,
+                False, [0, 0], layer.groups, [False, True, False])[1] for i in range(n)])
+        grads[layer.weight] = w.view(n, *layer.weight.shape)
+    if layer.bias is not None and layer.bias.requires_grad:
+        grads[layer.bias] = backprops.sum(dim=(2, 3))
+    return grads
 
 
 class LeanGradSampleModule(GradSampleModule):
     """`GradSampleModule` (hooks) whose backward pass computes per-sample gradients only: `p.grad_sample` as in hooks
     mode, `p.grad` left None (except in layers fed by no gradient) for the DP optimiser to write the noised sum."""
+
+    GRAD_SAMPLERS = {**GradSampleModule.GRAD_SAMPLERS, nn.Conv2d: conv2d_grad_sample}
 
     def __init__(self, m: nn.Module, **kwargs: Any):
         self._switched_off: dict[nn.Module, list[nn.Parameter]] = {}
