@@ -53,8 +53,8 @@ class LeanGradSampleModule(GradSampleModule):
     GRAD_SAMPLERS = {**GradSampleModule.GRAD_SAMPLERS, nn.Conv2d: conv2d_grad_sample}
 
     def __init__(self, m: nn.Module, **kwargs: Any):
-        self._switched_off: dict[nn.Module, list[nn.Parameter]] = {}
         super().__init__(m, **kwargs)
+        self._switched_off: dict[nn.Module, list[nn.Parameter]] = {}  # layers running forward right now
 
     def add_hooks(self, **kwargs: Any) -> None:
         super().add_hooks(**kwargs)
