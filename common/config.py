@@ -89,7 +89,7 @@ class PrivacyConfig:
     delta: float | None = None  # None: min(1e-5, 0.1 / N) for a site of N training images
     max_grad_norm: float = 1.0  # per-image gradient clipping (dp_sgd) or per-site update clipping (client_dp)
     max_physical_batch: int = 8  # memory bound: logical Poisson batches are split into chunks of at most this
-    grad_sample_mode: str = "hooks"  # Opacus per-sample gradient engine: hooks | functorch
+    grad_sample_mode: str = "lean"  # lean (Opacus hooks minus the unused batch gradient) | hooks | functorch
     ledger_dir: str = "privacy"  # where simulated sites keep their ledgers (deployed sites: node config)
     noise_multiplier: float = 1.0  # client_dp only: server-side noise on the aggregate, in units of the clipping norm
     sites: dict[str, dict[str, Any]] = field(default_factory=dict)  # simulations: per-site budget overrides

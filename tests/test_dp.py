@@ -8,12 +8,13 @@ import torch
 
 from common.config import AugmentConfig, TrainConfig
 from common.data.dataset import DetectionDataset
-from common.engine.trainer import train_local
+from common.engine.trainer import freeze_parts, train_local
 from common.errors import ConfigError
 from common.nn.loss import PerImageDetectionLoss
 from common.nn.model import ModelSpec, build_model
-from common.privacy.dp_sgd import DPSGD
-from opacus import GradSampleModule
+from common.privacy.dp_sgd import DPSGD, MODES, grad_sample_module
+from common.privacy.grad_sample import conv2d_grad_sample
+from opacus.grad_sample.conv import compute_conv_grad_sample
 from tests_support import toy_dataset
 from test_loss import _alone, _batch
 
@@ -21,16 +22,18 @@ GROUP = ModelSpec(width=0.125, depth=0.5, norm="group")
 PLAIN = AugmentConfig(hflip=0, degrees=0, translate=0, scale=0, brightness=0, contrast=0, gamma=0, noise=0)
 
 
-@pytest.mark.parametrize("mode", ["hooks", "functorch"])
+@pytest.mark.parametrize("mode", MODES)
 def test_opacus_per_sample_gradients_equal_each_image_alone(mode):
     torch.manual_seed(1)
     model = build_model(GROUP).double().train()
     imgs, batch = _batch()
     imgs = imgs.double()
-    gsm = GradSampleModule(model, batch_first=True, loss_reduction="mean", force_functorch=mode == "functorch")
+    gsm = grad_sample_module(model, mode)
     crit = PerImageDetectionLoss(model)
     crit.per_image(gsm(imgs), batch)[0].mean().backward()
     params = [p for p in model.parameters() if p.requires_grad]
+    if mode == "lean":  # no batch gradients, except in the first layer (its input, the image, carries no gradient)
+        assert [n for n, p in model.named_parameters() if p.grad is not None] == ["model.0.conv.weight"]
     samples = [p.grad_sample.detach().clone() for p in params]
     gsm.cleanup()
     for i in range(len(imgs)):
@@ -39,6 +42,40 @@ def test_opacus_per_sample_gradients_equal_each_image_alone(mode):
         gap = max((s[i] - p.grad).abs().max().item() for s, p in zip(samples, params))
         scale = max(p.grad.abs().max().item() for p in params)
         assert gap <= 1e-7 * max(scale, 1.0), f"image {i}: per-sample gradient differs by {gap}"
+
+
+@pytest.mark.parametrize("conv", [
+    dict(kernel_size=1), dict(kernel_size=1, bias=True, stride=2), dict(kernel_size=3, padding=1),
+    dict(kernel_size=3, stride=2, padding=1, bias=True), dict(kernel_size=(3, 5), padding=2, dilation=2, groups=2),
+    dict(kernel_size=3, padding="same"), dict(kernel_size=3, padding=1, padding_mode="reflect")])
+def test_lean_conv_grad_sampler_equals_opacus(conv):
+    torch.manual_seed(0)
+    layer = torch.nn.Conv2d(4, 6, **{"bias": False, **conv}).double()
+    x = torch.randn(3, 4, 11, 9, dtype=torch.float64)
+    g = torch.randn_like(layer(x))
+    ours, theirs = conv2d_grad_sample(layer, [x], g), compute_conv_grad_sample(layer, [x], g)
+    assert ours.keys() == theirs.keys()
+    for p in ours:
+        torch.testing.assert_close(ours[p], theirs[p], rtol=1e-10, atol=1e-12)
+
+
+def test_lean_mode_with_a_frozen_backbone_gives_hooks_per_sample_gradients():
+    """Behind frozen layers no gradient reaches the first trainable ones: lean mode must still hook them."""
+    imgs, batch = _batch()
+    samples = {}
+    for mode in ("hooks", "lean"):
+        torch.manual_seed(1)
+        model = build_model(GROUP).double().train()
+        freeze_parts(model, ["backbone"])
+        frozen = [p.requires_grad for p in model.parameters()]
+        gsm = grad_sample_module(model, mode)
+        PerImageDetectionLoss(model).per_image(gsm(imgs.double()), batch)[0].mean().backward()
+        assert [p.requires_grad for p in model.parameters()] == frozen  # lean restores what it switched off
+        samples[mode] = [p.grad_sample for p in model.parameters() if p.requires_grad]
+        gsm.cleanup()
+    assert len(samples["lean"]) == len(samples["hooks"]) > 0
+    for lean, hooks in zip(samples["lean"], samples["hooks"]):
+        torch.testing.assert_close(lean, hooks, rtol=1e-9, atol=1e-12)
 
 
 def _data(tmp_path, n=16):
@@ -55,6 +92,7 @@ def test_dp_training_counts_logical_steps_and_leaves_the_model_clean(tmp_path):
     assert result.metrics["steps"] == 2 * int(len(data) / 8)  # logical steps, not physical chunks of 3
     assert any(not torch.equal(before[k], v) for k, v in result.state.items())
     assert all(not hasattr(p, "grad_sample") for p in model.parameters())  # hooks removed: reusable next round
+    assert not any(m._forward_pre_hooks or m._forward_hooks or m._backward_hooks for m in model.modules())
     out = model(torch.rand(2, 3, 64, 64))  # and the model still runs normally
     assert out is not None
 

@@ -20,8 +20,18 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from common.errors import ConfigError
+from common.privacy.grad_sample import LeanGradSampleModule
 
-MODES = ("hooks", "functorch")
+MODES = ("lean", "hooks", "functorch")  # per-sample gradient engines (grad_sample_module); docs/benchmarks.md
+
+
+def grad_sample_module(model: nn.Module, mode: str) -> GradSampleModule:
+    """Opacus' per-sample gradient wrapper for `mode`: "hooks" (Opacus' grad samplers), "functorch" (torch.func for
+    every layer) or "lean" (hooks without the batch gradient DP-SGD discards: same per-sample gradients, faster)."""
+    if mode not in MODES:
+        raise ConfigError(f"privacy.grad_sample_mode: expected one of {MODES}, got {mode!r}")
+    cls = LeanGradSampleModule if mode == "lean" else GradSampleModule
+    return cls(model, batch_first=True, loss_reduction="mean", strict=True, force_functorch=mode == "functorch")
 
 
 class _DPOptimizer(DPOptimizer):
@@ -40,7 +50,7 @@ class DPSGD:
     `max_grad_norm`, Gaussian noise of `noise_multiplier` times that norm added to every step."""
 
     def __init__(self, noise_multiplier: float, max_grad_norm: float, sample_rate: float,
-                 max_physical_batch: int = 8, grad_sample_mode: str = "hooks", seed: int = 0):
+                 max_physical_batch: int = 8, grad_sample_mode: str = "lean", seed: int = 0):
         if grad_sample_mode not in MODES:
             raise ConfigError(f"privacy.grad_sample_mode: expected one of {MODES}, got {grad_sample_mode!r}")
         if not (noise_multiplier >= 0 and max_grad_norm > 0 and 0 < sample_rate <= 1 and max_physical_batch >= 1):
@@ -59,8 +69,7 @@ class DPSGD:
             raise ConfigError(f"privacy=dp_sgd: the model cannot be trained with DP-SGD ({problems[0]}); "
                               "use model.norm=group (BatchNorm mixes the images of a batch)")
         n = len(loader.dataset)
-        self._module = GradSampleModule(model, batch_first=True, loss_reduction="mean", strict=True,
-                                        force_functorch=self.mode == "functorch")
+        self._module = grad_sample_module(model, self.mode)
         noise = torch.Generator(next(model.parameters()).device)  # torch.normal needs it on the noise's device
         dp_opt = _DPOptimizer(optimizer, noise_multiplier=self.noise_multiplier, max_grad_norm=self.max_grad_norm,
                               expected_batch_size=max(1, round(self.sample_rate * n)), loss_reduction="mean",
