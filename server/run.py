@@ -36,7 +36,6 @@ from server.audit import write_audit_report
 from server.privacy import (card_section, client_dp_section, client_dp_strategy, latest_reports, replay_releases,
                             summarise)
 from server.registry import Registry, describe_model
-from server.registry.store import WEIGHTS
 from server.strategies import build_strategy
 from server.tracking import make_tracker
 from server.report import append_records, read_records, write_report
@@ -199,7 +198,7 @@ def _commit(job: ServerJob, spec: ModelSpec, registry: Registry, exports: Backgr
     published, ref = "", None
     if rnd % job.federation.publish_every == 0 or rnd == job.federation.rounds:
         pub = registry.publish(state, spec, card, {"imgsz": job.train.imgsz, "run_id": job.run_id, "round": rnd})
-        published, ref = f", published as {pub.version}", (pub.weights, pub.card["hashes"][WEIGHTS])
+        published, ref = f", published as {pub.version}", (pub.weights, pub.weights_sha256)
         if exports.submit(pub.version, final=rnd == job.federation.rounds):
             published += " (edge export queued)"
     save_checkpoint(folder, rnd, None if ref else state, chash, published=ref)
@@ -212,7 +211,7 @@ def _adopt_published(registry: Registry, run_id: str, folder: Path, done: int, c
     the round running, and being published, twice."""
     latest = registry.latest(run_id)
     if latest is not None and latest.round == done + 1 and (folder / f"strategy-r{done + 1:04d}.pkl").is_file():
-        save_checkpoint(folder, done + 1, None, chash, published=(latest.weights, latest.card["hashes"][WEIGHTS]))
+        save_checkpoint(folder, done + 1, None, chash, published=(latest.weights, latest.weights_sha256))
         log.info("round %d was published as %s before the server stopped; resuming after it", done + 1, latest.version)
         return True
     return False

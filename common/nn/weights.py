@@ -45,6 +45,7 @@ def serialise_state(state: Mapping[str, np.ndarray], spec: ModelSpec, meta: dict
 
 
 def numpy_state(model: nn.Module) -> dict[str, np.ndarray]:
+    """`state_to_save` as numpy arrays: the form the server and the registry handle."""
     return {k: v.numpy() for k, v in state_to_save(model).items()}
 
 

@@ -74,6 +74,10 @@ class Published:
         return self.path / WEIGHTS
 
     @property
+    def weights_sha256(self) -> str:
+        return (self.card.get("hashes") or {}).get(WEIGHTS, "")
+
+    @property
     def run_id(self) -> str:
         return self.card.get("run_id", "")
 
