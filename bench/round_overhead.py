@@ -10,7 +10,7 @@ and appends records: that is the overhead measured. Per-round time = the median 
 (start-up) left out, so neither start-up nor a load spike on a shared machine counts; plain and fracfl runs
 alternate, and the medians of `--repeats` pairs are compared.
 
-    .venv/bin/python bench/round_overhead.py [--rounds 10] [--repeats 3]
+    .venv/bin/python bench/round_overhead.py [--rounds 20] [--repeats 5]
 """
 
 from __future__ import annotations
@@ -100,8 +100,8 @@ def round_time(args: list[str]) -> tuple[float, list[float]]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--rounds", type=int, default=10)
-    p.add_argument("--repeats", type=int, default=3, help="alternating plain/fracfl pairs; medians are reported")
+    p.add_argument("--rounds", type=int, default=20)
+    p.add_argument("--repeats", type=int, default=5, help="alternating plain/fracfl pairs; medians are reported")
     p.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.child:

@@ -6,7 +6,7 @@ Only weights and aggregate numbers leave this module; images, file names and per
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from functools import lru_cache
 from pathlib import Path
 
@@ -44,8 +44,7 @@ def train_site(site: str, data: Path, state: dict[str, torch.Tensor], job: SiteJ
     """Local training for one round; returns new weights, metrics (with "num-examples" for weighting) and, with
     DP-SGD, the privacy report. With DP-SGD the round is checked against the site's `budget` first and recorded in
     its ledger before the weights are returned (PrivacyRefused when it must not train)."""
-    cfg = job.train
-    cfg.epochs = cfg.local_epochs
+    cfg = replace(job.train, epochs=job.train.local_epochs)
     train = _dataset(str(data), "train", cfg.imgsz, json.dumps(asdict(cfg.augment)), job.seed)
     seed = job.seed * 100_003 + server_round
     guard = None

@@ -105,11 +105,11 @@ def test_verify_catches_changed_and_missing_files(reg):
 def test_crash_mid_publish_leaves_nothing_visible(reg, model, monkeypatch):
     pointer = (reg.root / "latest.json").read_bytes()
 
-    def dies(path, data):
-        path.write_bytes(data[:100])
+    def dies(path, *args):  # the weights file half written
+        path.write_bytes(b"\0" * 100)
         raise OSError("disk full")
 
-    monkeypatch.setattr(store_mod, "write_durable", dies)
+    monkeypatch.setattr(store_mod, "write_state", dies)
     with pytest.raises(OSError, match="disk full"):
         reg.publish(model, SPEC, make_card("run-a", 3))
     monkeypatch.undo()

@@ -1,14 +1,18 @@
 """Weights round-trip exactly and foreign checkpoints load with a report of what matched."""
 
+import hashlib
 import sys
 import textwrap
 
+import numpy as np
 import pytest
 import torch
+from safetensors import safe_open
 
 from common.errors import DataError
 from common.nn.model import ModelSpec, build_model
-from common.nn.weights import init_from_checkpoint, load_model, model_from_config, read_weights, save_weights
+from common.nn.weights import (init_from_checkpoint, load_model, model_from_config, read_weights, save_weights,
+                               write_state)
 
 SPEC = ModelSpec(width=0.125, depth=0.5)
 
@@ -34,6 +38,23 @@ def test_round_trip_is_bit_exact(tmp_path):
         assert a[k].dtype == b[k].dtype, k  # num_batches_tracked stays an integer
         assert torch.equal(a[k], b[k]), k
     assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_written_state_is_what_safetensors_reads_and_its_hash_is_the_files(tmp_path):
+    state = {"a.weight": np.asfortranarray(np.random.rand(3, 5)),  # float64, Fortran order: stored as C-order fp32
+             "b.num_batches_tracked": np.array(7, dtype=np.int64), "c.empty": np.zeros((0, 4), np.float32),
+             "d.bias": np.random.rand(5).astype(np.float32)[::2]}  # a strided view
+    digest = write_state(tmp_path / "w.safetensors", state, SPEC, {"round": 3})
+    assert digest == hashlib.sha256((tmp_path / "w.safetensors").read_bytes()).hexdigest()
+    with safe_open(tmp_path / "w.safetensors", framework="np") as f:  # safetensors' own reader checks the layout
+        assert set(f.keys()) == set(state)
+        for k, v in state.items():
+            got = f.get_tensor(k)
+            assert got.shape == v.shape and np.array_equal(got, v.astype(got.dtype)), k
+            assert got.dtype == (np.float32 if v.dtype.kind == "f" else v.dtype), k
+    assert read_weights(tmp_path / "w.safetensors")[1:] == (SPEC, {"round": 3})
+    with pytest.raises(DataError, match="bad.safetensors: tensor z: dtype complex128"):
+        write_state(tmp_path / "bad.safetensors", {"z": np.zeros(2, np.complex128)}, SPEC)
 
 
 def test_not_a_weights_file_names_the_file(tmp_path):

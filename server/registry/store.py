@@ -29,7 +29,7 @@ from torch import nn
 
 from common.errors import DataError
 from common.nn.model import ModelSpec
-from common.nn.weights import load_model, numpy_state, serialise_state
+from common.nn.weights import load_model, numpy_state, write_state
 from common.utils.durable import fsync_dir, replace_atomic, write_durable
 from server.registry.card import EXPORT_FILE, UPDATABLE, CardError, clean_card
 from server.registry.render import render_markdown
@@ -295,9 +295,7 @@ class Registry:
                 tmp.mkdir()
                 meta = {"registry_version": version, "run_id": card["run_id"], "round": card["round"]}
                 meta.update(weights_meta or {})
-                data = serialise_state(state, spec, meta)
-                write_durable(tmp / WEIGHTS, data)
-                card["hashes"] = {WEIGHTS: hashlib.sha256(data).hexdigest()}
+                card["hashes"] = {WEIGHTS: write_state(tmp / WEIGHTS, state, spec, meta)}
                 write_durable(tmp / CARD_JSON, _card_json(card))
                 write_durable(tmp / CARD_MD, render_markdown(card))
                 fsync_dir(tmp)
