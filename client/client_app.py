@@ -18,7 +18,7 @@ from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 
 from client.faults import fault_injection_mod
 from client.privacy import PrivacyRefused, site_budget
-from client.site import Site, resolve_site
+from client.site import SAFE_NAME, Site, resolve_site
 from client.task import evaluate_site, train_site
 from common.errors import FracflError
 from common.protocol import SiteJob
@@ -35,7 +35,7 @@ def _handle(msg: Message, context: Context, what: str, work: Work) -> Message:
     try:
         site = resolve_site(context.node_config, cfg.get("sites-manifest"))
         name = site.name
-        state, metrics, privacy = work(site, msg.content["arrays"].to_torch_state_dict(), SiteJob.from_json(cfg["job"]),
+        state, metrics, privacy = work(site, msg.content["arrays"].to_torch_state_dict(), SiteJob.parse(cfg["job"]),
                                        cfg, context)
     except PrivacyRefused as e:  # its message carries numbers only, so the server may show it
         log.warning("site %s refuses to %s: %s", name, what, e)
@@ -74,6 +74,15 @@ def client_dp_mod(msg: Message, context: Context, call_next: ClientAppCallable) 
 @app.train(mods=[fault_injection_mod, client_dp_mod])
 def train(msg: Message, context: Context) -> Message:
     return _handle(msg, context, "train", _train)
+
+
+@app.query()
+def query(msg: Message, context: Context) -> Message:
+    """Whether this SuperNode serves a real site (its node config names its data): asked before a run builds
+    simulated sites, so a hospital's node is never handed a simulation."""
+    name = str(context.node_config.get("site-name", ""))
+    info = {"real-site": "data-dir" in context.node_config, "name": name if SAFE_NAME.match(name) else ""}
+    return Message(RecordDict({"site": ConfigRecord(info)}), reply_to=msg)
 
 
 @app.evaluate()

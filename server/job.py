@@ -8,9 +8,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from flwr.app import ConfigRecord, Message, MessageType, RecordDict
+from flwr.serverapp import Grid
 from omegaconf import OmegaConf
 
 from common.config import CONF_DIR, to_typed
+from common.errors import ConfigError
 from server.config import ServerJob
 
 
@@ -23,8 +26,10 @@ def compose(overrides: list[str], config_name: str = "federated") -> Any:
         return hydra_compose(config_name=config_name, overrides=overrides)
 
 
-def load_job(run_config: dict[str, Any], job_file: str | None = None) -> tuple[ServerJob, str | None]:
-    """The typed job and the simulation's site manifest (None in a deployment)."""
+def load_job(run_config: dict[str, Any], job_file: str | None = None,
+             grid: Grid | None = None) -> tuple[ServerJob, str | None]:
+    """The typed job and the simulation's site manifest (None in a deployment). With `simulate` in the run config,
+    the nodes on `grid` are asked first whether they are real sites (see `refuse_real_sites`)."""
     path = run_config.get("job-file") or job_file
     if path:
         cfg = OmegaConf.load(path)
@@ -38,9 +43,37 @@ def load_job(run_config: dict[str, Any], job_file: str | None = None) -> tuple[S
             from simulations.runner import prepare_sites
 
             sim = to_typed(cfg, SimulationJob)
+            if grid is not None:
+                refuse_real_sites(grid, sim.federation.round_timeout)
             manifest_path, _ = prepare_sites(sim, Path(sim.run_dir))
             manifest, cfg.val_data = str(manifest_path), str(Path(sim.run_dir) / "pooled_val.yaml")
     if not cfg.get("run_id"):
         cfg.run_id = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
     keep = [k for k in cfg.keys() if k in ServerJob.__dataclass_fields__]
     return to_typed(OmegaConf.masked_copy(cfg, keep), ServerJob), manifest
+
+
+def refuse_real_sites(grid: Grid, timeout: float) -> None:
+    """Stop a simulation (`simulate = true`, the default of `flwr run .`) started on a federation of real sites.
+
+    Their SuperNodes would train on their own data while the server built synthetic sites and scored every
+    published model on synthetic images: a model card whose pooled metrics mean nothing, with no warning. Every
+    node is asked (a query message) before anything is built; a node that does not answer counts as real, and no
+    node at all is refused too."""
+    nodes = sorted(grid.get_node_ids())
+    if not nodes:  # a simulation's virtual nodes exist from its start; a deployment's may not be online yet
+        raise ConfigError("run config simulate=true, but no SuperNode is connected, so whether they are real sites "
+                          "cannot be checked: a simulation's nodes are there from its start")
+    ask = [Message(RecordDict({"config": ConfigRecord({"ask": "real-site"})}), dst_node_id=n,
+                   message_type=MessageType.QUERY) for n in nodes]
+    replies = {m.metadata.src_node_id: m for m in grid.send_and_receive(ask, timeout=timeout)}
+    real = []
+    for n in nodes:
+        m = replies.get(n)
+        info = m.content["site"] if m is not None and not m.has_error() and "site" in m.content else None
+        if info is None or info.get("real-site", True):
+            real.append(str(info.get("name") or f"node {n}") if info is not None else f"node {n} (no answer)")
+    if real:
+        raise ConfigError(f"run config simulate=true, but {len(real)} of {len(nodes)} SuperNodes are real sites "
+                          f"({', '.join(real)}): nothing was built or trained; start the run with "
+                          "--run-config \"simulate=false\" (see docs/deployment.md)")

@@ -15,5 +15,5 @@ app = ServerApp()
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
-    job, manifest = load_job(dict(context.run_config), os.environ.get("FRACFL_JOB"))
+    job, manifest = load_job(dict(context.run_config), os.environ.get("FRACFL_JOB"), grid)
     run_federation(grid, job, sites_manifest=manifest)

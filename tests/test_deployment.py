@@ -30,7 +30,8 @@ from tests_support import toy_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 SITES = ("st_marys", "county_general")
-NEEDED = ("flower-superlink", "flower-supernode", "flower-superexec", "flwr-serverapp", "flwr-clientapp", "flwr")
+NEEDED = ("flower-superlink", "flower-supernode", "flower-superexec", "flwr-serverapp", "flwr-clientapp", "flwr-simulation",
+          "flwr")
 OFFLINE = {"FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1"}
 JOB = ("model=yolov7_nano federation.sites=2 federation.min_sites=2 federation.rounds=2 federation.fraction_evaluate=0 "
        "tracking=disabled train.imgsz=64 train.batch_size=8 train.local_epochs=1 augment=none progress=false "
@@ -39,7 +40,8 @@ JOB = ("model=yolov7_nano federation.sites=2 federation.min_sites=2 federation.r
 
 def _flower_bin(folder: Path) -> Path:
     """Launchers of Flower's console scripts for this interpreter. The SuperLink and SuperNodes start
-    `flower-superexec`, `flwr-serverapp` and `flwr-clientapp` from PATH, and those must be this environment's."""
+    `flower-superexec`, `flwr-serverapp`, `flwr-clientapp` and `flwr-simulation` from PATH, and those must be this
+    environment's."""
     try:
         scripts = {ep.name: ep.value for ep in distribution("flwr").entry_points if ep.group == "console_scripts"}
     except PackageNotFoundError:
@@ -164,7 +166,7 @@ def test_certificates_and_node_keys_are_what_flower_accepts(tmp_path, capsys):
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(900)  # 120-210 s on the shared 2 cores (load average 3 to 8)
+@pytest.mark.timeout(900)  # 120-230 s on the shared 2 cores (load average 3 to 8)
 def test_tls_deployment_trains_resumes_publishes_and_refuses_outsiders(flower, tmp_path):
     certs = make_superlink_certs(tmp_path / "certs", ["localhost"])
     foreign_ca = make_superlink_certs(tmp_path / "foreign", ["localhost"])["ca"]
@@ -205,7 +207,22 @@ def test_tls_deployment_trains_resumes_publishes_and_refuses_outsiders(flower, t
                      "--port", str(_free_port()), "--max-retries", "0",
                      "--node-config", f"site-name='{name}' data-dir='{tmp_path}'")
 
+    online = lambda: sum(n["status"] == "online" for n in json.loads(flower.cli("supernode", "ls", "--format",  # noqa: E731
+                                                                                "json"))["nodes"]) == len(SITES)
+    _wait(online, "both sites' SuperNodes to connect", flower, 120)
+
+    # `flwr run` with the default `simulate = true` against real sites is refused before anything is built.
     run = tmp_path / "run"
+    (tmp_path / "sim.toml").write_text(f'overrides = "{JOB} run_id=simulated run_dir={run}"\n')
+    sim = json.loads(flower.cli("run", str(REPO), "hospitals", "--run-config", str(tmp_path / "sim.toml"),
+                                "--format", "json"))
+    status = lambda: json.loads(flower.cli("ls", "--run-id", str(sim["run-id"]), "--format", "json"))["runs"][0]  # noqa: E731
+    _wait(lambda: status()["status"].startswith("finished"), "the simulate=true run to end", flower, 300)
+    assert status()["status"] == "finished:failed"
+    assert "2 of 2 SuperNodes are real sites" in status()["status-details"]
+    assert all(s in status()["status-details"] for s in SITES)
+    assert not run.exists()  # no synthetic sites, records or registry
+
     (tmp_path / "job.toml").write_text(f'simulate = false\noverrides = "{JOB} run_id=deployed run_dir={run}"\n')
     start = ["run", str(REPO), "hospitals", "--run-config", str(tmp_path / "job.toml"), "--format", "json"]
     assert json.loads(flower.cli(*start))["success"]
@@ -235,3 +252,36 @@ def test_tls_deployment_trains_resumes_publishes_and_refuses_outsiders(flower, t
     assert "Failed to activate SuperNode" in flower.log("intruder")
     for site in SITES:  # a site's node config (its data folder) never reaches the SuperLink
         assert str(data[site]) not in flower.log("superlink")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)  # about a minute on 2 cores
+def test_flwr_run_on_an_offline_simulation_superlink(flower, tmp_path):
+    """The documented offline `flwr run .` path (docs/federated.md): a simulation SuperLink, the default
+    `simulate = true`; the ServerApp finds virtual nodes (not real sites), builds the sites, trains and publishes."""
+    port = _free_port()
+    flower.start("superlink", "flower-superlink", "--simulation", "--insecure", "--port", str(port),
+                 "--disable-runtime-dependency-installation")
+    home = tmp_path / "home" / "coordinator"
+    home.mkdir(parents=True)
+    (home / "config.toml").write_text(f'[superlink]\ndefault = "localsim"\n\n[superlink.localsim]\n'
+                                      f'address = "127.0.0.1:{port}"\ninsecure = true\n')
+    run = tmp_path / "run"
+    (tmp_path / "sim.toml").write_text(f'overrides = "{JOB} partition.images_per_site=8 partition.size=96 '
+                                       f'run_id=localsim run_dir={run}"\n')
+    _wait(lambda: _listening(port), "the SuperLink to start", flower, 120)
+    started = json.loads(flower.cli("run", str(REPO), "localsim", "--run-config", str(tmp_path / "sim.toml"),
+                                    "--federation-config", "num-supernodes=2", "--format", "json"))
+    status = lambda: json.loads(flower.cli("ls", "--run-id", str(started["run-id"]), "--format", "json"))["runs"][0]  # noqa: E731
+    _wait(lambda: status()["status"].startswith("finished"), "the simulation to end", flower, 500)
+    assert status()["status"] == "finished:completed", status()
+    assert len(json.loads((run / "sites.json").read_text())) == 2  # the sites were built by the ServerApp
+    cards = [json.loads(c.read_text()) for c in sorted((run / "registry").glob("v*/card.json"))]
+    assert [c["round"] for c in cards] == [1, 2]
+    assert all(s["status"] == "trained" for s in cards[1]["sites"]) and len(cards[1]["sites"]) == 2
+    assert cards[1]["metrics"]["pooled"] is not None  # scored on the simulation's pooled validation set
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
