@@ -11,7 +11,10 @@ def _run(a: argparse.Namespace) -> int:
     report = ingest(a.dicom, a.labels, a.out, a.keys, burned_in=a.burned_in, val_fraction=a.val_fraction)
     for path, reason, problem in report.skipped:  # local console only: file names may identify patients
         print(f"skipped {path} ({reason}): {problem}")
-    print(f"ingest: {report.added} image(s) added to {a.out}; skipped by reason: {report.counts()['skipped'] or 'none'}")
+    print(f"ingest: {report.added} image(s) added to {a.out} (now {report.splits['train']} train, "
+          f"{report.splits['val']} val); skipped by reason: {report.counts()['skipped'] or 'none'}")
+    for warning in report.warnings():
+        print(f"warning: {warning}")
     return 0
 
 
