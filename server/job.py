@@ -44,7 +44,7 @@ def load_job(run_config: dict[str, Any], job_file: str | None = None,
 
             sim = to_typed(cfg, SimulationJob)
             if grid is not None:
-                refuse_real_sites(grid, sim.federation.round_timeout)
+                refuse_real_sites(grid, min(sim.federation.round_timeout, 300.0))
             manifest_path, _ = prepare_sites(sim, Path(sim.run_dir))
             manifest, cfg.val_data = str(manifest_path), str(Path(sim.run_dir) / "pooled_val.yaml")
     if not cfg.get("run_id"):
@@ -74,6 +74,6 @@ def refuse_real_sites(grid: Grid, timeout: float) -> None:
         if info is None or info.get("real-site", True):
             real.append(str(info.get("name") or f"node {n}") if info is not None else f"node {n} (no answer)")
     if real:
-        raise ConfigError(f"run config simulate=true, but {len(real)} of {len(nodes)} SuperNodes are real sites "
-                          f"({', '.join(real)}): nothing was built or trained; start the run with "
+        raise ConfigError(f"run config simulate=true, but {len(real)} of {len(nodes)} SuperNodes are real sites or "
+                          f"did not answer ({', '.join(real)}): nothing was built or trained; start the run with "
                           "--run-config \"simulate=false\" (see docs/deployment.md)")
