@@ -10,7 +10,7 @@ import json
 import logging
 from typing import Callable
 
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.clientapp.mod import fixedclipping_mod
 from flwr.clientapp.typing import ClientAppCallable
@@ -22,6 +22,7 @@ from client.site import SAFE_NAME, Site, resolve_site
 from client.task import evaluate_site, train_site
 from common.errors import FracflError
 from common.protocol import SiteJob
+from common.records import to_record, torch_state
 
 app = ClientApp()
 log = logging.getLogger("fracfl.client")
@@ -35,7 +36,7 @@ def _handle(msg: Message, context: Context, what: str, work: Work) -> Message:
     try:
         site = resolve_site(context.node_config, cfg.get("sites-manifest"))
         name = site.name
-        state, metrics, privacy = work(site, msg.content["arrays"].to_torch_state_dict(), SiteJob.parse(cfg["job"]),
+        state, metrics, privacy = work(site, torch_state(msg.content["arrays"]), SiteJob.parse(cfg["job"]),
                                        cfg, context)
     except PrivacyRefused as e:  # its message carries numbers only, so the server may show it
         log.warning("site %s refuses to %s: %s", name, what, e)
@@ -52,7 +53,7 @@ def _handle(msg: Message, context: Context, what: str, work: Work) -> Message:
         site_info["privacy"] = json.dumps(privacy)
     content = RecordDict({"metrics": MetricRecord(metrics), "site": ConfigRecord(site_info)})
     if state is not None:
-        content["arrays"] = ArrayRecord(state)
+        content["arrays"] = to_record({k: v.numpy() for k, v in state.items()})
     return Message(content, reply_to=msg)
 
 

@@ -7,11 +7,8 @@ own `configure_*`/`aggregate_*` methods do the federated-learning part. Flower t
 
 from __future__ import annotations
 
-import functools
-import io
 import json
 import logging
-import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,49 +19,10 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from common.protocol import decode_metrics
+from common.records import State, from_record, to_array, to_record
 from server.updates import aggregate_buffers, check_examples, check_update, is_buffer, split_state
 
 log = logging.getLogger("fracfl.server")
-State = dict[str, np.ndarray]
-
-
-def _array(v: np.ndarray) -> Array:
-    return Array.from_numpy_ndarray(np.require(v, requirements="C"))  # shape kept (0-d too), unlike ascontiguousarray
-
-
-def to_record(state: State) -> ArrayRecord:
-    return ArrayRecord({k: _array(v) for k, v in state.items()})
-
-
-_NPY_HEADERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
-
-
-@functools.lru_cache(maxsize=4096)
-def _npy_header(prefix: bytes) -> tuple[tuple[int, ...], bool, np.dtype, int]:
-    """(shape, fortran order, dtype, data offset) of a .npy header; cached, as every site sends the same ones."""
-    head = io.BytesIO(prefix)
-    read_header = _NPY_HEADERS.get(np.lib.format.read_magic(head))
-    if read_header is None:
-        raise ValueError("unsupported .npy version")
-    shape, fortran, dtype = read_header(head)
-    if dtype.hasobject:
-        raise ValueError("object arrays are not accepted")
-    return shape, fortran, dtype, head.tell()
-
-
-def _view(array: Array) -> np.ndarray:
-    """A read-only view of a NumPy-serialised Array's bytes: what `Array.numpy()` returns, without the copy and
-    the header parsing per array (the server reads every site's full state each round)."""
-    data = array.data
-    size = 10 if data[6:7] == b"\x01" else 12  # magic (6), version (2), header length (2 bytes in v1, 4 in v2)
-    length = int.from_bytes(data[8:size], "little")
-    shape, fortran, dtype, offset = _npy_header(bytes(data[:size + length]))
-    flat = np.frombuffer(data, dtype=dtype, count=math.prod(shape), offset=offset)
-    return flat.reshape(shape, order="F" if fortran else "C")
-
-
-def from_record(record: ArrayRecord) -> State:
-    return {k: _view(record[k]) for k in record.keys()}
 
 
 @dataclass
@@ -209,9 +167,9 @@ def _merged_record(merged: State, agg: ArrayRecord, aggregated: State, previous:
     reused as they are (no copy); only what changed apart from them (buffers, cast parameters) is serialised."""
     def array(k: str, v: np.ndarray) -> Array:
         if k in aggregated:
-            return agg[k] if aggregated[k].dtype == v.dtype else _array(v)
+            return agg[k] if aggregated[k].dtype == v.dtype else to_array(v)
         if is_buffer(k):
-            return _array(v)
+            return to_array(v)
         return previous[k]  # fixed tensors: kept as they were
     return ArrayRecord({k: array(k, v) for k, v in merged.items()})
 

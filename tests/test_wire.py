@@ -1,5 +1,5 @@
-"""The server's reading and writing of Flower records: exact arrays both ways, malformed bytes refused, and the
-background commit of each round (no Flower engine needed)."""
+"""The weights codec both sides use on Flower records (common/records.py): the bytes Flower's own writer makes,
+exact arrays both ways, malformed bytes refused; and the server's background commit of each round."""
 
 import threading
 
@@ -8,7 +8,9 @@ import pytest
 from flwr.app import Array, ArrayRecord
 
 from server.commit import Committer
-from server.loop import from_record, to_record
+import torch
+
+from common.records import from_record, to_record, torch_state
 
 
 def test_records_round_trip_exactly_with_every_shape():
@@ -20,6 +22,20 @@ def test_records_round_trip_exactly_with_every_shape():
     assert not back["w"].flags.writeable  # views of the received bytes: nothing may change them in place
     flower = {k: t.numpy() for k, t in to_record(state).to_torch_state_dict().items()}  # Flower's own reading
     assert all(np.array_equal(flower[k], back[k]) and flower[k].shape == back[k].shape for k in state)
+
+
+def test_written_bytes_are_flowers_and_tensors_read_back_exactly():
+    state = {"w": np.random.rand(4, 3).astype(np.float32), "n": np.array(3, np.int64), "e": np.zeros((0, 2), np.float32),
+             "f": np.asfortranarray(np.random.rand(3, 2))}
+    ours, flowers = to_record(state), ArrayRecord({k: Array.from_numpy_ndarray(np.require(v, requirements="C"))
+                                                   for k, v in state.items()})
+    assert all(ours[k].data == flowers[k].data and ours[k].shape == flowers[k].shape for k in state)
+    tensors = torch_state(ours)
+    assert all(tensors[k].shape == v.shape and torch.equal(tensors[k], torch.from_numpy(np.require(v, requirements="C")))
+               for k, v in state.items())
+    model = torch.nn.Linear(3, 4)
+    model.load_state_dict(torch_state(to_record({"weight": state["w"], "bias": np.ones(4, np.float32)})))
+    assert torch.equal(model.weight.detach(), torch.from_numpy(state["w"]))
 
 
 @pytest.mark.parametrize("damage", ["truncated", "object"])
