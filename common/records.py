@@ -71,8 +71,14 @@ def from_record(record: ArrayRecord) -> State:
     return {k: view(record[k]) for k in record.keys()}
 
 
-def torch_state(record: ArrayRecord) -> dict[str, torch.Tensor]:
-    """The record as CPU tensors sharing its bytes, for `load_state_dict` (which copies): never change them."""
+def as_tensors(state: State) -> dict[str, torch.Tensor]:
+    """CPU tensors sharing the arrays' memory (read-only views included), for `load_state_dict`, which copies
+    them: never change them."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-        return {k: torch.from_numpy(v) for k, v in from_record(record).items()}
+        return {k: torch.from_numpy(v) for k, v in state.items()}
+
+
+def torch_state(record: ArrayRecord) -> dict[str, torch.Tensor]:
+    """The record as CPU tensors sharing its bytes (see `as_tensors`)."""
+    return as_tensors(from_record(record))

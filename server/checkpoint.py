@@ -16,9 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from safetensors.numpy import load as load_numpy, save as save_numpy
+from safetensors.numpy import load as load_numpy
 
 from common.errors import ConfigError, DataError
+from common.nn.weights import write_safetensors
 from common.utils.durable import replace_atomic, write_durable
 
 STRATEGY_STATE = ("current_arrays", "m_t", "v_t")  # FedOpt family (FedAdam, FedYogi, ...) server optimiser state
@@ -52,9 +53,7 @@ def save_checkpoint(folder: Path, rnd: int, state: dict[str, np.ndarray] | None,
         weights = {"weights": str(Path(published[0]).resolve()), "weights_sha256": published[1]}
     else:
         name = f"state-r{rnd:04d}.safetensors"
-        # np.require, not np.ascontiguousarray: that one turns 0-d buffers (num_batches_tracked) into shape (1,),
-        # and after a resume the screening would then reject every site's update as the wrong shape.
-        write_durable(folder / name, save_numpy({k: np.require(v, requirements="C") for k, v in state.items()}))
+        write_safetensors(folder / name, state)  # dtypes and 0-d shapes kept (screening compares them on resume)
         weights = {"weights": name}
     replace_atomic(folder / "checkpoint.json", json.dumps(
         {"round": rnd, **weights, "strategy": f"strategy-r{rnd:04d}.pkl", "config_hash": config_hash}))

@@ -11,7 +11,6 @@ import hashlib
 import json
 import logging
 import time
-import warnings
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ from common.engine.evaluate import evaluate_model
 from common.nn.model import ModelSpec, reusable_model
 from common.nn.weights import model_from_config
 from common.protocol import SiteJob, encode_metrics
+from common.records import as_tensors
 from server.checkpoint import load_checkpoint, restore_strategy, save_checkpoint, save_strategy, strategy_snapshot
 from server.commit import Committer
 from server.config import ServerJob
@@ -53,9 +53,7 @@ def config_hash(job: ServerJob) -> str:
 
 def _model_from_state(spec: ModelSpec, state: dict[str, np.ndarray]) -> torch.nn.Module:
     model = reusable_model(spec)
-    with warnings.catch_warnings():  # read-only views of received bytes are fine: load_state_dict copies them
-        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-        model.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()}, strict=True)
+    model.load_state_dict(as_tensors(state), strict=True)
     return model
 
 
