@@ -20,7 +20,7 @@ from common.privacy.accounting import (Mechanism, calibrate, default_delta, epsi
                                        steps_per_round)
 from common.privacy.dp_sgd import DPSGD
 from common.privacy.fingerprint import fingerprint, image_hashes
-from common.privacy.ledger import Ledger, LedgerError
+from common.privacy.ledger import SECURE, SEEDED, Ledger, LedgerError
 
 log = logging.getLogger("fracfl.client.privacy")
 UNIT = "one radiograph (image); a patient with k images is protected at group level k"
@@ -40,6 +40,20 @@ class Budget:
     ceiling: float
     delta: float | None
     ledger_dir: Path
+    seeded_noise: bool = False  # research mode: noise from the job seed (see PrivacyConfig.reproducible_noise)
+
+
+def _research_mode(site: str, node_config: Mapping[str, Any], cfg: PrivacyConfig) -> bool:
+    """Seeded noise only when the run asks for it AND, at a real site, the site's own node config allows it: the
+    server knows the seed, so it must never be able to switch a hospital's noise to one it can subtract."""
+    if not cfg.reproducible_noise:
+        return False
+    real = "data-dir" in node_config
+    allowed = str(node_config.get("privacy-research-mode", "false")).lower() == "true" if real else True
+    if not allowed:
+        log.warning("site %s: the run asks for reproducible (seeded) DP noise; this site draws its noise from a "
+                    "secure source instead (set privacy-research-mode=true in the node config to allow it)", site)
+    return allowed
 
 
 def site_budget(site: str, node_config: Mapping[str, Any], cfg: PrivacyConfig) -> Budget:
@@ -52,7 +66,8 @@ def site_budget(site: str, node_config: Mapping[str, Any], cfg: PrivacyConfig) -
     deltas = [float(d) for d in (node_config.get("privacy-delta"), over.get("delta"), cfg.delta) if d is not None]
     where = node_config.get("privacy-dir")
     return Budget(min(target, ceiling), ceiling, min(deltas) if deltas else None,
-                  Path(str(where)) if where else Path(cfg.ledger_dir) / site)
+                  Path(str(where)) if where else Path(cfg.ledger_dir) / site,
+                  _research_mode(site, node_config, cfg))
 
 
 @dataclass
@@ -82,7 +97,7 @@ def report(entry: dict[str, Any], plan: dict[str, Any] | None) -> dict[str, Any]
     """The privacy figures a site shares: mechanism and epsilon, never paths or image hashes."""
     keys = ("run_id", "round", "model_version", "epsilon", "epsilon_rdp", "epsilon_prv", "delta",
             "target_epsilon", "ceiling_epsilon", "noise_multiplier", "sample_rate", "steps", "max_grad_norm",
-            "images", "reason", "unit")
+            "images", "reason", "unit", "noise")
     out = {k: entry[k] for k in keys if k in entry}
     out["entry"], out["ledger_head"] = entry["kind"], entry["hash"]
     if plan is not None:
@@ -134,7 +149,7 @@ def guard_round(site: str, budget: Budget, cfg: PrivacyConfig, *, run_id: str, r
     history = spent_history(budget.ledger_dir, entries, set(hashes))
     fields = {"site": site, "run_id": run_id, "round": rnd, "model_version": model_version, "fingerprint": fp,
               "images": n, "delta": delta, "max_grad_norm": cfg.max_grad_norm, "target_epsilon": budget.target,
-              "ceiling_epsilon": budget.ceiling, "unit": UNIT}
+              "ceiling_epsilon": budget.ceiling, "unit": UNIT, "noise": SEEDED if budget.seeded_noise else SECURE}
 
     def refuse(reason: str, spent: float) -> PrivacyRefused:
         try:
@@ -166,5 +181,10 @@ def guard_round(site: str, budget: Budget, cfg: PrivacyConfig, *, run_id: str, r
     if after > budget.ceiling:
         raise refuse(f"privacy budget exhausted: this round would reach epsilon {after:.2f} > ceiling "
                      f"{budget.ceiling:.2f} (spent {spent:.2f})", spent)
-    hook = DPSGD(sigma, cfg.max_grad_norm, q, cfg.max_physical_batch, cfg.grad_sample_mode, seed)
+    if budget.seeded_noise:
+        log.warning("RESEARCH MODE at site %s: DP noise and sampling are seeded from the run's seed, which the server "
+                    "knows; it can regenerate and remove this round's noise. Never use with real patients' images.",
+                    site)
+    hook = DPSGD(sigma, cfg.max_grad_norm, q, cfg.max_physical_batch, cfg.grad_sample_mode,
+                 seed if budget.seeded_noise else None)
     return RoundGuard(site, ledger, hook, history, plan, delta, fields)

@@ -93,6 +93,10 @@ class PrivacyConfig:
     ledger_dir: str = "privacy"  # where simulated sites keep their ledgers (deployed sites: node config)
     noise_multiplier: float = 1.0  # client_dp only: server-side noise on the aggregate, in units of the clipping norm
     sites: dict[str, dict[str, Any]] = field(default_factory=dict)  # simulations: per-site budget overrides
+    # Research mode: DP noise and Poisson sampling seeded from the job seed, so a simulation can be repeated exactly.
+    # The server knows that seed and could remove the noise: real sites ignore it unless their own node config says
+    # privacy-research-mode=true. Logged loudly, recorded in the ledger and card, flagged by `fracfl audit show`.
+    reproducible_noise: bool = False
 
 
 @dataclass

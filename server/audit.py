@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from common.errors import DataError
-from common.privacy.ledger import Verdict, verify
+from common.privacy.ledger import SEEDED, Verdict, verify
 
 LEDGER_NAMES = ("ledger.jsonl", "privacy-ledger.jsonl")
 
@@ -48,6 +48,7 @@ class SiteBudget:
     last: str = ""  # kind and time of the latest entry
     over_ceiling: list[int] = field(default_factory=list)  # seq numbers of entries above their ceiling
     history: list[tuple[str, float]] = field(default_factory=list)  # (label, epsilon spent) for the burn-down
+    seeded_rounds: list[str] = field(default_factory=list)  # research mode: rounds whose noise the server can remove
 
     @property
     def remaining(self) -> float | None:
@@ -72,6 +73,8 @@ def budgets(entries: list[dict[str, Any]]) -> dict[str, SiteBudget]:
         trained = kind == "round" or (kind == "site-report" and str(e.get("status", "ok")) == "ok")
         refused = kind == "refused" or str(e.get("status", "")).startswith("refused")
         b.rounds_trained += trained
+        if trained and e.get("noise") == SEEDED:
+            b.seeded_rounds.append(f"{e.get('run_id', '?')} r{e.get('round', '?')}")
         b.refused += refused
         b.spent = max(b.spent, eps) if kind != "plan" else b.spent
         b.last = f"{'refused' if refused else kind} {e.get('time', '')}".strip()
@@ -132,7 +135,8 @@ def render_html(verdicts: dict[Path, Verdict], sites: dict[str, SiteBudget]) -> 
     rows = "".join(
         f"<tr><td>{html.escape(b.site)}</td><td>{_num(b.spent)}</td><td>{_num(b.ceiling)}</td>"
         f"<td>{_num(b.remaining)}</td><td>{_num(b.projected)}</td><td>{b.rounds_trained}</td><td>{b.refused}</td>"
-        f"<td>{'YES' if b.over_ceiling else 'no'}</td></tr>" for b in sites.values())
+        f"<td>{'YES' if b.over_ceiling else 'no'}</td>"
+        f"<td>{f'YES ({len(b.seeded_rounds)} rounds)' if b.seeded_rounds else 'no'}</td></tr>" for b in sites.values())
     checks = "".join(f"<li><code>{html.escape(str(p))}</code>: {'intact' if v.ok else 'BROKEN'} "
                      f"({html.escape(str(v))})</li>" for p, v in verdicts.items())
     charts = "".join(f'<h3>{html.escape(b.site)}</h3><img alt="burn-down of {html.escape(b.site)}" '
@@ -148,7 +152,11 @@ and refuses to train otherwise. Spending never resets: a new training run on the
 they have already cost.</p>
 <h2>Budgets</h2>
 <table><tr><th>Site</th><th>Spent</th><th>Ceiling</th><th>Remaining</th><th>Projected (if planned rounds run)</th>
-<th>Rounds trained</th><th>Rounds refused</th><th>Any entry above ceiling</th></tr>{rows}</table>
+<th>Rounds trained</th><th>Rounds refused</th><th>Any entry above ceiling</th>
+<th>Research mode (seeded noise)</th></tr>{rows}</table>
+<p>"Research mode" rounds drew their noise from a seed the coordinating server knows: the server could remove
+that noise, so those rounds give <b>no</b> protection against the server, whatever their epsilon says. Real
+sites never use it unless their own configuration allows it.</p>
 <h2>Ledger integrity</h2>
 <p>Every ledger entry is chained to the one before it by a cryptographic hash, so an edited, deleted or reordered
 entry is detected.</p><ul>{checks}</ul>

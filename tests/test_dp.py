@@ -8,7 +8,7 @@ import torch
 
 from common.config import AugmentConfig, TrainConfig
 from common.data.dataset import DetectionDataset
-from common.engine.trainer import freeze_parts, train_local
+from common.engine.trainer import _optimizer, freeze_parts, train_local
 from common.errors import ConfigError
 from common.nn.loss import PerImageDetectionLoss
 from common.nn.model import ModelSpec, build_model
@@ -121,3 +121,49 @@ def test_dp_refuses_batch_norm_mosaic_and_fedprox(tmp_path):
     mosaic = TrainConfig(imgsz=64, batch_size=4, max_steps=1, device="cpu", augment=AugmentConfig(mosaic=0.5))
     with pytest.raises(ConfigError, match="mosaic"):
         train_local(build_model(GROUP), data, mosaic, privacy=hook, progress=False)
+
+
+def _released_update(data, noise_multiplier, hook_seed):
+    """One DP step from weights the server chose; returns the flat released change of the trainable weights."""
+    torch.manual_seed(0)
+    model = build_model(GROUP)
+    before = torch.cat([p.detach().flatten().clone() for p in model.parameters()])
+    cfg = TrainConfig(imgsz=64, batch_size=8, max_steps=1, warmup_steps=0, device="cpu", augment=PLAIN)
+    hook = DPSGD(noise_multiplier, 1.0, 0.5, max_physical_batch=16, seed=hook_seed)
+    train_local(model, data, cfg, privacy=hook, progress=False, seed=7)  # 7: the job seed, which the server sent
+    return torch.cat([p.detach().flatten() for p in model.parameters()]) - before, hook.noise_source
+
+
+def _regenerated_noise(seed_guess: int) -> torch.Tensor:
+    """The attack: redraw Opacus' noise from a seed the server knows (one torch.normal per parameter, in the order
+    of the optimiser's parameter groups, which the server knows from the code), in the model's parameter order."""
+    torch.manual_seed(0)
+    model = build_model(GROUP)
+    g = torch.Generator().manual_seed(seed_guess)
+    drawn = {id(p): torch.normal(0.0, 1.0, size=p.shape, generator=g)
+             for group in _optimizer(model, TrainConfig()).param_groups for p in group["params"]}
+    return torch.cat([drawn.get(id(p), torch.zeros_like(p)).flatten() for p in model.parameters()])
+
+
+def test_the_server_cannot_regenerate_and_remove_the_noise(tmp_path):
+    """Issue 12.1. The server knows the initial weights, the configuration and the job seed. In research mode
+    (noise seeded from the job seed) that is enough to rebuild the noise exactly: the noisy update minus the
+    noise-free one is the regenerated noise, up to scale. With the default secure noise the same attack finds
+    nothing, and two rounds from identical server-known inputs release different updates."""
+    data = _data(tmp_path, n=16)
+    job_seed = 7
+    clean, _ = _released_update(data, 0.0, job_seed)  # the server can compute this if it knows the images drawn
+    noisy, source = _released_update(data, 1.0, job_seed)
+    assert source == "seeded (research mode)"
+    guess = _regenerated_noise(job_seed + 1)
+    cos = torch.nn.functional.cosine_similarity(noisy - clean, guess, dim=0).item()
+    assert abs(cos) > 0.999, f"research mode: the attack should recover the noise (cosine {cos})"
+
+    secure_a, source = _released_update(data, 1.0, None)
+    secure_b, _ = _released_update(data, 1.0, None)
+    assert source == "secure"
+    for attempt in (job_seed, job_seed + 1, 0, 1):  # every seed the server could derive from what it sent
+        cos = torch.nn.functional.cosine_similarity(secure_a - clean, _regenerated_noise(attempt), dim=0).item()
+        assert abs(cos) < 0.05, f"secure noise correlates with noise regenerated from seed {attempt} ({cos})"
+    gap = (secure_a - secure_b).norm() / (noisy - clean).norm()
+    assert gap > 0.5, "two rounds from identical server-known inputs must draw different noise"

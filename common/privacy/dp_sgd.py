@@ -8,6 +8,7 @@ sampling (`UniformWithReplacementSampler`) and memory-bounded physical batches (
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Iterable
 
 import torch
@@ -21,8 +22,16 @@ from torch.utils.data import DataLoader
 
 from common.errors import ConfigError
 from common.privacy.grad_sample import LeanGradSampleModule
+from common.privacy.ledger import SECURE, SEEDED
 
 MODES = ("lean", "hooks", "functorch")  # per-sample gradient engines (grad_sample_module); docs/benchmarks.md
+
+
+def secure_seed() -> int:
+    """63 bits from the operating system's CSPRNG (`secrets`). Noise and sampling are seeded from it, never from
+    anything the server sent: with a known seed the server could regenerate the noise and subtract it, and would
+    know which images were drawn (no amplification by subsampling)."""
+    return secrets.randbits(63)
 
 
 def grad_sample_module(model: nn.Module, mode: str) -> GradSampleModule:
@@ -47,10 +56,13 @@ class _DPOptimizer(DPOptimizer):
 
 class DPSGD:
     """The engine's `PrivacyHook` for DP-SGD: Poisson batches at `sample_rate`, each image's gradient clipped to
-    `max_grad_norm`, Gaussian noise of `noise_multiplier` times that norm added to every step."""
+    `max_grad_norm`, Gaussian noise of `noise_multiplier` times that norm added to every step.
+
+    Noise and sampling are drawn from generators seeded by `secure_seed()` afresh for every `wrap` (every round).
+    A `seed` makes them reproducible: research mode only, since whoever knows the seed can remove the noise."""
 
     def __init__(self, noise_multiplier: float, max_grad_norm: float, sample_rate: float,
-                 max_physical_batch: int = 8, grad_sample_mode: str = "lean", seed: int = 0):
+                 max_physical_batch: int = 8, grad_sample_mode: str = "lean", seed: int | None = None):
         if grad_sample_mode not in MODES:
             raise ConfigError(f"privacy.grad_sample_mode: expected one of {MODES}, got {grad_sample_mode!r}")
         if not (noise_multiplier >= 0 and max_grad_norm > 0 and 0 < sample_rate <= 1 and max_physical_batch >= 1):
@@ -59,6 +71,12 @@ class DPSGD:
         self.noise_multiplier, self.max_grad_norm, self.sample_rate = noise_multiplier, max_grad_norm, sample_rate
         self.max_physical_batch, self.mode, self.seed = max_physical_batch, grad_sample_mode, seed
         self._module: GradSampleModule | None = None
+
+    @property
+    def noise_source(self) -> str:
+        """What the ledger and the model card record: SECURE, or SEEDED (reproducible, not private from the seed's
+        holder)."""
+        return SECURE if self.seed is None else SEEDED
 
     def wrap(self, model: nn.Module, optimizer: torch.optim.Optimizer, loader: DataLoader
              ) -> tuple[nn.Module, torch.optim.Optimizer, DataLoader]:
@@ -70,12 +88,13 @@ class DPSGD:
                               "use model.norm=group (BatchNorm mixes the images of a batch)")
         n = len(loader.dataset)
         self._module = grad_sample_module(model, self.mode)
+        noise_seed, sample_seed = (secure_seed(), secure_seed()) if self.seed is None else (self.seed + 1, self.seed)
         noise = torch.Generator(next(model.parameters()).device)  # torch.normal needs it on the noise's device
         dp_opt = _DPOptimizer(optimizer, noise_multiplier=self.noise_multiplier, max_grad_norm=self.max_grad_norm,
                               expected_batch_size=max(1, round(self.sample_rate * n)), loss_reduction="mean",
-                              generator=noise.manual_seed(self.seed + 1))
+                              generator=noise.manual_seed(noise_seed))
         sampler = UniformWithReplacementSampler(num_samples=n, sample_rate=self.sample_rate,
-                                                generator=torch.Generator().manual_seed(self.seed))
+                                                generator=torch.Generator().manual_seed(sample_seed))
         logical = DataLoader(loader.dataset, batch_sampler=sampler, collate_fn=loader.collate_fn,
                              num_workers=loader.num_workers)
         return self._module, dp_opt, logical

@@ -18,6 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from common.errors import FracflError
+
+# Where a round's DP noise and Poisson draws came from, as entries record it ("noise"): drawn at the site from a
+# secure source, or seeded from the run's seed (research mode: whoever knows the seed can remove the noise).
+SECURE, SEEDED = "secure", "seeded (research mode)"
 from common.utils.durable import replace_atomic
 
 GENESIS = "0" * 64

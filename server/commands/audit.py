@@ -33,6 +33,11 @@ def _show(a: argparse.Namespace) -> int:
     over = [b.site for b in sites.values() if b.over_ceiling]
     if over:
         print(f"ABOVE CEILING: {', '.join(over)}")
+    for b in sites.values():
+        if b.seeded_rounds:
+            print(f"RESEARCH MODE: {b.site}: {len(b.seeded_rounds)} round(s) with noise seeded from the run's seed "
+                  f"({', '.join(b.seeded_rounds[:3])}{', ...' if len(b.seeded_rounds) > 3 else ''}); the server "
+                  "could remove that noise: no protection against the server")
     return 1 if (a.ceiling_check and (over or broken)) else 0
 
 
