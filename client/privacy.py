@@ -1,7 +1,8 @@
 """A site's privacy budget for sample-level DP-SGD: plan the run's noise once, refuse any round that would cross
 the site's ceiling, and record every round in the site's hash-chained ledger before its weights leave.
 
-The site decides: the server proposes a target and a ceiling, the site's node config can only make them stricter.
+The site decides: the server proposes a target and a ceiling; at a real site its own `site.toml` (client.site_config)
+sets the limits and the ledger, and a run asking for more is refused.
 Spending is keyed to the images (by content), so a new run on the same or a grown set continues from what was
 already spent; failing to read or write the ledger means no training (fail closed).
 """
@@ -9,18 +10,18 @@ already spent; failing to read or write the ledger means no training (fail close
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
 from common.config import PrivacyConfig
-from common.errors import FracflError
+from common.errors import ConfigError, FracflError
 from common.privacy.accounting import (Mechanism, calibrate, default_delta, epsilon_rdp, epsilons, sample_rate,
                                        steps_per_round)
 from common.privacy.dp_sgd import DPSGD
 from common.privacy.fingerprint import fingerprint, image_hashes
 from common.privacy.ledger import SECURE, SEEDED, Ledger, LedgerError
+from client.site_config import NODE_KEY, load_site_privacy
 
 log = logging.getLogger("fracfl.client.privacy")
 UNIT = "one radiograph (image); a patient with k images is protected at group level k"
@@ -43,31 +44,48 @@ class Budget:
     seeded_noise: bool = False  # research mode: noise from the job seed (see PrivacyConfig.reproducible_noise)
 
 
-def _research_mode(site: str, node_config: Mapping[str, Any], cfg: PrivacyConfig) -> bool:
-    """Seeded noise only when the run asks for it AND, at a real site, the site's own node config allows it: the
-    server knows the seed, so it must never be able to switch a hospital's noise to one it can subtract."""
-    if not cfg.reproducible_noise:
-        return False
-    real = "data-dir" in node_config
-    allowed = str(node_config.get("privacy-research-mode", "false")).lower() == "true" if real else True
-    if not allowed:
-        log.warning("site %s: the run asks for reproducible (seeded) DP noise; this site draws its noise from a "
-                    "secure source instead (set privacy-research-mode=true in the node config to allow it)", site)
-    return allowed
-
-
 def site_budget(site: str, node_config: Mapping[str, Any], cfg: PrivacyConfig) -> Budget:
-    """The stricter of the server's proposal (with per-site simulation overrides) and the site's node config."""
+    """The budget this round may use. A real site (its node config names `data-dir`) takes its limits and ledger
+    from its own `site-config` file and refuses a run that asks for more; a simulated site (the coordinator's own
+    data) takes the run's values with its per-site overrides."""
+    if "data-dir" in node_config:
+        return _real_site_budget(site, node_config, cfg)
     over = cfg.sites.get(site, {})
-    target = min(float(over.get("target_epsilon", cfg.target_epsilon)),
-                 float(node_config.get("privacy-target-epsilon", math.inf)))
-    ceiling = min(float(over.get("ceiling_epsilon", cfg.ceiling_epsilon)),
-                  float(node_config.get("privacy-ceiling", math.inf)))
-    deltas = [float(d) for d in (node_config.get("privacy-delta"), over.get("delta"), cfg.delta) if d is not None]
-    where = node_config.get("privacy-dir")
-    return Budget(min(target, ceiling), ceiling, min(deltas) if deltas else None,
-                  Path(str(where)) if where else Path(cfg.ledger_dir) / site,
-                  _research_mode(site, node_config, cfg))
+    target = float(over.get("target_epsilon", cfg.target_epsilon))
+    ceiling = float(over.get("ceiling_epsilon", cfg.ceiling_epsilon))
+    delta = over.get("delta", cfg.delta)
+    return Budget(min(target, ceiling), ceiling, None if delta is None else float(delta),
+                  Path(cfg.ledger_dir) / site, cfg.reproducible_noise)
+
+
+def _real_site_budget(site: str, node_config: Mapping[str, Any], cfg: PrivacyConfig) -> Budget:
+    """Server values may only tighten the site's file: a higher target or ceiling, another ledger folder, or seeded
+    noise the site did not allow, are refused. Details (paths) go to the site's log, numbers to the server."""
+    where = node_config.get(NODE_KEY)
+    if not where:
+        log.error("site %s: no privacy configuration. Run `fracfl site init DIR` and start the SuperNode with "
+                  "--node-config \"... %s='DIR/site.toml'\"", site, NODE_KEY)
+        raise PrivacyRefused(f"this site has no privacy configuration (node config {NODE_KEY}); it does not train "
+                             "with DP until its governance sets one")
+    try:
+        own = load_site_privacy(str(where))
+    except ConfigError as e:
+        log.error("site %s: %s", site, e)
+        raise PrivacyRefused("this site's privacy configuration is unusable (see the site's log)") from e
+    over = cfg.sites.get(site, {})
+    asked = {"target_epsilon": float(over.get("target_epsilon", cfg.target_epsilon)),
+             "ceiling_epsilon": float(over.get("ceiling_epsilon", cfg.ceiling_epsilon))}
+    mine = {"target_epsilon": own.target_epsilon, "ceiling_epsilon": own.ceiling_epsilon}
+    problems = [f"{k} {asked[k]:.2f} above this site's {mine[k]:.2f}" for k in asked if asked[k] > mine[k] + 1e-12]
+    if cfg.ledger_dir != PrivacyConfig.ledger_dir:
+        problems.append("another ledger folder (privacy.ledger_dir): a site's ledger is fixed by the site")
+    if cfg.reproducible_noise and not own.research_mode:
+        problems.append("seeded noise (privacy.reproducible_noise): this site does not allow research mode")
+    if problems:
+        raise PrivacyRefused("the run asks for " + "; ".join(problems) + ". Only lower limits may be requested")
+    deltas = [float(d) for d in (own.delta, over.get("delta", cfg.delta)) if d is not None]
+    return Budget(min(asked.values()), asked["ceiling_epsilon"], min(deltas) if deltas else None, own.ledger_dir,
+                  cfg.reproducible_noise)
 
 
 @dataclass

@@ -79,8 +79,8 @@ class PrivacyConfig:
     """Privacy of a federated run. `dp_sgd`: sample-level DP-SGD at each site (the privacy unit is one radiograph);
     `client_dp`: Flower's client-level DP (protects whole sites, never added to the sample-level figure).
 
-    A site's own node config (`privacy-target-epsilon`, `privacy-delta`, `privacy-ceiling`) overrides these
-    defaults: the site, not the server, decides what its patients' images may cost.
+    Simulated sites use these values. A real site's limits and ledger come from its own `site.toml`
+    (client/site_config.py): the run may ask for lower limits, and a run asking for more is refused there.
     """
 
     mode: str = "none"  # none | dp_sgd | client_dp
@@ -90,7 +90,7 @@ class PrivacyConfig:
     max_grad_norm: float = 1.0  # per-image gradient clipping (dp_sgd) or per-site update clipping (client_dp)
     max_physical_batch: int = 8  # memory bound: logical Poisson batches are split into chunks of at most this
     grad_sample_mode: str = "lean"  # lean (Opacus hooks minus the unused batch gradient) | hooks | functorch
-    ledger_dir: str = "privacy"  # where simulated sites keep their ledgers (deployed sites: node config)
+    ledger_dir: str = "privacy"  # where simulated sites keep their ledgers (a real site's is in its site.toml)
     noise_multiplier: float = 1.0  # client_dp only: server-side noise on the aggregate, in units of the clipping norm
     sites: dict[str, dict[str, Any]] = field(default_factory=dict)  # simulations: per-site budget overrides
     # Research mode: DP noise and Poisson sampling seeded from the job seed, so a simulation can be repeated exactly.

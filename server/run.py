@@ -170,7 +170,7 @@ def run_federation(grid: Grid, job: ServerJob, sites_manifest: str | None = None
                                                strategy_snapshot(strategy), card, chash))
     records = read_records(records_path)
     files = write_report(records, run_dir / "report", f"fracfl run {job.run_id}", _summary(job, chash))
-    if job.privacy.mode == "dp_sgd":  # governance's view of this run, from the server's summary ledger
+    if job.privacy.mode == "dp_sgd" and (run_dir / "privacy-ledger.jsonl").exists():  # no file: no site reported
         files["privacy_audit"] = write_audit_report([run_dir / "privacy-ledger.jsonl"],
                                                     run_dir / "report" / "privacy-audit.html")
     latest = registry.latest(job.run_id)

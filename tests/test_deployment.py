@@ -24,6 +24,8 @@ import pytest
 
 from common.cli import main
 from common.errors import ConfigError
+from client.site_config import write_site_config
+from common.privacy.ledger import SECURE, Ledger
 from server.deploy.certs import make_node_key, make_superlink_certs
 from tests_support import toy_dataset
 
@@ -172,6 +174,7 @@ def test_tls_deployment_trains_resumes_publishes_and_refuses_outsiders(flower, t
     foreign_ca = make_superlink_certs(tmp_path / "foreign", ["localhost"])["ca"]
     keys = {name: make_node_key(tmp_path / "keys", name) for name in (*SITES, "intruder")}
     data = {site: toy_dataset(tmp_path / "hospitals" / site, n=8, positives=6, seed=i) for i, site in enumerate(SITES)}
+    own = {site: write_site_config(tmp_path / "hospitals" / site / "fracfl") for site in SITES}  # `fracfl site init`
     port = _free_port()
     flower.start("superlink", "flower-superlink", "--ssl-ca-certfile", str(certs["ca"]), "--ssl-certfile",
                  str(certs["cert"]), "--ssl-keyfile", str(certs["key"]), "--port", str(port), "--enable-supernode-auth",
@@ -199,7 +202,7 @@ def test_tls_deployment_trains_resumes_publishes_and_refuses_outsiders(flower, t
     for site in SITES:
         flower.start(site, *node, "--root-certificates", str(certs["ca"]), "--auth-supernode-private-key",
                      str(keys[site]["key"]), "--port", str(_free_port()),
-                     "--node-config", f"site-name='{site}' data-dir='{data[site]}'")
+                     "--node-config", f"site-name='{site}' data-dir='{data[site]}' site-config='{own[site]}'")
     # A SuperNode that trusts another CA (with a registered key), and one whose key was never registered.
     outsiders = {"wrong_ca": (foreign_ca, keys[SITES[0]]["key"]), "intruder": (certs["ca"], keys["intruder"]["key"])}
     for name, (ca, key) in outsiders.items():
@@ -223,7 +226,8 @@ def test_tls_deployment_trains_resumes_publishes_and_refuses_outsiders(flower, t
     assert all(s in status()["status-details"] for s in SITES)
     assert not run.exists()  # no synthetic sites, records or registry
 
-    (tmp_path / "job.toml").write_text(f'simulate = false\noverrides = "{JOB} run_id=deployed run_dir={run}"\n')
+    (tmp_path / "job.toml").write_text(f'simulate = false\noverrides = "{JOB} privacy=dp_sgd run_id=deployed '
+                                       f'run_dir={run}"\n')
     start = ["run", str(REPO), "hospitals", "--run-config", str(tmp_path / "job.toml"), "--format", "json"]
     assert json.loads(flower.cli(*start))["success"]
     pointer = run / "checkpoint" / "checkpoint.json"
@@ -244,6 +248,27 @@ def test_tls_deployment_trains_resumes_publishes_and_refuses_outsiders(flower, t
     assert {s["name"]: s["status"] for s in cards[1]["sites"]} == {s: "trained" for s in SITES}
     assert all(s["examples"] == 6 for s in cards[1]["sites"])  # each site's own training split, counted there
     assert main(["registry", "verify", "all", "--root", str(run / "registry")]) == 0
+    assert {s: p["noise"] for s, p in cards[1]["privacy"]["sites"].items()} == {s: SECURE for s in SITES}
+    ledgers = {s: own[s].parent / "privacy" / "ledger.jsonl" for s in SITES}  # where each site.toml says
+    spent = {s: [e for e in Ledger(ledgers[s]).entries() if e["kind"] == "round"] for s in SITES}
+    assert all(len(rounds) == 2 for rounds in spent.values())
+
+    # A run that asks for a higher ceiling and another ledger folder is refused at both sites (issue 18.1).
+    greedy, elsewhere = tmp_path / "greedy", tmp_path / "fresh-ledgers"
+    (tmp_path / "greedy.toml").write_text(
+        f'simulate = false\noverrides = "{JOB} privacy=dp_sgd privacy.ceiling_epsilon=20 '
+        f'privacy.ledger_dir={elsewhere} federation.rounds=1 run_id=greedy run_dir={greedy}"\n')
+    assert json.loads(flower.cli("run", str(REPO), "hospitals", "--run-config", str(tmp_path / "greedy.toml"),
+                                 "--format", "json"))["success"]
+    _wait(lambda: (greedy / "summary.json").is_file(), "the greedy run to finish", flower, 300)
+    statuses = {r["site"]: r["status"] for r in map(json.loads, (greedy / "records.jsonl").read_text().splitlines())
+                if r["phase"] == "train"}
+    assert set(statuses) == set(SITES)
+    for status in statuses.values():
+        assert status.startswith("refused: the run asks for ceiling_epsilon 20.00 above this site's 10.00")
+        assert "another ledger folder" in status
+    assert not elsewhere.exists()
+    assert all(Ledger(ledgers[s]).entries()[-1]["hash"] == spent[s][-1]["hash"] for s in SITES)  # nothing spent
 
     for name in outsiders:
         _wait(lambda: flower.procs[name].poll() is not None, f"{name} to give up", flower, 120)

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from client.privacy import PrivacyRefused, guard_round, site_budget
+from client.site_config import load_site_privacy, write_site_config
 from common.config import PrivacyConfig
+from common.errors import ConfigError
 from common.privacy.accounting import Mechanism, calibrate, epsilons
 from common.privacy.ledger import Ledger, LedgerError, verify
 from opacus.accountants import PRVAccountant, RDPAccountant
@@ -88,7 +91,7 @@ def test_new_run_on_same_or_grown_data_continues_spending_and_ceiling_holds(tmp_
     later = _guard(budget, cfg, grown, 1, run_id="run-b", rounds=1)
     assert later.plan["epsilon"] > 2.9  # the new run starts from what the old images already spent
     assert later.commit(10)["epsilon"] <= cfg.target_epsilon * 1.01
-    lower = site_budget("site_a", {"privacy-target-epsilon": 2.5}, cfg)
+    lower = site_budget("site_a", {}, replace(cfg, sites={"site_a": {"target_epsilon": 2.5}}))
     with pytest.raises(PrivacyRefused, match="budget exhausted") as refused:
         _guard(lower, cfg, grown, 1, run_id="run-c")
     assert refused.value.report["epsilon"] > 2.9  # the refusal reports what is already spent
@@ -100,7 +103,7 @@ def test_new_run_on_same_or_grown_data_continues_spending_and_ceiling_holds(tmp_
 
 
 def test_round_crossing_the_ceiling_is_refused(tmp_path):
-    """A site's own stricter ceiling (node config) stops it mid-run; no entry ever exceeds the ceiling."""
+    """A stricter ceiling stops a site mid-run; no entry ever exceeds the ceiling."""
     cfg = PrivacyConfig(mode="dp_sgd", target_epsilon=8.0, ceiling_epsilon=10.0, ledger_dir=str(tmp_path / "l"))
     images = _images(tmp_path / "img", 40)
     generous = site_budget("site_a", {}, cfg)
@@ -108,7 +111,7 @@ def test_round_crossing_the_ceiling_is_refused(tmp_path):
     first = guard.commit(10)["epsilon"]
     mech = Mechanism(guard.hook.noise_multiplier, guard.hook.sample_rate, 10)
     second = epsilons([mech, mech], guard.delta)["epsilon"]
-    strict = site_budget("site_a", {"privacy-ceiling": (first + second) / 2}, cfg)  # room for one round only
+    strict = site_budget("site_a", {}, replace(cfg, sites={"site_a": {"ceiling_epsilon": (first + second) / 2}}))
     rounds_done = 1
     with pytest.raises(PrivacyRefused, match="ceiling"):
         for rnd in (2, 3, 4):
@@ -119,13 +122,71 @@ def test_round_crossing_the_ceiling_is_refused(tmp_path):
     assert max(e["epsilon"] for e in entries if e["kind"] == "round") <= strict.ceiling
 
 
-def test_node_config_can_only_tighten_the_servers_proposal(tmp_path):
-    cfg = PrivacyConfig(mode="dp_sgd", target_epsilon=8.0, ceiling_epsilon=10.0, ledger_dir="x",
-                        sites={"site_a": {"target_epsilon": 6.0}})
-    b = site_budget("site_a", {"privacy-ceiling": 5.0, "privacy-target-epsilon": 20.0,
-                               "privacy-dir": str(tmp_path)}, cfg)
-    assert (b.target, b.ceiling, b.ledger_dir) == (5.0, 5.0, tmp_path)  # target never above the ceiling
-    assert site_budget("site_b", {}, cfg).target == 8.0
+def _real_site(tmp_path, **limits):
+    """A hospital's node config: its data, and its own site.toml as `fracfl site init` writes it."""
+    path = write_site_config(tmp_path / "site", **limits)
+    return {"site-name": "site_a", "data-dir": str(tmp_path / "data"), "site-config": str(path)}
+
+
+def test_a_real_site_takes_its_limits_and_ledger_from_its_own_file(tmp_path):
+    node = _real_site(tmp_path, target_epsilon=4.0, ceiling_epsilon=6.0, delta=1e-6)
+    b = site_budget("site_a", node, PrivacyConfig(mode="dp_sgd", target_epsilon=3.0, ceiling_epsilon=5.0))
+    assert (b.target, b.ceiling, b.delta) == (3.0, 5.0, 1e-6)  # the server may ask for less
+    assert b.ledger_dir == (tmp_path / "site" / "privacy").resolve() and b.ledger_dir.is_absolute()
+    same = site_budget("site_a", node, PrivacyConfig(mode="dp_sgd", target_epsilon=4.0, ceiling_epsilon=6.0,
+                                                     delta=1e-3))
+    assert (same.target, same.ceiling, same.delta) == (4.0, 6.0, 1e-6)  # a looser delta is ignored
+    sim = site_budget("site_a", {}, PrivacyConfig(mode="dp_sgd", ledger_dir=str(tmp_path / "l"),
+                                                  sites={"site_a": {"target_epsilon": 6.0}}))
+    assert (sim.target, sim.ledger_dir) == (6.0, tmp_path / "l" / "site_a")  # simulated: the run's own values
+
+
+@pytest.mark.parametrize("asked, why", [
+    (dict(ceiling_epsilon=20.0), "ceiling_epsilon 20.00 above this site's 10.00"),
+    (dict(target_epsilon=9.0), "target_epsilon 9.00 above this site's 8.00"),
+    (dict(sites={"site_a": {"ceiling_epsilon": 11.0}}), "ceiling_epsilon 11.00 above"),
+    (dict(ledger_dir="/tmp/fresh-ledger"), "another ledger folder"),
+    (dict(reproducible_noise=True), "does not allow research mode")])
+def test_a_real_site_refuses_a_run_that_asks_for_more(tmp_path, asked, why):
+    node = _real_site(tmp_path)
+    with pytest.raises(PrivacyRefused, match=why) as e:
+        site_budget("site_a", node, PrivacyConfig(mode="dp_sgd", **asked))
+    assert str(tmp_path) not in str(e.value)  # the reason goes to the server: no paths
+
+
+def test_a_real_site_without_a_usable_configuration_refuses(tmp_path, caplog):
+    cfg = PrivacyConfig(mode="dp_sgd")
+    with pytest.raises(PrivacyRefused, match="no privacy configuration"):
+        site_budget("site_a", {"data-dir": str(tmp_path)}, cfg)
+    assert "fracfl site init" in caplog.text
+    bad = tmp_path / "site.toml"
+    for text, field in [("[privacy]\nceiling_epsilon = 10.0\nledger_dir = '/x'\n", "target_epsilon is missing"),
+                        ("[privacy]\ntarget_epsilon = 8\nceiling_epsilon = -1\nledger_dir = '/x'\n",
+                         "ceiling_epsilon must be a positive number"),
+                        ("[privacy]\ntarget_epsilon = 8\nceiling_epsilon = 10\nledger_dir = 'rel'\n",
+                         "ledger_dir must be an absolute folder"),
+                        ("[privacy\n", "cannot read")]:
+        bad.write_text(text)
+        with pytest.raises(ConfigError, match=field):
+            load_site_privacy(bad)
+        caplog.clear()
+        with pytest.raises(PrivacyRefused, match="unusable"):
+            site_budget("site_a", {"data-dir": str(tmp_path), "site-config": str(bad)}, cfg)
+        assert str(bad) in caplog.text and field.split()[0] in caplog.text  # the details stay in the site's log
+    with pytest.raises(ConfigError, match="absolute path"):
+        load_site_privacy("site.toml")
+
+
+def test_site_init_writes_a_configuration_it_never_overwrites(tmp_path, capsys):
+    from common.cli import main
+
+    assert main(["site", "init", str(tmp_path / "s"), "--target-epsilon", "4", "--ceiling-epsilon", "6"]) == 0
+    own = load_site_privacy(tmp_path / "s" / "site.toml")
+    assert (own.target_epsilon, own.ceiling_epsilon, own.research_mode) == (4.0, 6.0, False)
+    assert own.ledger_dir.is_dir() and "site-config=" in capsys.readouterr().out
+    before = (tmp_path / "s" / "site.toml").read_text()
+    assert main(["site", "init", str(tmp_path / "s")]) == 2
+    assert (tmp_path / "s" / "site.toml").read_text() == before
 
 
 def test_unreadable_ledger_fails_closed(tmp_path):

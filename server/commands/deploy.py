@@ -24,6 +24,8 @@ def _node_key(a: argparse.Namespace) -> int:
     files = make_node_key(Path(a.out), a.name)
     print(f"private  {files['key']}  (stays on this machine: flower-supernode --auth-supernode-private-key)")
     print(f"public   {files['pub']}  (send to the coordinator: flwr supernode register {files['pub']} CONNECTION)")
+    print("privacy  the site's own limits and ledger: fracfl site init DIR (then site-config='DIR/site.toml' in the "
+          "SuperNode's --node-config)")
     return 0
 
 
