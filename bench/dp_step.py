@@ -37,7 +37,7 @@ def main() -> None:
     if a.threads:
         torch.set_num_threads(a.threads)
 
-    from common.data.dataset import DetectionDataset, collate
+    from common.data.dataset import DetectionDataset, collate, model_input
     from common.nn.loss import PerImageDetectionLoss
     from common.nn.model import ModelSpec, build_model
     from common.privacy.dp_sgd import MODES, _DPOptimizer, grad_sample_module
@@ -48,6 +48,7 @@ def main() -> None:
                      seed=0, progress=False)
     data = DetectionDataset.from_data(tmp / "data.yaml", "train", a.imgsz, cache=True)
     batch = collate([data[i] for i in range(a.batch)])
+    batch["img"] = model_input(batch["img"], torch.device("cpu"))
     targets = {k: batch[k] for k in ("batch_idx", "cls", "bboxes")}
     modes = a.modes or list(MODES)
 

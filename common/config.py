@@ -94,8 +94,8 @@ class PrivacyConfig:
     noise_multiplier: float = 1.0  # client_dp only: server-side noise on the aggregate, in units of the clipping norm
     sites: dict[str, dict[str, Any]] = field(default_factory=dict)  # simulations: per-site budget overrides
     # Research mode: DP noise and Poisson sampling seeded from the job seed, so a simulation can be repeated exactly.
-    # The server knows that seed and could remove the noise: real sites ignore it unless their own node config says
-    # privacy-research-mode=true. Logged loudly, recorded in the ledger and card, flagged by `fracfl audit show`.
+    # The server knows that seed and could remove the noise: a real site refuses it unless its own site.toml says
+    # research_mode = true. Logged loudly, recorded in the ledger and card, flagged by `fracfl audit show`.
     reproducible_noise: bool = False
 
 
@@ -110,11 +110,19 @@ class TrainConfig:
     momentum: float = 0.937
     weight_decay: float = 5e-4
     warmup_steps: int = 0
-    schedule: str = "cosine"  # constant | cosine
+    warmup_epochs: float | None = None  # warmup length in epochs of this batch size (overrides warmup_steps)
+    schedule: str = "cosine"  # constant | cosine | linear (decay to a tenth of lr)
+    lr_reference_batch: int | None = None  # lr is scaled by batch_size / this (linear scaling rule); None: as given
     grad_clip: float | None = 10.0  # global norm clip of the mean gradient (not DP clipping)
     freeze: list[str] = field(default_factory=list)  # parts kept fixed: backbone, neck, head
-    workers: int = 0
+    workers: int | None = None  # data-loader processes; None: from the cores and device (common/engine/loader.py)
+    cache_mb: int = 4096  # bound on decoded images kept in memory per process (shared by its loader workers)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16; DP-SGD always fp32
+    channels_last: bool | None = None  # None: on CUDA only; never with DP-SGD
+    ema_decay: float | None = 0.9999  # EMA of the weights, used for validation and returned (None: off)
+    ema_tau: float = 2000.0  # EMA warm-up in steps: decay = ema_decay * (1 - exp(-steps / ema_tau))
+    patience: int | None = None  # centralised: stop after this many epochs without a better validation mAP50
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     imbalance: ImbalanceConfig = field(default_factory=ImbalanceConfig)
 

@@ -174,11 +174,40 @@ def run_federation(grid: Grid, job: ServerJob, sites_manifest: str | None = None
         files["privacy_audit"] = write_audit_report([run_dir / "privacy-ledger.jsonl"],
                                                     run_dir / "report" / "privacy-audit.html")
     latest = registry.latest(job.run_id)
+    best = best_round(records)
+    if best is not None:
+        best["version"] = next((p.version for p in registry.list() if p.run_id == job.run_id
+                                and p.round == best["round"]), None)  # None: that round was not published
+        log.info("best round: %d (%s %.4f)%s", best["round"], best["by"], best["map50"],
+                 f", published as {best['version']}" if best["version"] else ", not published (publish_every)")
     summary = {"run_id": job.run_id, "run_dir": str(run_dir), "rounds": job.federation.rounds,
-               "latest": latest.version if latest else None, "report": str(files.get("summary_md", "")),
+               "latest": latest.version if latest else None, "best": best,
+               "report": str(files.get("summary_md", "")),
                "privacy_audit": str(files.get("privacy_audit", "")) or None}
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
     return summary
+
+
+def best_round(records: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The round whose global model scored best: by the server's pooled validation mAP50 where it evaluates
+    (simulations), else by the sites' own validation mAP50 weighted by their validation images. None when no
+    round after the initial model was scored."""
+    pooled = {r["round"]: r["metrics"].get("map50") for r in records if r["phase"] == "server" and r["round"] > 0}
+    by = "pooled validation mAP50"
+    if not any(v is not None for v in pooled.values()):
+        by, pooled = "sites' validation mAP50 (weighted by validation images)", {}
+        sums: dict[int, list[float]] = {}
+        for r in records:
+            m = r["metrics"].get("map50")
+            if r["phase"] == "evaluate" and r["status"] == "ok" and m is not None and r["examples"] > 0:
+                acc = sums.setdefault(r["round"], [0.0, 0.0])
+                acc[0], acc[1] = acc[0] + m * r["examples"], acc[1] + r["examples"]
+        pooled = {rnd: a / n for rnd, (a, n) in sums.items() if n > 0}
+    scored = {rnd: v for rnd, v in pooled.items() if v is not None}
+    if not scored:
+        return None
+    rnd = max(sorted(scored), key=lambda k: scored[k])  # the earliest of equal scores
+    return {"round": rnd, "map50": scored[rnd], "by": by}
 
 
 def model_version(run_id: str, rnd: int) -> str:

@@ -55,6 +55,10 @@ def test_three_sites_learn_and_publish(toy, tmp_path):
     assert card["metrics"]["pooled"]["map50"] == pytest.approx(after["map50"])
     assert {s["name"] for s in card["sites"]} == {"site_0", "site_1", "site_2"}
     assert (run / "report" / "summary.md").is_file() and (run / "report" / "curves.png").is_file()
+    best = json.loads((run / "summary.json").read_text())["best"]  # the server's choice of round, reported
+    scores = {rnd: _pooled(records, rnd)["map50"] for rnd in (1, 2, 3)}
+    assert best["map50"] == pytest.approx(max(scores.values())) and scores[best["round"]] == best["map50"]
+    assert best["version"] == f"v{best['round']:04d}" and best["by"] == "pooled validation mAP50"
     # The last version's edge exports, made in the background while the run went on, are on its card.
     exports = {e["variant"]: e for e in card["exports"]}
     assert set(exports) == {"fp32", "int8"} and all(e["status"] == "ok" for e in exports.values()), exports
@@ -161,3 +165,16 @@ def test_client_dp_clips_each_site_and_noises_the_aggregate(toy, tmp_path):
     assert card["privacy"]["mode"] == "client_dp" and card["privacy"]["releases"] == 2
     assert card["privacy"]["epsilon"] > json.loads((run / "registry" / "v0001" / "card.json").read_text()
                                                    )["privacy"]["epsilon"] > 0
+
+
+def test_best_round_falls_back_to_the_sites_weighted_validation():
+    from server.run import best_round
+
+    rec = lambda rnd, site, phase, m, n=10, status="ok": {"round": rnd, "site": site, "phase": phase,  # noqa: E731
+                                                          "examples": n, "status": status, "metrics": {"map50": m}}
+    records = [rec(0, "pooled", "server", 0.9), rec(1, "pooled", "server", None), rec(1, "a", "evaluate", 0.2, 30),
+               rec(1, "b", "evaluate", 0.8, 10), rec(2, "a", "evaluate", 0.4, 30), rec(2, "b", "evaluate", 0.1, 10),
+               rec(2, "c", "evaluate", 0.99, 10, "failed: x")]
+    best = best_round(records)
+    assert best["round"] == 1 and best["map50"] == pytest.approx(0.35) and best["by"].startswith("sites'")
+    assert best_round([rec(0, "pooled", "server", 0.5)]) is None  # the initial model is no round's result

@@ -75,7 +75,7 @@ def test_imbalance_weights_and_oversampling(synth_data):
 
     data = _data(synth_data)
     cfg = TrainConfig(**{**FAST.__dict__, "imbalance": ImbalanceConfig("oversample", 0.8)})
-    drawn = torch.cat([b["positive"] for _ in range(10) for b in _loader(data, cfg, seed=0)])
+    drawn = torch.cat([b["positive"] for _ in range(10) for b in _loader(data, cfg, 0, torch.device("cpu"))])
     assert abs(drawn.float().mean().item() - 0.8) < 0.07
 
 
@@ -114,3 +114,85 @@ def test_privacy_hook_wraps_the_same_path(synth_data):
     with pytest.raises(ConfigError, match="mosaic"):
         train_local(model, _data(synth_data), TrainConfig(**{**FAST.__dict__, "augment": AugmentConfig(mosaic=0.5)}),
                     privacy=hook, progress=False)
+
+
+def test_evaluation_moves_a_cached_model_outside_inference_mode(synth_data):
+    """The H200 crash (issue 13): a model moved to CUDA inside inference mode gets inference tensors, and the next
+    round's load_state_dict into the cached model fails. On the CPU the move is a no-op, so the test watches where
+    evaluation moves the model, then reloads weights into it as the server does every round."""
+    model = build_model(NANO)
+    moves = []
+    original = model.to
+    model.to = lambda *a, **k: (moves.append(torch.is_inference_mode_enabled()), original(*a, **k))[1]
+    evaluate_model(model, _data(synth_data, "val"), EvalConfig(), torch.device("cpu"), progress=False)
+    assert moves and not any(moves), "evaluation moved the model inside inference mode"
+    assert not any(t.is_inference() for t in model.state_dict().values())
+    model.load_state_dict(build_model(NANO).state_dict())
+
+
+def test_loader_workers_change_nothing_but_speed(synth_data):
+    """Augmentation draws are seeded per image, and workers share the decoded-image cache made before they start:
+    two loader processes give the very weights one process gives."""
+    states = []
+    for workers in (0, 2):
+        data = _data(synth_data, augment=AugmentConfig())
+        torch.manual_seed(0)
+        model = build_model(NANO)
+        cfg = TrainConfig(**{**FAST.__dict__, "max_steps": 2, "workers": workers})
+        states.append(train_local(model, data, cfg, seed=3, progress=False).state)
+        assert len(data._cache) == len(data) and data.cache_bytes > 0  # decoded once, in this process
+    assert all(torch.equal(v, states[1][k]) for k, v in states[0].items())
+    tiny = _data(synth_data)
+    tiny.warm_cache(max_bytes=3 * 128 * 128)  # room for three images: the rest is decoded when needed
+    assert len(tiny._cache) == 3 and tiny[5]["img"].shape == (1, 128, 128) and len(tiny._cache) == 3
+
+
+def test_ema_weights_are_validated_and_returned(synth_data):
+    runs, seen = {}, []
+    for ema in (None, 0.9):
+        torch.manual_seed(0)
+        model = build_model(NANO)
+        cfg = TrainConfig(**{**FAST.__dict__, "epochs": 1, "ema_decay": ema, "ema_tau": 1.0})
+        runs[ema] = train_local(model, _data(synth_data), cfg, progress=False,
+                                on_epoch_end=lambda e, m, w: seen.append((w, {k: v.clone() for k, v in w.state_dict().items()})))
+        assert all(torch.equal(v.float(), runs[ema].state[k]) for k, v in model.state_dict().items()
+                   if v.is_floating_point())  # the model ends holding what is returned
+    (plain, _), (averaged, at_epoch_end) = seen
+    assert averaged is not plain and not averaged.training  # validation saw the EMA copy
+    assert any(not torch.equal(v, runs[0.9].state[k]) for k, v in runs[None].state.items())
+    assert all(torch.equal(v.float(), runs[0.9].state[k]) for k, v in at_epoch_end.items() if v.is_floating_point())
+
+
+def test_bf16_autocast_on_the_cpu_is_an_option_and_dp_stays_fp32(synth_data):
+    from common.engine.precision import step_format
+
+    model = build_model(NANO)
+    res = train_local(model, _data(synth_data), TrainConfig(**{**FAST.__dict__, "max_steps": 2, "precision": "bf16"}),
+                      progress=False)
+    assert res.metrics["format"] == "bf16 autocast" and np.isfinite(res.metrics["loss"])
+    assert all(v.dtype != torch.bfloat16 for v in res.state.values())  # weights stay fp32
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    assert step_format("auto", None, cpu, private=False).describe() == "fp32"
+    assert step_format("bf16", True, gpu, private=True).describe() == "fp32"  # DP-SGD: whatever was asked
+    with pytest.raises(ConfigError, match="train.precision"):
+        step_format("fp8", None, cpu, private=False)
+
+
+def test_best_epoch_is_kept_and_patience_stops_training(synth_data, tmp_path):
+    """Centralised training keeps the epoch with the best validation mAP50 and stops after `patience` epochs
+    without a better one; the choice is in the weights' metadata and metrics.json."""
+    import json
+
+    from common.config import DataConfig, ModelConfig, TrainJob
+    from common.engine.centralised import run_training
+    from common.nn.weights import read_weights
+
+    job = TrainJob(model=ModelConfig(width=0.125, depth=0.5), data=DataConfig(path=str(synth_data)),
+                   train=TrainConfig(**{**FAST.__dict__, "epochs": 6, "patience": 1, "lr": 0.0}), progress=False)
+    summary = run_training(job, tmp_path / "run")  # lr 0: nothing improves after the first epoch
+    sel = summary["selection"]
+    assert sel["selected_epoch"] == 1 and sel["stopped_early"] and sel["epochs_run"] == 2
+    assert read_weights(tmp_path / "run" / "weights" / "model.safetensors")[2]["selected_epoch"] == 1
+    assert (tmp_path / "run" / "weights" / "last.safetensors").is_file()
+    assert len((tmp_path / "run" / "history.csv").read_text().splitlines()) == 3  # header + 2 epochs
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["selection"] == sel

@@ -17,6 +17,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+import torch  # noqa: E402
+
 from common.config import DataConfig, TrainJob  # noqa: E402
 from common.data.dataset import DetectionDataset  # noqa: E402
 from common.engine.device import select_device  # noqa: E402
@@ -42,7 +44,9 @@ def ensure_data(cfg: DataConfig, seed: int, progress: bool = True) -> Path:
 
 
 def run_training(job: TrainJob, run_dir: Path) -> dict:
-    """Train, evaluate each epoch, save the final weights and report; returns the final metrics dict."""
+    """Train, evaluate each epoch (the EMA weights when enabled), keep the best epoch's weights (early stopping
+    after `train.patience` epochs without improvement), save them with the choice in their metadata, the last
+    epoch's beside them, and the report; returns the summary written to metrics.json."""
     run_dir.mkdir(parents=True, exist_ok=True)
     data = ensure_data(job.data, job.seed, job.progress)
     m = job.model
@@ -59,28 +63,60 @@ def run_training(job: TrainJob, run_dir: Path) -> dict:
              sum(p.numel() for p in model.parameters()) / 1e6, len(train_set), len(val_set), device)
 
     history: list[dict] = []
-    reports = []
+    best = _Best(t.patience)
 
-    def after_epoch(epoch: int, train_metrics: dict) -> None:
-        rep = evaluate_model(model, val_set, job.eval, device, job.progress)
+    def after_epoch(epoch: int, train_metrics: dict, weights: torch.nn.Module) -> bool:
+        rep = evaluate_model(weights, val_set, job.eval, device, job.progress)
         row = {"epoch": epoch + 1, **{k: train_metrics[k] for k in ("loss", "box_loss", "cls_loss", "dfl_loss")},
                "map50": rep.map50, "map50_95": rep.map50_95, "sensitivity": rep.sensitivity,
                "specificity": rep.specificity, "roc_auc": rep.roc_auc}
         history.append(row)
-        reports.append(rep)
         log.info("epoch %d: %s", epoch + 1, rep.summary_line())
+        _write_history(history, run_dir)  # after every epoch: a run stopped early still shows its curve
+        return best.offer(epoch + 1, rep, weights)
 
     result = train_local(model, train_set, t, seed=job.seed, progress=job.progress, on_epoch_end=after_epoch)
+    last = save_weights(model, spec, run_dir / "weights" / "last.safetensors",
+                        {"imgsz": t.imgsz, "epochs": result.metrics["epochs"], "source": "fracfl train (last epoch)"})
+    if best.report is None:  # no full epoch (max_steps inside the first): the last weights, evaluated now
+        best.offer(int(result.metrics["epochs"]), evaluate_model(model, val_set, job.eval, device, job.progress),
+                   model)
+    model.load_state_dict(best.state)
+    selection = {"selected_epoch": best.epoch, "epochs_run": result.metrics["epochs"], "selection":
+                 "highest validation mAP50 (then mAP50-95) over the epochs run", "patience": t.patience,
+                 "stopped_early": best.stopped}
     weights = save_weights(model, spec, run_dir / "weights" / "model.safetensors",
-                           {"imgsz": t.imgsz, "epochs": result.metrics["epochs"], "source": "fracfl train"})
-    final = reports[-1] if reports else evaluate_model(model, val_set, job.eval, device, job.progress)
-    write_report(final, run_dir / "eval")
-    _write_history(history, run_dir)
-    summary = {"weights": str(weights), "train": result.metrics, "val": final.to_dict()}
+                           {"imgsz": t.imgsz, "epochs": best.epoch, "source": "fracfl train", **selection})
+    write_report(best.report, run_dir / "eval")
+    summary = {"weights": str(weights), "last_weights": str(last), "selection": selection, "train": result.metrics,
+               "val": best.report.to_dict()}
     (run_dir / "metrics.json").write_text(json.dumps(summary, indent=1, default=str))
-    log.info("final: %s", final.summary_line())
+    log.info("selected epoch %d of %d%s: %s", best.epoch, result.metrics["epochs"],
+             " (stopped early: no better validation mAP50 for train.patience epochs)" if best.stopped else "",
+             best.report.summary_line())
     log.info("weights: %s", weights)
     return summary
+
+
+class _Best:
+    """The best epoch so far by validation mAP50 (ties: mAP50-95), its weights kept in memory, and whether
+    `patience` epochs without improvement have passed (early stopping; None: never)."""
+
+    def __init__(self, patience: int | None):
+        self.patience, self.epoch, self.stopped = patience, 0, False
+        self.report, self.state, self.key = None, None, (-1.0, -1.0)
+
+    def offer(self, epoch: int, report, weights: torch.nn.Module) -> bool:
+        key = (_num(report.map50), _num(report.map50_95))
+        if key > self.key:
+            self.key, self.epoch, self.report = key, epoch, report
+            self.state = {k: v.detach().clone() for k, v in weights.state_dict().items()}
+        self.stopped = self.patience is not None and epoch - self.epoch >= self.patience
+        return self.stopped
+
+
+def _num(x: float | None) -> float:
+    return -1.0 if x is None or x != x else float(x)
 
 
 def _write_history(history: list[dict], run_dir: Path) -> None:

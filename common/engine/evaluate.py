@@ -9,26 +9,26 @@ from torch.utils.data import DataLoader
 from common import offline  # noqa: F401
 from common.config import EvalConfig
 from common.data.augment import boxes_to_pixels
-from common.data.dataset import DetectionDataset, collate
+from common.data.dataset import DetectionDataset, collate, model_input
 from common.metrics import DetectionReport, ImageResult, evaluate_detections
 from common.inference.backend import Backend, as_backend
 from common.inference.postprocess import decode, to_original
 from common.utils.progress import progress_bar
 
 
-@torch.inference_mode()
 def predict_dataset(
     model: nn.Module | Backend, data: DetectionDataset, cfg: EvalConfig, device: torch.device, progress: bool = True
 ) -> list[ImageResult]:
-    """Predictions and ground truth for every image of `data`, both in original-image pixels, from any backend."""
+    """Predictions and ground truth for every image of `data`, both in original-image pixels, from any backend.
+    The model is moved to `device` before inference mode starts (models are cached and reloaded every round)."""
     backend = as_backend(model, device, data.imgsz)
     nc = len(backend.names)
     loader = DataLoader(data, batch_size=cfg.batch_size, shuffle=False, collate_fn=collate)
     results = []
-    with progress_bar(progress) as bar:
+    with progress_bar(progress) as bar, torch.inference_mode():
         task = bar.add_task("evaluate", total=len(data))
         for batch in loader:
-            raw = backend(batch["img"])
+            raw = backend(model_input(batch["img"], getattr(backend, "device", torch.device("cpu"))))
             for det, i in zip(decode(raw, cfg, nc), batch["index"].tolist()):
                 s = data.prepared(i)
                 gt = boxes_to_pixels(data.labels[i], s.orig_hw[1], s.orig_hw[0])

@@ -12,21 +12,26 @@ import math
 import time
 from dataclasses import dataclass, field
 from collections.abc import Iterable, Iterator
-from typing import Callable, Protocol
+from typing import Any, Callable, Protocol
 
 import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, RandomSampler, WeightedRandomSampler
+from ultralytics.utils.torch_utils import ModelEMA
 
 from common.config import ImbalanceConfig, TrainConfig
-from common.data.dataset import DetectionDataset, collate
+from common.data.dataset import DetectionDataset, model_input
 from common.engine.device import seed_everything, select_device
+from common.engine.loader import auto_workers, available_cores, make_loader
+from common.engine.precision import StepFormat, memory_format, step_format, to_fp32
 from common.utils.progress import progress_bar
 from common.errors import ConfigError, FracflError
 from common.nn.loss import PerImageDetectionLoss
 from common.nn.model import layer_parts
 from common.nn.weights import state_to_save
+
+CHECK_EVERY = 25  # steps between divergence checks and progress updates (each waits for the device)
 
 
 class TrainingDiverged(FracflError):
@@ -48,7 +53,7 @@ class PrivacyHook(Protocol):
 
 @dataclass
 class TrainResult:
-    state: dict[str, torch.Tensor]
+    state: dict[str, torch.Tensor]  # the EMA weights when train.ema_decay is set, else the last weights
     metrics: dict[str, float] = field(default_factory=dict)
 
 
@@ -62,7 +67,7 @@ def image_weights(positive: np.ndarray, cfg: ImbalanceConfig) -> np.ndarray:
     return np.where(positive, cfg.positive_fraction / p, (1 - cfg.positive_fraction) / (1 - p))
 
 
-def _loader(data: DetectionDataset, cfg: TrainConfig, seed: int) -> DataLoader:
+def _loader(data: DetectionDataset, cfg: TrainConfig, seed: int, device: torch.device) -> DataLoader:
     gen = torch.Generator().manual_seed(seed)
     if cfg.imbalance.mode == "oversample":
         w = torch.as_tensor(image_weights(data.positive, cfg.imbalance))
@@ -71,7 +76,9 @@ def _loader(data: DetectionDataset, cfg: TrainConfig, seed: int) -> DataLoader:
         sampler = RandomSampler(data, generator=gen)
     else:
         raise ConfigError(f"train.imbalance.mode: expected none, oversample or reweight, got {cfg.imbalance.mode!r}")
-    return DataLoader(data, batch_size=cfg.batch_size, sampler=sampler, collate_fn=collate, num_workers=cfg.workers)
+    workers = auto_workers(device) if cfg.workers is None else cfg.workers
+    data.warm_cache(cfg.cache_mb * 2**20, threads=available_cores())  # before the workers fork: they share it
+    return make_loader(data, cfg.batch_size, sampler, workers, device)
 
 
 def _optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -91,17 +98,21 @@ def _optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     raise ConfigError(f"train.optimizer: expected sgd or adamw, got {cfg.optimizer!r}")
 
 
-def _lr_lambda(cfg: TrainConfig, total: int) -> Callable[[int], float]:
-    def f(step: int) -> float:
-        if cfg.warmup_steps and step < cfg.warmup_steps:
-            return (step + 1) / cfg.warmup_steps
-        if cfg.schedule == "constant":
-            return 1.0
-        t = min(1.0, (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps))
-        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * t))  # cosine down to a tenth of lr
+def _lr_lambda(cfg: TrainConfig, total: int, steps_per_epoch: int) -> Callable[[int], float]:
+    """Warmup (`warmup_epochs` of this batch size's epochs, else `warmup_steps`), then constant, cosine or linear
+    decay to a tenth; the whole curve is scaled by batch_size / lr_reference_batch when that is set."""
+    if cfg.schedule not in ("constant", "cosine", "linear"):
+        raise ConfigError(f"train.schedule: expected constant, cosine or linear, got {cfg.schedule!r}")
+    warmup = round(cfg.warmup_epochs * steps_per_epoch) if cfg.warmup_epochs is not None else cfg.warmup_steps
+    scale = cfg.batch_size / cfg.lr_reference_batch if cfg.lr_reference_batch else 1.0
 
-    if cfg.schedule not in ("constant", "cosine"):
-        raise ConfigError(f"train.schedule: expected constant or cosine, got {cfg.schedule!r}")
+    def f(step: int) -> float:
+        if warmup and step < warmup:
+            return scale * (step + 1) / warmup
+        t = min(1.0, (step - warmup) / max(1, total - warmup))
+        shape = {"constant": 1.0, "cosine": 0.5 * (1 + math.cos(math.pi * t)), "linear": 1.0 - t}[cfg.schedule]
+        return scale * (1.0 if cfg.schedule == "constant" else 0.1 + 0.9 * shape)
+
     return f
 
 
@@ -126,13 +137,16 @@ def train_local(
     privacy: PrivacyHook | None = None,
     progress: bool = True,
     description: str = "train",
-    on_epoch_end: Callable[[int, dict[str, float]], None] | None = None,
+    on_epoch_end: Callable[[int, dict[str, float], nn.Module], bool | None] | None = None,
     proximal_mu: float = 0.0,
     first_epoch: int = 0,
 ) -> TrainResult:
-    """Train `model` in place on `data` and return its new weights (fp32 state dict) and training metrics.
+    """Train `model` in place on `data` and return its new weights (fp32 state dict) and training metrics. With
+    `train.ema_decay` the returned weights (and the model at the end) are the exponential moving average of the
+    weights over the steps (Ultralytics' ModelEMA); under DP-SGD that is post-processing, at no privacy cost.
 
-    `on_epoch_end(epoch, metrics)` runs after each full epoch (e.g. validation); the model is left in train mode.
+    `on_epoch_end(epoch, metrics, weights)` runs after each full epoch with the weights to validate (the EMA model
+    when `train.ema_decay` is set); returning True stops training (early stopping). The model is left in train mode.
     `proximal_mu` > 0 adds FedProx's term mu/2 * ||w - w_start||^2, pulling local weights towards the global model.
     `first_epoch` numbers the augmentation draws, so successive federated rounds see new ones.
     """
@@ -145,22 +159,27 @@ def train_local(
     device = select_device(cfg.device)
     model.to(device).train()
     freeze_parts(model, cfg.freeze)
+    fmt = step_format(cfg.precision, cfg.channels_last, device, private=privacy is not None)
     criterion = PerImageDetectionLoss(model)
     weights = torch.as_tensor(image_weights(data.positive, cfg.imbalance) if cfg.imbalance.mode == "reweight"
-                              else np.ones(len(data)), dtype=torch.float32)
+                              else np.ones(len(data)), dtype=torch.float32).to(device)
     optimizer = _optimizer(model, cfg)
-    loader = _loader(data, cfg, seed)
+    loader = _loader(data, cfg, seed, device)
     anchors = [p.detach().clone() for p in model.parameters()] if proximal_mu > 0 else []
+    ema = ModelEMA(model, cfg.ema_decay, cfg.ema_tau) if cfg.ema_decay else None  # post-processing: no extra privacy cost
     net, batches = model, loader
     if privacy is not None:
         net, optimizer, loader = privacy.wrap(model, optimizer, loader)
         batches = privacy.batches(loader, optimizer)  # physical batches; several may make one logical step
     total = cfg.max_steps if cfg.max_steps is not None else cfg.epochs * len(loader)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg, total))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg, total, len(loader)))
 
-    sums = torch.zeros(4, dtype=torch.float64)  # loss and its parts, summed over the current epoch's images
+    # Loss sums and the divergence flag stay on the device: reading them waits for the GPU, so that happens
+    # every CHECK_EVERY steps and at the end of each epoch, not after every step.
+    sums = torch.zeros(4, dtype=torch.float64, device=device)
+    finite = torch.ones((), dtype=torch.bool, device=device)
     images, epoch_images, steps, t0 = 0, 0, 0, time.perf_counter()
-    with progress_bar(progress) as bar, _released(privacy):
+    with progress_bar(progress) as bar, _released(privacy), memory_format(model, fmt):
         task = bar.add_task(description, total=total)
         epoch = 0
         while steps < total:
@@ -171,16 +190,13 @@ def train_local(
                 if steps >= total:
                     break
                 n = len(batch["index"])
+                optimizer.zero_grad(set_to_none=True)
                 if n == 0:  # Poisson sampling (DP) can draw an empty batch: it still counts as a step
-                    optimizer.zero_grad(set_to_none=True)
                     optimizer.step()
                 else:
-                    per_image, parts = criterion.per_image(net(batch["img"].to(device)), _to(batch, device))
-                    loss = (per_image * weights[batch["index"]].to(device)).mean()
-                    if not torch.isfinite(loss):
-                        raise TrainingDiverged(f"{description}: loss became {loss.item()} at step {steps}; "
-                                               "lower train.lr or check the data")
-                    optimizer.zero_grad(set_to_none=True)
+                    per_image, parts = _forward(net, criterion, batch, device, fmt)
+                    loss = (per_image * weights[batch["index"].to(device, non_blocking=True)]).mean()
+                    finite &= torch.isfinite(loss)
                     loss.backward()
                     for p, p0 in zip(model.parameters() if anchors else (), anchors):
                         if p.grad is not None:
@@ -188,20 +204,47 @@ def train_local(
                     if privacy is None and cfg.grad_clip:
                         nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
                     optimizer.step()
-                    sums += torch.cat([per_image.detach().sum().view(1), parts.sum(0)]).double().cpu()
+                    sums += torch.cat([per_image.detach().sum().view(1), parts.sum(0)]).double()
                     images += n
                     epoch_images += n
                 if getattr(optimizer, "_is_last_step_skipped", False):
                     continue  # DP: gradients of this physical batch were stored; the logical step comes later
                 scheduler.step()
+                if ema is not None:
+                    ema.update(model)
                 steps += 1
-                bar.update(task, advance=1, description=f"{description} loss {sums[0] / max(epoch_images, 1):.3f}")
+                if steps % CHECK_EVERY == 0:
+                    _check(finite, description, steps)
+                    bar.update(task, completed=steps,
+                               description=f"{description} loss {float(sums[0]) / max(epoch_images, 1):.3f}")
             epoch += 1
+            _check(finite, description, steps)
+            bar.update(task, completed=steps)
             if on_epoch_end is not None:
-                on_epoch_end(epoch - 1, _metrics(sums, epoch_images, images, steps, epoch, time.perf_counter() - t0))
+                done = _metrics(sums, epoch_images, images, steps, epoch, time.perf_counter() - t0)
+                stop = on_epoch_end(epoch - 1, done, ema.ema if ema is not None else model)
                 model.train()
+                if stop:
+                    break
+    if ema is not None:  # the model ends holding the weights that are returned
+        model.load_state_dict(ema.ema.state_dict())
     metrics = _metrics(sums, epoch_images, images, steps, epoch, time.perf_counter() - t0)
+    metrics["format"] = fmt.describe()
     return TrainResult(state=state_to_save(model), metrics=metrics)
+
+
+def _forward(net: nn.Module, criterion: PerImageDetectionLoss, batch: dict, device: torch.device, fmt: StepFormat
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The network under the step's autocast, the loss in fp32."""
+    with fmt.context(device):
+        preds = net(model_input(batch["img"], device, fmt.channels_last))
+    return criterion.per_image(to_fp32(preds), _to(batch, device))
+
+
+def _check(finite: torch.Tensor, description: str, steps: int) -> None:
+    if not bool(finite):
+        raise TrainingDiverged(f"{description}: the loss became NaN or infinite before step {steps}; "
+                               "lower train.lr or check the data")
 
 
 @contextlib.contextmanager
@@ -214,12 +257,12 @@ def _released(privacy: PrivacyHook | None) -> Iterator[None]:
             privacy.release()
 
 
-def _metrics(sums: torch.Tensor, epoch_images: int, images: int, steps: int, epochs: int, seconds: float) -> dict[str, float]:
+def _metrics(sums: torch.Tensor, epoch_images: int, images: int, steps: int, epochs: int, seconds: float) -> dict[str, Any]:
     """Loss parts are means over the last epoch's images; counts and speed cover the whole call."""
-    mean = (sums / max(epoch_images, 1)).tolist()
+    mean = (sums / max(epoch_images, 1)).cpu().tolist()
     return {"loss": mean[0], "box_loss": mean[1], "cls_loss": mean[2], "dfl_loss": mean[3], "steps": steps,
             "images": images, "epochs": epochs, "seconds": seconds, "images_per_s": images / max(seconds, 1e-9)}
 
 
 def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
-    return {k: batch[k].to(device) for k in ("batch_idx", "cls", "bboxes")}
+    return {k: batch[k].to(device, non_blocking=True) for k in ("batch_idx", "cls", "bboxes")}

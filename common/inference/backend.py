@@ -26,7 +26,10 @@ class TorchBackend:
 
     def __init__(self, model: nn.Module, device: torch.device | None = None, imgsz: int = 640):
         self.device = device or torch.device("cpu")
-        self.model = model.to(self.device).eval()
+        # Never move weights inside inference mode: on a GPU the moved parameters and buffers would become inference
+        # tensors, and the next load_state_dict into this (cached, reused) model fails.
+        with torch.inference_mode(False):
+            self.model = model.to(self.device).eval()
         self.names = dict(model.names)
         self.imgsz = imgsz
 

@@ -26,7 +26,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from common.config import AugmentConfig, ImbalanceConfig, TrainConfig
-from common.data.dataset import DetectionDataset, collate
+from common.data.dataset import DetectionDataset, collate, model_input
 from common.data.spec import DatasetSpec, load_spec
 from common.engine.device import select_device
 from common.engine.trainer import train_local
@@ -160,7 +160,7 @@ def per_image_losses(model: nn.Module, data: DetectionDataset, device: torch.dev
     out = []
     for batch in DataLoader(data, batch_size=batch_size, shuffle=False, collate_fn=collate):
         targets = {k: batch[k].to(device) for k in ("batch_idx", "cls", "bboxes")}
-        out.append(criterion.per_image(model(batch["img"].to(device)), targets)[0].double().cpu())
+        out.append(criterion.per_image(model(model_input(batch["img"], device)), targets)[0].double().cpu())
     model.train(was_training)
     return torch.cat(out).numpy()
 

@@ -20,6 +20,7 @@ from opacus.validators import ModuleValidator
 from torch import nn
 from torch.utils.data import DataLoader
 
+from common.engine.loader import same_options
 from common.errors import ConfigError
 from common.privacy.grad_sample import LeanGradSampleModule
 from common.privacy.ledger import SECURE, SEEDED
@@ -95,16 +96,14 @@ class DPSGD:
                               generator=noise.manual_seed(noise_seed))
         sampler = UniformWithReplacementSampler(num_samples=n, sample_rate=self.sample_rate,
                                                 generator=torch.Generator().manual_seed(sample_seed))
-        logical = DataLoader(loader.dataset, batch_sampler=sampler, collate_fn=loader.collate_fn,
-                             num_workers=loader.num_workers)
+        logical = DataLoader(loader.dataset, batch_sampler=sampler, **same_options(loader))
         return self._module, dp_opt, logical
 
     def batches(self, loader: DataLoader, optimizer: torch.optim.Optimizer) -> Iterable[dict]:
         """Physical batches of at most `max_physical_batch` images; the optimiser steps once per logical batch."""
         split = BatchSplittingSampler(sampler=loader.batch_sampler, max_batch_size=self.max_physical_batch,
                                       optimizer=optimizer)
-        return DataLoader(loader.dataset, batch_sampler=split, collate_fn=loader.collate_fn,
-                          num_workers=loader.num_workers)
+        return DataLoader(loader.dataset, batch_sampler=split, **same_options(loader))
 
     def release(self) -> None:
         """Remove Opacus' hooks, so the model (reused between rounds) trains normally afterwards."""
