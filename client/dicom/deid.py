@@ -110,10 +110,13 @@ class Deidentifier:
             raise BurnedInAnnotation("image is flagged BurnedInAnnotation=YES: pixels may carry identifying text "
                                      "(set burned_in=accept only after checking this source's images)")
         out = copy.deepcopy(ds)
-        run = _Run(patient=str(ds.get("PatientID") or ds.get("PatientName") or ""))
+        run = _Run(*patient_identity(ds))
         self._walk(out, run)
         if getattr(out, "file_meta", None) is not None:
             self._walk(out.file_meta, run)
+        for keyword in ("PatientID", "PatientName"):  # always present in the copy: ingest splits by this pseudonym
+            if not str(out.get(keyword, "") or "").startswith("ANON-"):
+                setattr(out, keyword, self._patient(run))
         out.PatientIdentityRemoved = "YES"
         out.DeidentificationMethod = "PS3.15 E.1 Basic Profile; keyed-hash pseudonyms (fracfl)"
         code = Dataset()
@@ -145,10 +148,13 @@ class Deidentifier:
         if elem.keyword in ("PatientID", "PatientName"):
             # Name and id both become the patient pseudonym: studies of one patient stay together (no leakage
             # across training/validation splits) without any identifying value.
-            pid = self.keys.patient_id(run.patient)
-            run.links.append((pid, "PatientID", run.patient))
-            return pid
+            return self._patient(run)
         return _DUMMY.get(elem.VR, "ANONYMOUS")
+
+    def _patient(self, run: _Run) -> str:
+        pid = self.keys.patient_id(run.patient)
+        run.links.append((pid, run.patient_kind, run.patient))
+        return pid
 
     def _uids(self, value, keyword: str, run: _Run):
         values = _values(value)
@@ -169,7 +175,19 @@ class _Run:
     """State of one de-identification: whose pseudonym to use, and the link rows to record at the end."""
 
     patient: str
+    patient_kind: str  # which attribute `patient` came from: the linking table's kind for the patient pseudonym
     links: list[tuple[str, str, str]] = field(default_factory=list)
+
+
+def patient_identity(ds: Dataset) -> tuple[str, str]:
+    """(value, attribute) the patient pseudonym is derived from: PatientID, or for images without one the
+    StudyInstanceUID, so each such study counts as its own patient. Names are not used: they are neither unique nor
+    spelt the same way twice. Never empty: all images without a PatientID must not become one 'patient'."""
+    for keyword in ("PatientID", "StudyInstanceUID"):
+        value = str(ds.get(keyword, "") or "").strip()
+        if value:
+            return value, keyword
+    return f"SOP:{ds.get('SOPInstanceUID', '')}", "SOPInstanceUID"
 
 
 def _values(value) -> list:
