@@ -10,7 +10,7 @@ import numpy as np
 import pydicom
 import pytest
 from pydicom.data import get_testdata_file
-from pydicom.encaps import encapsulate
+from pydicom.encaps import encapsulate, generate_frames
 
 from common.data.images import read_image
 from common.dicom import (RADIOGRAPH_MODALITIES, REASONS, DicomRejected, decode_pixels, dicom_kind, open_dataset,
@@ -192,3 +192,17 @@ def test_every_reason_code_is_in_the_one_documented_table():
     section = section[: section.index("\n## ", 1)]
     documented = re.findall(r"^\| `([a-z_]+)` \|", section, flags=re.M)
     assert sorted(documented) == sorted(REASONS) and len(documented) == len(set(documented))
+
+
+@pytest.mark.parametrize("name", ["RG1_J2KR.dcm", "JPEG-lossy.dcm"])
+def test_damaged_compressed_data_is_undecodable_not_a_crash(tmp_path, name):
+    """GDCM aborts the process on damaged JPEG 2000: it must only ever see 12-bit JPEG Extended, where it raises."""
+    ds = pydicom.dcmread(_file(name))
+    frame = next(generate_frames(ds.PixelData, number_of_frames=1))
+    for i, data in enumerate((frame[: len(frame) // 3], frame[:200] + bytes(range(256)) * 20)):
+        ds.PixelData = encapsulate([data])
+        ds.save_as(tmp_path / f"{i}.dcm")
+        with pytest.raises(DicomRejected) as e:
+            read_dicom_image(tmp_path / f"{i}.dcm", modalities=None)
+        assert e.value.reason in ("undecodable", "truncated_pixel_data")
+        assert str(ds.file_meta.TransferSyntaxUID) in e.value.transfer_syntax

@@ -5,13 +5,19 @@ strict 0..63 spectral range (common from older encoders: "scan start must be zer
 Pillow has no 12-bit JPEG, and pydicom's own GDCM plug-in refuses 12-bit JPEG Extended outright, although GDCM's
 bundled IJG 12-bit library decodes it (checked against pydicom's JPEG-lossy.dcm reference values). This plug-in is
 the GDCM path without that refusal; `register()` appends it after pydicom's plug-ins, so it runs only when they fail.
+
+Installing python-gdcm also makes pydicom try its own GDCM plug-in *first* for every compressed syntax, and GDCM
+aborts the whole process (a C++ abort, not an exception) on damaged JPEG 2000 data: one bad image would kill the
+listener. `register()` therefore removes pydicom's GDCM plug-in everywhere; GDCM only runs here, for 12-bit JPEG
+Extended, where truncated, garbled and header-only codestreams were checked to fail with an exception.
 """
 
 from __future__ import annotations
 
 from pydicom import uid
+from pydicom.pixels import decoders
 from pydicom.pixels.decoders import JPEGExtended12BitDecoder
-from pydicom.pixels.decoders.base import DecodeRunner
+from pydicom.pixels.decoders.base import DecodeRunner, Decoder
 
 LABEL = "fracfl-gdcm-12bit"
 DECODER_DEPENDENCIES = {uid.JPEGExtended12Bit: ("gdcm",)}
@@ -60,6 +66,9 @@ def _decode_frame(src: bytes, runner: DecodeRunner) -> bytes:
 
 
 def register() -> None:
-    """Add the plug-in to pydicom's JPEG Extended decoder once (after pydicom's own plug-ins)."""
+    """Remove pydicom's GDCM plug-in from every decoder and add this one to JPEG Extended (after the others); once."""
+    for decoder in vars(decoders).values():
+        if isinstance(decoder, Decoder) and "gdcm" in {*decoder._available, *decoder._unavailable}:
+            decoder.remove_plugin("gdcm")
     if LABEL not in JPEGExtended12BitDecoder._available and LABEL not in JPEGExtended12BitDecoder._unavailable:
         JPEGExtended12BitDecoder.add_plugin(LABEL, (__name__, "_decode_frame"))
