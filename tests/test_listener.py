@@ -26,6 +26,7 @@ from client.listener.inference import build_processor
 from client.listener.queue import DurableQueue, pseudonym
 from client.listener.service import ListenerService
 from common.errors import ConfigError
+from dicom_files import names_in, without_patient_identity
 from orthanc_support import DCMTK_STORESCU, ORTHANC_AE, Orthanc, free_port, have_dcmtk, have_orthanc, referenced_uids
 
 RG1 = Path(get_testdata_file("RG1_UNCR.dcm"))
@@ -342,10 +343,14 @@ def start_listener(args: list[str], port: int, log: Path) -> subprocess.Popen:
 
 @needs_orthanc
 def test_killed_listener_loses_nothing_acknowledged(tmp_path, tiny_model, synthetic_dx):
-    """SIGKILL `fracfl listen` mid-work, restart it: every acknowledged object is processed once, results arrive."""
+    """SIGKILL `fracfl listen` mid-work, restart it: every acknowledged object is processed once, results arrive.
+
+    One source has no PatientID (nor birth date, sex, StudyID, accession, laterality) and patient and physician
+    names highdicom quotes in a warning: its results arrive too, and neither name is in the listener's log."""
     lport = free_port()
     queue, log = tmp_path / "queue", tmp_path / "listen.log"
-    sources = [*synthetic_dx, RG3]  # the slow one last: work is left when the first item is done
+    noid = without_patient_identity(tmp_path / "noid.dcm")
+    sources = [*synthetic_dx, noid, RG3]  # the slow one last: work is left when the first item is done
     with Orthanc(tmp_path / "orthanc", "FRACFL", lport, route=False) as pacs:
         args = ["host=127.0.0.1", f"port={lport}", f"queue_dir={queue}", f"weights={tiny_model}", "threads=1",
                 f"destination.port={pacs.dicom_port}", "retry_delay=0.2", "status_every=1"]
@@ -373,3 +378,7 @@ def test_killed_listener_loses_nothing_acknowledged(tmp_path, tiny_model, synthe
     processed = Counter(r["item"] for r in journal(queue) if r["event"] == "processed")
     assert len(processed) <= len(sources) and max(processed.values()) == 1
     assert "recovered queue after restart" in log.read_text()
+    logged = log.read_bytes() + (queue / "journal.jsonl").read_bytes() + (queue / "status.json").read_bytes()
+    logged += b"".join(p.read_bytes() for p in (queue / "results").rglob("*.json"))
+    assert b"<PatientName>" in log.read_bytes(), "highdicom's person-name warning, redacted, was expected"
+    assert not names_in(logged), names_in(logged)
