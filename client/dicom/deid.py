@@ -24,13 +24,14 @@ from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 from pydicom.uid import UID_dictionary
 
-from client.dicom.deid_profile import BASIC_PROFILE, BASIC_PROFILE_CODE, DUMMY_DATE, LINKED
+from client.dicom.deid_profile import BASIC_PROFILE, BASIC_PROFILE_CODE, DUMMY_DATE, LINKED, standard_action
 from common.errors import FracflError
 
 SECRET_FILE = "site_secret.key"
 LINKS_FILE = "links.sqlite"
 _PRIVATE = 0o600
-_DUMMY = {"PN": "ANONYMOUS", "LO": "ANONYMOUS", "SH": "ANON", "DA": DUMMY_DATE, "TM": "", "DT": "", "CS": ""}
+_DUMMY = {"PN": "ANONYMOUS", "LO": "ANONYMOUS", "SH": "ANON", "DA": DUMMY_DATE, "TM": "", "DT": "", "CS": "", "AS": "",
+          "DS": "0", "IS": "0"}
 
 
 class BurnedInAnnotation(FracflError):
@@ -131,7 +132,7 @@ class Deidentifier:
             if elem.tag.is_private:
                 del ds[elem.tag]
                 continue
-            action = BASIC_PROFILE.get(_keyword(elem)) or _safety_net(elem)
+            action = BASIC_PROFILE.get(_keyword(elem)) or standard_action(elem.tag, elem.VR) or _safety_net(elem)
             if action == "X" or action == "C":
                 del ds[elem.tag]
             elif action == "Z":
