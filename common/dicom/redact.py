@@ -64,7 +64,9 @@ _scope: ContextVar[_Scope | None] = ContextVar("fracfl_dicom_scope", default=Non
 
 @contextmanager
 def handling() -> Iterator[None]:
-    """Everything logged or warned inside is redacted with the values of the datasets `note`d meanwhile."""
+    """Everything logged or warned inside is redacted with the values of the datasets `note`d meanwhile. Installs the
+    hooks again (cheap): code that ran `warnings.catch_warnings()` meanwhile may have put the old one back."""
+    install()
     token = _scope.set(_Scope())
     try:
         yield
@@ -116,6 +118,8 @@ def _spellings(value: str, vr: str) -> list[str]:
         out += parts
         if len(parts) >= 2:
             out += [" ".join(parts), f"{parts[1]} {parts[0]}", ", ".join(parts[:2])]
+        # single words too: a name written without '^' ('John Smith-Jones') is one component
+        out += [w for p in parts for w in re.split(r"[\s,.\-]+", p) if w]
     return out
 
 
