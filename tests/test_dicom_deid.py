@@ -143,7 +143,8 @@ def test_attributes_the_short_table_missed_are_now_handled(tmp_path):
     extra = {"TimezoneOffsetFromUTC": "+0100", "PatientTelecomInformation": "+44 20 7946 0000",
              "InsurancePlanIdentification": "PLAN-778899", "ClinicalTrialSubjectID": "SUBJ-445566",
              "AcquisitionComments": "patient DOE moved", "ReasonForVisit": "fall from ladder DOE",
-             "StudyIDIssuer": "Example General", "IssuerOfAdmissionID": "ADM-ISSUER-9", "CurrentPatientLocation": "WARD 7"}
+             "StudyIDIssuer": "Example General", "IssuerOfAdmissionID": "ADM-ISSUER-9",
+             "CurrentPatientLocation": "WARD 7"}
     for keyword, value in extra.items():
         setattr(ds, keyword, value)
     ds.GPSLatitude = "51.5072"

@@ -8,5 +8,6 @@ from common.dicom.read import (RADIOGRAPH_MODALITIES, REASONS, DicomRejected, ch
 
 __all__ = [
     "DicomImage", "DicomRejected", "RADIOGRAPH_MODALITIES", "REASONS", "check_image", "decode_pixels", "dicom_kind",
-    "is_dicom_bytes", "open_dataset", "pixel_spacing", "read_dicom_image", "redact", "to_grey_u8", "transfer_syntax_name",
+    "is_dicom_bytes", "open_dataset", "pixel_spacing", "read_dicom_image", "redact", "to_grey_u8",
+    "transfer_syntax_name",
 ]
