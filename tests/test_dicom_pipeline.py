@@ -26,7 +26,7 @@ from common.config import EvalConfig
 from common.nn.model import ModelSpec, build_model
 from common.nn.weights import save_weights
 from common.synth import generate_dataset, get_profile
-from dicom_files import PATIENT_NAME, PHYSICIAN_NAME, raw_dataset, without_patient_identity
+from dicom_files import PATIENT_NAME, PHYSICIAN_NAME, raw_dataset, small_cr, without_patient_identity
 
 DCIODVFY = Path("/usr/bin/dciodvfy")  # dicom3tools (Debian package), installed by .ci/run
 
@@ -189,7 +189,7 @@ def test_results_for_images_without_patient_identity(pipeline, tmp_path):
 
 
 def test_gsps_and_sc_copy_laterality(pipeline, tmp_path):
-    ds = pydicom.dcmread(get_testdata_file("RG3_UNCR.dcm"))  # Laterality R, BodyPartExamined EXTREMITY
+    ds = small_cr()  # RG3: Laterality R, BodyPartExamined EXTREMITY
     del ds.Laterality
     ds.ImageLaterality = "L"
     ds.save_as(tmp_path / "left.dcm")
@@ -208,7 +208,7 @@ def test_every_result_type_passes_dciodvfy(pipeline, tmp_path):
     """dicom3tools' IOD validator on GSPS, SR and SC, for a complete source and one without patient identity: any
     'Error' line (a missing or malformed attribute in any IOD) fails."""
     src = tmp_path / "rg3.dcm"
-    shutil.copy(get_testdata_file("RG3_UNCR.dcm"), src)
+    small_cr().save_as(src)  # RG3's header (Laterality R, a full CR header), smaller pixels
     results = [pipeline.process(src), pipeline.process(without_patient_identity(tmp_path / "noid.dcm"))]
     checked = set()
     for result in results:
