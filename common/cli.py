@@ -20,7 +20,13 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for ep in sorted(entry_points(group="fracfl.commands"), key=lambda e: e.name):
-        ep.load()(sub)
+        try:
+            register = ep.load()
+        except ModuleNotFoundError as e:
+            if e.name != ep.module:  # the command's module exists but something it imports is missing: a real error
+                raise
+            continue  # installed metadata names a command this source tree does not have: no such subcommand
+        register(sub)
     return parser, sub
 
 

@@ -7,12 +7,13 @@ import stat
 import pydicom
 import pytest
 from pydicom.data import get_testdata_file
-from pydicom.datadict import RepeatersDictionary, keyword_dict
+from pydicom.datadict import DicomDictionary, RepeatersDictionary, dictionary_keyword, dictionary_VR, keyword_dict
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
 from client.dicom.deid import BurnedInAnnotation, Deidentifier, SiteKeys
-from client.dicom.deid_profile import BASIC_PROFILE
+from client.dicom.deid_profile import BASIC_PROFILE, standard_action
+from client.dicom.deid_table import TABLE_E1_1, TABLE_E1_1_MASKED
 
 PHI = {
     "PatientName": "DOE^JANE", "PatientID": "PID0012345", "PatientBirthDate": "19610203", "PatientSex": "F",
@@ -118,3 +119,41 @@ def test_damaged_secret_is_refused(tmp_path):
     (tmp_path / "keys" / "site_secret.key").write_text("short\n")
     with pytest.raises(Exception, match="site secret is damaged"):
         SiteKeys(tmp_path / "keys")
+
+
+def test_basic_profile_choices_never_weaker_than_table_e1_1():
+    """fracfl's explicit choices (BASIC_PROFILE) against the whole of PS3.15 Table E.1-1: removal where the
+    standard removes, a pseudonym or removal where it replaces UIDs, never 'keep' for anything the table lists."""
+    allowed = {"X": {"X"}, "U": {"U", "X"}, "Z": {"Z", "X"}, "D": {"D", "Z", "X"}}
+    checked = 0
+    for tag, action in TABLE_E1_1.items():
+        keyword = dictionary_keyword(tag) if tag in DicomDictionary else ""
+        ours = BASIC_PROFILE.get(keyword) or standard_action(tag, dictionary_VR(tag) if keyword else "UN")
+        if keyword == "PatientName":  # Z in the table; the keyed patient pseudonym instead, by design (docs/dicom.md)
+            assert ours == "D" and action == "Z"
+            continue
+        assert ours in allowed.get(action, {"X", "Z", "D", "U"}), (keyword or hex(tag), action, ours)
+        checked += 1
+    assert checked > 600 and len(TABLE_E1_1_MASKED) == 3
+
+
+def test_attributes_the_short_table_missed_are_now_handled(tmp_path):
+    """Attributes of Table E.1-1 that fracfl's own table did not list and no safety net caught (they were kept)."""
+    ds = _dataset()
+    extra = {"TimezoneOffsetFromUTC": "+0100", "PatientTelecomInformation": "+44 20 7946 0000",
+             "InsurancePlanIdentification": "PLAN-778899", "ClinicalTrialSubjectID": "SUBJ-445566",
+             "AcquisitionComments": "patient DOE moved", "ReasonForVisit": "fall from ladder DOE",
+             "StudyIDIssuer": "Example General", "IssuerOfAdmissionID": "ADM-ISSUER-9",
+             "CurrentPatientLocation": "WARD 7"}
+    for keyword, value in extra.items():
+        setattr(ds, keyword, value)
+    ds.GPSLatitude = "51.5072"
+    out = Deidentifier(SiteKeys(tmp_path / "keys"))(ds)
+    for keyword in ("TimezoneOffsetFromUTC", "PatientTelecomInformation", "InsurancePlanIdentification",
+                    "AcquisitionComments", "ReasonForVisit", "StudyIDIssuer", "IssuerOfAdmissionID",
+                    "CurrentPatientLocation", "GPSLatitude"):
+        assert keyword not in out, keyword
+    assert out.ClinicalTrialSubjectID == "ANONYMOUS"  # D: a dummy value
+    text = str(out)
+    assert not any(v in text for v in extra.values()) and "DOE" not in text
+    assert out.PixelData == ds.PixelData and out.Modality == "CR"  # what a model needs is still there

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pydicom
@@ -16,6 +19,7 @@ from common.config import EvalConfig
 from common.nn.model import ModelSpec, build_model
 from common.nn.weights import save_weights
 from common.synth import generate_dataset, get_profile
+from dicom_files import names_in, without_patient_identity
 
 pytestmark = pytest.mark.slow
 
@@ -87,3 +91,39 @@ def test_no_patient_data_leaves_the_site_pipeline(tmp_path, caplog, capfd):
     (work / "console.txt").write_text(out + err + "\n".join(r.getMessage() for r in caplog.records))
     leaks = _leaks(everything + [work / "console.txt"], needles)
     assert not leaks, "patient data found:\n" + "\n".join(leaks[:20])
+
+
+def test_names_from_library_warnings_never_reach_predict_or_ingest_output(tmp_path):
+    """highdicom's person-name check quotes a patient's and a referring physician's name in a warning when it has
+    no '^'. `fracfl predict --dicom-results` and `fracfl ingest`, run as a site runs them, on such a file without
+    PatientID: stdout, stderr and every file written hold neither name (the warning is there, redacted)."""
+    inbox, labels = tmp_path / "inbox", tmp_path / "labels"
+    inbox.mkdir()
+    labels.mkdir()
+    source = without_patient_identity(inbox / "xr1.dcm")
+    (labels / "xr1.txt").write_text("0 0.5 0.5 0.2 0.2\n")
+    spec = ModelSpec(width=0.125, depth=0.5)
+    weights = save_weights(build_model(spec), spec, tmp_path / "model.safetensors", {"imgsz": 128})
+    fracfl = Path(sys.executable).parent / "fracfl"
+    runs = [
+        [str(fracfl), "predict", str(inbox), "--model", str(weights), "--out", str(tmp_path / "pred"), "--json",
+         "--conf", "0.01", "--dicom-results", "--no-heatmap"],
+        [str(fracfl), "ingest", str(inbox), "--labels", str(labels), "--out", str(tmp_path / "site_data"),
+         "--keys", str(tmp_path / "keys"), "--burned-in", "accept", "--val-fraction", "0"],
+    ]
+    console = b""
+    for args in runs:
+        done = subprocess.run(args, capture_output=True, timeout=300, env={**os.environ, "PYTHONWARNINGS": "always"})
+        assert done.returncode == 0, done.stderr.decode()[-3000:]
+        console += done.stdout + done.stderr
+    assert b"<PatientName>" in console and b"<ReferringPhysicianName>" in console  # the warnings fired, redacted
+    assert not names_in(console), names_in(console)
+    records = json.loads((tmp_path / "pred" / "predictions.json").read_text())["images"]
+    assert records[0]["ok"] and len(records[0]["dicom_results"]) == 3  # results despite the missing PatientID
+    to_pacs = {Path(p) for p in records[0]["dicom_results"]}
+    assert all(names_in(p.read_bytes()) for p in to_pacs)  # results for the PACS carry the name: the search works
+    written = [p for p in tmp_path.rglob("*") if p.is_file() and p not in to_pacs and p != source
+               and inbox not in p.parents]
+    assert len(written) > 8
+    leaks = {str(p): names_in(p.read_bytes()) for p in written if names_in(p.read_bytes())}
+    assert not leaks, leaks

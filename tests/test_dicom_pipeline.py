@@ -6,6 +6,7 @@ import hashlib
 import io
 import json
 import shutil
+import subprocess
 from contextlib import redirect_stdout
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from pydicom.data import get_testdata_file
 from pydicom.encaps import encapsulate
 
 from client.dicom import DicomPipeline
+from client.dicom.results import UNPAIRED_BODY_PARTS
 from client.dicom.quarantine import REASON_SUFFIX
 from client.inference.predict import summary_line
 from common.cli import main
@@ -24,6 +26,9 @@ from common.config import EvalConfig
 from common.nn.model import ModelSpec, build_model
 from common.nn.weights import save_weights
 from common.synth import generate_dataset, get_profile
+from dicom_files import PATIENT_NAME, PHYSICIAN_NAME, raw_dataset, small_cr, without_patient_identity
+
+DCIODVFY = Path("/usr/bin/dciodvfy")  # dicom3tools (Debian package), installed by .ci/run
 
 CFG = EvalConfig(conf=0.01, max_det=3)  # an untrained model scores low: a low operating point still yields boxes
 
@@ -142,9 +147,17 @@ def _bad_inputs(folder: Path) -> dict[str, str]:
     ds.PixelData = encapsulate([b"\x00\x00\x01\xb3" * 4])
     ds.save_as(folder / "mpeg.dcm")
     shutil.copy(get_testdata_file("CT_small.dcm"), folder / "ct.dcm")
+    ds = pydicom.dcmread(get_testdata_file("RG3_UNCR.dcm"))
+    ds.Rows = ds.Rows // 2  # the header's size no longer matches the pixel data
+    ds.save_as(folder / "halved.dcm")
+    ds = pydicom.dcmread(get_testdata_file("RG3_UNCR.dcm"))
+    del ds.SeriesInstanceUID  # results could not reference it
+    ds.save_as(folder / "noseries.dcm")
+    (folder / "photo.dcm").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(200))  # a PNG renamed .dcm
     return {"notes.txt": "not_dicom", "report.dcm": "non_image", "colour.dcm": "colour", "multi.dcm": "multi_frame",
             "truncated.dcm": "truncated_pixel_data", "nopixels.dcm": "no_pixel_data", "mpeg.dcm": "unsupported_codec",
-            "ct.dcm": "unsupported_modality"}
+            "ct.dcm": "unsupported_modality", "halved.dcm": "dimension_mismatch", "noseries.dcm": "bad_header",
+            "photo.dcm": "not_dicom"}
 
 
 def test_bad_input_quarantined_with_reason(pipeline, tmp_path):
@@ -156,6 +169,56 @@ def test_bad_input_quarantined_with_reason(pipeline, tmp_path):
         assert result.quarantined.parent == pipeline.quarantine_dir / reason and result.quarantined.is_file()
         why = json.loads(result.quarantined.with_name(result.quarantined.name + REASON_SUFFIX).read_text())
         assert why["reason"] == reason and why["problem"] == result.problem and why["original_name"] == name
+
+
+def test_results_for_images_without_patient_identity(pipeline, tmp_path):
+    """Older and third-party files omit PatientID and other optional patient/study attributes: results are made
+    anyway, with what is present copied and the Type 2 attributes empty. A raw dataset (no preamble) works too."""
+    source = without_patient_identity(tmp_path / "noid.dcm")
+    result = pipeline.process(source)
+    assert result.ok and len(result.outputs) == 3, (result.reason, result.problem)
+    for path in result.outputs:
+        ds = pydicom.dcmread(path)
+        assert ds.PatientID == "" and ds.PatientBirthDate in ("", None) and ds.AccessionNumber in ("", None)
+        assert ds.PatientName == PATIENT_NAME and ds.StudyID in ("", None)
+        if ds.SOPClassUID != pydicom.uid.Comprehensive3DSRStorage:
+            assert ds.ReferringPhysicianName == PHYSICIAN_NAME
+            assert ds.BodyPartExamined == "EXTREMITY" and ds.Laterality == ""  # paired body part, side unknown
+    raw = pipeline.process(raw_dataset(tmp_path / "raw"))
+    assert raw.ok and len(raw.outputs) == 3, (raw.reason, raw.problem)
+
+
+def test_gsps_and_sc_copy_laterality(pipeline, tmp_path):
+    ds = small_cr()  # RG3: Laterality R, BodyPartExamined EXTREMITY
+    del ds.Laterality
+    ds.ImageLaterality = "L"
+    ds.save_as(tmp_path / "left.dcm")
+    gsps, sr, sc = (pydicom.dcmread(p) for p in pipeline.process(tmp_path / "left.dcm").outputs)
+    assert gsps.Laterality == sc.Laterality == "L" and "Laterality" not in sr
+    ds.BodyPartExamined, ds.ImageLaterality = "CHEST", "U"
+    assert "CHEST" in UNPAIRED_BODY_PARTS
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
+    ds.save_as(tmp_path / "chest.dcm")
+    gsps, _, sc = (pydicom.dcmread(p) for p in pipeline.process(tmp_path / "chest.dcm").outputs)
+    assert "Laterality" not in gsps and "Laterality" not in sc  # unpaired: the attribute must be absent
+
+
+@pytest.mark.skipif(not DCIODVFY.is_file(), reason="dciodvfy not installed (apt-get install dicom3tools)")
+def test_every_result_type_passes_dciodvfy(pipeline, tmp_path):
+    """dicom3tools' IOD validator on GSPS, SR and SC, for a complete source and one without patient identity: any
+    'Error' line (a missing or malformed attribute in any IOD) fails."""
+    src = tmp_path / "rg3.dcm"
+    small_cr().save_as(src)  # RG3's header (Laterality R, a full CR header), smaller pixels
+    results = [pipeline.process(src), pipeline.process(without_patient_identity(tmp_path / "noid.dcm"))]
+    checked = set()
+    for result in results:
+        assert result.ok, result.problem
+        for path in result.outputs:
+            done = subprocess.run([str(DCIODVFY), str(path)], capture_output=True, text=True, timeout=60)
+            errors = [line for line in (done.stdout + done.stderr).splitlines() if line.startswith("Error")]
+            assert not errors, f"{path.name}: {errors}"
+            checked.add(pydicom.dcmread(path, stop_before_pixels=True).SOPClassUID.name)
+    assert len(checked) == 3, checked
 
 
 def test_kept_copy_is_deidentified_and_burned_in_respected(weights, synth_dicom, tmp_path):

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
+import cv2
 import numpy as np
 import pydicom
 import pytest
 from pydicom.data import get_testdata_file
-from pydicom.encaps import encapsulate
+from pydicom.encaps import encapsulate, generate_frames
 
 from common.data.images import read_image
-from common.dicom import RADIOGRAPH_MODALITIES, DicomRejected, open_dataset, read_dicom_image
+from common.dicom import (RADIOGRAPH_MODALITIES, REASONS, DicomRejected, decode_pixels, dicom_kind, open_dataset,
+                          read_dicom_image)
+from dicom_files import raw_dataset
 
 
 def _file(name: str) -> str:
@@ -133,3 +139,70 @@ def test_read_image_routes_dicom(tmp_path):
     (tmp_path / "x.dcm").write_bytes(b"not dicom at all" * 20)
     with pytest.raises(Exception, match="not a recognised image format|not a DICOM"):
         read_image(tmp_path / "x.dcm")
+
+
+def test_twelve_bit_jpeg_extended_that_libjpeg_refuses_decodes_through_gdcm():
+    """JPEG-lossy.dcm: 12-bit JPEG Extended with a scan header pylibjpeg's libjpeg rejects (as in older CR archives);
+    pydicom's reference values for this file (its GDCM and pylibjpeg tests) must come out."""
+    path = _file("JPEG-lossy.dcm")
+    assert open_dataset(path).file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.4.51"
+    with pytest.raises(Exception, match="scan start must be zero"):  # the failure a site saw before GDCM
+        pydicom.pixels.pixel_array(path, decoding_plugin="pylibjpeg")
+    stored = decode_pixels(open_dataset(path), path)
+    assert stored.shape == (1024, 256) and stored[420, 140] == 244 and stored[230, 120] == 95
+    image = read_dicom_image(path, modalities=None)
+    assert image.pixels.max() > image.pixels.min()
+
+
+def test_dicom_is_decided_by_content(tmp_path):
+    """A raw dataset (no preamble, no DICM, implicit VR) is DICOM; a PNG or garbage named .dcm is not_dicom."""
+    raw = raw_dataset(tmp_path / "raw.dcm")
+    assert raw.read_bytes()[128:132] != b"DICM" and dicom_kind(raw.read_bytes()[:132]) == "raw"
+    image = read_dicom_image(raw)
+    assert image.pixels.shape == (256, 256) and image.dataset.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2"
+    assert read_image(raw).shape == (256, 256)  # training and evaluation read it too
+    png = tmp_path / "photo.dcm"
+    cv2.imwrite(str(tmp_path / "photo.png"), np.zeros((8, 8), np.uint8))
+    png.write_bytes((tmp_path / "photo.png").read_bytes())
+    garbage = tmp_path / "garbage.dcm"
+    garbage.write_bytes(bytes(range(256)) * 4)
+    for path in (png, garbage):
+        with pytest.raises(DicomRejected) as e:
+            read_dicom_image(path)
+        assert e.value.reason == "not_dicom" and path.name in str(e.value)
+        with pytest.raises(DicomRejected, match="not a DICOM file"):
+            read_image(path)  # not decoded as the PNG it really is
+    assert read_image(tmp_path / "photo.png").shape == (8, 8)
+
+
+def test_a_halved_rows_is_a_dimension_mismatch_not_multi_frame(tmp_path):
+    ds = pydicom.dcmread(_file("RG3_UNCR.dcm"))
+    ds.Rows = ds.Rows // 2
+    ds.save_as(tmp_path / "halved.dcm")
+    with pytest.raises(DicomRejected) as e:
+        read_dicom_image(tmp_path / "halved.dcm")
+    assert e.value.reason == "dimension_mismatch" and "880 x 1760" in str(e.value)
+    assert e.value.transfer_syntax == "Explicit VR Little Endian (1.2.840.10008.1.2.1)"
+
+
+def test_every_reason_code_is_in_the_one_documented_table():
+    """docs/dicom.md has one table of reason codes: exactly the codes fracfl can emit (common.dicom.REASONS)."""
+    text = (Path(__file__).parents[1] / "docs" / "dicom.md").read_text()
+    section = text[text.index("## Reason codes"):]
+    section = section[: section.index("\n## ", 1)]
+    documented = re.findall(r"^\| `([a-z_]+)` \|", section, flags=re.M)
+    assert sorted(documented) == sorted(REASONS) and len(documented) == len(set(documented))
+
+
+@pytest.mark.parametrize("name", ["RG1_J2KR.dcm", "JPEG-lossy.dcm"])
+def test_damaged_compressed_data_is_undecodable_not_a_crash(tmp_path, name):
+    """GDCM aborts the process on damaged JPEG 2000: it must only ever see 12-bit JPEG Extended, where it raises."""
+    ds = pydicom.dcmread(_file(name))
+    frame = next(generate_frames(ds.PixelData, number_of_frames=1))
+    for i, data in enumerate((frame[: len(frame) // 3], frame[:200] + bytes(range(256)) * 20)):
+        ds.PixelData = encapsulate([data])
+        ds.save_as(tmp_path / f"{i}.dcm")
+        with pytest.raises(DicomRejected) as e:
+            read_dicom_image(tmp_path / f"{i}.dcm", modalities=None)
+        assert e.value.reason in ("undecodable", "truncated_pixel_data")
+        assert str(ds.file_meta.TransferSyntaxUID) in e.value.transfer_syntax

@@ -65,3 +65,19 @@ def test_load_backend_from_weights_file_or_version_folder(model, tmp_path):
         load_backend(tmp_path / "missing")
     with pytest.raises(DataError, match="unknown backend"):
         load_backend(tmp_path / "v0001", "onnx")
+
+
+def test_boxes_past_the_edge_are_clipped_before_nms_not_after():
+    """Two boxes that both run past the image overlap by IoU 0.5 before clipping and are identical after it: NMS
+    must see them clipped, or both survive as duplicate findings covering the same area."""
+    from common.inference.postprocess import decode, image_bounds, to_original
+
+    # (1, 4 + nc, anchors): centre x, centre y, width, height, class score; image 100 x 100 at the letterbox's origin.
+    raw = torch.tensor([[[25.0, 75.0], [50.0, 50.0], [150.0, 150.0], [100.0, 100.0], [0.9, 0.8]]])
+    cfg = EvalConfig(conf=0.5, nms_iou=0.6)
+    assert len(decode(raw, cfg, nc=1)[0]) == 2  # what happened before: both kept, then clipped to the same box
+    bounds = [image_bounds(1.0, (0.0, 0.0), (100, 100))]
+    det = to_original(decode(raw, cfg, nc=1, bounds=bounds)[0].numpy(), 1.0, (0.0, 0.0), (100, 100))
+    assert len(det) == 1 and det[0, 4] == pytest.approx(0.9)
+    np.testing.assert_allclose(det[0, :4], [0, 0, 100, 100])
+

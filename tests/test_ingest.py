@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import json
+import shutil
 
+import pydicom
 import pytest
 
+from client.dicom.deid import SiteKeys
 from common.cli import main
 from common.synth import generate_dataset, get_profile
+from common.utils.staged import recover, staged_folder
+from dicom_files import PATIENT_NAME, names_in, small_cr, without_patient_identity
 
 SITE = "general_hospital"
 
@@ -19,8 +24,10 @@ def site(tmp_path_factory):
     return root / SITE
 
 
-def _ingest(site, out, keys, fraction: str) -> int:
-    return main(["ingest", str(site / "dicom"), "--labels", str(site / "labels"), "--out", str(out), "--keys", str(keys),
+def _ingest(site, out, keys, fraction: str, labels=None) -> int:
+    """Ingest `site/dicom` (or the folder `site` itself when `labels` is given)."""
+    dicom, labels = (site / "dicom", site / "labels") if labels is None else (site, labels)
+    return main(["ingest", str(dicom), "--labels", str(labels), "--out", str(out), "--keys", str(keys),
                  "--burned-in", "accept", "--val-fraction", fraction])
 
 
@@ -50,3 +57,60 @@ def test_a_validation_share_outside_0_to_1_is_refused(site, tmp_path, capsys, fr
     assert _ingest(site, tmp_path / "data", tmp_path / "keys", fraction) != 0
     assert f"--val-fraction {float(fraction)}" in capsys.readouterr().err
     assert not (tmp_path / "data").exists()
+
+
+def test_each_input_on_its_own_and_images_without_patient_id_get_a_stable_pseudonym(site, tmp_path, capsys):
+    """A batch with a radiograph without PatientID, a PNG named .dcm and a file whose analysis fails (a malformed
+    RescaleSlope): the bad ones are reported and skipped, every good one is added, and the folder is complete."""
+    inbox, labels = tmp_path / "inbox", tmp_path / "labels"
+    shutil.copytree(site / "dicom", inbox)
+    shutil.copytree(site / "labels", labels)
+    without_patient_identity(inbox / "noid.dcm")
+    (inbox / "photo.dcm").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(200))
+    ds = small_cr()
+    ds.add_new(0x00281053, "LO", "abc")  # RescaleSlope with a wrong VR and value: pixels decode, the LUT step fails
+    ds.RescaleIntercept = "0"
+    ds.save_as(inbox / "badslope.dcm")
+    for name in ("noid", "photo", "badslope"):
+        (labels / f"{name}.txt").write_text("0 0.5 0.5 0.2 0.2\n")
+
+    assert _ingest(inbox, tmp_path / "data", tmp_path / "keys", "0", labels=labels) == 0
+    out = capsys.readouterr().out
+    assert "5 image(s) added" in out
+    record = json.loads((tmp_path / "data" / "ingest.json").read_text())
+    assert record["added"] == 5 and record["skipped"] == {"not_dicom": 1, "processing_error": 1}
+    assert "skipped" in out and "badslope.dcm (processing_error)" in out and "photo.dcm (not_dicom)" in out
+    assert (tmp_path / "data" / "data.yaml").is_file()
+    assert PATIENT_NAME not in out and not names_in(out.encode())
+
+    # The image without PatientID: its pseudonym comes from its StudyInstanceUID (stable, and in the linking table).
+    study = str(pydicom.dcmread(inbox / "noid.dcm", stop_before_pixels=True).StudyInstanceUID)
+    keys = SiteKeys(tmp_path / "keys")
+    copies = [pydicom.dcmread(p) for p in (tmp_path / "data" / "dicom").glob("*.dcm")]
+    noid = [c for c in copies if keys.original(str(c.StudyInstanceUID)) == ("StudyInstanceUID", study)]
+    assert len(noid) == 1 and noid[0].PatientID == keys.patient_id(study) == noid[0].PatientName
+    assert keys.original(noid[0].PatientID) == ("StudyInstanceUID", study)
+    assert len({c.PatientID for c in copies}) == 5  # not lumped together with other patients
+
+
+def test_the_output_folder_is_complete_or_absent(tmp_path):
+    """Built beside the output and swapped in: an error leaves the old folder (or none), a crash between the two
+    renames is undone at the next run."""
+    out = tmp_path / "data"
+    with pytest.raises(RuntimeError):
+        with staged_folder(out) as stage:
+            (stage / "images").mkdir()
+            (stage / "images" / "a.png").write_bytes(b"half")
+            raise RuntimeError("disk full")
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+    with staged_folder(out) as stage:
+        (stage / "data.yaml").write_text("v1")
+    with pytest.raises(RuntimeError):
+        with staged_folder(out) as stage:
+            (stage / "new.png").write_bytes(b"x")
+            raise RuntimeError("interrupted")
+    assert sorted(p.name for p in out.iterdir()) == ["data.yaml"] and (out / "data.yaml").read_text() == "v1"
+    # A crash after `out` was renamed away but before the new version took its place:
+    out.rename(tmp_path / ".data.previous")
+    recover(out)
+    assert (out / "data.yaml").read_text() == "v1" and sorted(p.name for p in tmp_path.iterdir()) == ["data"]

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 from pydicom import dcmread
 from pydicom.data import get_testdata_file
-from pydicom.uid import generate_uid
+from pydicom.encaps import encapsulate
+from pydicom.uid import JPEG2000Lossless, generate_uid
 from pynetdicom import AE
 from pynetdicom.sop_class import (ComputedRadiographyImageStorage, DigitalXRayImageStorageForPresentation, RTPlanStorage,
                                    Verification)
@@ -25,10 +26,12 @@ from client.listener.inference import build_processor
 from client.listener.queue import DurableQueue, pseudonym
 from client.listener.service import ListenerService
 from common.errors import ConfigError
+from dicom_files import names_in, without_patient_identity
 from orthanc_support import DCMTK_STORESCU, ORTHANC_AE, Orthanc, free_port, have_dcmtk, have_orthanc, referenced_uids
 
 RG1 = Path(get_testdata_file("RG1_UNCR.dcm"))
 RG3 = Path(get_testdata_file("RG3_UNCR.dcm"))
+RG1_J2K = Path(get_testdata_file("RG1_J2KR.dcm"))  # the RG1 chest in JPEG 2000 lossless
 needs_orthanc = pytest.mark.skipif(not have_orthanc(), reason="Orthanc not installed (apt-get install orthanc)")
 needs_dcmtk = pytest.mark.skipif(not have_dcmtk(), reason="dcmtk not installed (apt-get install dcmtk)")
 GSPS, SC = "1.2.840.10008.5.1.4.1.1.11.1", "1.2.840.10008.5.1.4.1.1.7"
@@ -116,12 +119,19 @@ def test_echo_and_store_from_pynetdicom(service, tmp_path):
 
 @needs_dcmtk
 def test_store_from_dcmtk_storescu(service):
+    """The guide's plain storescu line (uncompressed), and its profile for compressed files (JPEG 2000 here, which
+    the plain line cannot send: storescu would have to decompress it)."""
     svc = service(allowed_peers=[PeerConfig(ae_title="DCMTK")])
     done = subprocess.run([str(DCMTK_STORESCU), "-aet", "DCMTK", "-aec", "FRACFL", "127.0.0.1", str(svc.port), str(RG3)],
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     wait_for(lambda: svc.queue.count("outbox") == 1, what="results of the dcmtk upload")
     assert journal(svc.queue.root)[0]["calling_ae"] == "DCMTK"
+    profile = Path(__file__).parents[1] / "conf" / "storescu-radiographs.cfg"
+    done = subprocess.run([str(DCMTK_STORESCU), "-xf", str(profile), "Radiographs", "-aet", "DCMTK", "-aec", "FRACFL",
+                           "127.0.0.1", str(svc.port), str(RG1_J2K)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and "Failed" not in done.stdout + done.stderr, done.stdout + done.stderr
+    wait_for(lambda: svc.queue.count("outbox") == 2, timeout=60, what="results of the JPEG 2000 upload")
 
 
 def test_peers_not_allowed_are_refused(service):
@@ -144,30 +154,46 @@ def test_dcmtk_echo_refused_with_association_rejection(service):
     assert done.returncode != 0 and "Association Rejected" in done.stdout + done.stderr
 
 
-def test_bad_objects_are_quarantined_and_the_service_keeps_going(service, tmp_path):
-    """A non-image and a radiograph with truncated pixel data are quarantined by the pipeline, with reasons."""
+def test_bad_objects_are_quarantined_and_the_service_keeps_going(service, tmp_path, caplog):
+    """A non-image, a radiograph with truncated pixel data and one whose JPEG 2000 data is damaged are quarantined
+    by the pipeline, with reasons; the log has one line for each: reason code and transfer syntax, no traceback."""
+    caplog.set_level(logging.DEBUG)
     broken = tmp_path / "broken.dcm"
     ds = dcmread(RG3)
     ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
     ds.PixelData = ds.PixelData[: len(ds.PixelData) // 3]
     ds.save_as(broken)
+    damaged = tmp_path / "damaged.dcm"
+    ds = dcmread(RG1_J2K)
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.PixelData = encapsulate([b"\xff\x4f\xff\x51" + bytes(range(256)) * 8])  # a J2K start, then garbage
+    ds.save_as(damaged)
     svc = service()
     ae = scu("MODALITY", Verification, ComputedRadiographyImageStorage, RTPlanStorage)
+    ae.add_requested_context(ComputedRadiographyImageStorage, JPEG2000Lossless)
     assoc = ae.associate("127.0.0.1", svc.port, ae_title="FRACFL")
-    for f in (get_testdata_file("rtplan.dcm"), broken, RG3):
+    for f in (get_testdata_file("rtplan.dcm"), broken, damaged, RG3):
         assert assoc.send_c_store(f).Status == 0x0000
     assoc.release()
-    expected = {"received": 3, "processed": 1, "failed": 2}
+    expected = {"received": 4, "processed": 1, "failed": 3}
     wait_for(lambda: Counter(row["event"] for row in journal(svc.queue.root)) == expected, timeout=60, what="outcomes")
     reasons = {json.loads((p / "meta.json").read_text())["ref"]: (p / "reason.txt").read_text()
                for p in svc.queue.dir("failed").iterdir()}
     plan_ref = pseudonym(dcmread(get_testdata_file("rtplan.dcm"), stop_before_pixels=True).SOPInstanceUID)
     broken_ref = pseudonym(dcmread(broken, stop_before_pixels=True).SOPInstanceUID)
-    assert reasons.keys() == {plan_ref, broken_ref}
+    damaged_ref = pseudonym(dcmread(damaged, stop_before_pixels=True).SOPInstanceUID)
+    assert reasons.keys() == {plan_ref, broken_ref, damaged_ref}
     for text in reasons.values():  # reason code, the pipeline's sentence, where the file went
         assert text.startswith("quarantined: ") and "file: " in text and str(svc.queue.root / "quarantine") in text
-    assert reasons[plan_ref] != reasons[broken_ref]
-    assert svc.queue.count("failed") == 2 and svc.queue.count("outbox") == 1
+    assert reasons[damaged_ref].startswith("quarantined: undecodable")
+    assert len(set(reasons.values())) == 3
+    assert svc.queue.count("failed") == 3 and svc.queue.count("outbox") == 1
+    about_damaged = [r.getMessage() for r in caplog.records if damaged_ref in r.getMessage()]
+    assert len(about_damaged) == 2 and "received" in about_damaged[0]  # received, then one line: code and syntax
+    assert about_damaged[1].endswith(": undecodable (JPEG 2000 Image Compression (Lossless Only) "
+                                     "(1.2.840.10008.1.2.4.90))")
+    assert "Traceback" not in caplog.text and not any(r.exc_info for r in caplog.records)
+    assert not any(r.name.startswith("pydicom") and r.levelno >= logging.ERROR for r in caplog.records)
     assoc = scu().associate("127.0.0.1", svc.port, ae_title="FRACFL")  # still serving
     assert assoc.send_c_echo().Status == 0x0000
     assoc.release()
@@ -318,10 +344,14 @@ def start_listener(args: list[str], port: int, log: Path) -> subprocess.Popen:
 
 @needs_orthanc
 def test_killed_listener_loses_nothing_acknowledged(tmp_path, tiny_model, synthetic_dx):
-    """SIGKILL `fracfl listen` mid-work, restart it: every acknowledged object is processed once, results arrive."""
+    """SIGKILL `fracfl listen` mid-work, restart it: every acknowledged object is processed once, results arrive.
+
+    One source has no PatientID (nor birth date, sex, StudyID, accession, laterality) and patient and physician
+    names highdicom quotes in a warning: its results arrive too, and neither name is in the listener's log."""
     lport = free_port()
     queue, log = tmp_path / "queue", tmp_path / "listen.log"
-    sources = [*synthetic_dx, RG3]  # the slow one last: work is left when the first item is done
+    noid = without_patient_identity(tmp_path / "noid.dcm")
+    sources = [*synthetic_dx, noid, RG3]  # the slow one last: work is left when the first item is done
     with Orthanc(tmp_path / "orthanc", "FRACFL", lport, route=False) as pacs:
         args = ["host=127.0.0.1", f"port={lport}", f"queue_dir={queue}", f"weights={tiny_model}", "threads=1",
                 f"destination.port={pacs.dicom_port}", "retry_delay=0.2", "status_every=1"]
@@ -349,3 +379,7 @@ def test_killed_listener_loses_nothing_acknowledged(tmp_path, tiny_model, synthe
     processed = Counter(r["item"] for r in journal(queue) if r["event"] == "processed")
     assert len(processed) <= len(sources) and max(processed.values()) == 1
     assert "recovered queue after restart" in log.read_text()
+    logged = log.read_bytes() + (queue / "journal.jsonl").read_bytes() + (queue / "status.json").read_bytes()
+    logged += b"".join(p.read_bytes() for p in (queue / "results").rglob("*.json"))
+    assert b"<PatientName>" in log.read_bytes(), "highdicom's person-name warning, redacted, was expected"
+    assert not names_in(logged), names_in(logged)

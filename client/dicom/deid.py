@@ -24,13 +24,14 @@ from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 from pydicom.uid import UID_dictionary
 
-from client.dicom.deid_profile import BASIC_PROFILE, BASIC_PROFILE_CODE, DUMMY_DATE, LINKED
+from client.dicom.deid_profile import BASIC_PROFILE, BASIC_PROFILE_CODE, DUMMY_DATE, LINKED, standard_action
 from common.errors import FracflError
 
 SECRET_FILE = "site_secret.key"
 LINKS_FILE = "links.sqlite"
 _PRIVATE = 0o600
-_DUMMY = {"PN": "ANONYMOUS", "LO": "ANONYMOUS", "SH": "ANON", "DA": DUMMY_DATE, "TM": "", "DT": "", "CS": ""}
+_DUMMY = {"PN": "ANONYMOUS", "LO": "ANONYMOUS", "SH": "ANON", "DA": DUMMY_DATE, "TM": "", "DT": "", "CS": "", "AS": "",
+          "DS": "0", "IS": "0"}
 
 
 class BurnedInAnnotation(FracflError):
@@ -110,10 +111,13 @@ class Deidentifier:
             raise BurnedInAnnotation("image is flagged BurnedInAnnotation=YES: pixels may carry identifying text "
                                      "(set burned_in=accept only after checking this source's images)")
         out = copy.deepcopy(ds)
-        run = _Run(patient=str(ds.get("PatientID") or ds.get("PatientName") or ""))
+        run = _Run(*patient_identity(ds))
         self._walk(out, run)
         if getattr(out, "file_meta", None) is not None:
             self._walk(out.file_meta, run)
+        for keyword in ("PatientID", "PatientName"):  # always present in the copy: ingest splits by this pseudonym
+            if not str(out.get(keyword, "") or "").startswith("ANON-"):
+                setattr(out, keyword, self._patient(run))
         out.PatientIdentityRemoved = "YES"
         out.DeidentificationMethod = "PS3.15 E.1 Basic Profile; keyed-hash pseudonyms (fracfl)"
         code = Dataset()
@@ -128,7 +132,7 @@ class Deidentifier:
             if elem.tag.is_private:
                 del ds[elem.tag]
                 continue
-            action = BASIC_PROFILE.get(_keyword(elem)) or _safety_net(elem)
+            action = BASIC_PROFILE.get(_keyword(elem)) or standard_action(elem.tag, elem.VR) or _safety_net(elem)
             if action == "X" or action == "C":
                 del ds[elem.tag]
             elif action == "Z":
@@ -145,10 +149,13 @@ class Deidentifier:
         if elem.keyword in ("PatientID", "PatientName"):
             # Name and id both become the patient pseudonym: studies of one patient stay together (no leakage
             # across training/validation splits) without any identifying value.
-            pid = self.keys.patient_id(run.patient)
-            run.links.append((pid, "PatientID", run.patient))
-            return pid
+            return self._patient(run)
         return _DUMMY.get(elem.VR, "ANONYMOUS")
+
+    def _patient(self, run: _Run) -> str:
+        pid = self.keys.patient_id(run.patient)
+        run.links.append((pid, run.patient_kind, run.patient))
+        return pid
 
     def _uids(self, value, keyword: str, run: _Run):
         values = _values(value)
@@ -169,7 +176,19 @@ class _Run:
     """State of one de-identification: whose pseudonym to use, and the link rows to record at the end."""
 
     patient: str
+    patient_kind: str  # which attribute `patient` came from: the linking table's kind for the patient pseudonym
     links: list[tuple[str, str, str]] = field(default_factory=list)
+
+
+def patient_identity(ds: Dataset) -> tuple[str, str]:
+    """(value, attribute) the patient pseudonym is derived from: PatientID, or for images without one the
+    StudyInstanceUID, so each such study counts as its own patient. Names are not used: they are neither unique nor
+    spelt the same way twice. Never empty: all images without a PatientID must not become one 'patient'."""
+    for keyword in ("PatientID", "StudyInstanceUID"):
+        value = str(ds.get(keyword, "") or "").strip()
+        if value:
+            return value, keyword
+    return f"SOP:{ds.get('SOPInstanceUID', '')}", "SOPInstanceUID"
 
 
 def _values(value) -> list:

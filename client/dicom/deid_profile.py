@@ -1,14 +1,21 @@
 """PS3.15 Annex E Basic Application Level Confidentiality Profile: the attribute actions, as data.
 
 Actions (Table E.1-1): X remove, Z empty (zero length), D replace with a dummy value, U replace the UID with a
-consistent pseudonym, C clean (treated as X here: we do not keep free text). Compound actions of the standard
-(X/Z, Z/D, X/Z/D, X/D, X/Z/U*) are resolved to the stricter single action that keeps the object valid for the IODs
-fracfl writes and reads. The rows below are the Basic Profile entries that occur in radiography objects and in the
-objects fracfl produces; `deid.py` adds three safety nets for anything not listed: every private element removed,
-every other person name emptied, every other non-class UID pseudonymised, every other date/time removed.
+consistent pseudonym, C clean (treated as X here: we do not keep free text), K keep (fracfl's own: class UIDs).
+Two tables, the first one that names an attribute decides:
+
+1. `BASIC_PROFILE`, by keyword: fracfl's explicit choices for the attributes of radiographs and of the objects
+   fracfl writes, with the standard's compound actions (X/Z, Z/D, X/Z/D, X/D, X/Z/U*) resolved for those IODs.
+2. `deid_table.TABLE_E1_1`, by tag: the whole of Table E.1-1 (DICOM 2026c), compound actions resolved by
+   `standard_action` (empty rather than remove where the standard allows either, dummy only for text values).
+
+`deid.py` adds safety nets for anything neither lists: every private element removed, every other person name
+emptied, every other non-class UID pseudonymised, every other date/time removed.
 """
 
 from __future__ import annotations
+
+from client.dicom.deid_table import TABLE_E1_1, TABLE_E1_1_MASKED
 
 BASIC_PROFILE: dict[str, str] = {
     # Patient
@@ -71,3 +78,26 @@ LINKED = ("PatientID", "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"
 
 # Code of the profile applied, for DeidentificationMethodCodeSequence (PS3.16 CID 7050).
 BASIC_PROFILE_CODE = ("113100", "DCM", "Basic Application Confidentiality Profile")
+
+_TEXT_VRS = frozenset({"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM", "UC", "UR", "UT"})
+
+
+def standard_action(tag: int, vr: str) -> str | None:
+    """Table E.1-1's action for `tag`, as one of X, Z, D, U; None when the table does not list it.
+
+    Compound actions: Z/D, X/Z and X/Z/D -> Z (present and empty keeps Type 2 attributes valid, and holds nothing);
+    X/D -> D; X/Z/U* (sequences of references) -> X, or U for a UID. D needs a text value to replace: a sequence or
+    binary value under D is removed instead (fracfl keeps radiographs, which carry none of these)."""
+    action = TABLE_E1_1.get(int(tag))
+    if action is None:
+        group, element = int(tag) >> 16, int(tag) & 0xFFFF
+        action = next((a for (g, e, gm, em), a in TABLE_E1_1_MASKED.items()
+                       if group & gm == g and element & em == e), None)
+    if action is None:
+        return None
+    action = {"Z/D": "Z", "X/Z": "Z", "X/Z/D": "Z", "X/D": "D"}.get(action, action)
+    if action == "X/Z/U*":
+        return "U" if vr == "UI" else "X"
+    if action == "D" and vr not in _TEXT_VRS:
+        return "X"
+    return action

@@ -18,12 +18,13 @@ import cv2
 import yaml
 
 from client.dicom.deid import BurnedInAnnotation, Deidentifier, SiteKeys
-from client.dicom.pipeline import _encode
+from client.dicom.pipeline import PROCESSING_ERROR, _encode, processing_problem
 from client.inference.analyse import atomic_json, atomic_write
 from client.inference.predict import collect
 from common.data.labels import read_labels
-from common.dicom import DicomRejected, read_dicom_image
+from common.dicom import DicomRejected, read_dicom_image, redact
 from common.errors import ConfigError, DataError
+from common.utils.staged import recover, staged_folder
 
 DEFAULT_NAMES = {0: "fracture"}
 
@@ -51,46 +52,69 @@ class IngestReport:
 def ingest(dicom: str | Path, labels: str | Path, out: str | Path, keys_dir: str | Path, *, burned_in: str = "refuse",
            val_fraction: float = 0.25, names: dict[int, str] | None = None) -> IngestReport:
     """Add every readable DICOM radiograph under `dicom` that has a YOLO label file (same stem, anywhere under
-    `labels`; an empty file means no fracture) to the training folder `out`, de-identified."""
+    `labels`; an empty file means no fracture) to the training folder `out`, de-identified.
+
+    Each input is handled on its own: a bad one is reported in `skipped` and the others are finished. The folder is
+    rebuilt beside `out` and swapped in at the end (common.utils.staged), so it is always complete: the old version
+    or the new one, never images without `data.yaml` and `ingest.json`."""
     if not 0.0 <= val_fraction < 1.0:
         raise ConfigError(f"--val-fraction {val_fraction}: the share of patients put in validation must be at least 0 "
                           "and below 1")
+    redact.install()  # no DICOM value in any log line or warning (common.dicom.redact)
     out = Path(out)
+    recover(out)
     _check_same_split(out / "ingest.json", val_fraction)
     deid = Deidentifier(SiteKeys(keys_dir), burned_in)
     label_files = {p.stem: p for p in Path(labels).rglob("*.txt")}
     report = IngestReport(val_fraction=val_fraction)
-    for path in collect([dicom]):
-        label = label_files.get(path.stem)
-        if label is None:
-            report.skipped.append((path, "no_label", "no label file with this name"))
-            continue
-        try:
-            image = read_dicom_image(path)
-            clean = deid(image.dataset)
-            boxes = read_labels(label, len(names or DEFAULT_NAMES))
-        except (DicomRejected, DataError) as e:
-            report.skipped.append((path, getattr(e, "reason", "bad_label"), e.problem))
-            continue
-        except BurnedInAnnotation as e:
-            report.skipped.append((path, "burned_in_annotation", str(e)))
-            continue
+    names = names or DEFAULT_NAMES
+    with staged_folder(out) as stage:
+        for path in collect([dicom]):
+            with redact.handling():
+                entry = _prepare(path, label_files.get(path.stem), deid, names, val_fraction, report)
+            if entry is not None:
+                for relative, data in entry.items():
+                    (stage / relative).parent.mkdir(parents=True, exist_ok=True)
+                    atomic_write(stage / relative, data)
+                report.added += 1
+        atomic_write(stage / "data.yaml", yaml.safe_dump({"train": "images/train", "val": "images/val",
+                                                          "names": names}, sort_keys=False).encode())
+        report.splits = {split: sum(1 for _ in (stage / "images" / split).glob("*.png")) for split in ("train", "val")}
+        atomic_json(stage / "ingest.json", report.counts())
+    return report
+
+
+def _prepare(path: Path, label: Path | None, deid: Deidentifier, names: dict[int, str], val_fraction: float,
+             report: IngestReport) -> dict[str, bytes] | None:
+    """The files one input adds (relative path -> bytes), all made in memory before any is written; None, with the
+    reason in `report.skipped`, when the input cannot be used."""
+    if label is None:
+        report.skipped.append((path, "no_label", "no label file with this name"))
+        return None
+    try:
+        image = read_dicom_image(path)
+        clean = deid(image.dataset)
+        boxes = read_labels(label, len(names))
         uid = str(clean.SOPInstanceUID)
         split = "val" if _unit(str(clean.PatientID)) < val_fraction else "train"
-        for sub in ("images", "labels"):
-            (out / sub / split).mkdir(parents=True, exist_ok=True)
-        (out / "dicom").mkdir(parents=True, exist_ok=True)
-        _, png = cv2.imencode(".png", image.pixels)
-        atomic_write(out / "images" / split / f"{uid}.png", png.tobytes())
-        atomic_write(out / "labels" / split / f"{uid}.txt", "".join(
-            f"{int(c)} {cx:.6f} {cy:.6f} {w:.6f} {h:.6f}\n" for c, cx, cy, w, h in boxes.tolist()).encode())
-        atomic_write(out / "dicom" / f"{uid}.dcm", _encode(clean))
-        report.added += 1
-    (out / "data.yaml").write_text(yaml.safe_dump({"train": "images/train", "val": "images/val",
-                                                   "names": names or DEFAULT_NAMES}, sort_keys=False))
-    report.splits = {split: sum(1 for _ in (out / "images" / split).glob("*.png")) for split in ("train", "val")}
-    atomic_json(out / "ingest.json", report.counts())
-    return report
+        ok, png = cv2.imencode(".png", image.pixels)
+        if not ok:
+            raise RuntimeError("PNG encoding failed")
+        return {
+            f"images/{split}/{uid}.png": png.tobytes(),
+            f"labels/{split}/{uid}.txt": "".join(f"{int(c)} {cx:.6f} {cy:.6f} {w:.6f} {h:.6f}\n"
+                                                 for c, cx, cy, w, h in boxes.tolist()).encode(),
+            f"dicom/{uid}.dcm": _encode(clean),
+        }
+    except DicomRejected as e:
+        report.skipped.append((path, e.reason, redact.redact(e.problem)))
+    except DataError as e:
+        report.skipped.append((path, "bad_label", e.problem))
+    except BurnedInAnnotation as e:
+        report.skipped.append((path, "burned_in_annotation", str(e)))
+    except Exception as e:  # one odd file must not stop the batch: reported, and the others are finished
+        report.skipped.append((path, PROCESSING_ERROR, processing_problem(e)))
+    return None
 
 
 def _unit(key: str) -> float:

@@ -25,12 +25,13 @@ from client.dicom.results import measurement_report, presentation_state, seconda
 from client.inference.analyse import Analyser, Analysis, atomic_json, atomic_write, write_pictures
 from client.inference.version import model_version
 from common.config import EvalConfig
-from common.dicom import RADIOGRAPH_MODALITIES, DicomImage, DicomRejected, read_dicom_image
+from common.dicom import RADIOGRAPH_MODALITIES, DicomImage, DicomRejected, read_dicom_image, redact
+from common.dicom.read import check_referenceable, transfer_syntax_name
 from common.inference import Prediction, load_backend
 
 log = logging.getLogger("fracfl.dicom")
 
-PROCESSING_ERROR = "processing_error"  # reason code for failures after a file was accepted (see docs/dicom.md)
+PROCESSING_ERROR = "processing_error"  # reason code for failures after a file was accepted (common.dicom.REASONS)
 RESULT_FILES = {"gsps": "gsps.dcm", "sr": "sr.dcm", "sc": "sc.dcm"}
 
 
@@ -45,6 +46,7 @@ class PipelineResult:
     reason: str | None = None  # reason code (common.dicom.REASONS or 'processing_error') when quarantined
     problem: str | None = None  # the sentence a person reads
     kept: Path | None = None  # de-identified copy, when a keep folder is configured and the image may be kept
+    transfer_syntax: str | None = None  # name and UID, for log lines about the file (never patient data)
     model_version: str = ""
     notes: list[str] = field(default_factory=list)
 
@@ -65,6 +67,7 @@ class DicomPipeline:
                  eval_cfg: EvalConfig | None = None, *, keep_dir: str | Path | None = None,
                  site_dir: str | Path | None = None, burned_in: str = "refuse", heatmap: bool = True,
                  modalities: frozenset[str] = RADIOGRAPH_MODALITIES, variant: str = "fp32"):
+        redact.install()  # no DICOM value reaches a log line or warning of this process
         self.out_dir = Path(out_dir)
         self.quarantine_dir = Path(quarantine_dir)
         self.modalities = modalities
@@ -78,20 +81,29 @@ class DicomPipeline:
             self.deidentify = Deidentifier(keys, burned_in)
 
     def process(self, path: str | Path) -> PipelineResult:
-        """Run every step on one file; never raises for bad input (it is quarantined with its reason)."""
-        path = Path(path)
+        """Run every step on one file; never raises for bad input (it is quarantined with its reason).
+
+        Everything logged or warned meanwhile, by us or by pydicom/highdicom, has the file's values replaced by
+        attribute names (common.dicom.redact)."""
+        with redact.handling():
+            return self._process(Path(path))
+
+    def _process(self, path: Path) -> PipelineResult:
         result = PipelineResult(source=path, model_version=self.model_version)
         try:
             image = read_dicom_image(path, self.modalities)
+            result.transfer_syntax = transfer_syntax_name(image.dataset)
+            check_referenceable(image.dataset, path)
             analysis = self.analyser(image.pixels)
             result.prediction = analysis.prediction
             folder = self.out_dir / str(image.dataset.SOPInstanceUID)
             result.outputs = write_results(image, analysis, folder, self.model_version)
         except DicomRejected as e:
-            return self._quarantine(result, e.reason, e.problem)
+            result.transfer_syntax = e.transfer_syntax or result.transfer_syntax
+            return self._quarantine(result, e.reason, redact.redact(e.problem))
         except Exception as e:  # a bug, a malformed LUT or a full disk must not lose the file: set aside with the reason
             result.outputs = []
-            return self._quarantine(result, PROCESSING_ERROR, f"{type(e).__name__} while processing: {e}"[:500])
+            return self._quarantine(result, PROCESSING_ERROR, processing_problem(e))
         result.notes = list(image.notes)
         if self.deidentify is not None:
             self._keep(image.dataset, result)
@@ -116,8 +128,14 @@ class DicomPipeline:
             result.quarantined = quarantine(result.source, self.quarantine_dir, reason, problem)
         except OSError as e:  # cannot even move it: leave it in place, the caller still gets the reason
             result.notes.append(f"quarantine failed ({type(e).__name__}); file left in place")
-        log.warning("quarantined: %s", reason)
+        # The caller reports it (the listener with its queue id, predict per file): one line, at debug level here.
+        log.debug("quarantined: %s (%s)", reason, result.transfer_syntax or "transfer syntax unknown")
         return result
+
+
+def processing_problem(e: Exception) -> str:
+    """The sentence for an unexpected failure: exception type and message, with the file's values redacted."""
+    return redact.redact(f"{type(e).__name__} while processing: {e}")[:500]
 
 
 def write_results(image: DicomImage, analysis: Analysis, folder: Path, version: str) -> list[Path]:

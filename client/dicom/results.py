@@ -4,6 +4,11 @@ Each object references the source image's SOP Instance UID, carries the model ve
 SoftwareVersions, and in the SR the algorithm identification) and gets a UID derived from the source UID, the model
 version and the object kind: processing the same image twice with the same model yields the same UIDs, so a
 re-sent result replaces the earlier copy in the PACS instead of duplicating it. The source is never modified.
+
+Older and third-party images often omit optional patient and study attributes (PatientID, birth date, sex,
+StudyID, accession number, referring physician) or hold values highdicom refuses (a sex of 'male', a date of
+'1961'). highdicom reads them from the source, so every object is built from `reference_dataset(source)`: the
+source's header with those Type 2 attributes copied when valid and present but empty otherwise, as PS3.3 allows.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
+from pydicom.valuerep import DA, TM
 
 from common.inference.predictor import Prediction
 
@@ -34,6 +40,72 @@ MANUFACTURER = "fracfl"
 SERIES_NUMBERS = {"gsps": 9001, "sr": 9002, "sc": 9003}  # high, fixed numbers keep fracfl's series apart in the viewer
 
 
+# Type 2 patient/study attributes highdicom copies from the source into every result (PS3.3 C.7.1.1, C.7.2.1).
+TYPE2_COPIED = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
+                "AccessionNumber", "StudyID", "ReferringPhysicianName")
+_SEXES = frozenset({"M", "F", "O"})
+
+
+def reference_dataset(source: Dataset) -> Dataset:
+    """The source's header (no pixel data) with every TYPE2_COPIED attribute present: copied when the source has a
+    valid value, empty otherwise. Results are built from this, so a missing PatientID never loses them."""
+    ref = Dataset()
+    for elem in source:
+        if elem.keyword != "PixelData":
+            ref.add(elem)
+    ref.file_meta = source.file_meta if hasattr(source, "file_meta") else Dataset()
+    for keyword in TYPE2_COPIED:
+        setattr(ref, keyword, _valid_or_empty(keyword, source.get(keyword)))
+    return ref
+
+
+def _valid_or_empty(keyword: str, value: object) -> object:
+    """A value highdicom and the standard accept for `keyword`, else '' (never raises: a bad date is no reason to
+    withhold the findings)."""
+    if value is None or str(value).strip() == "":
+        return ""
+    try:
+        if keyword == "PatientSex":
+            return str(value).strip().upper() if str(value).strip().upper() in _SEXES else ""
+        if keyword in ("PatientBirthDate", "StudyDate"):
+            DA(str(value))
+        elif keyword == "StudyTime":
+            TM(str(value))
+    except (TypeError, ValueError):
+        return ""
+    return value
+
+
+# BodyPartExamined defined terms of unpaired structures (PS3.16 Annex L), as dciodvfy checks them: for these the
+# General Series Laterality must be absent; for any other (or no) body part it is present, empty when unknown.
+UNPAIRED_BODY_PARTS = frozenset({
+    "ABDOMEN", "ABDOMENPELVIS", "CHEST", "CHESTABDOMEN", "COCCYX", "CSPINE", "FACE", "HEAD", "HEADNECK", "HEART", "JAW",
+    "LSPINE", "LSSPINE", "NECK", "NOSE", "PELVIS", "SKULL", "SPINE", "SSPINE", "STERNUM", "TLSPINE", "TSPINE",
+    "WHOLEBODY",
+})
+
+
+def laterality(source: Dataset) -> str | None:
+    """General Series Laterality (Type 2C) of the GSPS and SC: R or L from the source's Laterality, else from its
+    ImageLaterality; '' (unknown) when it states neither and the body part may be paired; None (omit the
+    attribute) for an unpaired body part."""
+    for keyword in ("Laterality", "ImageLaterality"):
+        value = str(source.get(keyword, "") or "").strip().upper()
+        if value in ("R", "L"):
+            return value
+    body_part = str(source.get("BodyPartExamined", "") or "").strip().upper()
+    return None if body_part in UNPAIRED_BODY_PARTS else ""
+
+
+def _copy_series_anatomy(source: Dataset, result: Dataset) -> None:
+    """Body part and laterality of the source on a GSPS or SC (both have the General Series module)."""
+    if str(source.get("BodyPartExamined", "") or "").strip():
+        result.BodyPartExamined = source.BodyPartExamined
+    side = laterality(source)
+    if side is not None:
+        result.Laterality = side
+
+
 def result_uid(source: Dataset, model_version: str, kind: str, part: str = "instance") -> str:
     """Deterministic UID for the `kind` object made from `source` by `model_version`."""
     return generate_uid(entropy_srcs=[str(source.SOPInstanceUID), model_version, kind, part])
@@ -45,6 +117,7 @@ def _series_description(kind: str, model_version: str) -> str:
 
 def presentation_state(source: Dataset, prediction: Prediction, model_version: str) -> Dataset:
     """GSPS drawing each finding's box and 'type score' label; INVERSE presentation LUT for MONOCHROME1 sources."""
+    source = reference_dataset(source)
     layer = hd.pr.GraphicLayer(layer_name="FRACFL", order=1, description="fracfl findings")
     graphics, texts = [], []
     for i, f in enumerate(prediction.findings(), 1):
@@ -77,6 +150,7 @@ def presentation_state(source: Dataset, prediction: Prediction, model_version: s
         presentation_lut_transformation=hd.PresentationLUTTransformation(presentation_lut_shape=shape),
     )
     gsps.SeriesDescription = _series_description("findings", model_version)
+    _copy_series_anatomy(source, gsps)
     return gsps
 
 
@@ -84,6 +158,7 @@ def measurement_report(source: Dataset, prediction: Prediction, model_version: s
                        pixel_spacing_mm: tuple[float, float] | None = None) -> hd.sr.Comprehensive3DSR:
     """TID 1500 report: one planar ROI group per finding (fracture code, box as POLYLINE on the source image,
     score, width/height in mm when the spacing is known) plus the image-level probability and verdict."""
+    source = reference_dataset(source)
     algorithm = hd.sr.AlgorithmIdentification(name="fracfl", version=model_version[:64])
     device = hd.sr.DeviceObserverIdentifyingAttributes(uid=generate_uid(entropy_srcs=["fracfl-device", model_version]),
                                                         name="fracfl", model_name=model_version[:64])
@@ -131,6 +206,7 @@ def measurement_report(source: Dataset, prediction: Prediction, model_version: s
 
 def secondary_capture(source: Dataset, picture: np.ndarray, model_version: str) -> hd.sc.SCImage:
     """RGB secondary capture of the annotated picture (boxes, labels and heatmap burned in), in the source's study."""
+    source = reference_dataset(source)
     orientation = tuple(source.get("PatientOrientation") or ())
     known = len(orientation) == 2 and all(orientation)
     sc = hd.sc.SCImage.from_ref_dataset(
@@ -147,6 +223,7 @@ def secondary_capture(source: Dataset, picture: np.ndarray, model_version: str) 
     sc.SeriesDescription = _series_description("annotated", model_version)
     sc.SoftwareVersions = model_version[:64]
     sc.BurnedInAnnotation = "YES"  # labels and boxes are in the pixels
+    _copy_series_anatomy(source, sc)
     sc.DerivationDescription = f"fracfl findings and Grad-CAM heatmap over the source image, model {model_version}"[:1024]
     ref = Dataset()  # which image this picture was derived from, as a PACS viewer links them
     ref.ReferencedSOPClassUID, ref.ReferencedSOPInstanceUID = source.SOPClassUID, source.SOPInstanceUID

@@ -9,7 +9,8 @@ from client.inference.analyse import Analyser, atomic_json, write_pictures
 from client.inference.version import model_version
 from common.config import EvalConfig
 from common.data.images import is_image_file, read_image
-from common.dicom import DicomRejected, is_dicom_bytes, read_dicom_image
+from common.dicom import DicomRejected, is_dicom_bytes, read_dicom_image, redact
+from common.dicom.read import DICOM_SUFFIXES, check_referenceable
 from common.errors import DataError
 from common.inference import load_backend
 
@@ -33,36 +34,44 @@ def predict_files(paths: list[str | Path], model_ref: str | Path, out: Path, *, 
                   heatmap: bool = True) -> Iterator[dict]:
     """Analyse each file, write its annotated (and heatmap) PNG to `out`, yield its record; bad files yield a
     record with `ok: False` and the reason instead of stopping the run. Writes `out/predictions.json` at the end."""
-    from client.dicom.pipeline import write_results  # DICOM results only when asked: keeps PNG-only use light
-
+    redact.install()  # no DICOM value in any log line or warning (common.dicom.redact)
     files = collect(paths)
     version = model_version(model_ref)
     analyser = Analyser(load_backend(model_ref, backend, variant=variant), cfg or EvalConfig(), version, heatmap)
     out.mkdir(parents=True, exist_ok=True)
     records, stems = [], set()
     for path in files:
-        stem = _unique(path.stem, stems)
-        record: dict = {"file": str(path), "model_version": version}
-        try:
-            dicom = _is_dicom(path)
-            image = read_dicom_image(path) if dicom else None
-            pixels = image.pixels if image is not None else read_image(path)
-            analysis = analyser(pixels)
-            pictures = write_pictures(analysis, out, stem)
-            record.update(ok=True, **analysis.summary(), annotated=str(pictures[0]),
-                          heatmap_png=str(pictures[1]) if len(pictures) > 1 else None,
-                          pixel_spacing_mm=image.pixel_spacing_mm if image is not None else None)
-            if dicom_results and image is not None:
-                record["dicom_results"] = [str(p) for p in write_results(image, analysis, out / stem, version)]
-        except DicomRejected as e:
-            record.update(ok=False, reason=e.reason, problem=e.problem)
-        except DataError as e:
-            record.update(ok=False, reason="unreadable_image", problem=e.problem)
-        except Exception as e:  # one odd file (a malformed LUT, say) must not end the run for the others
-            record.update(ok=False, reason="processing_error", problem=f"{type(e).__name__}: {e}"[:500])
+        with redact.handling():
+            record = _predict_one(path, _unique(path.stem, stems), analyser, out, version, dicom_results)
         records.append(record)
         yield record
     atomic_json(out / "predictions.json", {"model_version": version, "images": records})
+
+
+def _predict_one(path: Path, stem: str, analyser: Analyser, out: Path, version: str, dicom_results: bool) -> dict:
+    """One file's record; every failure becomes `ok: False` with a reason code (common.dicom.REASONS)."""
+    from client.dicom.pipeline import processing_problem, write_results  # the DICOM side only when it is used
+
+    record: dict = {"file": str(path), "model_version": version}
+    try:
+        dicom = _is_dicom(path)
+        image = read_dicom_image(path) if dicom else None
+        pixels = image.pixels if image is not None else read_image(path)
+        analysis = analyser(pixels)
+        pictures = write_pictures(analysis, out, stem)
+        record.update(ok=True, **analysis.summary(), annotated=str(pictures[0]),
+                      heatmap_png=str(pictures[1]) if len(pictures) > 1 else None,
+                      pixel_spacing_mm=image.pixel_spacing_mm if image is not None else None)
+        if dicom_results and image is not None:
+            check_referenceable(image.dataset, path)
+            record["dicom_results"] = [str(p) for p in write_results(image, analysis, out / stem, version)]
+    except DicomRejected as e:
+        record.update(ok=False, reason=e.reason, problem=redact.redact(e.problem))
+    except DataError as e:
+        record.update(ok=False, reason="unreadable_image", problem=e.problem)
+    except Exception as e:  # one odd file (a malformed LUT, say) must not end the run for the others
+        record.update(ok=False, reason="processing_error", problem=processing_problem(e))
+    return record
 
 
 def summary_line(record: dict) -> str:
@@ -75,6 +84,9 @@ def summary_line(record: dict) -> str:
 
 
 def _is_dicom(path: Path) -> bool:
+    """DICOM by content (Part 10 or raw dataset), or named .dcm: a PNG renamed .dcm is refused as not_dicom."""
+    if path.suffix.lower() in DICOM_SUFFIXES:
+        return True
     try:
         with open(path, "rb") as f:
             return is_dicom_bytes(f.read(132))

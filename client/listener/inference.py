@@ -19,7 +19,7 @@ class PipelineProcessor:
         result = self.pipeline.process(path)
         if result.reason is not None:  # the pipeline moved the file to its quarantine folder, beside its reason
             where = f"\nfile: {result.quarantined}" if result.quarantined else ""
-            raise Quarantine(result.reason, f"{result.problem or ''}{where}")
+            raise Quarantine(result.reason, f"{result.problem or ''}{where}", result.transfer_syntax)
         return list(result.outputs)
 
 

@@ -13,14 +13,15 @@ from typing import Protocol, Sequence
 class Quarantine(Exception):
     """The object can never be processed (not a radiograph, unreadable pixels...): no retry, straight to failed/.
 
-    `reason` is a short code that goes to the log and journal (no patient data); `detail` is the sentence for the
-    operator, kept only in the item's reason.txt because it may quote the file.
+    `reason` is a short code that goes to the log and journal (no patient data), with `transfer_syntax`; `detail` is
+    the sentence for the operator, kept only in the item's reason.txt because it may quote the file.
     """
 
-    def __init__(self, reason: str, detail: str = ""):
+    def __init__(self, reason: str, detail: str = "", transfer_syntax: str | None = None):
         super().__init__(reason)
         self.reason = reason
         self.detail = detail
+        self.transfer_syntax = transfer_syntax  # logged beside the reason: which codec a site may be missing
 
 
 class Processor(Protocol):

@@ -108,7 +108,8 @@ class ListenerService:
         try:
             outputs = list(self.processor(item.object))
         except Quarantine as e:
-            log.warning("quarantined %s ref %s: %s", item.id, item.meta.get("ref"), e.reason)
+            log.warning("quarantined %s ref %s: %s (%s)", item.id, item.meta.get("ref"), e.reason,
+                        e.transfer_syntax or "transfer syntax unknown")
             self.queue.fail(item, f"quarantined: {e.reason}", e.detail)
             return
         except Exception as e:  # noqa: BLE001 - a service survives whatever one object does

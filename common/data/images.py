@@ -63,7 +63,7 @@ def decode_image(data: bytes, path: str | Path, *, max_side: int | None = None) 
         raise DataError(path, "cannot decode image (file is empty)")
     if max_side is not None and max_side < 1:
         raise ValueError(f"max_side must be >= 1, got {max_side}")
-    if data[128:132] == b"DICM":
+    if _is_dicom(data, path):
         return _decode_dicom(data, path, max_side)
     notes: list[str] = []
     try:
@@ -89,6 +89,14 @@ def decode_image(data: bytes, path: str | Path, *, max_side: int | None = None) 
     if not (arr.flags.writeable and arr.flags.c_contiguous):  # PIL hands out read-only views: callers may edit
         arr = np.array(arr, order="C")
     return arr, notes
+
+
+def _is_dicom(data: bytes, path: Path) -> bool:
+    """DICOM by content (Part 10 or a raw dataset), or by a DICOM file name: such a file that is not DICOM is
+    then refused as not_dicom instead of being decoded as whatever image it really is."""
+    from common.dicom.read import DICOM_SUFFIXES, dicom_kind  # see _decode_dicom
+
+    return dicom_kind(data[:132]) is not None or path.suffix.lower() in DICOM_SUFFIXES
 
 
 def _decode_dicom(data: bytes, path: Path, max_side: int | None) -> tuple[np.ndarray, list[str]]:

@@ -9,7 +9,8 @@ import numpy as np
 from pydicom.dataset import Dataset
 
 from common.dicom.pixels import to_grey_u8
-from common.dicom.read import RADIOGRAPH_MODALITIES, check_image, decode_pixels, open_dataset
+from common.dicom.read import (RADIOGRAPH_MODALITIES, DicomRejected, check_image, decode_pixels, open_dataset,
+                               transfer_syntax_name)
 
 
 @dataclass
@@ -32,8 +33,12 @@ def read_dicom_image(path: str | Path, modalities: frozenset[str] | None = RADIO
     """Read, validate and convert one file (or its bytes, `data`); raises DicomRejected (with a reason code) for
     anything unusable. `modalities=None` accepts any greyscale single-frame image."""
     ds = open_dataset(path, data)
-    check_image(ds, path, modalities)
-    stored = decode_pixels(ds, path)
+    try:
+        check_image(ds, path, modalities)
+        stored = decode_pixels(ds, path)
+    except DicomRejected as e:
+        e.transfer_syntax = e.transfer_syntax or transfer_syntax_name(ds)
+        raise
     pixels, notes = to_grey_u8(ds, stored)
     spacing, source = pixel_spacing(ds)
     if spacing is None:

@@ -12,7 +12,7 @@ from common.data.augment import boxes_to_pixels
 from common.data.dataset import DetectionDataset, collate, model_input
 from common.metrics import DetectionReport, ImageResult, evaluate_detections
 from common.inference.backend import Backend, as_backend
-from common.inference.postprocess import decode, to_original
+from common.inference.postprocess import decode, image_bounds, to_original
 from common.utils.progress import progress_bar
 
 
@@ -29,8 +29,9 @@ def predict_dataset(
         task = bar.add_task("evaluate", total=len(data))
         for batch in loader:
             raw = backend(model_input(batch["img"], getattr(backend, "device", torch.device("cpu"))))
-            for det, i in zip(decode(raw, cfg, nc), batch["index"].tolist()):
-                s = data.prepared(i)
+            samples = [data.prepared(i) for i in batch["index"].tolist()]
+            bounds = [image_bounds(s.gain, s.pad, s.orig_hw) for s in samples]
+            for det, i, s in zip(decode(raw, cfg, nc, bounds), batch["index"].tolist(), samples):
                 gt = boxes_to_pixels(data.labels[i], s.orig_hw[1], s.orig_hw[0])
                 pred = to_original(det.cpu().numpy(), s.gain, s.pad, s.orig_hw)
                 results.append(ImageResult(image_id=data.images[i].name, pred=pred, gt=gt))

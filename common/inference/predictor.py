@@ -10,7 +10,7 @@ import torch
 from common.config import EvalConfig
 from common.data.augment import letterbox
 from common.inference.backend import Backend
-from common.inference.postprocess import decode, to_original
+from common.inference.postprocess import decode, image_bounds, to_original
 from common.metrics.triage import image_score
 
 
@@ -72,7 +72,8 @@ class Predictor:
             raise ValueError(f"expected a grey uint8 image (H, W), got {image.dtype} {image.shape}")
         lb, gain, pad = letterbox(image, self.backend.imgsz)
         raw = self.backend(to_input(lb).unsqueeze(0))
-        det = decode(raw, self.cfg, len(self.backend.names))[0].cpu().numpy()
+        bounds = [image_bounds(gain, pad, image.shape[:2])]
+        det = decode(raw, self.cfg, len(self.backend.names), bounds)[0].cpu().numpy()
         det = to_original(det, gain, pad, image.shape[:2])
         return Prediction(
             boxes=det[:, :4].astype(np.float32),
