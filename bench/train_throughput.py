@@ -30,7 +30,7 @@ from _common import emit, machine  # noqa: E402
 
 import torch  # noqa: E402
 
-from common.config import AugmentConfig, EvalConfig, TrainConfig  # noqa: E402
+from common.config import AugmentConfig, EvalConfig, ImbalanceConfig, TrainConfig  # noqa: E402
 from common.data.dataset import DetectionDataset, model_input  # noqa: E402
 from common.engine.evaluate import evaluate_model  # noqa: E402
 from common.engine.loader import auto_workers  # noqa: E402
@@ -98,6 +98,7 @@ def step(data: DetectionDataset, cfg: TrainConfig, device: torch.device, seconds
     from common.privacy.dp_sgd import DPSGD
 
     spec = ModelSpec(arch="yolov7-tiny", norm="group" if dp else "batch")
+    cfg = replace(cfg, imbalance=ImbalanceConfig("constant")) if dp else cfg  # what conf/privacy/dp_sgd.yaml sets
     model = build_model(spec)
     hook = (lambda: DPSGD(1.0, 1.0, min(1.0, cfg.batch_size / len(data)), max_physical_batch=cfg.batch_size)
             ) if dp else (lambda: None)

@@ -70,8 +70,9 @@ class AugmentConfig:
 
 @dataclass
 class ImbalanceConfig:
-    mode: str = "reweight"  # none | oversample | reweight
+    mode: str = "reweight"  # none | oversample | reweight | constant
     positive_fraction: float = 0.5  # share of fracture images (oversample) or of loss weight (reweight)
+    positive_weight: float = 3.0  # constant: loss weight of a fracture image (others 1), fixed before training
 
 
 @dataclass

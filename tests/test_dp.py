@@ -3,10 +3,11 @@ Poisson sampling, memory-bounded physical batches and empty batches."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
-from common.config import AugmentConfig, TrainConfig
+from common.config import AugmentConfig, ImbalanceConfig, TrainConfig
 from common.data.dataset import DetectionDataset
 from common.engine.trainer import _optimizer, freeze_parts, train_local
 from common.errors import ConfigError
@@ -20,6 +21,7 @@ from test_loss import _alone, _batch
 
 GROUP = ModelSpec(width=0.125, depth=0.5, norm="group")
 PLAIN = AugmentConfig(hflip=0, degrees=0, translate=0, scale=0, brightness=0, contrast=0, gamma=0, noise=0)
+CONSTANT = ImbalanceConfig("constant")  # what conf/privacy/dp_sgd.yaml sets: weights fixed per class
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -86,7 +88,7 @@ def test_dp_training_counts_logical_steps_and_leaves_the_model_clean(tmp_path):
     data = _data(tmp_path)
     model = build_model(GROUP)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    cfg = TrainConfig(imgsz=64, batch_size=8, epochs=2, warmup_steps=0, device="cpu", augment=PLAIN)
+    cfg = TrainConfig(imgsz=64, batch_size=8, epochs=2, warmup_steps=0, device="cpu", augment=PLAIN, imbalance=CONSTANT)
     hook = DPSGD(noise_multiplier=1.0, max_grad_norm=1.0, sample_rate=8 / len(data), max_physical_batch=3)
     result = train_local(model, data, cfg, privacy=hook, progress=False)
     assert result.metrics["steps"] == 2 * int(len(data) / 8)  # logical steps, not physical chunks of 3
@@ -103,7 +105,7 @@ def test_noise_alone_moves_weights_on_an_empty_batch(tmp_path):
     data = _data(tmp_path, n=8)
     model = build_model(GROUP)
     before = [p.detach().clone() for p in model.parameters()]
-    cfg = TrainConfig(imgsz=64, batch_size=8, max_steps=2, warmup_steps=0, device="cpu", augment=PLAIN)
+    cfg = TrainConfig(imgsz=64, batch_size=8, max_steps=2, warmup_steps=0, device="cpu", augment=PLAIN, imbalance=CONSTANT)
     hook = DPSGD(noise_multiplier=1.0, max_grad_norm=1.0, sample_rate=1e-9)
     result = train_local(model, data, cfg, privacy=hook, progress=False)
     assert result.metrics["images"] == 0 and result.metrics["steps"] == 2
@@ -112,7 +114,7 @@ def test_noise_alone_moves_weights_on_an_empty_batch(tmp_path):
 
 def test_dp_refuses_batch_norm_mosaic_and_fedprox(tmp_path):
     data = _data(tmp_path, n=8)
-    cfg = TrainConfig(imgsz=64, batch_size=4, max_steps=1, device="cpu", augment=PLAIN)
+    cfg = TrainConfig(imgsz=64, batch_size=4, max_steps=1, device="cpu", augment=PLAIN, imbalance=CONSTANT)
     hook = DPSGD(noise_multiplier=1.0, max_grad_norm=1.0, sample_rate=0.5)
     with pytest.raises(ConfigError, match="model.norm=group"):
         train_local(build_model(ModelSpec(width=0.125, depth=0.5)), data, cfg, privacy=hook, progress=False)
@@ -121,6 +123,23 @@ def test_dp_refuses_batch_norm_mosaic_and_fedprox(tmp_path):
     mosaic = TrainConfig(imgsz=64, batch_size=4, max_steps=1, device="cpu", augment=AugmentConfig(mosaic=0.5))
     with pytest.raises(ConfigError, match="mosaic"):
         train_local(build_model(GROUP), data, mosaic, privacy=hook, progress=False)
+    for mode in ("reweight", "oversample"):  # weights or draws from the site's fracture share couple the images
+        coupled = TrainConfig(imgsz=64, batch_size=4, max_steps=1, device="cpu", augment=PLAIN,
+                              imbalance=ImbalanceConfig(mode))
+        with pytest.raises(ConfigError, match="imbalance.mode=constant"):
+            train_local(build_model(GROUP), data, coupled, privacy=hook, progress=False)
+
+
+def test_constant_class_weights_do_not_depend_on_the_other_images():
+    """Issue 12.3: with reweight, removing one fracture image of 30 moved every other image's weight (1.5 ->
+    1.611, 0.75 -> 0.725); constant weights depend on each image alone."""
+    from common.engine.trainer import image_weights
+
+    positive = np.array([True] * 10 + [False] * 20)
+    for mode, moves in (("reweight", True), ("constant", False)):
+        cfg = ImbalanceConfig(mode)
+        full, without = image_weights(positive, cfg), image_weights(positive[1:], cfg)
+        assert (not np.allclose(full[1:], without)) == moves
 
 
 def _released_update(data, noise_multiplier, hook_seed):
@@ -128,7 +147,7 @@ def _released_update(data, noise_multiplier, hook_seed):
     torch.manual_seed(0)
     model = build_model(GROUP)
     before = torch.cat([p.detach().flatten().clone() for p in model.parameters()])
-    cfg = TrainConfig(imgsz=64, batch_size=8, max_steps=1, warmup_steps=0, device="cpu", augment=PLAIN)
+    cfg = TrainConfig(imgsz=64, batch_size=8, max_steps=1, warmup_steps=0, device="cpu", augment=PLAIN, imbalance=CONSTANT)
     hook = DPSGD(noise_multiplier, 1.0, 0.5, max_physical_batch=16, seed=hook_seed)
     train_local(model, data, cfg, privacy=hook, progress=False, seed=7)  # 7: the job seed, which the server sent
     return torch.cat([p.detach().flatten() for p in model.parameters()]) - before, hook.noise_source

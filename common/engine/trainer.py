@@ -58,7 +58,13 @@ class TrainResult:
 
 
 def image_weights(positive: np.ndarray, cfg: ImbalanceConfig) -> np.ndarray:
-    """Per-image weights that give fracture images `positive_fraction` of the total (mean weight 1)."""
+    """Per-image loss weights. `reweight`: fracture images get `positive_fraction` of the total (mean weight 1),
+    so each weight depends on the whole set; `constant`: `positive_weight` for a fracture image, 1 otherwise, so
+    each depends on that image alone (what DP-SGD needs)."""
+    if cfg.mode == "constant":
+        if not cfg.positive_weight > 0:
+            raise ConfigError(f"train.imbalance.positive_weight: must be > 0, got {cfg.positive_weight}")
+        return np.where(positive, float(cfg.positive_weight), 1.0)
     p = float(positive.mean()) if len(positive) else 0.0
     if cfg.mode == "none" or p in (0.0, 1.0):
         return np.ones(len(positive), np.float64)
@@ -72,10 +78,11 @@ def _loader(data: DetectionDataset, cfg: TrainConfig, seed: int, device: torch.d
     if cfg.imbalance.mode == "oversample":
         w = torch.as_tensor(image_weights(data.positive, cfg.imbalance))
         sampler = WeightedRandomSampler(w, num_samples=len(data), replacement=True, generator=gen)
-    elif cfg.imbalance.mode in ("none", "reweight"):
+    elif cfg.imbalance.mode in ("none", "reweight", "constant"):
         sampler = RandomSampler(data, generator=gen)
     else:
-        raise ConfigError(f"train.imbalance.mode: expected none, oversample or reweight, got {cfg.imbalance.mode!r}")
+        raise ConfigError("train.imbalance.mode: expected none, oversample, reweight or constant, got "
+                          f"{cfg.imbalance.mode!r}")
     workers = auto_workers(device) if cfg.workers is None else cfg.workers
     data.warm_cache(cfg.cache_mb * 2**20, threads=available_cores())  # before the workers fork: they share it
     return make_loader(data, cfg.batch_size, sampler, workers, device)
@@ -152,6 +159,11 @@ def train_local(
     """
     if privacy is not None and cfg.augment.mixes_images:
         raise ConfigError("train.augment.mosaic: mosaic mixes images, which breaks DP-SGD's per-image guarantee")
+    if privacy is not None and cfg.imbalance.mode in ("reweight", "oversample"):
+        raise ConfigError(f"train.imbalance.mode={cfg.imbalance.mode} with DP-SGD: it derives each image's weight or "
+                          "draw from the site's fracture share, so removing one image changes the others' and the "
+                          "sensitivity is no longer the clipping norm; use train.imbalance.mode=constant (a fixed "
+                          "weight per class) or none")
     if privacy is not None and proximal_mu > 0:
         raise ConfigError("strategy=fedprox with privacy=dp_sgd: the DP optimiser does not apply the proximal term; "
                           "use fedavg or another strategy without a site-side term")
@@ -161,7 +173,7 @@ def train_local(
     freeze_parts(model, cfg.freeze)
     fmt = step_format(cfg.precision, cfg.channels_last, device, private=privacy is not None)
     criterion = PerImageDetectionLoss(model)
-    weights = torch.as_tensor(image_weights(data.positive, cfg.imbalance) if cfg.imbalance.mode == "reweight"
+    weights = torch.as_tensor(image_weights(data.positive, cfg.imbalance) if cfg.imbalance.mode != "oversample"
                               else np.ones(len(data)), dtype=torch.float32).to(device)
     optimizer = _optimizer(model, cfg)
     loader = _loader(data, cfg, seed, device)
