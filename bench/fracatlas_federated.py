@@ -48,7 +48,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import FRACATLAS, REPO, emit, machine  # noqa: E402
-from outbox import export_arm  # noqa: E402
+from outbox import checkpoint, export_arm  # noqa: E402
 from sizing import Plan, Sizes, Speeds, plan, read_central_probe, read_dp_probe, shares  # noqa: E402
 
 ARMS: dict[str, list[str]] = {  # arm -> Hydra overrides of its command (central: fracfl train; others: simulate)
@@ -70,8 +70,8 @@ METRICS = ("map50", "map50_95", "sensitivity", "specificity", "roc_auc", "precis
 WEAK = 0.05  # a denominator mAP50 below this makes a ratio mostly noise
 STOPPED = "stopped at the time limit"
 # --smoke: the same path end to end on a CPU in minutes (tiny images, 1-2 epochs); explicit flags still win
-SMOKE = {"device": "cpu", "imgsz": 64, "batch": 4, "fraction": 0.02, "max_epochs": 2, "target_epochs": 2,
-         "probe_steps": 2, "dp_probe_steps": 1, "round_s": 1.0}
+SMOKE = {"device": "cpu", "imgsz": 64, "batch": 4, "fraction": 0.02, "min_epochs": 2, "max_epochs": 2,
+         "target_epochs": 2, "probe_steps": 2, "dp_probe_steps": 1, "round_s": 1.0}
 # a central arm's log line per epoch (common.engine.centralised; read when history.csv is written only at the end)
 EPOCH_LINE = re.compile(r"epoch (\d+): boxes: mAP50 (\S+) mAP50-95 (\S+) \|.*?images (\d+) \((\d+) pos.*?"
                         r"sens (\S+) spec (\S+) AUC (\S+)")
@@ -319,15 +319,16 @@ def ratios(results: dict[str, dict]) -> list[dict]:
 def markdown(report: dict) -> str:
     c, pl, sp = report["conditions"], report.get("plan") or {}, report.get("probe") or {}
     rate = lambda x: "not measured" if x is None else f"{x:.1f} images/s"  # noqa: E731
+    secs = lambda x: "not measured" if x is None else f"{x:.1f} s"  # noqa: E731
     lines = [f"# FracAtlas: federated vs centralised, DP vs non-DP ({report['machine']})", "",
              f"{c['epochs']} epochs (federated: {c['epochs']} rounds x 1 local), {c['imgsz']} px, "
              f"batch {c['batch']}, fraction {c['fraction']} ({c['train_images']} train / {c['val_images']} val "
              f"images), device {c['device']}, DP target epsilon {c['epsilon']} per site, seed {c['seed']}, "
              f"{c['jobs']} arm(s) at a time, extra overrides {c['extra'] or 'none'}; {report['wall_s']:.0f} s wall "
              f"of a {c['time_limit'] or 'unlimited'} s limit.", "",
-             f"Probe ({sp.get('probe_s', 0):.0f} s): central {rate(sp.get('central_images_per_s'))}, DP site "
-             f"{rate(sp.get('dp_images_per_s'))} (three sharing the machine); start-up "
-             f"{sp.get('central_start_s') or 0:.1f} s (train), {sp.get('federated_start_s') or 0:.1f} s (simulate). "
+             f"Probe ({sp.get('probe_s', 0):.0f} s): central {rate(sp.get('central_images_per_s'))}, a DP site "
+             f"{rate(sp.get('dp_images_per_s'))} (three sharing the machine); start-up {secs(sp.get('central_start_s'))} "
+             f"(train), {secs(sp.get('federated_start_s'))} (simulate). "
              f"Plan: {pl.get('note', c['epochs_source'])}. {' '.join(sp.get('notes', []))}", "",
              "| arm | status | epochs/rounds done | mAP50 | mAP50-95 | sensitivity | specificity | ROC AUC | val images "
              "(pos) | mAP50 per epoch/round | train images/s per process | predicted s | wall s | weights |",
@@ -361,12 +362,12 @@ def markdown(report: dict) -> str:
 
 def poll(arm: Arm, stop_early: set[str]) -> int | None | bool:
     """The arm's exit code; None once it is stopped here (past its deadline, or a --stop-early arm with one epoch or
-    round done); False while it runs on."""
+    round done: evaluated, and for a federated arm committed); False while it runs on."""
     code = arm.proc.poll()
     if code is not None:
         return code
-    done = (central_epochs(arm.run_dir) if arm.name == "central" else
-            [r for r in server_rounds(arm.run_dir) if r["round"] >= 1]) if arm.name in stop_early else []
+    done = arm.name in stop_early and (bool(central_epochs(arm.run_dir)) if arm.name == "central" else
+                                       (checkpoint(arm.run_dir) or {}).get("round", 0) >= 1)
     if time.perf_counter() < arm.deadline and not done:
         return False
     stop(arm)
@@ -407,11 +408,13 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--device", default="auto", help="train.device of every arm: auto, cpu, cuda, cuda:N")
     p.add_argument("--epochs", default="auto",
                    help="centralised epochs = federated rounds; auto: the most that fit --time-limit (probed speed)")
+    p.add_argument("--min-epochs", type=int, default=1, help="the fewest --epochs auto may choose (even if predicted "
+                   "not to fit: arms are then cut at their share of the time)")
     p.add_argument("--max-epochs", type=int, default=60, help="the most --epochs auto may choose")
     p.add_argument("--target-epochs", type=int, default=30, help="--epochs auto says when fewer than this fit")
     p.add_argument("--margin", type=float, default=0.25, help="share of the time kept spare by --epochs auto")
-    p.add_argument("--probe-steps", type=int, default=48, help="training steps of the central probe")
-    p.add_argument("--dp-probe-steps", type=int, default=6, help="steps per site of the DP probe round (0: none)")
+    p.add_argument("--probe-steps", type=int, default=64, help="training steps of the central probe")
+    p.add_argument("--dp-probe-steps", type=int, default=8, help="steps per site of the DP probe round (0: none)")
     p.add_argument("--probe-timeout", type=float, default=90, help="seconds each probe may take at most")
     p.add_argument("--gn-slowdown", type=float, default=1.3, help="assumed GroupNorm/BatchNorm training time")
     p.add_argument("--round-s", type=float, default=2.0, help="assumed server seconds per round besides evaluation")
@@ -528,7 +531,7 @@ def size_run(a: argparse.Namespace, data_yaml: Path, out: Path, sites: Path, cou
     speeds.probe_s = round(time.perf_counter() - t, 1)
     sizes = Sizes(counts["train"], counts["val"], max(site_sizes(sites)))
     chosen = plan(a.arms, speeds, sizes, deadline - time.perf_counter(), margin=a.margin, target=a.target_epochs,
-                  max_epochs=a.max_epochs)
+                  min_epochs=a.min_epochs, max_epochs=a.max_epochs)
     print(f"probe: {json.dumps(asdict(speeds))}\nplan: {json.dumps(chosen.to_dict())}", flush=True)
     return speeds, chosen
 

@@ -30,12 +30,17 @@ def arm_weights(name: str, run_dir: Path) -> tuple[Path, str] | None:
     if name == "central":
         path = run_dir / "weights" / "model.safetensors"
         return (path, "final") if path.is_file() else None
-    ckpt = run_dir / "checkpoint" / "checkpoint.json"
-    if not ckpt.is_file():
+    c = checkpoint(run_dir)
+    if c is None:
         return None
-    c = json.loads(ckpt.read_text())
     path = Path(c["weights"])
-    return (path if path.is_absolute() else ckpt.parent / path, f"round {c['round']}")
+    return (path if path.is_absolute() else run_dir / "checkpoint" / path, f"round {c['round']}")
+
+
+def checkpoint(run_dir: Path) -> dict | None:
+    """A federated run's resume point (its last committed round and that round's weights), if it has one."""
+    path = run_dir / "checkpoint" / "checkpoint.json"
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def write_fp16(src: Path, dst: Path, extra: dict[str, str]) -> int:

@@ -112,24 +112,26 @@ def arm_seconds(arm: str, epochs: int, s: Speeds, n: Sizes) -> float:
 
 
 def plan(arms: list[str], s: Speeds, n: Sizes, budget_s: float, *, margin: float = 0.25, target: int = 30,
-         max_epochs: int = 60) -> Plan:
+         min_epochs: int = 1, max_epochs: int = 60) -> Plan:
     """The largest epoch count (at most `max_epochs`) whose predicted total for the arms, run one after another,
-    fits (1 - margin) of the budget; at least 1, with a note when that still does not fit or misses `target`."""
+    fits (1 - margin) of the budget; at least `min_epochs`, with a note when that still does not fit or misses
+    `target` (arms that overrun are then cut at their share of the time)."""
     usable = (1 - margin) * budget_s
     if s.central_images_per_s is None or s.central_start_s is None:
-        return Plan(1, {}, budget_s, margin, "no speed was measured: 1 epoch, nothing predicted")
+        return Plan(min_epochs, {}, budget_s, margin, f"no speed was measured: {min_epochs} epoch(s), nothing predicted")
 
     def total(e: int) -> float:
         return sum(arm_seconds(a, e, s, n) for a in arms)
 
-    epochs = next((e for e in range(max_epochs, 0, -1) if total(e) <= usable), 0)
-    if epochs == 0:
-        note = f"even 1 epoch is predicted to take {total(1):.0f} s of {usable:.0f} s usable: arms will be cut"
-    elif epochs < target:
-        note = f"{epochs} epochs fit (below the {target}-epoch target): predicted {total(epochs):.0f} s of {usable:.0f} s"
+    fit = next((e for e in range(max_epochs, 0, -1) if total(e) <= usable), 0)
+    epochs = max(fit, min_epochs)
+    if fit < min_epochs:
+        note = (f"{epochs} epoch(s) (the minimum) are predicted to take {total(epochs):.0f} s of {usable:.0f} s "
+                "usable: arms will be cut")
+    elif fit < target:
+        note = f"{fit} epochs fit (below the {target}-epoch target): predicted {total(fit):.0f} s of {usable:.0f} s"
     else:
-        note = f"{epochs} epochs fit (target {target} met): predicted {total(epochs):.0f} s of {usable:.0f} s usable"
-    epochs = max(epochs, 1)
+        note = f"{fit} epochs fit (target {target} met): predicted {total(fit):.0f} s of {usable:.0f} s usable"
     return Plan(epochs, {a: round(arm_seconds(a, epochs, s, n), 1) for a in arms}, budget_s, margin, note)
 
 
