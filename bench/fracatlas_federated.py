@@ -327,11 +327,11 @@ def markdown(report: dict) -> str:
              f"{c['jobs']} arm(s) at a time, extra overrides {c['extra'] or 'none'}; {report['wall_s']:.0f} s wall "
              f"of a {c['time_limit'] or 'unlimited'} s limit.", "",
              f"Probe ({sp.get('probe_s', 0):.0f} s): central {rate(sp.get('central_images_per_s'))}, a DP site "
-             f"{rate(sp.get('dp_images_per_s'))} (three sharing the machine); start-up {secs(sp.get('central_start_s'))} "
-             f"(train), {secs(sp.get('federated_start_s'))} (simulate). "
+             f"{rate(sp.get('dp_images_per_s'))} (three sharing the machine); start-up "
+             f"{secs(sp.get('central_start_s'))} (train), {secs(sp.get('federated_start_s'))} (simulate). "
              f"Plan: {pl.get('note', c['epochs_source'])}. {' '.join(sp.get('notes', []))}", "",
-             "| arm | status | epochs/rounds done | mAP50 | mAP50-95 | sensitivity | specificity | ROC AUC | val images "
-             "(pos) | mAP50 per epoch/round | train images/s per process | predicted s | wall s | weights |",
+             "| arm | status | epochs/rounds done | mAP50 | mAP50-95 | sensitivity | specificity | ROC AUC | "
+             "val images (pos) | mAP50 per epoch/round | train images/s per process | predicted s | wall s | weights |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in report["arms"].items():
         f = lambda k: "n/a" if r.get(k) is None else f"{r[k]:.4f}"  # noqa: E731
@@ -484,7 +484,8 @@ def main() -> None:
                              "extra": " ".join(a.extra), "train_images": counts["train"], "val_images": counts["val"],
                              "commands": {arm.name: " ".join(arm.cmd) for arm in arms}},
               "arms": {}, "ratios": []}
-    print(f"machine: {machine()}\nplan: {chosen.note}\n{len(arms)} arms, {a.jobs} at a time; logs in {out}/<arm>/bench.log")
+    print(f"machine: {machine()}\nplan: {chosen.note}\n{len(arms)} arms, {a.jobs} at a time; logs in "
+          f"{out}/<arm>/bench.log")
 
     def write() -> None:
         report["wall_s"] = time.perf_counter() - t0

@@ -118,7 +118,7 @@ def plan(arms: list[str], s: Speeds, n: Sizes, budget_s: float, *, margin: float
     `target` (arms that overrun are then cut at their share of the time)."""
     usable = (1 - margin) * budget_s
     if s.central_images_per_s is None or s.central_start_s is None:
-        return Plan(min_epochs, {}, budget_s, margin, f"no speed was measured: {min_epochs} epoch(s), nothing predicted")
+        return Plan(min_epochs, {}, budget_s, margin, f"no speed measured: {min_epochs} epoch(s), nothing predicted")
 
     def total(e: int) -> float:
         return sum(arm_seconds(a, e, s, n) for a in arms)
