@@ -433,6 +433,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--meta", type=Path, default=None, help="meta.csv with body regions (default: beside data.yaml)")
     p.add_argument("--out", type=Path, default=None, help="new folder (default runs/bench/fracatlas_federated/TIME)")
     p.add_argument("--pack", type=Path, default=None, help="also write results.md and <arm>.fp16.safetensors here")
+    p.add_argument("--weights", default="central,fedavg,fedavg_gn,fedavg_dp", help="arms whose weights --pack "
+                   "writes: four 15.5 MiB fp16 files fit a device call's 64 MiB, five do not (fedprox left out)")
     p.add_argument("--smoke", action="store_true", help=f"CPU end-to-end check, defaults {SMOKE}")
     p.add_argument("--stop-early", default="", help="arms to stop, as the time limit would, after their first "
                    "epoch/round (to test partial results)")
@@ -441,10 +443,11 @@ def parse_args() -> argparse.Namespace:
     a = p.parse_args()
     a.arms = [s.strip() for s in a.arms.split(",") if s.strip()]
     a.stop_early = [s.strip() for s in a.stop_early.split(",") if s.strip()]
+    a.weights = [s.strip() for s in a.weights.split(",") if s.strip()]
     a.extra = shlex.split(a.extra)
-    unknown = sorted(set(a.arms + a.stop_early) - set(ARMS))
+    unknown = sorted(set(a.arms + a.stop_early + a.weights) - set(ARMS))
     if unknown or not a.arms:
-        p.error(f"--arms/--stop-early: unknown {unknown or 'none given'}; choose from {', '.join(ARMS)}")
+        p.error(f"--arms/--stop-early/--weights: unknown {unknown or 'none given'}; choose from {', '.join(ARMS)}")
     if a.epochs != "auto" and (not a.epochs.isdigit() or int(a.epochs) < 1):
         p.error("--epochs must be auto or a positive integer")
     if a.epochs == "auto" and a.time_limit <= 0:
@@ -500,7 +503,10 @@ def main() -> None:
             r = {"status": "not started (time limit)", "wall_s": 0.0, "planned": epochs, "completed": 0}
         else:
             r = collect(arm, code, epochs)
-            r.update(export_arm(arm.name, arm.run_dir, a.pack) if a.pack else {})
+            if a.pack and arm.name in a.weights:
+                r.update(export_arm(arm.name, arm.run_dir, a.pack))
+            elif a.pack:
+                r["weights_note"] = "not returned (--weights)"
         report["arms"][arm.name] = r
         write()
         print(f"[{time.perf_counter() - t0:6.0f} s] {arm.name}: {r['status']}, {r['completed']} of {epochs} done, "

@@ -17,6 +17,9 @@ from safetensors import safe_open
 from common.nn.weights import write_safetensors
 
 MAX_FILE = 16 * 2**20  # the device tool's limit per returned file
+# The device tool's 64 MiB for all returned files, less 1.5 MiB for results.md, results.tgz and bench.log: four
+# fp16 YOLOv7-tiny files (15.5 MiB each) fit, five do not.
+MAX_WEIGHTS_TOTAL = 64 * 2**20 - 3 * 2**19
 
 
 class TooLarge(RuntimeError):
@@ -45,15 +48,18 @@ def checkpoint(run_dir: Path) -> dict | None:
 
 def write_fp16(src: Path, dst: Path, extra: dict[str, str]) -> int:
     """Copy `src` with floating tensors cast to fp16 (integer buffers kept) and `extra` added to its header;
-    returns the size in bytes. TooLarge (and no file left) when it exceeds MAX_FILE."""
+    returns the size in bytes. TooLarge (and no file left) when it exceeds MAX_FILE, or when with the weights files
+    already beside it it exceeds MAX_WEIGHTS_TOTAL."""
     with safe_open(str(src), framework="numpy") as f:
         meta = {**(f.metadata() or {}), **extra, "cast": "fp16 (bench/outbox.py)"}
         arrays = {k: _half(f.get_tensor(k)) for k in f.keys()}
     write_safetensors(dst, arrays, meta)
     size = dst.stat().st_size
-    if size > MAX_FILE:
+    total = sum(p.stat().st_size for p in dst.parent.glob("*.fp16.safetensors"))
+    if size > MAX_FILE or total > MAX_WEIGHTS_TOTAL:
         dst.unlink()
-        raise TooLarge(f"{dst.name}: {size / 2**20:.2f} MiB > {MAX_FILE / 2**20:.0f} MiB per returned file")
+        raise TooLarge(f"{dst.name}: {size / 2**20:.2f} MiB (at most {MAX_FILE / 2**20:.0f} MiB per returned file), "
+                       f"{total / 2**20:.2f} MiB with the other weights (at most {MAX_WEIGHTS_TOTAL / 2**20:.1f} MiB)")
     return size
 
 

@@ -160,3 +160,23 @@ def test_smoke_run_brings_back_what_a_device_call_can(synth_data: Path, tmp_path
     speeds = sizing.Speeds(central_images_per_s=report["probe"]["central_images_per_s"])
     sizing.read_dp_probe(next((tmp_path / "tgz").rglob("fedavg/records.jsonl")).parent, 60.0, 4, 12, speeds)
     assert speeds.dp_images_per_s > 0 and speeds.federated_start_s is not None
+
+
+def test_returned_weights_stay_within_the_device_limits(tmp_path: Path) -> None:
+    """YOLOv7-tiny in fp16 fits one returned file (16 MiB); four fit the 64 MiB in all, the fifth is refused."""
+    import outbox
+    from common.nn.model import ModelSpec, build_model
+    from common.nn.weights import load_model, save_weights
+
+    spec = ModelSpec(arch="yolov7-tiny")
+    src = save_weights(build_model(spec), spec, tmp_path / "run" / "weights" / "model.safetensors")
+    out = tmp_path / "OUT"
+    out.mkdir()
+    sizes = [outbox.write_fp16(src, out / f"arm{i}.fp16.safetensors", {"arm": f"arm{i}"}) for i in range(4)]
+    assert all(15 * 2**20 < s <= outbox.MAX_FILE for s in sizes)
+    with pytest.raises(outbox.TooLarge, match="with the other weights"):
+        outbox.write_fp16(src, out / "arm4.fp16.safetensors", {})
+    assert len(list(out.iterdir())) == 4 and sum(p.stat().st_size for p in out.iterdir()) < 64 * 2**20 - 2**20
+    model, _, _ = load_model(out / "arm0.fp16.safetensors")
+    assert next(model.parameters()).dtype.is_floating_point
+    assert outbox.export_arm("central", tmp_path / "run", out)["weights_error"]  # a fifth file: said, not written
