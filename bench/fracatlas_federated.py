@@ -1,7 +1,7 @@
 """Federated vs centralised, and DP vs non-DP federated, on FracAtlas: the arms of both comparisons in one run.
 
 Every arm trains YOLOv7-tiny from scratch (no pretrained weights can be fetched) with the same image size, batch,
-seed and total compute (federated rounds x local epochs = centralised epochs), on one shared data preparation
+seed and total compute (federated rounds x 1 local epoch = centralised epochs), on one shared data preparation
 (the same images, the same three sites by body region, the same validation images):
 
     central    `fracfl train experiment=fracatlas_baseline`, the centralised yardstick (BatchNorm model)
@@ -10,14 +10,24 @@ seed and total compute (federated rounds x local epochs = centralised epochs), o
     fedavg_gn  FedAvg with the GroupNorm model that DP-SGD needs: the like-for-like non-DP reference
     fedavg_dp  fedavg_gn with DP-SGD at every site, target epsilon --epsilon per site (`privacy=dp_sgd`)
 
-All models are scored by the same evaluator on the same validation images (centralised: after its last epoch;
-federated: the server's pooled evaluation after the last round). Arms run side by side (`--jobs`): on a GPU each
-process is bound by its CPU-side augmentation, so running them together uses the 16 cores. The results do not
-depend on that: draws are seeded per image, and no arm's result uses time. Results are written as each arm ends
-(`results.json`, `results.md` in --out), so a run stopped by `--time-limit` still reports the arms that finished.
+All models are scored by the same evaluator on the same validation images (centralised: after each epoch;
+federated: the server's pooled evaluation after each round).
 
-    .venv/bin/python bench/fracatlas_federated.py --device cuda                      # GPU session defaults
-    .venv/bin/python bench/fracatlas_federated.py --device cpu --fraction 0.02 --imgsz 96 --epochs 1   # smoke
+Sized from measured speed, not assumed: before the arms, two short probes run on this machine (bench/sizing.py):
+`fracfl train` for --probe-steps steps (central images/s, start-up) and a one-round `fracfl simulate privacy=dp_sgd`
+(a DP site's images/s, a simulation's start-up). `--epochs auto` (the default) then takes the largest epoch count
+whose predicted time for all the arms fits the time limit with a --margin (25%) to spare.
+
+Arms run one after another, each with the whole machine (`--jobs 1`, the default): on the first GPU session, five
+arms side by side (13 processes time-slicing one card) ran the central arm at 13 images/s where it alone ran at 199,
+and no arm finished. Each arm may use the time left in proportion to its predicted share, so an estimate that is
+off cuts every arm alike rather than starving the last; an arm stopped at its share still reports its last
+completed epoch (history.csv, else its log) or round (records.jsonl). Results are rewritten as each arm ends.
+`--pack DIR` also leaves results.md and every arm's weights as `<arm>.fp16.safetensors` in DIR (bench/outbox.py):
+what a GPU device call brings back (bench/gpu/run.sh).
+
+    .venv/bin/python bench/fracatlas_federated.py --device cuda --time-limit 450          # GPU: sized to the limit
+    .venv/bin/python bench/fracatlas_federated.py --smoke --data D --meta M               # CPU, tiny, minutes
 """
 
 from __future__ import annotations
@@ -25,16 +35,21 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
+import shlex
 import shutil
 import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import FRACATLAS, REPO, emit, machine  # noqa: E402
+from outbox import checkpoint, export_arm  # noqa: E402
+from sizing import Plan, Sizes, Speeds, plan, read_central_probe, read_dp_probe, shares  # noqa: E402
 
 ARMS: dict[str, list[str]] = {  # arm -> Hydra overrides of its command (central: fracfl train; others: simulate)
     "central": [],
@@ -53,6 +68,13 @@ RATIOS = [
 ]
 METRICS = ("map50", "map50_95", "sensitivity", "specificity", "roc_auc", "precision", "recall", "f1")
 WEAK = 0.05  # a denominator mAP50 below this makes a ratio mostly noise
+STOPPED = "stopped at the time limit"
+# --smoke: the same path end to end on a CPU in minutes (tiny images, 1-2 epochs); explicit flags still win
+SMOKE = {"device": "cpu", "imgsz": 64, "batch": 4, "fraction": 0.02, "min_epochs": 2, "max_epochs": 2,
+         "target_epochs": 2, "probe_steps": 2, "dp_probe_steps": 1, "round_s": 1.0}
+# a central arm's log line per epoch (common.engine.centralised; read when history.csv is written only at the end)
+EPOCH_LINE = re.compile(r"epoch (\d+): boxes: mAP50 (\S+) mAP50-95 (\S+) \|.*?images (\d+) \((\d+) pos.*?"
+                        r"sens (\S+) spec (\S+) AUC (\S+)")
 
 
 @dataclass
@@ -63,6 +85,7 @@ class Arm:
     processes: int  # how many busy processes it runs (for thread counts)
     proc: subprocess.Popen | None = None
     started: float = 0.0
+    deadline: float = float("inf")
     result: dict = field(default_factory=dict)
 
 
@@ -112,22 +135,22 @@ def prepare_sites(partition: list[str], out: Path) -> Path:
     return out
 
 
-def commands(a: argparse.Namespace, data_yaml: Path, meta: Path, out: Path) -> list[Arm]:
-    """One command per requested arm, the slowest (DP) first."""
+def commands(a: argparse.Namespace, names: list[str], data_yaml: Path, meta: Path, out: Path, epochs: int,
+             more: tuple[str, ...] = ()) -> list[Arm]:
+    """One command per arm in `names` (in ARMS order: the yardstick first), each with `more` overrides (probes)."""
     cli = [sys.executable, "-m", "common.cli"]
     common = [f"train.imgsz={a.imgsz}", f"train.batch_size={a.batch}", f"train.device={a.device}", f"seed={a.seed}",
-              "progress=false"]
-    rounds = a.epochs // a.local_epochs
+              "progress=false", *more, *a.extra]
     gpus = round(0.99 / 3, 2) if a.device.startswith("cuda") else 0.0  # 3 sites share the one GPU
     partition = ["partition=fracatlas_regions", f"partition.source={data_yaml}", f"+partition.meta={meta}"]
-    fed = [*partition, f"federation.rounds={rounds}", f"train.local_epochs={a.local_epochs}",
-           "federation.fraction_evaluate=0", f"federation.publish_every={rounds}", "export.enabled=false",
-           "tracking=disabled", f"federation.client_gpus={gpus}", "federation.client_cpus=1"]
+    fed = [*partition, f"federation.rounds={epochs}", "train.local_epochs=1", "federation.fraction_evaluate=0",
+           f"federation.publish_every={epochs}", "export.enabled=false", "tracking=disabled",
+           f"federation.client_gpus={gpus}", "federation.client_cpus=1"]
     arms = []
-    for name in sorted(a.arms, key=lambda n: (n != "fedavg_dp", n == "central", n)):
+    for name in (n for n in ARMS if n in names):
         run_dir = out / name
         if name == "central":
-            cmd = [*cli, "train", "experiment=fracatlas_baseline", f"data.path={data_yaml}", f"train.epochs={a.epochs}",
+            cmd = [*cli, "train", "experiment=fracatlas_baseline", f"data.path={data_yaml}", f"train.epochs={epochs}",
                    *common, f"run_dir={run_dir}"]
             arms.append(Arm(name, cmd, run_dir, 1))
             continue
@@ -140,6 +163,11 @@ def commands(a: argparse.Namespace, data_yaml: Path, meta: Path, out: Path) -> l
         cmd = [*cli, "simulate", *extra, *fed, *common, f"run_id={name}", f"run_dir={run_dir}"]
         arms.append(Arm(name, cmd, run_dir, 4))
     return arms
+
+
+def threads_for(arm: Arm, together: list[Arm]) -> int:
+    """Torch threads per process: the cores split over the busy processes of the arms running together."""
+    return max(1, (os.cpu_count() or 1) // sum(x.processes for x in together or [arm]))
 
 
 def start(arm: Arm, sites: Path, threads: int) -> None:
@@ -157,33 +185,110 @@ def start(arm: Arm, sites: Path, threads: int) -> None:
     arm.started = time.perf_counter()
 
 
-def collect(arm: Arm, code: int | None) -> dict:
-    """Final metrics, per-epoch/round mAP50 and (DP) the sites' epsilon, from the arm's run folder."""
+def stop(arm: Arm) -> None:
+    """Kill the arm's whole process group (Ray's workers included) and reap it."""
+    if arm.proc is not None and arm.proc.poll() is None:
+        os.killpg(arm.proc.pid, signal.SIGKILL)
+        arm.proc.wait()
+
+
+def run_probe(arm: Arm, sites: Path, timeout: float) -> float:
+    """Run one probe alone with the whole machine, at most `timeout` seconds; its wall time."""
+    start(arm, sites, threads_for(arm, [arm]))
+    try:
+        arm.proc.wait(timeout=max(timeout, 1.0))
+    except subprocess.TimeoutExpired:
+        stop(arm)
+    return time.perf_counter() - arm.started
+
+
+def probe(a: argparse.Namespace, data_yaml: Path, meta: Path, out: Path, sites: Path, val_images: int) -> Speeds:
+    """This machine's speed from short real runs of the arms' own commands: central (BatchNorm, non-DP) for
+    --probe-steps steps, then (when a DP arm is planned) one DP round of --dp-probe-steps steps per site."""
+    s = Speeds(gn_slowdown=a.gn_slowdown, round_s=a.round_s)
+    (c,) = commands(a, ["central"], data_yaml, meta, out / "probe", 1, (f"train.max_steps={a.probe_steps}",))
+    read_central_probe(c.run_dir, run_probe(c, sites, a.probe_timeout), s)
+    if "fedavg_dp" in a.arms and a.dp_probe_steps > 0:
+        (d,) = commands(a, ["fedavg_dp"], data_yaml, meta, out / "probe", 1, (f"train.max_steps={a.dp_probe_steps}",))
+        read_dp_probe(d.run_dir, run_probe(d, sites, a.probe_timeout), a.batch, val_images, s)
+    return s
+
+
+def site_sizes(sites: Path) -> list[int]:
+    """Training images per site of the shared partition."""
+    manifest = json.loads((sites / "sites.json").read_text())
+    return [len((Path(m["data"]).parent / "train.txt").read_text().split()) for m in manifest]
+
+
+def central_epochs(run_dir: Path) -> list[dict]:
+    """The central arm's completed epochs: history.csv, else (an engine that writes it only at the end) the
+    per-epoch validation lines of its log."""
+    if (run_dir / "history.csv").is_file():
+        return [{k: _num(v) for k, v in r.items()} for r in _csv(run_dir / "history.csv")]
+    log = run_dir / "bench.log"
+    keys = ("epoch", "map50", "map50_95", "n_images", "n_positive", "sensitivity", "specificity", "roc_auc")
+    rows = [dict(zip(keys, map(_num, m.groups()))) for m in EPOCH_LINE.finditer(log.read_text())] \
+        if log.is_file() else []
+    return rows
+
+
+def _num(v: str) -> float | None:
+    try:
+        return float(v)
+    except (TypeError, ValueError):  # "n/a", empty
+        return None
+
+
+def server_rounds(run_dir: Path) -> list[dict]:
+    """A federated arm's pooled evaluations by round (round 0: the initial model), the last record per round."""
+    path = run_dir / "records.jsonl"
+    records = [json.loads(line) for line in path.read_text().splitlines() if line] if path.is_file() else []
+    return sorted({r["round"]: r for r in records if r["phase"] == "server"}.values(), key=lambda r: r["round"])
+
+
+def collect(arm: Arm, code: int | None, epochs: int) -> dict:
+    """The arm's metrics after its last completed epoch/round (the final ones when it finished), its curve, and
+    (federated) its sites' speed and epsilon. `code` None: stopped at the time limit."""
     wall = time.perf_counter() - arm.started
-    status = "ok" if code == 0 else ("killed at --time-limit" if code is None else f"failed (exit {code})")
-    res: dict = {"status": status, "wall_s": round(wall, 1), "log": str(arm.run_dir / "bench.log")}
-    if code != 0:
-        return res
-    if arm.name == "central":
-        summary = json.loads((arm.run_dir / "metrics.json").read_text())
-        val = summary["val"]
-        res["curve_map50"] = [round(float(r["map50"]), 4) for r in _csv(arm.run_dir / "history.csv")]
-        res["images_per_s"] = summary["train"]["images_per_s"]
-    else:
-        records = [json.loads(line) for line in (arm.run_dir / "records.jsonl").read_text().splitlines() if line]
-        server = sorted((r for r in records if r["phase"] == "server"), key=lambda r: r["round"])
-        final = server[-1]
-        val = {**final["metrics"], "n_images": final["examples"], "n_positive": final["metrics"]["n-positive"]}
-        res["curve_map50"] = [r["metrics"]["map50"] for r in server]  # round 0 = the initial model
-        train = [r for r in records if r["phase"] == "train"]
-        res["site_status"] = sorted({f"{r['site']}: {r['status']}" for r in train if r["status"] != "ok"})
-        last = [r["metrics"]["images_per_s"] for r in train if r["round"] == final["round"] and r["status"] == "ok"]
-        res["images_per_s"] = sum(last) / len(last) if last else None  # per site, last round
-        eps = {r["site"]: r["privacy"]["epsilon"] for r in train if "privacy" in r and "epsilon" in r["privacy"]}
-        if eps:
-            res["epsilon_per_site"] = {s: round(e, 3) for s, e in sorted(eps.items())}
-    res.update({k: val.get(k) for k in METRICS}, n_images=int(val["n_images"]), n_positive=int(val["n_positive"]))
+    status = "ok" if code == 0 else (STOPPED if code is None else f"failed (exit {code})")
+    res: dict = {"status": status, "wall_s": round(wall, 1), "planned": epochs, "completed": 0,
+                 "log": str(arm.run_dir / "bench.log")}
+    res.update(_central(arm.run_dir, code == 0) if arm.name == "central" else _federated(arm.run_dir))
     return res
+
+
+def _central(run_dir: Path, finished: bool) -> dict:
+    rows = central_epochs(run_dir)
+    if not rows:
+        return {}
+    out = {"completed": int(rows[-1]["epoch"]), "curve_map50": [r.get("map50") for r in rows]}
+    if finished:
+        summary = json.loads((run_dir / "metrics.json").read_text())
+        val, out["images_per_s"] = summary["val"], summary["train"]["images_per_s"]
+    else:
+        val = rows[-1]
+    out.update({k: val.get(k) for k in METRICS})
+    out.update({k: int(val[k]) for k in ("n_images", "n_positive") if val.get(k) is not None})
+    return out
+
+
+def _federated(run_dir: Path) -> dict:
+    server = server_rounds(run_dir)
+    if not server or server[-1]["round"] < 1:
+        return {}
+    final = server[-1]
+    records = [json.loads(line) for line in (run_dir / "records.jsonl").read_text().splitlines() if line]
+    train = [r for r in records if r["phase"] == "train"]
+    last = [r["metrics"]["images_per_s"] for r in train if r["round"] == final["round"] and r["status"] == "ok"]
+    eps = {r["site"]: r["privacy"]["epsilon"] for r in train if "privacy" in r and "epsilon" in r["privacy"]}
+    out = {"completed": final["round"], "curve_map50": [r["metrics"].get("map50") for r in server],
+           "site_status": sorted({f"{r['site']}: {r['status']}" for r in train if r["status"] != "ok"}),
+           "images_per_s": sum(last) / len(last) if last else None,  # per site, last round
+           "n_images": final["examples"], "n_positive": int(final["metrics"]["n-positive"])}
+    out.update({k: final["metrics"].get(k) for k in METRICS})
+    if eps:
+        out["epsilon_per_site"] = {s: round(e, 3) for s, e in sorted(eps.items())}
+    return out
 
 
 def _csv(path: Path) -> list[dict]:
@@ -212,23 +317,34 @@ def ratios(results: dict[str, dict]) -> list[dict]:
 
 
 def markdown(report: dict) -> str:
-    c = report["conditions"]
+    c, pl, sp = report["conditions"], report.get("plan") or {}, report.get("probe") or {}
+    rate = lambda x: "not measured" if x is None else f"{x:.1f} images/s"  # noqa: E731
+    secs = lambda x: "not measured" if x is None else f"{x:.1f} s"  # noqa: E731
     lines = [f"# FracAtlas: federated vs centralised, DP vs non-DP ({report['machine']})", "",
-             f"{c['epochs']} epochs (federated: {c['rounds']} rounds x {c['local_epochs']} local), {c['imgsz']} px, "
+             f"{c['epochs']} epochs (federated: {c['epochs']} rounds x 1 local), {c['imgsz']} px, "
              f"batch {c['batch']}, fraction {c['fraction']} ({c['train_images']} train / {c['val_images']} val "
-             "images), "
-             f"device {c['device']}, DP target epsilon {c['epsilon']} per site, seed {c['seed']}, "
-             f"{report['wall_s']:.0f} s wall.", "",
-             "| arm | status | mAP50 | mAP50-95 | sensitivity | specificity | ROC AUC | val images (pos) | mAP50 per "
-             "epoch/round | train images/s per process | wall s |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+             f"images), device {c['device']}, DP target epsilon {c['epsilon']} per site, seed {c['seed']}, "
+             f"{c['jobs']} arm(s) at a time, extra overrides {c['extra'] or 'none'}; {report['wall_s']:.0f} s wall "
+             f"of a {c['time_limit'] or 'unlimited'} s limit.", "",
+             f"Probe ({sp.get('probe_s', 0):.0f} s): central {rate(sp.get('central_images_per_s'))}, a DP site "
+             f"{rate(sp.get('dp_images_per_s'))} (three sharing the machine); start-up "
+             f"{secs(sp.get('central_start_s'))} (train), {secs(sp.get('federated_start_s'))} (simulate). "
+             f"Plan: {pl.get('note', c['epochs_source'])}. {' '.join(sp.get('notes', []))}", "",
+             "| arm | status | epochs/rounds done | mAP50 | mAP50-95 | sensitivity | specificity | ROC AUC | "
+             "val images (pos) | mAP50 per epoch/round | train images/s per process | predicted s | wall s | weights |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in report["arms"].items():
         f = lambda k: "n/a" if r.get(k) is None else f"{r[k]:.4f}"  # noqa: E731
         curve = " ".join(f"{x:.3f}" if x is not None else "n/a" for x in r.get("curve_map50", []))
-        lines.append(f"| {name} | {r['status']} | {f('map50')} | {f('map50_95')} | {f('sensitivity')} | "
-                     f"{f('specificity')} | {f('roc_auc')} | {r.get('n_images', '')} ({r.get('n_positive', '')}) | "
-                     f"{curve} | {'n/a' if r.get('images_per_s') is None else round(r['images_per_s'], 1)} | "
-                     f"{r['wall_s']} |")
-    lines += ["", "| comparison | mAP50 ratio | sensitivity ratio | AUC ratio | goal (mAP50) | met | what / note |",
+        weights = r.get("weights") or r.get("weights_note", "")
+        lines.append(f"| {name} | {r['status']} | {r.get('completed', 0)} of {r.get('planned', c['epochs'])} | "
+                     f"{f('map50')} | {f('map50_95')} | {f('sensitivity')} | {f('specificity')} | {f('roc_auc')} | "
+                     f"{r.get('n_images', '')} ({r.get('n_positive', '')}) | {curve} | "
+                     f"{'n/a' if r.get('images_per_s') is None else round(r['images_per_s'], 1)} | "
+                     f"{pl.get('predicted_s', {}).get(name, 'n/a')} | {r['wall_s']} | {weights} |")
+    lines += ["", "Metrics of an arm that was stopped are those of its last completed epoch/round; ratios use "
+              "finished arms only.", "",
+              "| comparison | mAP50 ratio | sensitivity ratio | AUC ratio | goal (mAP50) | met | what / note |",
               "|---|---|---|---|---|---|---|"]
     for q in report["ratios"]:
         v = {k: "n/a" if q[k] is None else q[k] for k in ("map50", "sensitivity", "roc_auc")}
@@ -244,105 +360,187 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main() -> None:
+def poll(arm: Arm, stop_early: set[str]) -> int | None | bool:
+    """The arm's exit code; None once it is stopped here (past its deadline, or a --stop-early arm with one epoch or
+    round done: evaluated, and for a federated arm committed); False while it runs on."""
+    code = arm.proc.poll()
+    if code is not None:
+        return code
+    done = arm.name in stop_early and (bool(central_epochs(arm.run_dir)) if arm.name == "central" else
+                                       (checkpoint(arm.run_dir) or {}).get("round", 0) >= 1)
+    if time.perf_counter() < arm.deadline and not done:
+        return False
+    stop(arm)
+    return None
+
+
+def run_arms(arms: list[Arm], a: argparse.Namespace, sites: Path, deadline: float, predicted: dict[str, float],
+             finish: Callable[[Arm, int | str | None], None]) -> None:
+    """Start the arms --jobs at a time (alone: each gets its proportional share of the time left), and `finish`
+    each as it ends or is stopped; arms not started by the deadline are reported as such."""
+    waiting, running = list(arms), []
+    try:
+        while waiting or running:
+            while waiting and len(running) < a.jobs and time.perf_counter() < deadline:
+                arm, left = waiting.pop(0), deadline - time.perf_counter()
+                share = shares(predicted, [arm.name, *(w.name for w in waiting)], left) if a.jobs == 1 else left
+                arm.deadline = time.perf_counter() + share
+                start(arm, sites, threads_for(arm, [*running, arm, *waiting][:a.jobs]))
+                running.append(arm)
+                print(f"started {arm.name} (may use {share:.0f} s)", flush=True)
+            for arm in list(running):
+                code = poll(arm, set(a.stop_early))
+                if code is not False:
+                    running.remove(arm)
+                    finish(arm, code)
+            if waiting and time.perf_counter() >= deadline:
+                for arm in waiting:
+                    finish(arm, "not started")
+                waiting = []
+            time.sleep(0.25)
+    finally:
+        for arm in running:  # interrupted: leave no Ray cluster behind
+            stop(arm)
+
+
+def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="auto", help="train.device of every arm: auto, cpu, cuda, cuda:N")
-    p.add_argument("--epochs", type=int, default=6, help="centralised epochs = federated rounds x --local-epochs")
-    p.add_argument("--local-epochs", type=int, default=1)
+    p.add_argument("--epochs", default="auto",
+                   help="centralised epochs = federated rounds; auto: the most that fit --time-limit (probed speed)")
+    p.add_argument("--min-epochs", type=int, default=1, help="the fewest --epochs auto may choose (even if predicted "
+                   "not to fit: arms are then cut at their share of the time)")
+    p.add_argument("--max-epochs", type=int, default=60, help="the most --epochs auto may choose")
+    p.add_argument("--target-epochs", type=int, default=30, help="--epochs auto says when fewer than this fit")
+    p.add_argument("--margin", type=float, default=0.25, help="share of the time kept spare by --epochs auto")
+    p.add_argument("--probe-steps", type=int, default=64, help="training steps of the central probe")
+    p.add_argument("--dp-probe-steps", type=int, default=8, help="steps per site of the DP probe round (0: none)")
+    p.add_argument("--probe-timeout", type=float, default=90, help="seconds each probe may take at most")
+    p.add_argument("--gn-slowdown", type=float, default=1.3, help="assumed GroupNorm/BatchNorm training time")
+    p.add_argument("--round-s", type=float, default=2.0, help="assumed server seconds per round besides evaluation")
     p.add_argument("--imgsz", type=int, default=320)
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--fraction", type=float, default=1.0, help="share of FracAtlas train and valid images used")
     p.add_argument("--arms", default=",".join(ARMS), help=f"comma-separated subset of {','.join(ARMS)}")
-    p.add_argument("--jobs", type=int, default=0, help="arms run side by side (0: all at once)")
-    p.add_argument("--time-limit", type=float, default=0, help="seconds; arms still running then are stopped (0: none)")
+    p.add_argument("--jobs", type=int, default=1, help="arms run side by side (1: one after another, sized)")
+    p.add_argument("--time-limit", type=float, default=0, help="seconds for everything; arms still running then are "
+                   "stopped (0: none; --epochs auto needs a limit)")
+    p.add_argument("--extra", default="", help='Hydra overrides for every arm and probe, e.g. "train.workers=12"')
     p.add_argument("--epsilon", type=float, default=8.0, help="DP-SGD target epsilon per site")
     p.add_argument("--mu", type=float, default=None, help="FedProx proximal_mu (default: conf/strategy/fedprox.yaml)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--data", type=Path, default=FRACATLAS, help="FracAtlas folder (data.yaml and meta.csv)")
+    p.add_argument("--data", type=Path, default=FRACATLAS, help="FracAtlas folder or its data.yaml")
+    p.add_argument("--meta", type=Path, default=None, help="meta.csv with body regions (default: beside data.yaml)")
     p.add_argument("--out", type=Path, default=None, help="new folder (default runs/bench/fracatlas_federated/TIME)")
+    p.add_argument("--pack", type=Path, default=None, help="also write results.md and <arm>.fp16.safetensors here")
+    p.add_argument("--weights", default="central,fedavg,fedavg_gn,fedavg_dp", help="arms whose weights --pack "
+                   "writes: four 15.5 MiB fp16 files fit a device call's 64 MiB, five do not (fedprox left out)")
+    p.add_argument("--smoke", action="store_true", help=f"CPU end-to-end check, defaults {SMOKE}")
+    p.add_argument("--stop-early", default="", help="arms to stop, as the time limit would, after their first "
+                   "epoch/round (to test partial results)")
+    if "--smoke" in sys.argv:
+        p.set_defaults(**SMOKE)
     a = p.parse_args()
     a.arms = [s.strip() for s in a.arms.split(",") if s.strip()]
-    unknown = sorted(set(a.arms) - set(ARMS))
+    a.stop_early = [s.strip() for s in a.stop_early.split(",") if s.strip()]
+    a.weights = [s.strip() for s in a.weights.split(",") if s.strip()]
+    a.extra = shlex.split(a.extra)
+    unknown = sorted(set(a.arms + a.stop_early + a.weights) - set(ARMS))
     if unknown or not a.arms:
-        p.error(f"--arms: unknown {unknown or 'none given'}; choose from {', '.join(ARMS)}")
-    if a.epochs < 1 or a.local_epochs < 1 or a.epochs % a.local_epochs:
-        p.error("--epochs must be a positive multiple of --local-epochs (rounds x local epochs = epochs)")
-    if not 0 < a.fraction <= 1:
-        p.error("--fraction must be in (0, 1]")
-    if not (a.data / "data.yaml").is_file() or not (a.data / "meta.csv").is_file():
-        print(f"skipped: FracAtlas (data.yaml and meta.csv) not found at {a.data} (set FRACATLAS_DIR or --data)")
+        p.error(f"--arms/--stop-early/--weights: unknown {unknown or 'none given'}; choose from {', '.join(ARMS)}")
+    if a.epochs != "auto" and (not a.epochs.isdigit() or int(a.epochs) < 1):
+        p.error("--epochs must be auto or a positive integer")
+    if a.epochs == "auto" and a.time_limit <= 0:
+        p.error("--epochs auto sizes the run to --time-limit: give one, or a fixed --epochs")
+    if not 0 < a.fraction <= 1 or a.jobs < 1:
+        p.error("--fraction must be in (0, 1] and --jobs at least 1")
+    a.data_yaml = a.data if a.data.suffix in (".yaml", ".yml") else a.data / "data.yaml"
+    a.meta = a.meta or a.data_yaml.parent / "meta.csv"
+    return a
+
+
+def main() -> None:
+    a = parse_args()
+    if not a.data_yaml.is_file() or not a.meta.is_file():
+        print(f"skipped: FracAtlas data.yaml or meta.csv not found ({a.data_yaml}, {a.meta}): set FRACATLAS_DIR or "
+              "--data/--meta")
         return
     out = (a.out or REPO / "runs" / "bench" / "fracatlas_federated" / time.strftime("%Y%m%d-%H%M%S")).resolve()
     if out.exists() and any(out.iterdir()):
-        p.error(f"--out {out} is not empty: use a new folder (a DP ledger there would already hold spending)")
+        raise SystemExit(f"--out {out} is not empty: use a new folder (a DP ledger there would already hold spending)")
     out.mkdir(parents=True, exist_ok=True)
-
     t0 = time.perf_counter()
-    data_yaml = prepare_data(a.data, a.fraction, a.seed, out / "data")
-    sites = out / "sites"
-    if set(a.arms) - {"central"}:
-        prepare_sites(["partition=fracatlas_regions", f"partition.source={data_yaml}",
-                       f"+partition.meta={a.data / 'meta.csv'}", f"seed={a.seed}"], sites)
-        print((sites / "data" / "sites.md").read_text())
+    deadline = t0 + a.time_limit if a.time_limit > 0 else float("inf")
+    data_yaml = prepare_data(a.data_yaml, a.fraction, a.seed, out / "data")
+    sites = prepare_sites(["partition=fracatlas_regions", f"partition.source={data_yaml}", f"+partition.meta={a.meta}",
+                           f"seed={a.seed}"], out / "sites")
+    print((sites / "data" / "sites.md").read_text())
     counts = {s: sum(1 for _ in open(out / "data" / f"{s}.txt")) for s in ("train", "val")}
-    arms = commands(a, data_yaml, a.data / "meta.csv", out)
-    jobs = a.jobs if a.jobs > 0 else len(arms)
-    busy = sum(arm.processes for arm in arms[:jobs])
-    threads = max(1, (os.cpu_count() or 1) // busy)
-    print(f"machine: {machine()}\n{len(arms)} arms, {jobs} at a time, {threads} thread(s) per process; logs in "
-          f"{out}/<arm>/bench.log")
+    speeds, chosen = size_run(a, data_yaml, out, sites, counts, deadline)
+    epochs = chosen.epochs
+    arms = commands(a, a.arms, data_yaml, a.meta, out, epochs)
     report = {"bench": "fracatlas_federated", "machine": machine(), "out": str(out), "wall_s": 0.0,
-              "conditions": {"epochs": a.epochs, "rounds": a.epochs // a.local_epochs, "local_epochs": a.local_epochs,
+              "probe": asdict(speeds), "plan": chosen.to_dict(),
+              "conditions": {"epochs": epochs, "epochs_source": "auto (probed)" if a.epochs == "auto" else "--epochs",
                              "imgsz": a.imgsz, "batch": a.batch, "fraction": a.fraction, "device": a.device,
-                             "epsilon": a.epsilon, "seed": a.seed, "jobs": jobs, "train_images": counts["train"],
-                             "val_images": counts["val"], "commands": {arm.name: " ".join(arm.cmd) for arm in arms}},
+                             "epsilon": a.epsilon, "seed": a.seed, "jobs": a.jobs, "time_limit": a.time_limit,
+                             "extra": " ".join(a.extra), "train_images": counts["train"], "val_images": counts["val"],
+                             "commands": {arm.name: " ".join(arm.cmd) for arm in arms}},
               "arms": {}, "ratios": []}
+    print(f"machine: {machine()}\nplan: {chosen.note}\n{len(arms)} arms, {a.jobs} at a time; logs in "
+          f"{out}/<arm>/bench.log")
 
     def write() -> None:
         report["wall_s"] = time.perf_counter() - t0
         report["ratios"] = ratios(report["arms"])
         (out / "results.json").write_text(json.dumps(report, indent=1))
         (out / "results.md").write_text(markdown(report))
+        if a.pack:
+            shutil.copy2(out / "results.md", a.pack / "results.md")
 
-    deadline = t0 + a.time_limit if a.time_limit > 0 else float("inf")
-    waiting, running = list(arms), []
-    try:
-        while waiting or running:
-            while waiting and len(running) < jobs and time.perf_counter() < deadline:
-                arm = waiting.pop(0)
-                start(arm, sites, threads)
-                running.append(arm)
-                print(f"[{time.perf_counter() - t0:6.0f} s] started {arm.name}", flush=True)
-            for arm in list(running):
-                code = arm.proc.poll()
-                late = code is None and time.perf_counter() > deadline
-                if code is None and not late:
-                    continue
-                if late:
-                    os.killpg(arm.proc.pid, signal.SIGKILL)
-                    arm.proc.wait()
-                running.remove(arm)
-                report["arms"][arm.name] = collect(arm, None if late else code)
-                write()
-                r = report["arms"][arm.name]
-                print(f"[{time.perf_counter() - t0:6.0f} s] {arm.name}: {r['status']}, mAP50 {r.get('map50')}, "
-                      f"sensitivity {r.get('sensitivity')}", flush=True)
-            if waiting and time.perf_counter() > deadline:
-                for arm in waiting:
-                    report["arms"][arm.name] = {"status": "not started (--time-limit)", "wall_s": 0.0}
-                waiting = []
-            time.sleep(1.0)
-    finally:
-        for arm in running:  # interrupted: leave no Ray cluster behind
-            if arm.proc and arm.proc.poll() is None:
-                os.killpg(arm.proc.pid, signal.SIGKILL)
+    def finish(arm: Arm, code: int | None | str) -> None:
+        if code == "not started":
+            r = {"status": "not started (time limit)", "wall_s": 0.0, "planned": epochs, "completed": 0}
+        else:
+            r = collect(arm, code, epochs)
+            if a.pack and arm.name in a.weights:
+                r.update(export_arm(arm.name, arm.run_dir, a.pack))
+            elif a.pack:
+                r["weights_note"] = "not returned (--weights)"
+        report["arms"][arm.name] = r
+        write()
+        print(f"[{time.perf_counter() - t0:6.0f} s] {arm.name}: {r['status']}, {r['completed']} of {epochs} done, "
+              f"mAP50 {r.get('map50')}, sensitivity {r.get('sensitivity')}, weights {r.get('weights')}", flush=True)
+
+    if a.pack:
+        a.pack.mkdir(parents=True, exist_ok=True)
+    write()
+    run_arms(arms, a, sites, deadline, chosen.predicted_s, finish)
     write()
     print()
     print((out / "results.md").read_text())
     conditions = {k: v for k, v in report["conditions"].items() if k != "commands"}
-    emit({k: report[k] for k in ("bench", "machine", "wall_s", "ratios")} | {"conditions": conditions}
-         | {"arms": {n: {k: r.get(k) for k in ("status", "map50", "sensitivity", "specificity", "roc_auc")}
+    emit({k: report[k] for k in ("bench", "machine", "wall_s", "ratios", "plan")} | {"conditions": conditions}
+         | {"arms": {n: {k: r.get(k) for k in ("status", "completed", "map50", "sensitivity", "roc_auc", "weights")}
                      for n, r in report["arms"].items()}})
+    if any(r.get("weights_error") for r in report["arms"].values()):
+        raise SystemExit("some weights were too large to come back (see results.md)")
+
+
+def size_run(a: argparse.Namespace, data_yaml: Path, out: Path, sites: Path, counts: dict[str, int],
+             deadline: float) -> tuple[Speeds, Plan]:
+    """Probe (with --epochs auto) and plan: the speeds measured and the epoch count they allow before `deadline`."""
+    left = deadline - time.perf_counter() if deadline < float("inf") else 0.0
+    if a.epochs != "auto":
+        return Speeds(), Plan(int(a.epochs), {}, left, a.margin, f"--epochs {a.epochs} (fixed: no probe)")
+    t = time.perf_counter()
+    speeds = probe(a, data_yaml, a.meta, out, sites, counts["val"])
+    speeds.probe_s = round(time.perf_counter() - t, 1)
+    sizes = Sizes(counts["train"], counts["val"], max(site_sizes(sites)))
+    chosen = plan(a.arms, speeds, sizes, deadline - time.perf_counter(), margin=a.margin, target=a.target_epochs,
+                  min_epochs=a.min_epochs, max_epochs=a.max_epochs)
+    print(f"probe: {json.dumps(asdict(speeds))}\nplan: {json.dumps(chosen.to_dict())}", flush=True)
+    return speeds, chosen
 
 
 if __name__ == "__main__":
