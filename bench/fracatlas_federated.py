@@ -53,9 +53,9 @@ from sizing import Plan, Sizes, Speeds, plan, read_central_probe, read_dp_probe,
 
 ARMS: dict[str, list[str]] = {  # arm -> Hydra overrides of its command (central: fracfl train; others: simulate)
     "central": [],
-    "fedavg": ["strategy=fedavg"],
-    "fedprox": ["strategy=fedprox"],
-    "fedavg_gn": ["strategy=fedavg", "model.norm=group"],
+    "fedavg": ["strategy=fedavg", "augment=mosaic"],  # mosaic, as central's FracAtlas recipe has (like for like)
+    "fedprox": ["strategy=fedprox", "augment=mosaic"],
+    "fedavg_gn": ["strategy=fedavg", "model.norm=group"],  # no mosaic: the like-for-like reference of the DP arm
     "fedavg_dp": ["strategy=fedavg", "privacy=dp_sgd"],  # privacy=dp_sgd sets model.norm=group itself
 }
 # (numerator, denominator, goal, what it answers)
@@ -146,6 +146,8 @@ def commands(a: argparse.Namespace, names: list[str], data_yaml: Path, meta: Pat
     fed = [*partition, f"federation.rounds={epochs}", "train.local_epochs=1", "federation.fraction_evaluate=0",
            f"federation.publish_every={epochs}", "export.enabled=false", "tracking=disabled",
            f"federation.client_gpus={gpus}", "federation.client_cpus=1"]
+    if a.device.startswith("cuda") and not any(x.startswith("train.workers=") for x in a.extra):
+        fed.append(f"train.workers={site_workers()}")  # three sites' loaders share the cores
     arms = []
     for name in (n for n in ARMS if n in names):
         run_dir = out / name
@@ -159,10 +161,17 @@ def commands(a: argparse.Namespace, names: list[str], data_yaml: Path, meta: Pat
             extra.append(f"strategy.params.proximal_mu={a.mu}")
         if name == "fedavg_dp":  # a fresh ledger: spending on the same images never resets (docs/privacy.md)
             extra += [f"privacy.target_epsilon={a.epsilon}", f"privacy.ceiling_epsilon={max(10.0, a.epsilon)}",
-                      f"privacy.ledger_dir={run_dir / 'privacy'}"]
+                      f"privacy.ledger_dir={run_dir / 'privacy'}", f"privacy.max_physical_batch={a.batch}"]
         cmd = [*cli, "simulate", *extra, *fed, *common, f"run_id={name}", f"run_dir={run_dir}"]
         arms.append(Arm(name, cmd, run_dir, 4))
     return arms
+
+
+def site_workers() -> int:
+    """Loader processes per federated site on a GPU machine: the cores but two, split over the three sites."""
+    from common.engine.loader import available_cores
+
+    return max(1, (available_cores() - 2) // 3)
 
 
 def threads_for(arm: Arm, together: list[Arm]) -> int:

@@ -9,8 +9,10 @@
 # first and sizes the epochs to the time left. --smoke runs the same path on a CPU in a few minutes (tiny images,
 # 2 epochs, the packages already installed, no unpacking; set PYTHON to the interpreter, BUDGET default 240).
 #
+# First, on a GPU, bench/train_throughput.py's breakdown (loader, forward+backward, step, DP step, evaluation) for at
+# most THROUGHPUT_S seconds (default 70; 0 skips it).
 # $OUT (at most 8 files of 16 MiB, flat): results.md, results.tgz (results.json with the probe figures and the plan,
-# bench.log, env.txt, gpu.csv, each arm's logs and records), bench.log, and <arm>.fp16.safetensors (15.5 MiB each)
+# bench.log, throughput.log, env.txt, gpu.csv, each arm's logs and records), bench.log, and <arm>.fp16.safetensors (15.5 MiB each)
 # for the arms in --weights (default central, fedavg, fedavg_gn, fedavg_dp: five would exceed the 64 MiB in all).
 set -uo pipefail
 T0=$SECONDS
@@ -53,6 +55,12 @@ SMI=
 if command -v nvidia-smi > /dev/null; then
   nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv -l 5 > "$META/gpu.csv" 2>/dev/null &
   SMI=$!
+fi
+
+# Where a training step's time goes on this card (issue 13's breakdown), bounded: THROUGHPUT_S seconds (0: skip).
+if [ "${MODE[0]}" != "--smoke" ] && [ "${THROUGHPUT_S:-70}" -gt 0 ]; then
+  timeout "${THROUGHPUT_S:-70}" "$PY" bench/train_throughput.py --devices cuda --batch 128 --seconds 3 \
+    --data "$FRACATLAS_DIR" 2>&1 | grep -v Warning | tee "$META/throughput.log"
 fi
 
 LIMIT=$(( BUDGET - (SECONDS - T0) - RESERVE ))
