@@ -436,3 +436,27 @@ def test_fracatlas_check_has_no_errors():
     assert report.errors == [], report.format()
     assert report.counts["train"].negatives == 2612 and report.counts["val"].negatives == 335
     assert {p.message for p in report.warnings} <= {TRUNCATED_NOTE}  # the few truncated JPEGs the README names
+
+
+def test_ordinary_images_are_read_without_the_dicom_stack(tmp_path):
+    """A machine that only trains (the lent GPU's bundle has no pydicom) reads PNG and JPEG without importing it;
+    a .dcm name still goes to the DICOM reader."""
+    import subprocess
+    import sys
+
+    import cv2
+    import numpy as np
+
+    img = (np.arange(64 * 48) % 251).astype(np.uint8).reshape(48, 64)
+    for name in ("a.png", "b.jpg"):
+        cv2.imwrite(str(tmp_path / name), img)
+    code = ("import sys; sys.modules['pydicom'] = None\n"
+            "from common.data.images import read_image\n"
+            f"print([read_image(p).shape for p in sys.argv[1:]])")
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path / "a.png"), str(tmp_path / "b.jpg")],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "(48, 64), (48, 64)" in done.stdout, done.stderr[-2000:]
+    (tmp_path / "c.dcm").write_bytes((tmp_path / "a.png").read_bytes())
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path / "c.dcm")], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode != 0 and "pydicom" in done.stderr  # the DICOM name is not decided without the reader

@@ -93,10 +93,18 @@ def decode_image(data: bytes, path: str | Path, *, max_side: int | None = None) 
 
 def _is_dicom(data: bytes, path: Path) -> bool:
     """DICOM by content (Part 10 or a raw dataset), or by a DICOM file name: such a file that is not DICOM is
-    then refused as not_dicom instead of being decoded as whatever image it really is."""
+    then refused as not_dicom instead of being decoded as whatever image it really is. A file named and made as
+    an ordinary image is answered without importing the DICOM stack (training reads thousands of JPEGs, and a
+    machine that only trains, such as a lent GPU, need not have pydicom)."""
+    if path.suffix.lower() in _IMAGE_SUFFIXES and data.startswith(_IMAGE_MAGIC):
+        return False
     from common.dicom.read import DICOM_SUFFIXES, dicom_kind  # see _decode_dicom
 
     return dicom_kind(data[:132]) is not None or path.suffix.lower() in DICOM_SUFFIXES
+
+
+_IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"})
+_IMAGE_MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"II*\x00", b"MM\x00*", b"BM")  # JPEG PNG TIFF TIFF BMP
 
 
 def _decode_dicom(data: bytes, path: Path, max_side: int | None) -> tuple[np.ndarray, list[str]]:
