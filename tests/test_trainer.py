@@ -109,10 +109,11 @@ class _PoissonLikeHook:
 def test_privacy_hook_wraps_the_same_path(synth_data):
     hook = _PoissonLikeHook()
     model = build_model(NANO)
-    res = train_local(model, _data(synth_data), TrainConfig(**{**FAST.__dict__, "max_steps": 3}), privacy=hook, progress=False)
+    private = {**FAST.__dict__, "imbalance": ImbalanceConfig("constant")}  # reweight is refused with a privacy hook
+    res = train_local(model, _data(synth_data), TrainConfig(**{**private, "max_steps": 3}), privacy=hook, progress=False)
     assert hook.steps == 3 and res.metrics["images"] == 16 and hook.released
     with pytest.raises(ConfigError, match="mosaic"):
-        train_local(model, _data(synth_data), TrainConfig(**{**FAST.__dict__, "augment": AugmentConfig(mosaic=0.5)}),
+        train_local(model, _data(synth_data), TrainConfig(**{**private, "augment": AugmentConfig(mosaic=0.5)}),
                     privacy=hook, progress=False)
 
 
