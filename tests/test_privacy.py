@@ -13,7 +13,7 @@ from client.site_config import load_site_privacy, write_site_config
 from common.config import PrivacyConfig
 from common.errors import ConfigError
 from common.privacy.accounting import Mechanism, calibrate, epsilons
-from common.privacy.ledger import Ledger, LedgerError, verify
+from common.privacy.ledger import Ledger, LedgerError, entry_hash, verify
 from opacus.accountants import PRVAccountant, RDPAccountant
 
 
@@ -205,3 +205,42 @@ def test_calibration_accounts_for_what_was_already_spent():
     used = calibrate([Mechanism(fresh, 0.1, 100)], 0.1, 100, 8.0, 1e-5)
     assert used is not None and epsilons([Mechanism(fresh, 0.1, 100), Mechanism(used, 0.1, 100)], 1e-5)["rdp"] <= 8.0
     assert calibrate([Mechanism(fresh, 0.1, 100)], 0.1, 100, 3.0, 1e-5) is None  # already past the target
+
+
+def _rechain(entries: list[dict], **changes) -> list[str]:
+    """What an insider can do: change entries and recompute every link and hash."""
+    from common.privacy.ledger import GENESIS, entry_hash
+
+    out, prev = [], GENESIS
+    for e in entries:
+        e = {k: v for k, v in e.items() if k != "hash"} | changes | {"prev": prev}
+        e["hash"] = prev = entry_hash(e)
+        out.append(json.dumps(e, sort_keys=True))
+    return out
+
+
+def test_head_must_match_the_last_entry_exactly(tmp_path):
+    """Issue 12.2's tampering that used to pass as intact: forged appends and a deleted tail with its head."""
+    path = tmp_path / "ledger.jsonl"
+    ledger = Ledger(path)
+    for i in range(3):
+        ledger.append("round", {"round": i + 1, "epsilon": 0.5 * (i + 1)})
+    good = ledger.entries()
+    forged = {"seq": 4, "prev": good[-1]["hash"], "kind": "round", "round": 4, "epsilon": 1.0, "time": "x"}
+    path.write_text("".join(json.dumps(e) + "\n" for e in (*good, forged | {"hash": entry_hash(forged)})))
+    v = verify(path)[0]  # appended with a recomputed hash, head untouched
+    assert not v.ok and v.line == 4 and "not recorded by the head" in v.problem
+    extra = {**forged, "epsilon": 0.124}
+    path.write_text("\n".join(_rechain([*good, extra], epsilon=0.5)) + "\n")
+    assert not verify(path)[0].ok  # whole chain rewritten plus one entry, head untouched
+    path.write_text("\n".join(_rechain(good, epsilon=0.5)) + "\n")
+    v = verify(path)[0]  # rewritten, same length, head untouched
+    assert not v.ok and "differs from the head" in v.problem
+    path.write_text("".join(json.dumps(e) + "\n" for e in good[:2]))
+    (tmp_path / "ledger.jsonl.head").unlink()
+    v = verify(path)[0]  # last entry and head file deleted
+    assert not v.ok and "head file ledger.jsonl.head missing" in v.problem
+    with pytest.raises(LedgerError, match="damaged"):
+        ledger.entries()
+    path.unlink()
+    assert verify(path)[0].ok  # no ledger and no head: a site that never trained

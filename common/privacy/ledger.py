@@ -3,7 +3,10 @@
     {"seq": 3, "prev": "<hash of entry 2>", "kind": "round", ..., "hash": "<sha256 of this entry without hash>"}
 
 Editing an entry breaks its own hash; deleting or reordering one breaks the next entry's `prev`; cutting entries off
-the end is caught by the head file (`<ledger>.head`, the last seq and hash, replaced atomically after each append).
+the end is caught by the head file (`<ledger>.head`, the last seq and hash, replaced atomically after each append),
+which must match the last entry exactly: a non-empty ledger without it, or with entries beyond it, is broken.
+Whoever can rewrite the file can recompute every hash and the head, so the heads a site reported to the server
+(`check_heads`) are the anchor outside the file.
 Reading verifies the chain first: a site whose ledger is damaged or unreadable must not train (fail closed).
 """
 
@@ -76,18 +79,31 @@ def verify(path: str | Path) -> tuple[Verdict, list[dict[str, Any]]]:
                 return Verdict(False, len(entries), line_no, "content does not match its hash (entry edited)"), entries
             entries.append(e)
             prev = e["hash"]
-    head = _head_path(path)
-    if head.exists():
-        try:
-            h = json.loads(head.read_text())
-        except (OSError, json.JSONDecodeError):
-            return Verdict(False, len(entries), None, f"head file {head.name} unreadable"), entries
-        if h.get("seq", 0) > len(entries):
-            return Verdict(False, len(entries), len(entries) + 1,
-                           f"entries {len(entries) + 1}..{h['seq']} missing (the head records {h['seq']})"), entries
-        if h.get("seq") == len(entries) and h.get("hash") != prev:
-            return Verdict(False, len(entries), len(entries), "last entry differs from the head"), entries
+    problem = _head_problem(_head_path(path), len(entries), prev)
+    if problem:
+        return Verdict(False, len(entries), problem[0], problem[1]), entries
     return Verdict(True, len(entries)), entries
+
+
+def _head_problem(head: Path, count: int, last: str) -> tuple[int | None, str] | None:
+    """(line, problem) unless the head file records exactly the last entry. Entries after the head are as
+    suspect as entries missing before it (appended by hand, or the head rolled back), and a non-empty ledger
+    without its head is broken: otherwise deleting the head would switch the tail check off."""
+    if not head.exists():
+        return (None, f"head file {head.name} missing") if count else None
+    try:
+        h = json.loads(head.read_text())
+        seq, digest = int(h["seq"]), str(h["hash"])
+    except (OSError, ValueError, TypeError, KeyError):
+        return None, f"head file {head.name} unreadable"
+    if seq > count:
+        return count + 1, f"entries {count + 1}..{seq} missing (the head records {seq})"
+    if seq < count:
+        return seq + 1, f"entries {seq + 1}..{count} not recorded by the head (appended outside the ledger, " \
+                        "or the head was rolled back)"
+    if digest != last:
+        return count or None, "last entry differs from the head"
+    return None
 
 
 class Ledger:
