@@ -112,12 +112,13 @@ class RoundGuard:
 
 
 def report(entry: dict[str, Any], plan: dict[str, Any] | None) -> dict[str, Any]:
-    """The privacy figures a site shares: mechanism and epsilon, never paths or image hashes."""
+    """The privacy figures a site shares: mechanism and epsilon, never paths or image hashes; the entry's hash and
+    number let the server anchor the site's ledger (`check_heads`)."""
     keys = ("run_id", "round", "model_version", "epsilon", "epsilon_rdp", "epsilon_prv", "delta",
             "target_epsilon", "ceiling_epsilon", "noise_multiplier", "sample_rate", "steps", "max_grad_norm",
             "images", "reason", "unit", "noise")
     out = {k: entry[k] for k in keys if k in entry}
-    out["entry"], out["ledger_head"] = entry["kind"], entry["hash"]
+    out["entry"], out["ledger_head"], out["ledger_seq"] = entry["kind"], entry["hash"], entry["seq"]
     if plan is not None:
         out.update(planned_rounds=plan["planned_rounds"], first_round=plan["first_round"],
                    steps_per_round=plan["steps_per_round"], projected_epsilon=plan["projected_epsilon"])

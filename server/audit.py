@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from common.errors import DataError
-from common.privacy.ledger import SEEDED, Verdict, verify
+from common.privacy.ledger import SEEDED, Verdict, check_heads, verify
 
 LEDGER_NAMES = ("ledger.jsonl", "privacy-ledger.jsonl")
 
@@ -92,12 +92,30 @@ def budgets(entries: list[dict[str, Any]]) -> dict[str, SiteBudget]:
     return out
 
 
-def read_all(paths: list[str | Path]) -> tuple[dict[Path, Verdict], dict[str, SiteBudget]]:
-    """Verify every ledger and gather per-site budgets (from the intact part of each)."""
+def _is_site_ledger(entries: list[dict[str, Any]]) -> bool:
+    return bool(entries) and all(e.get("kind") != "site-report" for e in entries)
+
+
+def verify_all(files: list[Path]) -> tuple[dict[Path, Verdict], list[dict[str, Any]]]:
+    """Verify every ledger, and each site ledger against the heads recorded for its site by the server ledgers
+    among `files`; returns the verdicts and the entries of the intact parts."""
+    read = {f: verify(f) for f in files}
+    reports = [e for _, got in read.values() for e in got if e.get("kind") == "site-report" and "ledger_head" in e]
+    anchored = any(got and not _is_site_ledger(got) for _, got in read.values())
     verdicts, entries = {}, []
-    for f in find_ledgers(paths):
-        verdicts[f], got = verify(f)
+    for f, (verdict, got) in read.items():
+        if anchored and _is_site_ledger(got):
+            names = {e.get("site") for e in got}
+            verdict = check_heads(verdict, got, [r for r in reports if r.get("site") in names])
+        verdicts[f] = verdict
         entries += got
+    return verdicts, entries
+
+
+def read_all(paths: list[str | Path]) -> tuple[dict[Path, Verdict], dict[str, SiteBudget]]:
+    """Verify every ledger (site ledgers against the server's recorded heads when both are among `paths`) and
+    gather per-site budgets (from the intact part of each)."""
+    verdicts, entries = verify_all(find_ledgers(paths))
     # A server's site-report copies a site's round entry (its ledger_head is that entry's hash): count it once.
     site_hashes = {e["hash"] for e in entries if e.get("kind") != "site-report"}
     entries = [e for e in entries if not (e.get("kind") == "site-report" and e.get("ledger_head") in site_hashes)]

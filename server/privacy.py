@@ -34,7 +34,8 @@ def card_section(cfg: PrivacyConfig, reports: dict[str, dict[str, Any]]) -> dict
     if cfg.mode != "dp_sgd":
         return None
     keys = ("epsilon", "epsilon_rdp", "epsilon_prv", "delta", "target_epsilon", "ceiling_epsilon",
-            "noise_multiplier", "sample_rate", "steps_per_round", "max_grad_norm", "round", "status", "noise")
+            "noise_multiplier", "sample_rate", "steps_per_round", "max_grad_norm", "round", "status", "noise",
+            "ledger_seq", "ledger_head")
     return {"mode": "dp_sgd", "unit": UNIT, "mechanism": MECHANISM, "accounting": ACCOUNTING,
             "sites": {s: {k: rep[k] for k in keys if k in rep} for s, rep in sorted(reports.items())}}
 

@@ -40,9 +40,15 @@ class Verdict:
     entries: int
     line: int | None = None  # 1-based line where the chain breaks
     problem: str = ""
+    anchored: int | None = None  # heads recorded by the server that were checked (None: not cross-checked)
 
     def __str__(self) -> str:
-        return f"intact: {self.entries} entries" if self.ok else f"broken at line {self.line}: {self.problem}"
+        if not self.ok:
+            return f"broken at line {self.line}: {self.problem}"
+        if self.anchored is None:
+            return f"intact: {self.entries} entries"
+        return f"intact: {self.entries} entries, matching all {self.anchored} heads the server recorded" \
+            if self.anchored else f"intact: {self.entries} entries (the server recorded no head for this site)"
 
 
 def entry_hash(entry: dict[str, Any]) -> str:
@@ -104,6 +110,26 @@ def _head_problem(head: Path, count: int, last: str) -> tuple[int | None, str] |
     if digest != last:
         return count or None, "last entry differs from the head"
     return None
+
+
+def check_heads(verdict: Verdict, entries: list[dict[str, Any]], reports: list[dict[str, Any]]) -> Verdict:
+    """The site's chain against the heads the server recorded from its replies (`site-report` entries with
+    `ledger_head` and `ledger_seq`): a rewritten chain has other hashes, a rollback or truncation lacks the later
+    entries, and neither can be hidden by recomputing hashes at the site."""
+    if not verdict.ok:
+        return verdict
+    hashes = {e["hash"] for e in entries}
+    for r in reports:
+        seq, digest = r.get("ledger_seq"), r.get("ledger_head")
+        where = f"for run {r.get('run_id', '?')} round {r.get('round', '?')}"
+        if isinstance(seq, int) and seq > len(entries):
+            return Verdict(False, len(entries), len(entries) + 1, f"the server recorded entry {seq} {where}; the "
+                           f"ledger ends at entry {len(entries)} (truncated or rolled back to an older copy)")
+        at = entries[seq - 1]["hash"] if isinstance(seq, int) and seq >= 1 else None
+        if not (at == digest if at is not None else digest in hashes):
+            return Verdict(False, len(entries), seq if at else None, f"differs from the head the server recorded "
+                           f"{where} (entry {seq if at else '?'} rewritten)")
+    return Verdict(True, len(entries), anchored=len(reports))
 
 
 class Ledger:
