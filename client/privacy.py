@@ -145,6 +145,17 @@ def spent_history(ledger_dir: Path, entries: list[dict[str, Any]], hashes: set[s
     return history
 
 
+def _sampled(site: str, hashes: list[str]) -> int:
+    """The number of images the Poisson sampler draws from: every file, so a byte-identical copy counts (and is
+    drawn) once per copy, and the sample rate matches the sampling. Such an image is protected at group level k
+    (its k copies), like a patient with k images."""
+    copies = len(hashes) - len(set(hashes))
+    if copies:
+        log.warning("site %s: %d training image(s) are byte-identical copies of others; each copy is sampled, so "
+                    "such an image is protected at group level (its number of copies)", site, copies)
+    return len(hashes)
+
+
 def guard_round(site: str, budget: Budget, cfg: PrivacyConfig, *, run_id: str, rnd: int, planned_rounds: int,
                 images: list[Path], batch_size: int, local_epochs: int, max_steps: int | None,
                 model_version: str, seed: int) -> RoundGuard:
@@ -161,7 +172,7 @@ def guard_round(site: str, budget: Budget, cfg: PrivacyConfig, *, run_id: str, r
     except (LedgerError, OSError) as e:
         log.error("site %s: %s", site, e)
         raise PrivacyRefused("privacy ledger cannot be read or written (see the site's log)") from e
-    n = len(set(hashes))
+    n = _sampled(site, hashes)
     delta = budget.delta if budget.delta is not None else default_delta(n)
     q = sample_rate(batch_size, n)
     steps = steps_per_round(local_epochs, max_steps, q)

@@ -46,7 +46,7 @@ class SiteBudget:
     rounds_trained: int = 0
     refused: int = 0
     last: str = ""  # kind and time of the latest entry
-    over_ceiling: list[int] = field(default_factory=list)  # seq numbers of entries above their ceiling
+    over_ceiling: list[int] = field(default_factory=list)  # seq numbers of rounds trained above their ceiling
     history: list[tuple[str, float]] = field(default_factory=list)  # (label, epsilon spent) for the burn-down
     seeded_rounds: list[str] = field(default_factory=list)  # research mode: rounds whose noise the server can remove
 
@@ -68,10 +68,10 @@ def budgets(entries: list[dict[str, Any]]) -> dict[str, SiteBudget]:
         if "ceiling_epsilon" in e:
             b.ceiling, b.target = float(e["ceiling_epsilon"]), float(e.get("target_epsilon", e["ceiling_epsilon"]))
         eps = float(e.get("epsilon", b.spent))
-        if b.ceiling is not None and eps > b.ceiling + 1e-9:
-            b.over_ceiling.append(int(e.get("seq", 0)))
         trained = kind == "round" or (kind == "site-report" and str(e.get("status", "ok")) == "ok")
         refused = kind == "refused" or str(e.get("status", "")).startswith("refused")
+        if trained and b.ceiling is not None and eps > b.ceiling + 1e-9:  # only a round spends: a refusal or
+            b.over_ceiling.append(int(e.get("seq", 0)))  # plan records what was spent before a lowered ceiling
         b.rounds_trained += trained
         if trained and e.get("noise") == SEEDED:
             b.seeded_rounds.append(f"{e.get('run_id', '?')} r{e.get('round', '?')}")

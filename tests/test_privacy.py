@@ -244,3 +244,46 @@ def test_head_must_match_the_last_entry_exactly(tmp_path):
         ledger.entries()
     path.unlink()
     assert verify(path)[0].ok  # no ledger and no head: a site that never trained
+
+
+def test_a_refusal_under_a_lowered_ceiling_does_not_trip_the_ceiling_alarm(tmp_path, capsys):
+    from common.cli import main
+
+    cfg = PrivacyConfig(mode="dp_sgd", target_epsilon=3.0, ceiling_epsilon=4.0, ledger_dir=str(tmp_path / "l"))
+    images = _images(tmp_path / "img", 40)
+    spent = _guard(site_budget("site_a", {}, cfg), cfg, images, 1, rounds=1).commit(10)["epsilon"]
+    lowered = replace(cfg, sites={"site_a": {"ceiling_epsilon": spent / 2}})
+    with pytest.raises(PrivacyRefused, match="budget exhausted"):
+        _guard(site_budget("site_a", {}, lowered), lowered, images, 1, run_id="run-b")
+    assert main(["audit", "show", cfg.ledger_dir, "--ceiling-check"]) == 0  # it refused: nothing was spent
+    out = capsys.readouterr().out
+    assert "ABOVE CEILING" not in out and "refused" in out
+
+
+def test_the_card_lists_a_site_refused_without_a_report_and_why(tmp_path):
+    from server.privacy import card_section, latest_reports
+
+    cfg = PrivacyConfig(mode="dp_sgd", ledger_dir=str(tmp_path / "l"))
+    first = _guard(site_budget("site_a", {}, cfg), cfg, _images(tmp_path / "img", 20), 1).commit(5)
+    with pytest.raises(PrivacyRefused) as refused:  # a real site asked for a higher ceiling: no report
+        site_budget("site_b", _real_site(tmp_path), PrivacyConfig(mode="dp_sgd", ceiling_epsilon=20.0))
+    assert refused.value.report is None
+    records = [{"round": 1, "site": "site_a", "phase": "train", "status": "ok", "privacy": first},
+               {"round": 1, "site": "site_b", "phase": "train", "status": f"refused: {refused.value}"},
+               {"round": 1, "site": "site_b", "phase": "evaluate", "status": "ok"}]
+    sites = card_section(cfg, latest_reports(records))["sites"]
+    assert set(sites) == {"site_a", "site_b"} and sites["site_a"]["status"] == "trained"
+    assert sites["site_b"] == {"status": f"refused: {refused.value}"[:120]}
+    later = latest_reports([{**records[0], "round": 2, "privacy": None, "status": "failed: internal error"}],
+                           latest_reports(records))
+    assert later["site_a"]["epsilon"] == first["epsilon"]  # what it spent stays on the card beside why it stopped
+    assert later["site_a"]["status"] == "failed: internal error"
+
+
+def test_the_sample_rate_counts_every_copy_the_sampler_draws(tmp_path):
+    cfg = PrivacyConfig(mode="dp_sgd", ledger_dir=str(tmp_path / "l"))
+    images = _images(tmp_path / "img", 20)
+    copy = tmp_path / "img" / "copy.png"
+    copy.write_bytes(images[0].read_bytes())  # the same radiograph under another name
+    guard = _guard(site_budget("site_a", {}, cfg), cfg, [*images, copy], 1)
+    assert guard.plan["images"] == 21 and guard.hook.sample_rate == pytest.approx(4 / 21)
