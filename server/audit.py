@@ -101,10 +101,10 @@ def verify_all(files: list[Path]) -> tuple[dict[Path, Verdict], list[dict[str, A
     among `files`; returns the verdicts and the entries of the intact parts."""
     read = {f: verify(f) for f in files}
     reports = [e for _, got in read.values() for e in got if e.get("kind") == "site-report" and "ledger_head" in e]
-    anchored = any(got and not _is_site_ledger(got) for _, got in read.values())
+    servers = any(got and not _is_site_ledger(got) for _, got in read.values())
     verdicts, entries = {}, []
     for f, (verdict, got) in read.items():
-        if anchored and _is_site_ledger(got):
+        if servers and _is_site_ledger(got):
             names = {e.get("site") for e in got}
             verdict = check_heads(verdict, got, [r for r in reports if r.get("site") in names])
         verdicts[f] = verdict
@@ -177,7 +177,9 @@ that noise, so those rounds give <b>no</b> protection against the server, whatev
 sites never use it unless their own configuration allows it.</p>
 <h2>Ledger integrity</h2>
 <p>Every ledger entry is chained to the one before it by a cryptographic hash, so an edited, deleted or reordered
-entry is detected.</p><ul>{checks}</ul>
+entry is detected. When a site's ledger is audited together with the server's, it is also compared with the ledger
+positions the site reported to the server after each round, so a ledger rewritten or restored from an older copy
+is detected too.</p><ul>{checks}</ul>
 <h2>Burn-down per site</h2>{charts}
 <p><small>Epsilon from Opacus' RDP accountant (the figure budgets are checked against); the PRV accountant's figure
 is recorded beside it in the ledgers. Privacy unit: one radiograph.</small></p></body></html>"""

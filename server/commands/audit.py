@@ -66,7 +66,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     q = asub.add_parser("show", help="per site: spent, ceiling, remaining, projected spend")
     q.add_argument("paths", nargs="+", help=paths_help)
     q.add_argument("--ceiling-check", action="store_true",
-                   help="exit 1 if any entry exceeds its ceiling or any ledger is broken")
+                   help="exit 1 if any round trained above its ceiling or any ledger is broken")
     q.set_defaults(func=_show)
 
     q = asub.add_parser("verify", help="check each ledger's hash chain; report exactly where it breaks",
