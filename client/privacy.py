@@ -21,6 +21,7 @@ from common.privacy.accounting import (Mechanism, calibrate, default_delta, epsi
 from common.privacy.dp_sgd import DPSGD
 from common.privacy.fingerprint import fingerprint, image_hashes
 from common.privacy.ledger import SECURE, SEEDED, Ledger, LedgerError
+from common.privacy.signing import KEY_NAME, load_or_create
 from client.site_config import NODE_KEY, load_site_privacy
 
 log = logging.getLogger("fracfl.client.privacy")
@@ -160,8 +161,8 @@ def guard_round(site: str, budget: Budget, cfg: PrivacyConfig, *, run_id: str, r
                 images: list[Path], batch_size: int, local_epochs: int, max_steps: int | None,
                 model_version: str, seed: int) -> RoundGuard:
     """Plan (once per run and training set) and check this round; raises PrivacyRefused when it must not train."""
-    ledger = Ledger(budget.ledger_dir / "ledger.jsonl")
     try:
+        ledger = Ledger(budget.ledger_dir / "ledger.jsonl", load_or_create(budget.ledger_dir / KEY_NAME))
         entries = ledger.entries()
         hashes = image_hashes(images)
         fp = fingerprint(hashes)
@@ -169,7 +170,7 @@ def guard_round(site: str, budget: Budget, cfg: PrivacyConfig, *, run_id: str, r
         if not members.exists():
             members.parent.mkdir(parents=True, exist_ok=True)
             members.write_text("\n".join(sorted(set(hashes))) + "\n")
-    except (LedgerError, OSError) as e:
+    except (LedgerError, OSError, ValueError) as e:  # ValueError: an unreadable key
         log.error("site %s: %s", site, e)
         raise PrivacyRefused("privacy ledger cannot be read or written (see the site's log)") from e
     n = _sampled(site, hashes)

@@ -287,3 +287,25 @@ def test_the_sample_rate_counts_every_copy_the_sampler_draws(tmp_path):
     copy.write_bytes(images[0].read_bytes())  # the same radiograph under another name
     guard = _guard(site_budget("site_a", {}, cfg), cfg, [*images, copy], 1)
     assert guard.plan["images"] == 21 and guard.hook.sample_rate == pytest.approx(4 / 21)
+
+
+def test_a_signed_ledger_rejects_entries_without_its_key(tmp_path):
+    """Signatures catch what an attacker without the site's key appends, even with a consistent head."""
+    from common.privacy.signing import KEY_NAME, load_or_create
+
+    cfg = PrivacyConfig(mode="dp_sgd", ledger_dir=str(tmp_path / "l"))
+    _guard(site_budget("site_a", {}, cfg), cfg, _images(tmp_path / "img", 20), 1).commit(5)
+    folder = Path(cfg.ledger_dir) / "site_a"
+    assert (folder / KEY_NAME).stat().st_mode & 0o077 == 0  # the private key is owner-only
+    entries = Ledger(folder / "ledger.jsonl").entries()
+    assert all(e["sig"] and e["key"] == entries[0]["key"] for e in entries)
+    intruder = Ledger(folder / "ledger.jsonl", load_or_create(tmp_path / "other.pem"))
+    with pytest.raises(LedgerError, match="another key"):
+        intruder.append("round", {"round": 2, "epsilon": 0.1})
+    unsigned = {"seq": len(entries) + 1, "prev": entries[-1]["hash"], "kind": "round", "epsilon": 0.1}
+    unsigned["hash"] = entry_hash(unsigned)
+    with open(folder / "ledger.jsonl", "a") as f:
+        f.write(json.dumps(unsigned) + "\n")
+    (folder / "ledger.jsonl.head").write_text(json.dumps({"seq": unsigned["seq"], "hash": unsigned["hash"]}))
+    v = verify(folder / "ledger.jsonl")[0]
+    assert not v.ok and v.line == unsigned["seq"] and "not signed" in v.problem

@@ -20,7 +20,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from common.errors import FracflError
+from common.privacy import signing
 
 # Where a round's DP noise and Poisson draws came from, as entries record it ("noise"): drawn at the site from a
 # secure source, or seeded from the run's seed (research mode: whoever knows the seed can remove the noise).
@@ -52,7 +55,8 @@ class Verdict:
 
 
 def entry_hash(entry: dict[str, Any]) -> str:
-    body = {k: v for k, v in entry.items() if k != "hash"}
+    """SHA-256 of the entry without its hash and signature (the signature signs this hash)."""
+    body = {k: v for k, v in entry.items() if k not in ("hash", "sig")}
     return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
@@ -66,7 +70,7 @@ def verify(path: str | Path) -> tuple[Verdict, list[dict[str, Any]]]:
     if not path.exists():
         return (Verdict(False, 0, None, "ledger file missing") if _head_path(path).exists() else Verdict(True, 0)), []
     entries: list[dict[str, Any]] = []
-    prev = GENESIS
+    prev, key = GENESIS, None
     with open(path, encoding="utf-8") as f:
         for line_no, line in enumerate(f, 1):
             try:
@@ -83,6 +87,10 @@ def verify(path: str | Path) -> tuple[Verdict, list[dict[str, Any]]]:
                                "(an entry before it was deleted or changed)"), entries
             if e.get("hash") != entry_hash(e):
                 return Verdict(False, len(entries), line_no, "content does not match its hash (entry edited)"), entries
+            key = key or e.get("key")
+            if key is not None and not (e.get("key") == key and signing.valid(key, e["hash"], str(e.get("sig")))):
+                return Verdict(False, len(entries), line_no, "not signed by the ledger's key (a signed ledger's "
+                               "entries are all signed with the key of its first signed entry)"), entries
             entries.append(e)
             prev = e["hash"]
     problem = _head_problem(_head_path(path), len(entries), prev)
@@ -133,10 +141,11 @@ def check_heads(verdict: Verdict, entries: list[dict[str, Any]], reports: list[d
 
 
 class Ledger:
-    """One ledger file. `entries()` and `append()` raise LedgerError on any damage or I/O failure."""
+    """One ledger file. `entries()` and `append()` raise LedgerError on any damage or I/O failure. With a `key`,
+    each appended entry carries its public key and the signature of its hash."""
 
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
+    def __init__(self, path: str | Path, key: Ed25519PrivateKey | None = None):
+        self.path, self.key = Path(path), key
 
     def entries(self) -> list[dict[str, Any]]:
         try:
@@ -148,15 +157,28 @@ class Ledger:
                               "governance staff restore it (`fracfl audit verify`)")
         return entries
 
+    def _check_key(self, entries: list[dict[str, Any]]) -> None:
+        """Refuse to extend a signed ledger unsigned or with another key (the entry would break it)."""
+        signed = next((e["key"] for e in entries if "key" in e), None)
+        mine = signing.public_hex(self.key) if self.key is not None else None
+        if signed is not None and mine != signed:
+            raise LedgerError(f"privacy ledger {self.path} is signed with another key than this site's "
+                              f"({signing.KEY_NAME} lost or replaced?); governance staff must restore it")
+
     def append(self, kind: str, fields: dict[str, Any]) -> dict[str, Any]:
         """Add one entry (after verifying the chain), flushed to disk before returning."""
-        reserved = {"seq", "prev", "kind", "time", "hash"} & set(fields)
+        reserved = {"seq", "prev", "kind", "time", "hash", "key", "sig"} & set(fields)
         if reserved:
             raise LedgerError(f"privacy ledger {self.path}: fields {sorted(reserved)} are set by the ledger itself")
         entries = self.entries()
+        self._check_key(entries)
         entry = {"seq": len(entries) + 1, "prev": entries[-1]["hash"] if entries else GENESIS, "kind": kind,
                  "time": datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z"), **fields}
+        if self.key is not None:
+            entry["key"] = signing.public_hex(self.key)
         entry["hash"] = entry_hash(entry)
+        if self.key is not None:
+            entry["sig"] = signing.sign(self.key, entry["hash"])
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with open(self.path, "a", encoding="utf-8") as f:
