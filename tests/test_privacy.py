@@ -299,6 +299,7 @@ def test_a_signed_ledger_rejects_entries_without_its_key(tmp_path):
     assert (folder / KEY_NAME).stat().st_mode & 0o077 == 0  # the private key is owner-only
     entries = Ledger(folder / "ledger.jsonl").entries()
     assert all(e["sig"] and e["key"] == entries[0]["key"] for e in entries)
+    assert str(verify(folder / "ledger.jsonl")[0]).endswith(", signed")
     intruder = Ledger(folder / "ledger.jsonl", load_or_create(tmp_path / "other.pem"))
     with pytest.raises(LedgerError, match="another key"):
         intruder.append("round", {"round": 2, "epsilon": 0.1})

@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -44,14 +44,16 @@ class Verdict:
     line: int | None = None  # 1-based line where the chain breaks
     problem: str = ""
     anchored: int | None = None  # heads recorded by the server that were checked (None: not cross-checked)
+    signed: bool = False  # entries from the first signed one on are signed with its key
 
     def __str__(self) -> str:
         if not self.ok:
             return f"broken at line {self.line}: {self.problem}"
+        text = f"intact: {self.entries} entries" + (", signed" if self.signed else "")
         if self.anchored is None:
-            return f"intact: {self.entries} entries"
-        return f"intact: {self.entries} entries, matching all {self.anchored} heads the server recorded" \
-            if self.anchored else f"intact: {self.entries} entries (the server recorded no head for this site)"
+            return text
+        return f"{text}, matching all {self.anchored} heads the server recorded" if self.anchored \
+            else f"{text} (the server recorded no head for this site)"
 
 
 def entry_hash(entry: dict[str, Any]) -> str:
@@ -96,7 +98,7 @@ def verify(path: str | Path) -> tuple[Verdict, list[dict[str, Any]]]:
     problem = _head_problem(_head_path(path), len(entries), prev)
     if problem:
         return Verdict(False, len(entries), problem[0], problem[1]), entries
-    return Verdict(True, len(entries)), entries
+    return Verdict(True, len(entries), signed=key is not None), entries
 
 
 def _head_problem(head: Path, count: int, last: str) -> tuple[int | None, str] | None:
@@ -137,7 +139,7 @@ def check_heads(verdict: Verdict, entries: list[dict[str, Any]], reports: list[d
         if not (at == digest if at is not None else digest in hashes):
             return Verdict(False, len(entries), seq if at else None, f"differs from the head the server recorded "
                            f"{where} (entry {seq if at else '?'} rewritten)")
-    return Verdict(True, len(entries), anchored=len(reports))
+    return replace(verdict, anchored=len(reports))
 
 
 class Ledger:
