@@ -46,12 +46,13 @@ def _sync(device: torch.device) -> None:
 
 
 def _rate(run: Callable[[], int], device: torch.device, seconds: float) -> float:
-    """Images per second of `run` (which returns the images it handled), after one untimed call."""
+    """Images per second of `run` (which returns the images it handled), after one untimed call; at least three
+    timed calls, however long they take."""
     run()
     _sync(device)
-    t0, n = time.perf_counter(), 0
-    while time.perf_counter() - t0 < seconds:
-        n += run()
+    t0, n, calls = time.perf_counter(), 0, 0
+    while time.perf_counter() - t0 < seconds or calls < 3:
+        n, calls = n + run(), calls + 1
     _sync(device)
     return n / (time.perf_counter() - t0)
 
@@ -94,18 +95,25 @@ def fwd_bwd(data: DetectionDataset, cfg: TrainConfig, device: torch.device, seco
 
 
 def step(data: DetectionDataset, cfg: TrainConfig, device: torch.device, seconds: float, dp: bool) -> float:
-    """The engine itself; its steps are sized from a first short call so that the timed call lasts ~seconds."""
+    """The engine itself, in steady state: two calls of `train_local`, the second three times as long, and the
+    rate of the difference, so that the loader workers' start and the first batches' latency cancel out."""
     from common.privacy.dp_sgd import DPSGD
 
     spec = ModelSpec(arch="yolov7-tiny", norm="group" if dp else "batch")
     cfg = replace(cfg, imbalance=ImbalanceConfig("constant")) if dp else cfg  # what conf/privacy/dp_sgd.yaml sets
     model = build_model(spec)
-    hook = (lambda: DPSGD(1.0, 1.0, min(1.0, cfg.batch_size / len(data)), max_physical_batch=cfg.batch_size)
-            ) if dp else (lambda: None)
-    probe = train_local(model, data, replace(cfg, max_steps=3), privacy=hook(), progress=False).metrics
-    steps = max(3, int(seconds * probe["images_per_s"] / cfg.batch_size))
-    return train_local(model, data, replace(cfg, max_steps=steps), privacy=hook(), progress=False
-                       ).metrics["images_per_s"]
+
+    def run(steps: int) -> tuple[float, int]:
+        hook = DPSGD(1.0, 1.0, min(1.0, cfg.batch_size / len(data)), max_physical_batch=cfg.batch_size) if dp else None
+        t0 = time.perf_counter()
+        m = train_local(model, data, replace(cfg, max_steps=steps), privacy=hook, progress=False).metrics
+        _sync(device)
+        return time.perf_counter() - t0, int(m["images"])
+
+    probe_s, probe_n = run(3)
+    short = max(2, int(seconds / 4 * probe_n / probe_s / cfg.batch_size))
+    (t1, n1), (t2, n2) = run(short), run(3 * short)
+    return (n2 - n1) / max(t2 - t1, 1e-9)
 
 
 def evaluation(val: DetectionDataset, device: torch.device, seconds: float) -> float:

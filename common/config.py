@@ -120,7 +120,7 @@ class TrainConfig:
     cache_mb: int = 4096  # bound on decoded images kept in memory per process (shared by its loader workers)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16; DP-SGD always fp32
-    channels_last: bool | None = None  # None: on CUDA only; never with DP-SGD
+    channels_last: bool | None = None  # None: on CUDA for BatchNorm models; never with DP-SGD
     ema_decay: float | None = 0.9999  # EMA of the weights, used for validation and returned (None: off)
     ema_tau: float = 2000.0  # EMA warm-up in steps: decay = ema_decay * (1 - exp(-steps / ema_tau))
     patience: int | None = None  # centralised: stop after this many epochs without a better validation mAP50

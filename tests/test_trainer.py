@@ -174,6 +174,8 @@ def test_bf16_autocast_on_the_cpu_is_an_option_and_dp_stays_fp32(synth_data):
     cpu, gpu = torch.device("cpu"), torch.device("cuda")
     assert step_format("auto", None, cpu, private=False).describe() == "fp32"
     assert step_format("bf16", True, gpu, private=True).describe() == "fp32"  # DP-SGD: whatever was asked
+    assert step_format("auto", None, gpu, private=False).describe() == "bf16 autocast, channels-last"
+    assert step_format("auto", None, gpu, private=False, group_norm=True).describe() == "bf16 autocast"
     with pytest.raises(ConfigError, match="train.precision"):
         step_format("fp8", None, cpu, private=False)
 

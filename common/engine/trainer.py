@@ -171,7 +171,8 @@ def train_local(
     device = select_device(cfg.device)
     model.to(device).train()
     freeze_parts(model, cfg.freeze)
-    fmt = step_format(cfg.precision, cfg.channels_last, device, private=privacy is not None)
+    fmt = step_format(cfg.precision, cfg.channels_last, device, private=privacy is not None,
+                      group_norm=any(isinstance(m, nn.GroupNorm) for m in model.modules()))
     criterion = PerImageDetectionLoss(model)
     weights = torch.as_tensor(image_weights(data.positive, cfg.imbalance) if cfg.imbalance.mode != "oversample"
                               else np.ones(len(data)), dtype=torch.float32).to(device)
@@ -190,7 +191,7 @@ def train_local(
     # every CHECK_EVERY steps and at the end of each epoch, not after every step.
     sums = torch.zeros(4, dtype=torch.float64, device=device)
     finite = torch.ones((), dtype=torch.bool, device=device)
-    images, epoch_images, steps, t0 = 0, 0, 0, time.perf_counter()
+    images, epoch_images, steps, outside, t0 = 0, 0, 0, 0.0, time.perf_counter()
     with progress_bar(progress) as bar, _released(privacy), memory_format(model, fmt):
         task = bar.add_task(description, total=total)
         epoch = 0
@@ -233,14 +234,16 @@ def train_local(
             _check(finite, description, steps)
             bar.update(task, completed=steps)
             if on_epoch_end is not None:
-                done = _metrics(sums, epoch_images, images, steps, epoch, time.perf_counter() - t0)
+                t_cb = time.perf_counter()
+                done = _metrics(sums, epoch_images, images, steps, epoch, t_cb - t0 - outside)
                 stop = on_epoch_end(epoch - 1, done, ema.ema if ema is not None else model)
                 model.train()
+                outside += time.perf_counter() - t_cb  # validation is not training time
                 if stop:
                     break
     if ema is not None:  # the model ends holding the weights that are returned
         model.load_state_dict(ema.ema.state_dict())
-    metrics = _metrics(sums, epoch_images, images, steps, epoch, time.perf_counter() - t0)
+    metrics = _metrics(sums, epoch_images, images, steps, epoch, time.perf_counter() - t0 - outside)
     metrics["format"] = fmt.describe()
     return TrainResult(state=state_to_save(model), metrics=metrics)
 
