@@ -21,6 +21,7 @@ from common.privacy.accounting import (Mechanism, calibrate, default_delta, epsi
 from common.privacy.dp_sgd import DPSGD
 from common.privacy.fingerprint import fingerprint, image_hashes
 from common.privacy.ledger import SECURE, SEEDED, Ledger, LedgerError
+from common.privacy.signing import KEY_NAME, load_or_create
 from client.site_config import NODE_KEY, load_site_privacy
 
 log = logging.getLogger("fracfl.client.privacy")
@@ -112,12 +113,13 @@ class RoundGuard:
 
 
 def report(entry: dict[str, Any], plan: dict[str, Any] | None) -> dict[str, Any]:
-    """The privacy figures a site shares: mechanism and epsilon, never paths or image hashes."""
+    """The privacy figures a site shares: mechanism and epsilon, never paths or image hashes; the entry's hash and
+    number let the server anchor the site's ledger (`check_heads`)."""
     keys = ("run_id", "round", "model_version", "epsilon", "epsilon_rdp", "epsilon_prv", "delta",
             "target_epsilon", "ceiling_epsilon", "noise_multiplier", "sample_rate", "steps", "max_grad_norm",
             "images", "reason", "unit", "noise")
     out = {k: entry[k] for k in keys if k in entry}
-    out["entry"], out["ledger_head"] = entry["kind"], entry["hash"]
+    out["entry"], out["ledger_head"], out["ledger_seq"] = entry["kind"], entry["hash"], entry["seq"]
     if plan is not None:
         out.update(planned_rounds=plan["planned_rounds"], first_round=plan["first_round"],
                    steps_per_round=plan["steps_per_round"], projected_epsilon=plan["projected_epsilon"])
@@ -144,12 +146,23 @@ def spent_history(ledger_dir: Path, entries: list[dict[str, Any]], hashes: set[s
     return history
 
 
+def _sampled(site: str, hashes: list[str]) -> int:
+    """The number of images the Poisson sampler draws from: every file, so a byte-identical copy counts (and is
+    drawn) once per copy, and the sample rate matches the sampling. Such an image is protected at group level k
+    (its k copies), like a patient with k images."""
+    copies = len(hashes) - len(set(hashes))
+    if copies:
+        log.warning("site %s: %d training image(s) are byte-identical copies of others; each copy is sampled, so "
+                    "such an image is protected at group level (its number of copies)", site, copies)
+    return len(hashes)
+
+
 def guard_round(site: str, budget: Budget, cfg: PrivacyConfig, *, run_id: str, rnd: int, planned_rounds: int,
                 images: list[Path], batch_size: int, local_epochs: int, max_steps: int | None,
                 model_version: str, seed: int) -> RoundGuard:
     """Plan (once per run and training set) and check this round; raises PrivacyRefused when it must not train."""
-    ledger = Ledger(budget.ledger_dir / "ledger.jsonl")
     try:
+        ledger = Ledger(budget.ledger_dir / "ledger.jsonl", load_or_create(budget.ledger_dir / KEY_NAME))
         entries = ledger.entries()
         hashes = image_hashes(images)
         fp = fingerprint(hashes)
@@ -157,10 +170,10 @@ def guard_round(site: str, budget: Budget, cfg: PrivacyConfig, *, run_id: str, r
         if not members.exists():
             members.parent.mkdir(parents=True, exist_ok=True)
             members.write_text("\n".join(sorted(set(hashes))) + "\n")
-    except (LedgerError, OSError) as e:
+    except (LedgerError, OSError, ValueError) as e:  # ValueError: an unreadable key
         log.error("site %s: %s", site, e)
         raise PrivacyRefused("privacy ledger cannot be read or written (see the site's log)") from e
-    n = len(set(hashes))
+    n = _sampled(site, hashes)
     delta = budget.delta if budget.delta is not None else default_delta(n)
     q = sample_rate(batch_size, n)
     steps = steps_per_round(local_epochs, max_steps, q)

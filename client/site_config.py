@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from common.errors import ConfigError
+from common.privacy.signing import KEY_NAME, load_or_create
 
 NODE_KEY = "site-config"  # node config key naming the file
 FILE_NAME = "site.toml"
@@ -70,7 +71,8 @@ def load_site_privacy(path: str | Path) -> SitePrivacy:
 
 def write_site_config(folder: Path, *, target_epsilon: float = 8.0, ceiling_epsilon: float = 10.0,
                       delta: float | None = None) -> Path:
-    """Create `folder/site.toml` (never overwritten) with the ledger in `folder/privacy`; returns its path."""
+    """Create `folder/site.toml` (never overwritten) with the ledger and its signing key in `folder/privacy`;
+    returns its path."""
     folder = folder.resolve()
     path = folder / FILE_NAME
     if path.exists():
@@ -80,6 +82,7 @@ def write_site_config(folder: Path, *, target_epsilon: float = 8.0, ceiling_epsi
         raise ConfigError(f"site init: need 0 < target ({target_epsilon}) <= ceiling ({ceiling_epsilon})")
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "privacy").mkdir(exist_ok=True)
+    load_or_create(folder / "privacy" / KEY_NAME)  # the ledger's signing key, owner-only
     lines = ["# This site's privacy limits (fracfl site init). The server cannot raise them: a run asking for a",
              "# higher target or ceiling, or another ledger, is refused. Epsilons are lifetime totals for the images.",
              "[privacy]", f"target_epsilon = {float(target_epsilon)}", f"ceiling_epsilon = {float(ceiling_epsilon)}",

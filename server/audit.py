@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from common.errors import DataError
-from common.privacy.ledger import SEEDED, Verdict, verify
+from common.privacy.ledger import SEEDED, Verdict, check_heads, verify
 
 LEDGER_NAMES = ("ledger.jsonl", "privacy-ledger.jsonl")
 
@@ -46,7 +46,7 @@ class SiteBudget:
     rounds_trained: int = 0
     refused: int = 0
     last: str = ""  # kind and time of the latest entry
-    over_ceiling: list[int] = field(default_factory=list)  # seq numbers of entries above their ceiling
+    over_ceiling: list[int] = field(default_factory=list)  # seq numbers of rounds trained above their ceiling
     history: list[tuple[str, float]] = field(default_factory=list)  # (label, epsilon spent) for the burn-down
     seeded_rounds: list[str] = field(default_factory=list)  # research mode: rounds whose noise the server can remove
 
@@ -68,10 +68,10 @@ def budgets(entries: list[dict[str, Any]]) -> dict[str, SiteBudget]:
         if "ceiling_epsilon" in e:
             b.ceiling, b.target = float(e["ceiling_epsilon"]), float(e.get("target_epsilon", e["ceiling_epsilon"]))
         eps = float(e.get("epsilon", b.spent))
-        if b.ceiling is not None and eps > b.ceiling + 1e-9:
-            b.over_ceiling.append(int(e.get("seq", 0)))
         trained = kind == "round" or (kind == "site-report" and str(e.get("status", "ok")) == "ok")
         refused = kind == "refused" or str(e.get("status", "")).startswith("refused")
+        if trained and b.ceiling is not None and eps > b.ceiling + 1e-9:  # only a round spends: a refusal or
+            b.over_ceiling.append(int(e.get("seq", 0)))  # plan records what was spent before a lowered ceiling
         b.rounds_trained += trained
         if trained and e.get("noise") == SEEDED:
             b.seeded_rounds.append(f"{e.get('run_id', '?')} r{e.get('round', '?')}")
@@ -92,12 +92,30 @@ def budgets(entries: list[dict[str, Any]]) -> dict[str, SiteBudget]:
     return out
 
 
-def read_all(paths: list[str | Path]) -> tuple[dict[Path, Verdict], dict[str, SiteBudget]]:
-    """Verify every ledger and gather per-site budgets (from the intact part of each)."""
+def _is_site_ledger(entries: list[dict[str, Any]]) -> bool:
+    return bool(entries) and all(e.get("kind") != "site-report" for e in entries)
+
+
+def verify_all(files: list[Path]) -> tuple[dict[Path, Verdict], list[dict[str, Any]]]:
+    """Verify every ledger, and each site ledger against the heads recorded for its site by the server ledgers
+    among `files`; returns the verdicts and the entries of the intact parts."""
+    read = {f: verify(f) for f in files}
+    reports = [e for _, got in read.values() for e in got if e.get("kind") == "site-report" and "ledger_head" in e]
+    servers = any(got and not _is_site_ledger(got) for _, got in read.values())
     verdicts, entries = {}, []
-    for f in find_ledgers(paths):
-        verdicts[f], got = verify(f)
+    for f, (verdict, got) in read.items():
+        if servers and _is_site_ledger(got):
+            names = {e.get("site") for e in got}
+            verdict = check_heads(verdict, got, [r for r in reports if r.get("site") in names])
+        verdicts[f] = verdict
         entries += got
+    return verdicts, entries
+
+
+def read_all(paths: list[str | Path]) -> tuple[dict[Path, Verdict], dict[str, SiteBudget]]:
+    """Verify every ledger (site ledgers against the server's recorded heads when both are among `paths`) and
+    gather per-site budgets (from the intact part of each)."""
+    verdicts, entries = verify_all(find_ledgers(paths))
     # A server's site-report copies a site's round entry (its ledger_head is that entry's hash): count it once.
     site_hashes = {e["hash"] for e in entries if e.get("kind") != "site-report"}
     entries = [e for e in entries if not (e.get("kind") == "site-report" and e.get("ledger_head") in site_hashes)]
@@ -159,7 +177,9 @@ that noise, so those rounds give <b>no</b> protection against the server, whatev
 sites never use it unless their own configuration allows it.</p>
 <h2>Ledger integrity</h2>
 <p>Every ledger entry is chained to the one before it by a cryptographic hash, so an edited, deleted or reordered
-entry is detected.</p><ul>{checks}</ul>
+entry is detected. When a site's ledger is audited together with the server's, it is also compared with the ledger
+positions the site reported to the server after each round, so a ledger rewritten or restored from an older copy
+is detected too.</p><ul>{checks}</ul>
 <h2>Burn-down per site</h2>{charts}
 <p><small>Epsilon from Opacus' RDP accountant (the figure budgets are checked against); the PRV accountant's figure
 is recorded beside it in the ledgers. Privacy unit: one radiograph.</small></p></body></html>"""

@@ -21,20 +21,24 @@ UNIT = "one radiograph (image); a patient with k images is protected at group le
 
 def latest_reports(records: list[dict[str, Any]], known: dict[str, dict[str, Any]] | None = None
                    ) -> dict[str, dict[str, Any]]:
-    """Each site's most recent privacy report (trained or refused), updating `known`."""
+    """Each site's most recent privacy report and status, updating `known`. A site that sent no report (refused
+    before its ledger was read, e.g. a run asking for more than its own limits, or failed) is still listed, with
+    its reason and the figures it last reported, so the card accounts for every site."""
     out = dict(known or {})
     for r in records:
-        if r.get("phase") == "train" and r.get("privacy"):
-            out[r["site"]] = dict(r["privacy"], status="trained" if r["status"] == "ok" else r["status"][:120])
+        if r.get("phase") == "train":
+            figures = r.get("privacy") or out.get(r["site"], {})
+            out[r["site"]] = dict(figures, status="trained" if r["status"] == "ok" else r["status"][:120])
     return out
 
 
 def card_section(cfg: PrivacyConfig, reports: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
-    """The card's privacy section: every site's epsilon spent up to this version."""
+    """The card's privacy section: every site asked to train, its epsilon spent up to this version and status."""
     if cfg.mode != "dp_sgd":
         return None
     keys = ("epsilon", "epsilon_rdp", "epsilon_prv", "delta", "target_epsilon", "ceiling_epsilon",
-            "noise_multiplier", "sample_rate", "steps_per_round", "max_grad_norm", "round", "status", "noise")
+            "noise_multiplier", "sample_rate", "steps_per_round", "max_grad_norm", "round", "status", "noise",
+            "ledger_seq", "ledger_head")
     return {"mode": "dp_sgd", "unit": UNIT, "mechanism": MECHANISM, "accounting": ACCOUNTING,
             "sites": {s: {k: rep[k] for k in keys if k in rep} for s, rep in sorted(reports.items())}}
 

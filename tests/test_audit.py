@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import json
+
 from common.cli import main
-from common.privacy.ledger import Ledger
-from server.audit import read_all, render_html
+from common.privacy.ledger import Ledger, verify
+from client.privacy import report
+from server.audit import read_all, render_html, verify_all
+from server.privacy import summarise
 
 SITE = {"site": "st_marys", "run_id": "r1", "ceiling_epsilon": 5.0, "target_epsilon": 4.0, "delta": 1e-5}
 
@@ -44,3 +48,60 @@ def test_audit_commands_exit_codes(tmp_path, capsys):
     assert main(["audit", "verify", str(tmp_path / "sites")]) == 1
     assert "broken at line 2" in capsys.readouterr().out
     assert main(["audit", "show", str(tmp_path / "missing")]) == 2  # a clear error, not a traceback
+
+
+def _reported_run(tmp_path, rounds: int = 3):
+    """A site ledger and the server's summary ledger of what the site reported, through the real code paths."""
+    site = Ledger(tmp_path / "site" / "privacy" / "ledger.jsonl")
+    run = tmp_path / "run" / "privacy-ledger.jsonl"
+    for rnd in range(1, rounds + 1):
+        rep = report(site.append("round", {**SITE, "round": rnd, "epsilon": 0.5 * rnd}), None)
+        summarise(run, "r1", [{"phase": "train", "site": "st_marys", "round": rnd, "status": "ok", "privacy": rep}])
+    return site, run
+
+
+def _replace(site: Ledger, lines: list[str]) -> None:
+    """Rewrite the ledger and its head consistently, as an insider with write access can."""
+    site.path.write_text("".join(line + "\n" for line in lines))
+    last = json.loads(lines[-1])
+    site.path.with_name("ledger.jsonl.head").write_text(json.dumps({"seq": last["seq"], "hash": last["hash"]}))
+
+
+def test_a_consistently_rewritten_ledger_is_caught_by_the_heads_the_server_recorded(tmp_path, capsys):
+    from tests.test_privacy import _rechain
+
+    site, run = _reported_run(tmp_path, rounds=2)
+    older = tmp_path / "older"  # a backup taken after round 2, with its head
+    older.mkdir()
+    for f in site.path.parent.iterdir():
+        (older / f.name).write_bytes(f.read_bytes())
+    rnd3 = report(site.append("round", {**SITE, "round": 3, "epsilon": 1.5}), None)
+    summarise(run, "r1", [{"phase": "train", "site": "st_marys", "round": 3, "status": "ok", "privacy": rnd3}])
+    assert main(["audit", "verify", str(tmp_path / "site"), "--against", str(tmp_path / "run")]) == 0
+    assert "matching all 3 heads the server recorded" in capsys.readouterr().out
+    entries = site.entries()
+    cases = {"rewritten": _rechain(entries, epsilon=0.5), "rewritten plus one": _rechain(
+        [*entries, {**entries[-1], "seq": 4, "round": 4}], epsilon=0.5),
+        "rolled back": (older / "ledger.jsonl").read_text().splitlines()}
+    for case, lines in cases.items():
+        _replace(site, lines)
+        assert verify(site.path)[0].ok, case  # consistent on its own: only the server's heads can tell
+        assert main(["audit", "verify", str(site.path), "--against", str(run)]) == 1, case
+        out = capsys.readouterr().out
+        assert "recorded" in out and ("rewritten" in out or "rolled back" in out), case
+        assert main(["audit", "verify", str(tmp_path / "site"), str(tmp_path / "run")]) == 1, case  # found: checked
+        capsys.readouterr()
+    site.path.write_text("".join(json.dumps(e) + "\n" for e in entries[:-1]))  # last entry and head deleted
+    site.path.with_name("ledger.jsonl.head").unlink()
+    assert main(["audit", "verify", str(site.path), "--against", str(run)]) == 1
+    assert "head file ledger.jsonl.head missing" in capsys.readouterr().out
+
+
+def test_cross_check_only_uses_the_sites_own_heads(tmp_path):
+    site, run = _reported_run(tmp_path, rounds=1)
+    other = Ledger(tmp_path / "north" / "ledger.jsonl")
+    other.append("round", {**SITE, "site": "north", "round": 1, "epsilon": 1.0})
+    verdicts, _ = verify_all([site.path, other.path, run])
+    assert verdicts[site.path].anchored == 1 and verdicts[other.path].anchored == 0
+    assert "recorded no head" in str(verdicts[other.path])
+    assert verdicts[run].anchored is None  # the server's own ledger is checked on its own

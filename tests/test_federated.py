@@ -136,6 +136,8 @@ def test_dp_run_publishes_each_sites_epsilon_and_an_exhausted_site_is_refused(to
     for site in ("site_0", "site_1", "site_2"):  # every site ledger intact, no entry above that site's ceiling
         assert main(["audit", "verify", str(ledgers / site)]) == 0
     assert main(["audit", "verify", str(run2 / "privacy-ledger.jsonl")]) == 0
+    assert main(["audit", "verify", str(ledgers), "--against", str(tmp_path / "run1"), str(run2)]) == 0
+    assert all(s["ledger_seq"] >= 1 for s in card["privacy"]["sites"].values())  # each site's head, on the card
     assert main(["audit", "show", str(ledgers), "--ceiling-check"]) == 0
 
 

@@ -13,7 +13,7 @@ from client.site_config import load_site_privacy, write_site_config
 from common.config import PrivacyConfig
 from common.errors import ConfigError
 from common.privacy.accounting import Mechanism, calibrate, epsilons
-from common.privacy.ledger import Ledger, LedgerError, verify
+from common.privacy.ledger import Ledger, LedgerError, entry_hash, verify
 from opacus.accountants import PRVAccountant, RDPAccountant
 
 
@@ -205,3 +205,108 @@ def test_calibration_accounts_for_what_was_already_spent():
     used = calibrate([Mechanism(fresh, 0.1, 100)], 0.1, 100, 8.0, 1e-5)
     assert used is not None and epsilons([Mechanism(fresh, 0.1, 100), Mechanism(used, 0.1, 100)], 1e-5)["rdp"] <= 8.0
     assert calibrate([Mechanism(fresh, 0.1, 100)], 0.1, 100, 3.0, 1e-5) is None  # already past the target
+
+
+def _rechain(entries: list[dict], **changes) -> list[str]:
+    """What an insider can do: change entries and recompute every link and hash."""
+    from common.privacy.ledger import GENESIS, entry_hash
+
+    out, prev = [], GENESIS
+    for e in entries:
+        e = {k: v for k, v in e.items() if k != "hash"} | changes | {"prev": prev}
+        e["hash"] = prev = entry_hash(e)
+        out.append(json.dumps(e, sort_keys=True))
+    return out
+
+
+def test_head_must_match_the_last_entry_exactly(tmp_path):
+    """Issue 12.2's tampering that used to pass as intact: forged appends and a deleted tail with its head."""
+    path = tmp_path / "ledger.jsonl"
+    ledger = Ledger(path)
+    for i in range(3):
+        ledger.append("round", {"round": i + 1, "epsilon": 0.5 * (i + 1)})
+    good = ledger.entries()
+    forged = {"seq": 4, "prev": good[-1]["hash"], "kind": "round", "round": 4, "epsilon": 1.0, "time": "x"}
+    path.write_text("".join(json.dumps(e) + "\n" for e in (*good, forged | {"hash": entry_hash(forged)})))
+    v = verify(path)[0]  # appended with a recomputed hash, head untouched
+    assert not v.ok and v.line == 4 and "not recorded by the head" in v.problem
+    extra = {**forged, "epsilon": 0.124}
+    path.write_text("\n".join(_rechain([*good, extra], epsilon=0.5)) + "\n")
+    assert not verify(path)[0].ok  # whole chain rewritten plus one entry, head untouched
+    path.write_text("\n".join(_rechain(good, epsilon=0.5)) + "\n")
+    v = verify(path)[0]  # rewritten, same length, head untouched
+    assert not v.ok and "differs from the head" in v.problem
+    path.write_text("".join(json.dumps(e) + "\n" for e in good[:2]))
+    (tmp_path / "ledger.jsonl.head").unlink()
+    v = verify(path)[0]  # last entry and head file deleted
+    assert not v.ok and "head file ledger.jsonl.head missing" in v.problem
+    with pytest.raises(LedgerError, match="damaged"):
+        ledger.entries()
+    path.unlink()
+    assert verify(path)[0].ok  # no ledger and no head: a site that never trained
+
+
+def test_a_refusal_under_a_lowered_ceiling_does_not_trip_the_ceiling_alarm(tmp_path, capsys):
+    from common.cli import main
+
+    cfg = PrivacyConfig(mode="dp_sgd", target_epsilon=3.0, ceiling_epsilon=4.0, ledger_dir=str(tmp_path / "l"))
+    images = _images(tmp_path / "img", 40)
+    spent = _guard(site_budget("site_a", {}, cfg), cfg, images, 1, rounds=1).commit(10)["epsilon"]
+    lowered = replace(cfg, sites={"site_a": {"ceiling_epsilon": spent / 2}})
+    with pytest.raises(PrivacyRefused, match="budget exhausted"):
+        _guard(site_budget("site_a", {}, lowered), lowered, images, 1, run_id="run-b")
+    assert main(["audit", "show", cfg.ledger_dir, "--ceiling-check"]) == 0  # it refused: nothing was spent
+    out = capsys.readouterr().out
+    assert "ABOVE CEILING" not in out and "refused" in out
+
+
+def test_the_card_lists_a_site_refused_without_a_report_and_why(tmp_path):
+    from server.privacy import card_section, latest_reports
+
+    cfg = PrivacyConfig(mode="dp_sgd", ledger_dir=str(tmp_path / "l"))
+    first = _guard(site_budget("site_a", {}, cfg), cfg, _images(tmp_path / "img", 20), 1).commit(5)
+    with pytest.raises(PrivacyRefused) as refused:  # a real site asked for a higher ceiling: no report
+        site_budget("site_b", _real_site(tmp_path), PrivacyConfig(mode="dp_sgd", ceiling_epsilon=20.0))
+    assert refused.value.report is None
+    records = [{"round": 1, "site": "site_a", "phase": "train", "status": "ok", "privacy": first},
+               {"round": 1, "site": "site_b", "phase": "train", "status": f"refused: {refused.value}"},
+               {"round": 1, "site": "site_b", "phase": "evaluate", "status": "ok"}]
+    sites = card_section(cfg, latest_reports(records))["sites"]
+    assert set(sites) == {"site_a", "site_b"} and sites["site_a"]["status"] == "trained"
+    assert sites["site_b"] == {"status": f"refused: {refused.value}"[:120]}
+    later = latest_reports([{**records[0], "round": 2, "privacy": None, "status": "failed: internal error"}],
+                           latest_reports(records))
+    assert later["site_a"]["epsilon"] == first["epsilon"]  # what it spent stays on the card beside why it stopped
+    assert later["site_a"]["status"] == "failed: internal error"
+
+
+def test_the_sample_rate_counts_every_copy_the_sampler_draws(tmp_path):
+    cfg = PrivacyConfig(mode="dp_sgd", ledger_dir=str(tmp_path / "l"))
+    images = _images(tmp_path / "img", 20)
+    copy = tmp_path / "img" / "copy.png"
+    copy.write_bytes(images[0].read_bytes())  # the same radiograph under another name
+    guard = _guard(site_budget("site_a", {}, cfg), cfg, [*images, copy], 1)
+    assert guard.plan["images"] == 21 and guard.hook.sample_rate == pytest.approx(4 / 21)
+
+
+def test_a_signed_ledger_rejects_entries_without_its_key(tmp_path):
+    """Signatures catch what an attacker without the site's key appends, even with a consistent head."""
+    from common.privacy.signing import KEY_NAME, load_or_create
+
+    cfg = PrivacyConfig(mode="dp_sgd", ledger_dir=str(tmp_path / "l"))
+    _guard(site_budget("site_a", {}, cfg), cfg, _images(tmp_path / "img", 20), 1).commit(5)
+    folder = Path(cfg.ledger_dir) / "site_a"
+    assert (folder / KEY_NAME).stat().st_mode & 0o077 == 0  # the private key is owner-only
+    entries = Ledger(folder / "ledger.jsonl").entries()
+    assert all(e["sig"] and e["key"] == entries[0]["key"] for e in entries)
+    assert str(verify(folder / "ledger.jsonl")[0]).endswith(", signed")
+    intruder = Ledger(folder / "ledger.jsonl", load_or_create(tmp_path / "other.pem"))
+    with pytest.raises(LedgerError, match="another key"):
+        intruder.append("round", {"round": 2, "epsilon": 0.1})
+    unsigned = {"seq": len(entries) + 1, "prev": entries[-1]["hash"], "kind": "round", "epsilon": 0.1}
+    unsigned["hash"] = entry_hash(unsigned)
+    with open(folder / "ledger.jsonl", "a") as f:
+        f.write(json.dumps(unsigned) + "\n")
+    (folder / "ledger.jsonl.head").write_text(json.dumps({"seq": unsigned["seq"], "hash": unsigned["hash"]}))
+    v = verify(folder / "ledger.jsonl")[0]
+    assert not v.ok and v.line == unsigned["seq"] and "not signed" in v.problem

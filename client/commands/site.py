@@ -12,6 +12,8 @@ def _init(a: argparse.Namespace) -> int:
     path = write_site_config(Path(a.dir), target_epsilon=a.target_epsilon, ceiling_epsilon=a.ceiling_epsilon,
                              delta=a.delta)
     print(f"wrote {path} (ledger: {path.parent / 'privacy'}; back it up)")
+    print(f"ledger signing key: {path.parent / 'privacy' / 'ledger-key.pem'} (owner-only: let only the SuperNode's "
+          "account read it; keep a copy offline, a lost key stops training until restored)")
     print(f"SuperNode: flower-supernode ... --node-config \"site-name='NAME' data-dir='/data/...' "
           f"{NODE_KEY}='{path}'\"")
     return 0

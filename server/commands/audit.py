@@ -42,15 +42,12 @@ def _show(a: argparse.Namespace) -> int:
 
 
 def _verify(a: argparse.Namespace) -> int:
-    from server.audit import find_ledgers
-    from common.privacy.ledger import verify
+    from server.audit import find_ledgers, verify_all
 
-    bad = 0
-    for f in find_ledgers(a.paths):
-        verdict, _ = verify(f)
-        bad += not verdict.ok
+    verdicts, _ = verify_all(find_ledgers([*a.paths, *a.against]))
+    for f, verdict in verdicts.items():
         print(f"{f}: {verdict}")
-    return 1 if bad else 0
+    return 1 if any(not v.ok for v in verdicts.values()) else 0
 
 
 def _report(a: argparse.Namespace) -> int:
@@ -69,11 +66,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     q = asub.add_parser("show", help="per site: spent, ceiling, remaining, projected spend")
     q.add_argument("paths", nargs="+", help=paths_help)
     q.add_argument("--ceiling-check", action="store_true",
-                   help="exit 1 if any entry exceeds its ceiling or any ledger is broken")
+                   help="exit 1 if any round trained above its ceiling or any ledger is broken")
     q.set_defaults(func=_show)
 
-    q = asub.add_parser("verify", help="check each ledger's hash chain; report exactly where it breaks")
+    q = asub.add_parser("verify", help="check each ledger's hash chain; report exactly where it breaks",
+                        description="Check each ledger's chain and head. Site ledgers are also checked against the "
+                                    "ledger heads the server recorded, from any server ledger (privacy-ledger.jsonl) "
+                                    "among PATHS or given with --against.")
     q.add_argument("paths", nargs="+", help=paths_help)
+    q.add_argument("--against", nargs="+", default=[], metavar="SERVER_LEDGER",
+                   help="server summary ledgers (RUN/privacy-ledger.jsonl, or run folders) holding the heads the "
+                        "sites reported")
     q.set_defaults(func=_verify)
 
     add_mia(asub)
