@@ -4,8 +4,9 @@ run config (`flwr run . --run-config "overrides='strategy=fedprox federation.rou
 from __future__ import annotations
 
 import shlex
+from collections.abc import Callable
 from datetime import datetime, timezone
-from pathlib import Path
+from importlib.metadata import entry_points
 from typing import Any
 
 from flwr.app import ConfigRecord, Message, MessageType, RecordDict
@@ -15,6 +16,8 @@ from omegaconf import OmegaConf
 from common.config import CONF_DIR, to_typed
 from common.errors import ConfigError
 from server.config import ServerJob
+
+SITE_BUILDERS = "fracfl.simulation"
 
 
 def compose(overrides: list[str], config_name: str = "federated") -> Any:
@@ -39,18 +42,24 @@ def load_job(run_config: dict[str, Any], job_file: str | None = None,
         OmegaConf.resolve(cfg)
         manifest = None
         if run_config.get("simulate"):  # `flwr run .` on a local simulation: build the sites as `fracfl simulate` does
-            from simulations.config import SimulationJob
-            from simulations.runner import prepare_sites
-
-            sim = to_typed(cfg, SimulationJob)
             if grid is not None:
-                refuse_real_sites(grid, min(sim.federation.round_timeout, 300.0))
-            manifest_path, _ = prepare_sites(sim, Path(sim.run_dir))
-            manifest, cfg.val_data = str(manifest_path), str(Path(sim.run_dir) / "pooled_val.yaml")
+                refuse_real_sites(grid, min(float(cfg.federation.round_timeout), 300.0))
+            manifest, cfg.val_data = simulated_sites()(cfg)
     if not cfg.get("run_id"):
         cfg.run_id = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
     keep = [k for k in cfg.keys() if k in ServerJob.__dataclass_fields__]
     return to_typed(OmegaConf.masked_copy(cfg, keep), ServerJob), manifest
+
+
+def simulated_sites() -> Callable[[Any], tuple[str, str]]:
+    """The site builder a simulation package registers (entry point `fracfl.simulation: sites`): composed config in,
+    (site manifest, pooled validation data.yaml) out. Looked up, not imported, so that the server neither knows
+    simulations exist nor needs them installed to run a deployment."""
+    found = entry_points(group=SITE_BUILDERS, name="sites")
+    if not found:
+        raise ConfigError("run config simulate=true: no simulation package is installed with this server (entry "
+                          f"point group {SITE_BUILDERS}); use simulate=false for real sites")
+    return next(iter(found)).load()
 
 
 def refuse_real_sites(grid: Grid, timeout: float) -> None:

@@ -7,9 +7,11 @@ import json
 import logging
 import os
 from pathlib import Path
+from typing import Any
 
 from omegaconf import OmegaConf
 
+from common.config import to_typed
 from common.data.spec import load_spec
 from common.errors import ConfigError, FracflError
 from simulations.config import SimulationJob
@@ -20,6 +22,14 @@ log = logging.getLogger("fracfl.simulate")
 
 class SimulationFailed(FracflError):
     """The simulation engine ended without the server finishing its rounds."""
+
+
+def sites_for_server(cfg: Any) -> tuple[str, str]:
+    """The server's `fracfl.simulation: sites` entry point (`flwr run .` with simulate=true): the composed config's
+    sites built as `fracfl simulate` builds them; returns (site manifest, pooled validation data.yaml)."""
+    job = to_typed(cfg, SimulationJob)
+    manifest, _ = prepare_sites(job, Path(job.run_dir))
+    return str(manifest), str(Path(job.run_dir) / "pooled_val.yaml")
 
 
 def prepare_sites(job: SimulationJob, run_dir: Path) -> tuple[Path, Path]:
@@ -79,8 +89,6 @@ def _check_gpu(device: str, client_gpus: float) -> None:
 
 def load_resumed(run_dir: Path) -> SimulationJob:
     """The job of an earlier run, to continue it after its last completed round."""
-    from common.config import to_typed
-
     job_file = run_dir / "job.yaml"
     if not job_file.is_file():
         raise SimulationFailed(f"resume={run_dir}: no job.yaml there; is it a fracfl simulate run folder?")
