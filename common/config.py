@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+import conf
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -17,7 +18,7 @@ from common.errors import ConfigError
 
 T = TypeVar("T")
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+CONF_DIR = Path(conf.__file__).resolve().parent  # the Hydra groups: the source tree's conf/, or the installed copy
 
 # `${first:${a},b}`: a unless it is null, else b (e.g. a resumed run keeps its own folder).
 OmegaConf.register_new_resolver("first", lambda a, b: b if a is None else a, replace=True)
