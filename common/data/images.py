@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image
 
 from common.errors import DataError
+from common.utils.window import window_to_u8
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".dcm"})
 
@@ -23,7 +24,6 @@ TRUNCATED_NOTE = "truncated JPEG: decoded with missing data"
 
 _EXIF_ORIENTATION = 0x0112
 _HIGH_DEPTH_BITS = {"I;16": 16, "I;16B": 16, "I;16L": 16, "I;16N": 16, "I;16S": 16, "I": 32, "F": 32}
-_WINDOW_PERCENTILES = (0.5, 99.5)  # robust to a few saturated or dead pixels (markers, collimator edges)
 _JPEG_SOI, _JPEG_EOI = b"\xff\xd8", b"\xff\xd9"
 
 
@@ -109,7 +109,7 @@ _IMAGE_MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"II*\x00", b"MM\x00*", b
 
 def _decode_dicom(data: bytes, path: Path, max_side: int | None) -> tuple[np.ndarray, list[str]]:
     """DICOM through the shared DICOM reader (modality/VOI LUT, MONOCHROME1), any greyscale modality."""
-    from common.dicom import read_dicom_image  # imported here: common.dicom itself uses this module's windowing
+    from common.dicom import read_dicom_image  # imported here: ordinary images never load pydicom (see _is_dicom)
 
     image = read_dicom_image(path, modalities=None, data=data)
     arr = image.pixels
@@ -190,19 +190,6 @@ def _to_gray_u8(im: Image.Image, notes: list[str]) -> np.ndarray:
         notes.append("alpha channel ignored")
     # P, 1, RGB, RGBA, LA, CMYK, YCbCr, ...: PIL's L conversion is 601 luminance of the RGB values.
     return np.asarray(im.convert("L"), dtype=np.uint8)
-
-
-def window_to_u8(a: np.ndarray) -> tuple[np.ndarray, bool]:
-    """Map high bit-depth values to 0..255 between robust percentiles; (array, whether it was constant)."""
-    a = np.nan_to_num(a.astype(np.float32, copy=False), nan=0.0, posinf=0.0, neginf=0.0)
-    step = max(1, int(np.sqrt(a.size / 250_000)))  # percentiles of a ~250k-pixel subsample: fast, same result
-    lo, hi = (float(v) for v in np.percentile(a[::step, ::step], _WINDOW_PERCENTILES))
-    if hi <= lo:  # almost all pixels equal: fall back to the full range
-        lo, hi = float(a.min()), float(a.max())
-    if hi <= lo:
-        return np.zeros(a.shape, np.uint8), True
-    out = (a - lo) * (255.0 / (hi - lo)) + 0.5
-    return np.clip(out, 0, 255).astype(np.uint8), False
 
 
 def _downscale(arr: np.ndarray, max_side: int) -> np.ndarray:

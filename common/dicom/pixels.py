@@ -11,7 +11,7 @@ from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.pixels import apply_modality_lut, apply_voi
 
-from common.data.images import window_to_u8
+from common.utils.window import window_to_u8
 
 
 def to_grey_u8(ds: Dataset, stored: np.ndarray) -> tuple[np.ndarray, list[str]]:
