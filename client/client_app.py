@@ -6,7 +6,6 @@ and status (ConfigRecord). A site that cannot take part answers with its status 
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import Callable
 
@@ -21,7 +20,8 @@ from client.privacy import PrivacyRefused, site_budget
 from client.site import SAFE_NAME, Site, resolve_site
 from client.task import evaluate_site, train_site
 from common.errors import FracflError
-from common.protocol import SiteJob
+from common.protocol import (ARRAYS, CONFIG, JOB, METRICS, MODEL_VERSION, NAME, NUM_EXAMPLES, PROXIMAL_MU, REAL_SITE,
+                             SERVER_ROUND, SITE, SITES_MANIFEST, SiteJob, SiteReply)
 from common.records import to_record, torch_state
 
 app = ClientApp()
@@ -31,42 +31,39 @@ Work = Callable[[Site, dict, SiteJob, ConfigRecord, Context], tuple[dict | None,
 
 def _handle(msg: Message, context: Context, what: str, work: Work) -> Message:
     """Resolve the site, run `work`, and wrap its (state, metrics) or the reason it failed into a reply."""
-    cfg = msg.content["config"]
+    cfg = msg.content[CONFIG]
     name = str(context.node_config.get("site-name", f"node-{context.node_id}"))
     try:
-        site = resolve_site(context.node_config, cfg.get("sites-manifest"))
+        site = resolve_site(context.node_config, cfg.get(SITES_MANIFEST))
         name = site.name
-        state, metrics, privacy = work(site, torch_state(msg.content["arrays"]), SiteJob.parse(cfg["job"]),
-                                       cfg, context)
+        state, metrics, privacy = work(site, torch_state(msg.content[ARRAYS]), SiteJob.parse(cfg[JOB]), cfg, context)
     except PrivacyRefused as e:  # its message carries numbers only, so the server may show it
         log.warning("site %s refuses to %s: %s", name, what, e)
-        state, metrics, privacy, status = None, {"num-examples": 0.0}, e.report, f"refused: {e}"
+        state, metrics, privacy, status = None, {NUM_EXAMPLES: 0.0}, e.report, f"refused: {e}"
     except Exception as e:  # noqa: BLE001  (the details, which may name patient files, stay in the site's log)
         log.exception("site %s cannot %s: %s", name, what, e)
         kind = "invalid local data or configuration" if isinstance(e, FracflError) else "internal error"
-        state, metrics, privacy = None, {"num-examples": 0.0}, None
+        state, metrics, privacy = None, {NUM_EXAMPLES: 0.0}, None
         status = f"failed: {type(e).__name__} ({kind}; see the site's log)"
     else:
         status = "ok"
-    site_info = {"name": name, "status": status}
-    if privacy is not None:
-        site_info["privacy"] = json.dumps(privacy)
-    content = RecordDict({"metrics": MetricRecord(metrics), "site": ConfigRecord(site_info)})
+    reply = SiteReply(name, status, privacy)
+    content = RecordDict({METRICS: MetricRecord(metrics), SITE: ConfigRecord(reply.to_record())})
     if state is not None:
-        content["arrays"] = to_record({k: v.numpy() for k, v in state.items()})
+        content[ARRAYS] = to_record({k: v.numpy() for k, v in state.items()})
     return Message(content, reply_to=msg)
 
 
 def _train(site: Site, state: dict, job: SiteJob, cfg: ConfigRecord, context: Context):
     budget = site_budget(site.name, context.node_config, job.privacy) if job.privacy.mode == "dp_sgd" else None
-    return train_site(site.name, site.data, state, job, int(cfg["server-round"]),
-                      proximal_mu=float(cfg.get("proximal-mu", 0.0)), budget=budget,
-                      model_version=str(cfg.get("model-version", "")))
+    return train_site(site.name, site.data, state, job, int(cfg[SERVER_ROUND]),
+                      proximal_mu=float(cfg.get(PROXIMAL_MU, 0.0)), budget=budget,
+                      model_version=str(cfg.get(MODEL_VERSION, "")))
 
 
 def client_dp_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
     """Flower's fixedclipping_mod when the server runs client-level DP (its wrapper sends a clipping norm)."""
-    cfg = msg.content.get("config")
+    cfg = msg.content.get(CONFIG)
     if cfg is not None and KEY_CLIPPING_NORM in cfg:
         return fixedclipping_mod(msg, context, call_next)
     return call_next(msg, context)
@@ -82,8 +79,8 @@ def query(msg: Message, context: Context) -> Message:
     """Whether this SuperNode serves a real site (its node config names its data): asked before a run builds
     simulated sites, so a hospital's node is never handed a simulation."""
     name = str(context.node_config.get("site-name", ""))
-    info = {"real-site": "data-dir" in context.node_config, "name": name if SAFE_NAME.match(name) else ""}
-    return Message(RecordDict({"site": ConfigRecord(info)}), reply_to=msg)
+    info = {REAL_SITE: "data-dir" in context.node_config, NAME: name if SAFE_NAME.match(name) else ""}
+    return Message(RecordDict({SITE: ConfigRecord(info)}), reply_to=msg)
 
 
 @app.evaluate()

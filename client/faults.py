@@ -14,6 +14,8 @@ import torch
 from flwr.app import ArrayRecord, Context, Message
 from flwr.clientapp.typing import ClientAppCallable
 
+from common.protocol import ARRAYS, CONFIG, FAULT_PLAN, NAME, SITE, SITES_MANIFEST
+
 FAULTS = ("nan", "scale", "shape")
 
 
@@ -33,12 +35,12 @@ def corrupt(state: dict[str, torch.Tensor], fault: str) -> dict[str, torch.Tenso
 def fault_injection_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
     """Flower client mod: corrupt this site's training reply when the simulation's fault plan names it."""
     reply = call_next(msg, context)
-    cfg = msg.content.get("config") or {}
-    plan = json.loads(str(cfg.get("faults", "{}"))) if "sites-manifest" in cfg else {}
-    site = reply.content.get("site") if not reply.has_error() else None
-    fault = plan.get(str(site.get("name"))) if site is not None else None
-    if fault in FAULTS and "arrays" in reply.content:
-        reply.content["arrays"] = ArrayRecord(corrupt(reply.content["arrays"].to_torch_state_dict(), fault))
+    cfg = msg.content.get(CONFIG) or {}
+    plan = json.loads(str(cfg.get(FAULT_PLAN, "{}"))) if SITES_MANIFEST in cfg else {}
+    site = reply.content.get(SITE) if not reply.has_error() else None
+    fault = plan.get(str(site.get(NAME))) if site is not None else None
+    if fault in FAULTS and ARRAYS in reply.content:
+        reply.content[ARRAYS] = ArrayRecord(corrupt(reply.content[ARRAYS].to_torch_state_dict(), fault))
     return reply
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from common.config import to_typed
-from common.protocol import SiteJob, encode_metrics
+from common.protocol import NUM_EXAMPLES, SiteJob, encode_metrics
 from common.data.dataset import DetectionDataset
 from common.engine.device import select_device
 from common.engine.evaluate import evaluate_model
@@ -41,7 +41,7 @@ def _model(job: SiteJob, state: dict[str, torch.Tensor]) -> torch.nn.Module:
 def train_site(site: str, data: Path, state: dict[str, torch.Tensor], job: SiteJob, server_round: int, *,
                proximal_mu: float = 0.0, budget: Budget | None = None, model_version: str = ""
                ) -> tuple[dict[str, torch.Tensor], dict[str, float], dict | None]:
-    """Local training for one round; returns new weights, metrics (with "num-examples" for weighting) and, with
+    """Local training for one round; returns new weights, metrics (with NUM_EXAMPLES for weighting) and, with
     DP-SGD, the privacy report. With DP-SGD the round is checked against the site's `budget` first and recorded in
     its ledger before the weights are returned (PrivacyRefused when it must not train)."""
     cfg = replace(job.train, epochs=job.train.local_epochs)
@@ -65,7 +65,7 @@ def train_site(site: str, data: Path, state: dict[str, torch.Tensor], job: SiteJ
         except LedgerError as e:  # not recorded, so not released
             raise PrivacyRefused("privacy ledger cannot be written (see the site's log)") from e
     metrics = {k: float(result.metrics[k]) for k in ("loss", "box_loss", "cls_loss", "dfl_loss", "steps", "images_per_s")}
-    metrics["num-examples"] = float(len(train))
+    metrics[NUM_EXAMPLES] = float(len(train))
     return result.state, metrics, privacy
 
 

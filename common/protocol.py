@@ -1,18 +1,46 @@
-"""The contract between server and sites: what a round's configuration carries and how site metrics are coded.
+"""The contract between server and sites: the records a message carries, the keys inside them, what a round's
+configuration holds, and how site metrics and site status are coded.
 
-Defined once, in the shared package, so the ServerApp and the ClientApp cannot drift apart.
+Defined once, in the shared package, so the ServerApp and the ClientApp cannot drift apart: both sides read and
+write these names, never string literals of their own. Where Flower itself reads or writes a key (the weights,
+the round number, FedProx's mu, the example count it weights by), the name is Flower's and is said so.
 """
 
 from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
+from typing import Any
 
 from common.config import EvalConfig, LocalTrainConfig, PrivacyConfig, to_typed
 from common.metrics import DetectionReport
 from common.nn.model import ModelSpec
+
+# Records of a message (keys of its RecordDict).
+ARRAYS = "arrays"  # ArrayRecord: the global state (to a site) or the site's new weights (back); Flower's default
+CONFIG = "config"  # ConfigRecord: the round's configuration, server to site; Flower's default
+METRICS = "metrics"  # MetricRecord: a site's aggregate numbers (encode_metrics, the training losses)
+SITE = "site"  # ConfigRecord: who answered and how it went (SiteReply)
+
+# Keys of the round's configuration (CONFIG).
+JOB = "job"  # the SiteJob, as JSON
+MODEL_VERSION = "model-version"  # the global model the sites train from (their ledgers name it)
+SITES_MANIFEST = "sites-manifest"  # simulations only: where each simulated site's data lie
+FAULT_PLAN = "faults"  # simulations only: {site: fault} as JSON, for client/faults.py
+SERVER_ROUND = "server-round"  # written by Flower's strategies
+PROXIMAL_MU = "proximal-mu"  # written by Flower's FedProx
+
+# Keys of a site's MetricRecord beside the REPORTED metrics.
+NUM_EXAMPLES = "num-examples"  # images behind the numbers; FedAvg weights updates by it (Flower's weighted_by_key)
+N_POSITIVE = "n-positive"  # fracture images among them
+
+# The query a server sends before it builds simulated sites (server/job.py), and the keys of the answer (SITE).
+ASK = "ask"
+REAL_SITE = "real-site"  # asked: whether the node serves a real site's data; answered as a bool under this key
+NAME = "name"
 
 REPORTED = ("map50", "map50_95", "precision", "recall", "f1", "sensitivity", "specificity", "roc_auc")
 UNDEFINED = -1.0  # metrics are in [0, 1]; -1 marks "undefined here" (e.g. sensitivity at a site with no fracture)
@@ -58,11 +86,48 @@ def encode_metrics(report: DetectionReport, examples: int) -> dict[str, float]:
     """A report as the numbers that travel in a MetricRecord: undefined values become UNDEFINED."""
     d = report.to_dict(curves=False)
     out = {k: (float(d[k]) if d.get(k) is not None and math.isfinite(d[k]) else UNDEFINED) for k in REPORTED}
-    out["num-examples"] = float(examples)
-    out["n-positive"] = float(report.n_positive)
+    out[NUM_EXAMPLES] = float(examples)
+    out[N_POSITIVE] = float(report.n_positive)
     return out
 
 
 def decode_metrics(metrics: dict[str, float]) -> dict[str, float | None]:
     """Numbers from a MetricRecord with UNDEFINED turned back into None (for records, cards and reports)."""
     return {k: (None if v == UNDEFINED else v) for k, v in metrics.items()}
+
+
+@dataclass
+class SiteReply:
+    """Who answered a round's message and how it went: the SITE record of every reply.
+
+    `status` is ``ok``, or why not (``refused: ...``, ``failed: ...``); `privacy` is the site's DP-SGD report
+    (epsilon, mechanism, ledger head). The server reads what a site sent through `from_record`, which keeps only
+    short names and numbers, so nothing else a site puts there reaches records, cards or logs.
+    """
+
+    name: str
+    status: str = "ok"
+    privacy: dict[str, Any] | None = None
+
+    def to_record(self) -> dict[str, str]:
+        out = {NAME: self.name, "status": self.status}
+        if self.privacy is not None:
+            out["privacy"] = json.dumps(self.privacy)
+        return out
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any], default_name: str) -> SiteReply:
+        return cls(str(record.get(NAME, default_name))[:64], str(record.get("status", "ok"))[:200],
+                   _privacy_report(record.get("privacy")))
+
+
+def _privacy_report(text: object) -> dict[str, Any] | None:
+    """A site's privacy report: numbers and short codes only; anything else in it is dropped."""
+    try:
+        raw = json.loads(str(text)) if text is not None else None
+    except (TypeError, ValueError):
+        return None
+    if not isinstance(raw, dict):
+        return None
+    return {k: v for k, v in raw.items() if isinstance(k, str) and len(k) <= 40
+            and (isinstance(v, (int, float)) or (isinstance(v, str) and len(v) <= 200))}

@@ -33,9 +33,10 @@ class Checkpoint:
 
 
 def strategy_snapshot(strategy: object) -> bytes:
-    """The server optimiser's state, pickled now: the next round changes it while the checkpoint is written."""
-    inner = getattr(strategy, "strategy", strategy)  # inside a DP wrapper
-    return pickle.dumps({k: getattr(inner, k) for k in STRATEGY_STATE if getattr(inner, k, None) is not None})
+    """The server optimiser's state, pickled now: the next round changes it while the checkpoint is written.
+    `strategy` is the federated-learning strategy itself, not a privacy wrapper around it (server/run.py keeps
+    both)."""
+    return pickle.dumps({k: getattr(strategy, k) for k in STRATEGY_STATE if getattr(strategy, k, None) is not None})
 
 
 def save_strategy(folder: Path, rnd: int, strategy_state: bytes) -> None:

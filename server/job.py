@@ -15,6 +15,7 @@ from omegaconf import OmegaConf
 
 from common.config import CONF_DIR, to_typed
 from common.errors import ConfigError
+from common.protocol import ASK, CONFIG, NAME, REAL_SITE, SITE
 from server.config import ServerJob
 
 SITE_BUILDERS = "fracfl.simulation"
@@ -73,15 +74,15 @@ def refuse_real_sites(grid: Grid, timeout: float) -> None:
     if not nodes:  # a simulation's virtual nodes exist from its start; a deployment's may not be online yet
         raise ConfigError("run config simulate=true, but no SuperNode is connected, so whether they are real sites "
                           "cannot be checked: a simulation's nodes are there from its start")
-    ask = [Message(RecordDict({"config": ConfigRecord({"ask": "real-site"})}), dst_node_id=n,
+    ask = [Message(RecordDict({CONFIG: ConfigRecord({ASK: REAL_SITE})}), dst_node_id=n,
                    message_type=MessageType.QUERY) for n in nodes]
     replies = {m.metadata.src_node_id: m for m in grid.send_and_receive(ask, timeout=timeout)}
     real = []
     for n in nodes:
         m = replies.get(n)
-        info = m.content["site"] if m is not None and not m.has_error() and "site" in m.content else None
-        if info is None or info.get("real-site", True):
-            real.append(str(info.get("name") or f"node {n}") if info is not None else f"node {n} (no answer)")
+        info = m.content[SITE] if m is not None and not m.has_error() and SITE in m.content else None
+        if info is None or info.get(REAL_SITE, True):
+            real.append(str(info.get(NAME) or f"node {n}") if info is not None else f"node {n} (no answer)")
     if real:
         raise ConfigError(f"run config simulate=true, but {len(real)} of {len(nodes)} SuperNodes are real sites or "
                           f"did not answer ({', '.join(real)}): nothing was built or trained; start the run with "

@@ -1,13 +1,13 @@
-"""The federated round loop: send, screen, aggregate, evaluate, record, checkpoint, publish.
+"""One federated round: send, screen, aggregate, evaluate, and the round's records.
 
 Flower's `Strategy.start` runs rounds 1..N in one go; fracfl needs to resume at round k, to screen every update
-before the strategy sees it, and to publish each global model. So the loop is written here, and the strategy's
-own `configure_*`/`aggregate_*` methods do the federated-learning part. Flower types stay in this module.
+before the strategy sees it, and to publish each global model. So the round is written here, and the strategy's
+own `configure_*`/`aggregate_*` methods do the federated-learning part; server/run.py runs the rounds, records
+them, and has each one checkpointed and published. Flower's message types stay in this module.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -18,8 +18,9 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
-from common.protocol import decode_metrics
+from common.protocol import ARRAYS, METRICS, NUM_EXAMPLES, SITE, SiteReply, decode_metrics
 from common.records import State, from_record, to_array, to_record
+from server.history import RoundRecord
 from server.updates import aggregate_buffers, check_examples, check_update, is_buffer, split_state
 
 log = logging.getLogger("fracfl.server")
@@ -29,7 +30,7 @@ log = logging.getLogger("fracfl.server")
 class RoundResult:
     round: int
     state: State
-    records: list[dict[str, Any]] = field(default_factory=list)  # one per site and phase, for reports and cards
+    records: list[RoundRecord] = field(default_factory=list)  # one per site and phase
     record: ArrayRecord | None = None  # `state` serialised for the next round
 
 
@@ -49,36 +50,19 @@ def _read(msg: Message, names: dict[int, str]) -> _Reply:
     node = msg.metadata.src_node_id
     if msg.has_error():
         return _Reply(names.get(node, f"node-{node}"), f"failed: {msg.error.reason}", 0, {}, msg)
-    site = msg.content.get("site") or ConfigRecord({})
-    name = str(site.get("name", names.get(node, f"node-{node}")))[:64]
-    names[node] = name
-    raw = dict(msg.content.get("metrics") or {})
-    examples = raw.pop("num-examples", 0)
+    site = SiteReply.from_record(msg.content.get(SITE) or ConfigRecord({}), names.get(node, f"node-{node}"))
+    names[node] = site.name
+    raw = dict(msg.content.get(METRICS) or {})
+    examples = raw.pop(NUM_EXAMPLES, 0)
     metrics = {k: float(v) for k, v in raw.items() if isinstance(v, (int, float))}
-    status = str(site.get("status", "ok"))[:200]
-    problem = check_examples(examples) if status == "ok" else None
-    n = int(examples) if problem is None and status == "ok" else 0
-    return _Reply(name, f"rejected: {problem}" if problem else status, n, metrics, msg, privacy=_privacy(site))
+    problem = check_examples(examples) if site.status == "ok" else None
+    n = int(examples) if problem is None and site.status == "ok" else 0
+    return _Reply(site.name, f"rejected: {problem}" if problem else site.status, n, metrics, msg,
+                  privacy=site.privacy)
 
 
-def _privacy(site: ConfigRecord) -> dict[str, Any] | None:
-    """A site's privacy report: numbers and short codes only; anything else in it is dropped."""
-    try:
-        raw = json.loads(str(site["privacy"])) if "privacy" in site else None
-    except (TypeError, ValueError):
-        return None
-    if not isinstance(raw, dict):
-        return None
-    return {k: v for k, v in raw.items() if isinstance(k, str) and len(k) <= 40
-            and (isinstance(v, (int, float)) or (isinstance(v, str) and len(v) <= 200))}
-
-
-def _record(rnd: int, phase: str, r: _Reply) -> dict[str, Any]:
-    record = {"round": rnd, "site": r.site, "phase": phase, "examples": r.examples, "status": r.status,
-              "metrics": decode_metrics(r.metrics)}
-    if r.privacy is not None:
-        record["privacy"] = r.privacy
-    return record
+def _record(rnd: int, phase: str, r: _Reply) -> RoundRecord:
+    return RoundRecord(rnd, r.site, phase, r.examples, r.status, decode_metrics(r.metrics), r.privacy)
 
 
 def _subset(record: ArrayRecord, keys: Iterable[str]) -> ArrayRecord:
@@ -90,7 +74,7 @@ def _send(grid: Grid, messages: Iterable[Message], record: ArrayRecord, timeout:
     """Every site receives the full global state (parameters and buffers), whatever the strategy put in."""
     messages = list(messages)
     for m in messages:
-        m.content["arrays"] = record
+        m.content[ARRAYS] = record
     return list(grid.send_and_receive(messages, timeout=timeout)) if messages else []
 
 
@@ -120,7 +104,7 @@ def run_round(
     for r in replies:
         if r.status == "ok":
             try:
-                r.state = from_record(r.message.content["arrays"])
+                r.state = from_record(r.message.content[ARRAYS])
                 reason = check_update(r.state, state, max_update_norm)
             except Exception as e:  # noqa: BLE001  (a malformed reply must not end the run)
                 reason = f"malformed reply ({type(e).__name__})"
@@ -135,8 +119,8 @@ def run_round(
 
     if accepted:
         for r in accepted:  # the strategy aggregates trainable parameters; buffers are combined below
-            r.message.content["arrays"] = _subset(r.message.content["arrays"], params)
-            r.message.content["metrics"] = MetricRecord({"num-examples": 1.0 if equal_weights else float(r.examples)})
+            r.message.content[ARRAYS] = _subset(r.message.content[ARRAYS], params)
+            r.message.content[METRICS] = MetricRecord({NUM_EXAMPLES: 1.0 if equal_weights else float(r.examples)})
         agg, _ = strategy.aggregate_train(rnd, [r.message for r in accepted])
         if agg is not None:
             aggregated = from_record(agg)
@@ -158,7 +142,7 @@ def run_round(
     if server_eval is not None:
         pooled = server_eval(result.state)
         if pooled is not None:
-            result.records.append(server_record(rnd, pooled))
+            result.records.append(RoundRecord.pooled(rnd, pooled))
     return result
 
 
@@ -173,8 +157,3 @@ def _merged_record(merged: State, agg: ArrayRecord, aggregated: State, previous:
         return previous[k]  # fixed tensors: kept as they were
     return ArrayRecord({k: array(k, v) for k, v in merged.items()})
 
-
-def server_record(rnd: int, metrics: dict[str, float]) -> dict[str, Any]:
-    examples = int(metrics.pop("num-examples", 0))
-    return {"round": rnd, "site": "pooled", "phase": "server", "examples": examples, "status": "ok",
-            "metrics": decode_metrics(metrics)}

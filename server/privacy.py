@@ -1,8 +1,15 @@
-"""The server's view of privacy: each site's latest report for model cards, and the server's summary ledger.
+"""The server's side of each privacy mode, as one object per mode, and the privacy sections of model cards.
 
-Sites are the authority on what their images cost (their own ledgers); the server copies what they report into a
-hash-chained summary ledger of its own, so governance staff can audit a whole federation from one place and
-compare each site's ledger head with the one it reported.
+`privacy.mode` is read once, in `server_privacy`; the run then asks the object what to do at each step (wrap the
+strategy, weigh sites, replay what a resumed run had spent, record each round, describe the card, audit the run)
+instead of comparing the mode's name wherever it matters.
+
+- ``none``: nothing changes.
+- ``dp_sgd``: sites are the authority on what their images cost (their own ledgers); the server copies what they
+  report into a hash-chained summary ledger of its own (`privacy-ledger.jsonl`), so governance staff can audit a
+  whole federation from one place and compare each site's ledger head with the one it reported.
+- ``client_dp``: Flower's client-level DP wrapper clips each site's update and noises the aggregate; its
+  accountant gives one figure for the federation.
 """
 
 from __future__ import annotations
@@ -10,8 +17,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from flwr.serverapp.strategy import Strategy
+
 from common.config import PrivacyConfig
+from common.errors import ConfigError
 from common.privacy.ledger import Ledger
+from server.audit import write_audit_report
+from server.history import RoundRecord
 
 MECHANISM = ("DP-SGD at each site (Opacus): Poisson sampling, each image's gradient clipped, Gaussian noise; "
              "noise calibrated once for the whole planned run")
@@ -19,23 +31,22 @@ ACCOUNTING = "RDP and PRV accountants (Opacus), both upper bounds; budgets are c
 UNIT = "one radiograph (image); a patient with k images is protected at group level k"
 
 
-def latest_reports(records: list[dict[str, Any]], known: dict[str, dict[str, Any]] | None = None
+def latest_reports(records: list[RoundRecord], known: dict[str, dict[str, Any]] | None = None
                    ) -> dict[str, dict[str, Any]]:
     """Each site's most recent privacy report and status, updating `known`. A site that sent no report (refused
     before its ledger was read, e.g. a run asking for more than its own limits, or failed) is still listed, with
     its reason and the figures it last reported, so the card accounts for every site."""
     out = dict(known or {})
     for r in records:
-        if r.get("phase") == "train":
-            figures = r.get("privacy") or out.get(r["site"], {})
-            out[r["site"]] = dict(figures, status="trained" if r["status"] == "ok" else r["status"][:120])
+        if r.phase == "train":
+            figures = r.privacy or out.get(r.site, {})
+            out[r.site] = dict(figures, status="trained" if r.ok else r.status[:120])
     return out
 
 
-def card_section(cfg: PrivacyConfig, reports: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
-    """The card's privacy section: every site asked to train, its epsilon spent up to this version and status."""
-    if cfg.mode != "dp_sgd":
-        return None
+def dp_sgd_section(reports: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The card's privacy section under DP-SGD: every site asked to train, its epsilon spent up to this version
+    and its status."""
     keys = ("epsilon", "epsilon_rdp", "epsilon_prv", "delta", "target_epsilon", "ceiling_epsilon",
             "noise_multiplier", "sample_rate", "steps_per_round", "max_grad_norm", "round", "status", "noise",
             "ledger_seq", "ledger_head")
@@ -43,20 +54,20 @@ def card_section(cfg: PrivacyConfig, reports: dict[str, dict[str, Any]]) -> dict
             "sites": {s: {k: rep[k] for k in keys if k in rep} for s, rep in sorted(reports.items())}}
 
 
-def summarise(path: Path, run_id: str, records: list[dict[str, Any]]) -> int:
+def append_site_reports(path: Path, run_id: str, records: list[RoundRecord]) -> int:
     """Append the round's site reports to the server's summary ledger (once each: a resumed round is not
     recorded twice). Returns the number of entries added."""
     ledger = Ledger(path)
     seen = {(e.get("run_id"), e.get("round"), e.get("site"), e.get("ledger_head")) for e in ledger.entries()}
     added = 0
     for r in records:
-        rep = r.get("privacy")
-        if r.get("phase") != "train" or not rep:
+        rep = r.privacy
+        if r.phase != "train" or not rep:
             continue
-        key = (run_id, rep.get("round", r["round"]), r["site"], rep.get("ledger_head"))
+        key = (run_id, rep.get("round", r.round), r.site, rep.get("ledger_head"))
         if key in seen:
             continue
-        ledger.append("site-report", {**rep, "site": r["site"], "run_id": run_id, "status": r["status"][:200]})
+        ledger.append("site-report", {**rep, "site": r.site, "run_id": run_id, "status": r.status[:200]})
         seen.add(key)
         added += 1
     return added
@@ -70,8 +81,6 @@ def client_dp_strategy(strategy: Any, cfg: PrivacyConfig, sites: int, fraction_t
     from flwr.serverapp import RdpAccountant
     from flwr.serverapp.strategy import DifferentialPrivacyClientSideFixedClipping
     from flwr.supercore.privacy_accounting import NeighboringRelation, SamplingMethod
-
-    from common.errors import ConfigError
 
     sampled = max(1, round(sites * fraction_train))
     accountant = RdpAccountant(FlowerPrivacy(
@@ -106,3 +115,82 @@ def replay_releases(strategy: Any, rounds: int) -> None:
         acc.compose(GaussianPrivacyEvent(noise_multiplier=strategy.noise_multiplier,
                                          sample_size=strategy.num_sampled_clients,
                                          population_size=acc.config.population_size), count=rounds)
+
+
+class ServerPrivacy:
+    """Privacy mode ``none``, and what every mode can change (the subclasses override their part)."""
+
+    name = "none"
+    equal_weights = False  # average sites equally instead of by their images (client-level DP's noise assumes it)
+
+    def wrap(self, strategy: Strategy) -> Strategy:
+        """The strategy the rounds run through (the inner one keeps the state that is checkpointed)."""
+        return strategy
+
+    def resumed(self, rounds_done: int) -> None:
+        """A resumed run: account for the rounds it had run before it stopped."""
+
+    def recorded(self, records: list[RoundRecord]) -> None:
+        """A round's records are on disk."""
+
+    def card_section(self, reports: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
+        """The privacy section of the card of the version published now (`reports`: `latest_reports`)."""
+        return None
+
+    def audit(self, report_dir: Path) -> Path | None:
+        """The run's privacy audit page, when the mode has one and something was recorded."""
+        return None
+
+
+class SiteDpSgd(ServerPrivacy):
+    """Sample-level DP-SGD at every site; the server keeps a summary ledger of what they report."""
+
+    name = "dp_sgd"
+
+    def __init__(self, ledger: Path, run_id: str):
+        self.ledger, self.run_id = ledger, run_id
+
+    def recorded(self, records: list[RoundRecord]) -> None:
+        append_site_reports(self.ledger, self.run_id, records)
+
+    def card_section(self, reports: dict[str, dict[str, Any]]) -> dict[str, Any]:
+        return dp_sgd_section(reports)
+
+    def audit(self, report_dir: Path) -> Path | None:
+        if not self.ledger.exists():  # no site reported anything
+            return None
+        return write_audit_report([self.ledger], report_dir / "privacy-audit.html")
+
+
+class ClientLevelDp(ServerPrivacy):
+    """Flower's client-level DP: the strategy is wrapped, sites weigh equally, the wrapper's accountant is the
+    card's figure."""
+
+    name = "client_dp"
+    equal_weights = True
+
+    def __init__(self, cfg: PrivacyConfig, sites: int, fraction_train: float):
+        self.cfg, self.sites, self.fraction_train = cfg, sites, fraction_train
+        self.wrapper: Any = None
+
+    def wrap(self, strategy: Strategy) -> Strategy:
+        self.wrapper = client_dp_strategy(strategy, self.cfg, self.sites, self.fraction_train)
+        return self.wrapper
+
+    def resumed(self, rounds_done: int) -> None:
+        replay_releases(self.wrapper, rounds_done)
+
+    def card_section(self, reports: dict[str, dict[str, Any]]) -> dict[str, Any]:
+        return client_dp_section(self.wrapper, self.cfg)
+
+
+def server_privacy(cfg: PrivacyConfig, run_dir: Path, run_id: str, sites: int, fraction_train: float
+                   ) -> ServerPrivacy:
+    """The object for `privacy.mode`; an unknown mode is refused rather than run without privacy."""
+    if cfg.mode == "none":
+        return ServerPrivacy()
+    if cfg.mode == "dp_sgd":
+        return SiteDpSgd(run_dir / "privacy-ledger.jsonl", run_id)
+    if cfg.mode == "client_dp":
+        return ClientLevelDp(cfg, sites, fraction_train)
+    raise ConfigError(f"privacy.mode: unknown mode {cfg.mode!r}; choose one of none, dp_sgd, client_dp")

@@ -1,39 +1,24 @@
-"""Per-run report for research coordinators: round history as CSV, learning curves, a Markdown and a JSON summary.
+"""Per-run report for research coordinators: round history as CSV, learning curves, a Markdown summary and its
+facts as JSON.
 
-A *round record* is one dict per site, phase and round::
-
-    {"round": 3, "site": "trauma_center", "phase": "evaluate", "examples": 40, "status": "ok",
-     "metrics": {"map50": 0.41, "map50_95": 0.2, "sensitivity": 0.7, "specificity": 0.8, "roc_auc": 0.77}}
-
-- ``phase``: ``train`` (a site's local update), ``evaluate`` (a site scoring the global model on its own
-  validation data) or ``server`` (the pooled / centralised evaluation of the global model; ``site`` is ``pooled``).
-- ``status``: ``ok``, or why not (``rejected: non-finite values``, ``budget exhausted``); ``metrics`` may then be
-  empty. Round 0 is the initial model.
-
-The server appends each round's records to a JSON Lines file as it goes (`append_records`), so a killed run keeps
-its history and a resumed run continues the same file; `read_records` reads it back. When a round appears twice
-(a run resumed at a round it had started), the later record for a (round, site, phase) wins in the curves and
-the summaries; ``rounds.csv`` keeps every record.
+Presentation only: it reads `RoundRecord`s (server/history.py, which also keeps the JSON Lines history resume
+depends on) and writes files people look at. When a round appears twice (a run resumed at a round it had
+started), the later record for a (round, site, phase) wins in the curves and the summary; ``rounds.csv`` keeps
+every record.
 """
 
 from __future__ import annotations
 
 import csv
 import json
-import logging
 import math
-import os
 from collections.abc import Iterable, Mapping
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from common.errors import DataError
+from server.history import RoundRecord
 
-log = logging.getLogger("fracfl.report")
-
-PHASES = ("train", "evaluate", "server")
-POOLED = "pooled"
 BASE_COLUMNS = ("round", "site", "phase", "examples", "status")
 EVAL_METRICS = ("map50", "map50_95", "sensitivity", "specificity", "roc_auc")
 TRAIN_METRICS = ("loss",)
@@ -48,165 +33,41 @@ LABELS = {
 }
 SHORT = {"map50": "mAP@0.5", "map50_95": "mAP@0.5:0.95", "roc_auc": "ROC AUC"}  # Markdown column headers
 FILES = {"rounds_csv": "rounds.csv", "curves_png": "curves.png", "summary_md": "summary.md",
-         "summary_json": "summary.json"}
+         "facts_json": "facts.json"}
 
 
 # --- records ------------------------------------------------------------------------------------------------------
 
-def _number(value: object) -> float:
-    """A metric value as float; None (how JSON stores NaN/inf) and non-numbers become NaN."""
-    if value is None or isinstance(value, str):
-        return math.nan
-    try:
-        return float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        return math.nan
+def _value(r: RoundRecord, key: str) -> float:
+    """A metric of a record as a float; NaN where it is absent or undefined."""
+    v = r.metrics.get(key)
+    return math.nan if v is None else float(v)
 
 
-def normalise(records: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """Checked copies: round int, site/phase/status str, examples int or None, metrics {str: float}."""
-    out = []
-    for i, r in enumerate(records):
-        where = f"round record {i}"
-        if not isinstance(r, Mapping):
-            raise ValueError(f"{where}: expected a mapping, got {type(r).__name__}")
-        missing = [k for k in ("round", "site", "phase") if k not in r]
-        if missing:
-            raise ValueError(f"{where}: missing {', '.join(missing)}")
-        if r["phase"] not in PHASES:
-            raise ValueError(f"{where}: phase {r['phase']!r} is not one of {', '.join(PHASES)}")
-        metrics = r.get("metrics") or {}
-        if not isinstance(metrics, Mapping):
-            raise ValueError(f"{where}: metrics must be a mapping, got {type(metrics).__name__}")
-        examples = r.get("examples")
-        out.append({
-            "round": int(r["round"]),
-            "site": str(r["site"]),
-            "phase": r["phase"],
-            "examples": None if examples is None else int(examples),
-            "status": str(r.get("status") or "ok"),
-            "metrics": {str(k): _number(v) for k, v in metrics.items()},
-        })
-    return out
-
-
-def _latest(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def _latest(records: list[RoundRecord]) -> list[RoundRecord]:
     """One record per (round, site, phase), the last one written; ordered by round, then input order."""
-    last: dict[tuple[int, str, str], dict[str, Any]] = {}
+    last: dict[tuple[int, str, str], RoundRecord] = {}
     for r in records:
-        key = (r["round"], r["site"], r["phase"])
+        key = (r.round, r.site, r.phase)
         last.pop(key, None)
         last[key] = r
-    return sorted(last.values(), key=lambda r: r["round"])
+    return sorted(last.values(), key=lambda r: r.round)
 
 
-def _metric_columns(records: list[dict[str, Any]]) -> list[str]:
-    keys = {k for r in records for k in r["metrics"]}
+def _metric_columns(metrics: Iterable[Mapping[str, object]]) -> list[str]:
+    keys = {k for m in metrics for k in m}
     return [k for k in KEY_METRICS if k in keys] + sorted(keys - set(KEY_METRICS))
 
 
-def _ok(r: Mapping[str, Any]) -> bool:
-    return r["status"] == "ok"
-
-
-# --- JSON Lines history -------------------------------------------------------------------------------------------
-
-def _json_default(o: object) -> object:
-    if isinstance(o, Path):
-        return str(o)
-    if hasattr(o, "item"):
-        return o.item()  # numpy scalars
-    raise TypeError(f"{type(o).__name__} is not JSON serialisable")
-
-
 def _jsonable(o: object) -> object:
-    """NaN and infinities as null (standard JSON; `read_records` turns them back into NaN metrics)."""
+    """NaN and infinities as null (standard JSON)."""
     if isinstance(o, float):
         return o if math.isfinite(o) else None
     if isinstance(o, Mapping):
         return {str(k): _jsonable(v) for k, v in o.items()}
     if isinstance(o, list | tuple):
         return [_jsonable(v) for v in o]
-    if hasattr(o, "item") and not isinstance(o, str | bytes):
-        return _jsonable(o.item())
     return o
-
-
-def _repair_tail(path: Path) -> None:
-    """Make the file end with a newline: a crash mid-write leaves a partial last line, dropped here before appending.
-
-    A last line that is complete JSON but lost only its newline is kept.
-    """
-    with path.open("rb+") as f:
-        size = f.seek(0, os.SEEK_END)
-        if size == 0:
-            return
-        f.seek(size - 1)
-        if f.read(1) == b"\n":
-            return
-        chunk = 1 << 16
-        start = size
-        tail = b""
-        while start > 0 and b"\n" not in tail:
-            start = max(0, start - chunk)
-            f.seek(start)
-            tail = f.read(size - start)
-        cut = start + tail.rfind(b"\n") + 1 if b"\n" in tail else 0
-        f.seek(cut)
-        line = f.read(size - cut)
-        try:
-            json.loads(line)
-            f.seek(size)
-            f.write(b"\n")
-        except ValueError:
-            log.warning("%s: dropping an incomplete last line (%d bytes) left by an interrupted write", path,
-                        size - cut)
-            f.truncate(cut)
-
-
-def append_records(path: Path, records: Iterable[Mapping[str, Any]]) -> None:
-    """Append `records` as JSON Lines in one write, flushed to disk (the server calls this after every round)."""
-    path = Path(path)
-    lines = "".join(json.dumps(_jsonable(dict(r)), default=_json_default, allow_nan=False) + "\n" for r in records)
-    if not lines:
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.exists():
-        _repair_tail(path)
-    with path.open("a", encoding="utf-8") as f:
-        f.write(lines)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def read_records(path: Path, missing_ok: bool = False) -> list[dict[str, Any]]:
-    """Every record in a JSON Lines history, in file order.
-
-    An unreadable *last* line is what a crash mid-write leaves: it is ignored with a warning. An unreadable line
-    anywhere else is real damage and raises `DataError` naming the line. A missing file raises
-    `FileNotFoundError`, or gives ``[]`` with `missing_ok`.
-    """
-    path = Path(path)
-    if missing_ok and not path.exists():
-        return []
-    lines = path.read_text(encoding="utf-8", errors="replace").split("\n")
-    while lines and not lines[-1].strip():
-        lines.pop()
-    out = []
-    for n, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-            if not isinstance(record, dict):
-                raise ValueError(f"expected a JSON object, got {type(record).__name__}")
-        except ValueError as e:
-            if n == len(lines):
-                log.warning("%s:%d: ignoring an incomplete last line (interrupted write?): %s", path, n, e)
-                break
-            raise DataError(path, f"not a JSON round record ({e})", line=n) from e
-        out.append(record)
-    return out
 
 
 # --- tables -------------------------------------------------------------------------------------------------------
@@ -239,35 +100,35 @@ def _flatten(config: Mapping[str, object], prefix: str = "") -> dict[str, object
     return flat
 
 
-def write_csv(records: list[dict[str, Any]], path: Path) -> Path:
-    """One row per record; metric columns are the union of keys (key metrics first); blank where absent."""
-    columns = _metric_columns(records)
+def write_csv(records: list[RoundRecord], path: Path) -> Path:
+    """One row per record; metric columns are the union of keys (key metrics first); blank where absent, nan where
+    undefined."""
+    columns = _metric_columns(r.metrics for r in records)
     with path.open("w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
         w.writerow([*BASE_COLUMNS, *columns])
-        for r in sorted(records, key=lambda r: r["round"]):  # stable: a round keeps its written order
-            m = r["metrics"]
-            w.writerow([r["round"], r["site"], r["phase"], "" if r["examples"] is None else r["examples"],
-                        r["status"], *(f"{m[k]:.6g}" if k in m else "" for k in columns)])
+        for r in sorted(records, key=lambda r: r.round):  # stable: a round keeps its written order
+            w.writerow([r.round, r.site, r.phase, "" if r.examples is None else r.examples, r.status,
+                        *(f"{_value(r, k):.6g}" if k in r.metrics else "" for k in columns)])
     return path
 
 
-def summarise(records: list[dict[str, Any]], title: str, config_summary: Mapping[str, object]) -> dict[str, Any]:
-    """The facts behind summary.md / summary.json, from normalised records."""
+def report_facts(records: list[RoundRecord], title: str, config_summary: Mapping[str, object]) -> dict[str, Any]:
+    """The facts behind summary.md, also written as facts.json (undefined metrics are NaN here, null there)."""
     latest = _latest(records)
-    sites = sorted({r["site"] for r in latest if r["phase"] != "server"})
-    final: dict[tuple[str, str], dict[str, Any]] = {}
+    sites = sorted({r.site for r in latest if r.phase != "server"})
+    final: dict[tuple[str, str], RoundRecord] = {}
     for r in latest:
-        if r["phase"] != "server":
-            final[(r["site"], r["phase"])] = r  # rounds ascend: the site's last record per phase
-    pooled = [r for r in latest if r["phase"] == "server"]
-    scored = [r for r in pooled if _ok(r) and math.isfinite(r["metrics"].get("map50", math.nan))]
-    best = max(scored, key=lambda r: (r["metrics"]["map50"], -r["round"]), default=None)
-    events = [r for r in latest if not _ok(r)]
-    rounds = sorted({r["round"] for r in latest})
+        if r.phase != "server":
+            final[(r.site, r.phase)] = r  # rounds ascend: the site's last record per phase
+    pooled = [r for r in latest if r.phase == "server"]
+    scored = [r for r in pooled if r.ok and math.isfinite(_value(r, "map50"))]
+    best = max(scored, key=lambda r: (_value(r, "map50"), -r.round), default=None)
+    events = [r for r in latest if not r.ok]
+    rounds = sorted({r.round for r in latest})
 
-    def rec(r: dict[str, Any], *keys: str) -> dict[str, Any]:
-        return {k: r[k] for k in keys}
+    def rec(r: RoundRecord, *keys: str) -> dict[str, Any]:
+        return {k: {m: _value(r, m) for m in r.metrics} if k == "metrics" else getattr(r, k) for k in keys}
 
     return {
         "title": title,
@@ -279,8 +140,8 @@ def summarise(records: list[dict[str, Any]], title: str, config_summary: Mapping
         "sites": sites,
         "final": [rec(final[k], "site", "phase", "round", "examples", "status", "metrics") for k in sorted(final)],
         "pooled": [rec(r, "round", "examples", "status", "metrics") for r in pooled],
-        "best_pooled": None if best is None else {"round": best["round"], "map50": best["metrics"]["map50"],
-                                                  "metrics": best["metrics"]},
+        "best_pooled": None if best is None else {"round": best.round, "map50": _value(best, "map50"),
+                                                  "metrics": rec(best, "metrics")["metrics"]},
         "events": [rec(r, "round", "site", "phase", "status") for r in events],
         "files": dict(FILES),
     }
@@ -304,7 +165,7 @@ def _markdown(s: dict[str, Any]) -> str:
     out += ["## Sites at the end of the run", "",
             "Each site's last record per phase (a site that dropped out shows the round it was last seen).", ""]
     if s["final"]:
-        cols = _metric_columns(s["final"])
+        cols = _metric_columns(f["metrics"] for f in s["final"])
         out += _md_table(["site", "phase", "round", "examples", "status", *(SHORT.get(c, c) for c in cols)],
                          [[f["site"], f["phase"], f["round"], _fmt(f["examples"]), f["status"],
                            *(_fmt(f["metrics"].get(c)) for c in cols)] for f in s["final"]])
@@ -314,7 +175,7 @@ def _markdown(s: dict[str, Any]) -> str:
 
     out += ["## Pooled evaluation of the global model", ""]
     if s["pooled"]:
-        cols = _metric_columns(s["pooled"])
+        cols = _metric_columns(p["metrics"] for p in s["pooled"])
         out += _md_table(["round", "examples", "status", *(SHORT.get(c, c) for c in cols)],
                          [[p["round"], _fmt(p["examples"]), p["status"], *(_fmt(p["metrics"].get(c)) for c in cols)]
                           for p in s["pooled"]])
@@ -343,7 +204,7 @@ def _on_line(pts: list[tuple[int, float]], x: int) -> float:
     return before[-1][1] if before else after[0][1] if after else math.nan
 
 
-def plot_curves(records: list[dict[str, Any]], path: Path, title: str) -> Path:
+def plot_curves(records: list[RoundRecord], path: Path, title: str) -> Path:
     """One panel per key metric, x = round: a line per site, a thick black pooled line, an X where a round failed."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -351,45 +212,44 @@ def plot_curves(records: list[dict[str, Any]], path: Path, title: str) -> Path:
     from matplotlib.ticker import MaxNLocator
 
     latest = _latest(records)
-    sites = sorted({r["site"] for r in latest if r["phase"] != "server"})
+    sites = sorted({r.site for r in latest if r.phase != "server"})
     palette = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22",
                "#7f7f7f"]
     colour = {s: palette[i % len(palette)] for i, s in enumerate(sites)}
-    rounds = [r["round"] for r in latest]
+    rounds = [r.round for r in latest]
 
     fig = Figure(figsize=(16, 8.5), layout="constrained")
     FigureCanvasAgg(fig)
     axes = fig.subplots(2, 3, sharex=True).ravel()
     failed_any = pooled_any = False
-    best = summarise(records, title, {})["best_pooled"]
+    best = report_facts(records, title, {})["best_pooled"]
 
     for ax, metric in zip(axes, KEY_METRICS):
         phases = ("train",) if metric in TRAIN_METRICS else ("evaluate",)
         drawn = False
         for site in sites:
-            mine = [r for r in latest if r["site"] == site and r["phase"] in phases]
-            pts = [(r["round"], r["metrics"][metric]) for r in mine
-                   if _ok(r) and math.isfinite(r["metrics"].get(metric, math.nan))]
+            mine = [r for r in latest if r.site == site and r.phase in phases]
+            pts = [(r.round, _value(r, metric)) for r in mine if r.ok and math.isfinite(_value(r, metric))]
             if pts:
                 ax.plot(*zip(*pts), color=colour[site], linewidth=1.8, marker="o", markersize=4, zorder=3)
                 drawn = True
             for r in mine:
-                if _ok(r):
+                if r.ok:
                     continue
-                y = r["metrics"].get(metric, math.nan)
+                y = _value(r, metric)
                 if not math.isfinite(y):
-                    y = _on_line(pts, r["round"])
+                    y = _on_line(pts, r.round)
                 if math.isfinite(y):
-                    ax.plot([r["round"]], [y], marker="X", markersize=12, color=colour[site],
+                    ax.plot([r.round], [y], marker="X", markersize=12, color=colour[site],
                             markeredgecolor="black", markeredgewidth=1, linestyle="none", zorder=6)
-                elif not any(_ok(o) for o in mine):  # a site that never got through: mark it on the x axis
-                    ax.plot([r["round"]], [0.02], marker="X", markersize=12, color=colour[site],
+                elif not any(o.ok for o in mine):  # a site that never got through: mark it on the x axis
+                    ax.plot([r.round], [0.02], marker="X", markersize=12, color=colour[site],
                             markeredgecolor="black", markeredgewidth=1, linestyle="none", zorder=6, clip_on=False,
                             transform=ax.get_xaxis_transform())
                 failed_any = drawn = True
         if metric in EVAL_METRICS:
-            pooled = [(r["round"], r["metrics"][metric]) for r in latest if r["phase"] == "server" and _ok(r)
-                      and math.isfinite(r["metrics"].get(metric, math.nan))]
+            pooled = [(r.round, _value(r, metric)) for r in latest
+                      if r.phase == "server" and r.ok and math.isfinite(_value(r, metric))]
             if pooled:
                 ax.plot(*zip(*pooled), color="black", linewidth=4, marker="o", markersize=7, alpha=0.8,
                         zorder=2)  # under the site lines, so a site that matches the pool stays visible
@@ -438,20 +298,19 @@ def plot_curves(records: list[dict[str, Any]], path: Path, title: str) -> Path:
 
 # --- entry point --------------------------------------------------------------------------------------------------
 
-def write_report(records: list[dict], out_dir: Path, title: str,
+def write_report(records: list[RoundRecord], out_dir: Path, title: str,
                  config_summary: Mapping[str, object]) -> dict[str, Path]:
-    """Write rounds.csv, curves.png, summary.md and summary.json into `out_dir`; returns {kind: path}.
+    """Write rounds.csv, curves.png, summary.md and facts.json into `out_dir`; returns {kind: path}.
 
-    Keys: ``rounds_csv``, ``curves_png``, ``summary_md``, ``summary_json``.
+    Keys: ``rounds_csv``, ``curves_png``, ``summary_md``, ``facts_json``.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    recs = normalise(records)
     paths = {k: out_dir / name for k, name in FILES.items()}
-    write_csv(recs, paths["rounds_csv"])
-    plot_curves(recs, paths["curves_png"], title)
-    facts = summarise(recs, title, config_summary)
+    write_csv(records, paths["rounds_csv"])
+    plot_curves(records, paths["curves_png"], title)
+    facts = report_facts(records, title, config_summary)
     paths["summary_md"].write_text(_markdown(facts), encoding="utf-8")
-    paths["summary_json"].write_text(
+    paths["facts_json"].write_text(
         json.dumps(_jsonable(facts), indent=2, default=str, allow_nan=False) + "\n", encoding="utf-8")
     return paths

@@ -1,7 +1,9 @@
-"""A whole federated run on the server side: initial model, rounds, records, checkpoints, publishing, tracking.
+"""A whole federated run on the server side: prepare it, resume it (or start it), run its rounds, write its outcome.
 
-`run_federation` is what the ServerApp calls, in a simulation and in a deployment alike. A run folder holds the
-job, the round records (JSON Lines), the checkpoint and the tracking files; published models go to the registry.
+`run_federation` is what the ServerApp calls, in a simulation and in a deployment alike, and reads as those four
+steps. A run folder holds the job, the round records (`records.jsonl`, server/history.py), the checkpoint, the
+tracking files, the report (`report/`) and the run's outcome (`outcome.json`); published models go to the
+registry. One round: server/loop.py; its card and commit: server/publish.py; the privacy mode: server/privacy.py.
 """
 
 from __future__ import annotations
@@ -11,7 +13,8 @@ import hashlib
 import json
 import logging
 import time
-from dataclasses import asdict
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,28 +22,179 @@ import numpy as np
 import torch
 from flwr.serverapp import Grid
 from flwr.serverapp.exception import PrivacyBudgetExhausted
+from flwr.serverapp.strategy import Strategy
 
 from common.data.dataset import DetectionDataset
 from common.engine.device import select_device
 from common.engine.evaluate import evaluate_model
 from common.nn.model import ModelSpec, reusable_model
 from common.nn.weights import model_from_config
-from common.protocol import SiteJob, encode_metrics
-from common.records import as_tensors
-from server.checkpoint import load_checkpoint, restore_strategy, save_checkpoint, save_strategy, strategy_snapshot
+from common.protocol import FAULT_PLAN, JOB, MODEL_VERSION, SITES_MANIFEST, SiteJob, encode_metrics
+from common.records import State, as_tensors
+from server.checkpoint import load_checkpoint, restore_strategy, strategy_snapshot
 from server.commit import Committer
 from server.config import ServerJob
-from server.export.background import BackgroundExports, background_exports
-from server.loop import RoundResult, run_round, server_record
-from server.audit import write_audit_report
-from server.privacy import (card_section, client_dp_section, client_dp_strategy, latest_reports, replay_releases,
-                            summarise)
-from server.registry import Registry, describe_model
+from server.export.background import background_exports
+from server.history import RoundRecord, append_records, read_records, truncate_after
+from server.loop import RoundResult, run_round
+from server.privacy import ServerPrivacy, latest_reports, server_privacy
+from server.publish import adopt_published, commit_round, model_version, round_card
+from server.registry import Registry
+from server.report import write_report
 from server.strategies import build_strategy
 from server.tracking import make_tracker
-from server.report import append_records, read_records, write_report
 
 log = logging.getLogger("fracfl.server")
+
+RECORDS = "records.jsonl"
+OUTCOME = "outcome.json"  # what the run produced: last published version, best round, where the report is
+
+
+@dataclass
+class Run:
+    """What every step of a run reads: the job and what was built from it."""
+
+    job: ServerJob
+    spec: ModelSpec
+    dir: Path
+    config_hash: str
+    registry: Registry
+    strategy: Strategy  # the federated-learning strategy; its state is what checkpoints keep
+    rounds_via: Strategy  # `strategy` as the rounds use it: wrapped where the privacy mode needs it
+    privacy: ServerPrivacy
+    evaluate: Callable[[State], dict[str, float]] | None  # the server's own evaluation (simulations)
+
+    @property
+    def records(self) -> Path:
+        return self.dir / RECORDS
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.dir / "checkpoint"
+
+
+@dataclass
+class Start:
+    """Where the rounds start: the global state, the first round to run, each site's latest privacy report."""
+
+    state: State
+    round: int
+    reports: dict[str, dict[str, Any]]
+
+
+def run_federation(grid: Grid, job: ServerJob, sites_manifest: str | None = None) -> dict[str, Any]:
+    """Run (or resume) the job's rounds; returns the run's outcome (also written to `outcome.json`)."""
+    run, initial = prepare(job)
+    start = resume(run) or begin(run, initial)
+    run_rounds(grid, run, start, round_config(run, sites_manifest))
+    return finish(run)
+
+
+def prepare(job: ServerJob) -> tuple[Run, State]:
+    """The run's folder, model, strategy, privacy mode and registry; and the initial model's state."""
+    run_dir = Path(job.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    m = job.model
+    model, spec, _ = model_from_config(m.arch, m.names, m.width, m.depth, m.norm, m.init)
+    state = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
+    strategy = build_strategy(job.strategy, job.federation)
+    privacy = server_privacy(job.privacy, run_dir, job.run_id, job.federation.sites, job.federation.fraction_train)
+    run = Run(job, spec, run_dir, config_hash(job), Registry(Path(job.registry)), strategy, privacy.wrap(strategy),
+              privacy, _pooled_evaluator(job, spec))
+    return run, state
+
+
+def resume(run: Run) -> Start | None:
+    """Continue after the last completed round, when there is one: its state and strategy state, the privacy
+    spent before, and the records up to it (those of a round that never completed are dropped)."""
+    folder = run.checkpoint
+    ckpt = load_checkpoint(folder, run.config_hash)
+    if folder.is_dir() and adopt_published(run.registry, run.job.run_id, folder, ckpt.round if ckpt else 0,
+                                           run.config_hash):
+        ckpt = load_checkpoint(folder, run.config_hash)
+    if ckpt is None:
+        return None
+    restore_strategy(run.strategy, ckpt.strategy_state)
+    run.privacy.resumed(ckpt.round)
+    kept = truncate_after(run.records, ckpt.round)
+    log.info("resuming run %s after round %d", run.job.run_id, ckpt.round)
+    return Start(ckpt.state, ckpt.round + 1, latest_reports(kept))
+
+
+def begin(run: Run, state: State) -> Start:
+    """A new run: a clean history (a run killed before its first checkpoint starts over), opened with the
+    server's score of the initial model where it evaluates."""
+    run.records.unlink(missing_ok=True)
+    if run.evaluate is not None:
+        append_records(run.records, [RoundRecord.pooled(0, run.evaluate(state))])
+    return Start(state, 1, {})
+
+
+def round_config(run: Run, sites_manifest: str | None) -> dict[str, Any]:
+    """The configuration every round sends to the sites (`run_rounds` adds the model version each trains from)."""
+    job = run.job
+    site_job = SiteJob(model=run.spec.to_dict(), train=job.train, eval=job.eval, privacy=job.privacy, seed=job.seed,
+                       run_id=job.run_id, rounds=job.federation.rounds)
+    config: dict[str, Any] = {JOB: site_job.to_json()}
+    if sites_manifest:
+        config[SITES_MANIFEST] = sites_manifest
+        config[FAULT_PLAN] = json.dumps(dict(job.federation.faults or {}))
+    return config
+
+
+def run_rounds(grid: Grid, run: Run, start: Start, config: dict[str, Any]) -> None:
+    """Rounds `start.round`..N: each one run, recorded, tracked, then committed in the background."""
+    job, fed = run.job, run.job.federation
+    state, reports = start.state, start.reports
+    names: dict[int, str] = {}
+    record = None  # the global state serialised for sending, carried from round to round
+    with make_tracker(job.tracking.mode, run.dir, job.tracking.project, job.run_id, asdict(job)) as tracker, \
+            background_exports(job, run.dir) as exports, Committer() as committer:
+        for rnd in range(start.round, fed.rounds + 1):
+            t0 = time.perf_counter()
+            config[MODEL_VERSION] = model_version(job.run_id, rnd - 1)  # what the sites train from (ledgers)
+            try:
+                result = run_round(grid, run.rounds_via, rnd, state, config, names,
+                                   max_update_norm=fed.max_update_norm, timeout=fed.round_timeout,
+                                   server_eval=run.evaluate, equal_weights=run.privacy.equal_weights, record=record)
+            except PrivacyBudgetExhausted as e:  # client-level DP: the next release would cross the ceiling
+                log.warning("round %d not run: %s; the run stops here", rnd, e)
+                break
+            state, record = result.state, result.record
+            log.info("round %d/%d: %.2f s for sites and aggregation", rnd, fed.rounds, time.perf_counter() - t0)
+            committer.wait()  # round rnd-1 is on disk before round rnd's records are
+            reports = _record_round(run, result, reports)
+            tracker.log(rnd, _flat_metrics(result.records))
+            card = round_card(job, run.spec, result, run.config_hash, run.privacy.card_section(reports))
+            committer.submit(functools.partial(commit_round, job, run.spec, run.registry, exports, rnd, state,
+                                               strategy_snapshot(run.strategy), card, run.config_hash))
+
+
+def _record_round(run: Run, result: RoundResult, reports: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The round's records on disk (and in the privacy mode's ledger); returns the sites' latest privacy reports."""
+    append_records(run.records, result.records)
+    run.privacy.recorded(result.records)
+    return latest_reports(result.records, reports)
+
+
+def finish(run: Run) -> dict[str, Any]:
+    """The report, the privacy audit, the best round, and the run's outcome in `outcome.json`."""
+    job = run.job
+    records = read_records(run.records)
+    files = write_report(records, run.dir / "report", f"fracfl run {job.run_id}", _config_summary(run))
+    audit = run.privacy.audit(run.dir / "report")
+    latest = run.registry.latest(job.run_id)
+    best = best_round(records)
+    if best is not None:
+        best["version"] = next((p.version for p in run.registry.list() if p.run_id == job.run_id
+                                and p.round == best["round"]), None)  # None: that round was not published
+        log.info("best round: %d (%s %.4f)%s", best["round"], best["by"], best["map50"],
+                 f", published as {best['version']}" if best["version"] else ", not published (publish_every)")
+    outcome = {"run_id": job.run_id, "run_dir": str(run.dir), "rounds": job.federation.rounds,
+               "latest": latest.version if latest else None, "best": best,
+               "report": str(files["summary_md"]), "privacy_audit": str(audit) if audit else None}
+    (run.dir / OUTCOME).write_text(json.dumps(outcome, indent=1))
+    return outcome
 
 
 def config_hash(job: ServerJob) -> str:
@@ -51,13 +205,13 @@ def config_hash(job: ServerJob) -> str:
     return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _model_from_state(spec: ModelSpec, state: dict[str, np.ndarray]) -> torch.nn.Module:
+def _model_from_state(spec: ModelSpec, state: State) -> torch.nn.Module:
     model = reusable_model(spec)
     model.load_state_dict(as_tensors(state), strict=True)
     return model
 
 
-def _pooled_evaluator(job: ServerJob, spec: ModelSpec):
+def _pooled_evaluator(job: ServerJob, spec: ModelSpec) -> Callable[[State], dict[str, float]] | None:
     """The server's own evaluation of each global model on the pooled validation set (simulations only)."""
     if not (job.federation.server_eval and job.val_data):
         return None
@@ -71,137 +225,20 @@ def _pooled_evaluator(job: ServerJob, spec: ModelSpec):
     return evaluate
 
 
-def _card(job: ServerJob, spec: ModelSpec, result: RoundResult, chash: str,
-          privacy: dict[str, dict[str, Any]], strategy: Any = None) -> dict[str, Any]:
-    train = {r["site"]: r for r in result.records if r["phase"] == "train"}
-    evals = {r["site"]: r for r in result.records if r["phase"] == "evaluate"}
-    pooled = next((r["metrics"] for r in result.records if r["phase"] == "server"), None)
-    sites = [{"name": s, "examples": r["examples"], "status": _card_status(r["status"]),
-              "metrics": evals.get(s, {}).get("metrics", {})}
-             for s, r in sorted(train.items())]
-    return {
-        "run_id": job.run_id, "round": result.round,
-        "strategy": {"name": job.strategy.name, "params": dict(job.strategy.params)}, "config_hash": chash,
-        "model": {"arch": spec.arch, "width": spec.width, "depth": spec.depth, "norm": spec.norm,
-                  "description": describe_model(spec.arch)},
-        "sites": sites,
-        "metrics": {"pooled": pooled, "per_site": {s: r["metrics"] for s, r in sorted(evals.items())}},
-        "privacy": (client_dp_section(strategy, job.privacy) if job.privacy.mode == "client_dp"
-                    else card_section(job.privacy, privacy)), "exports": [],
-    }
-
-
-def _card_status(status: str) -> str:
-    if status == "ok":
-        return "trained"
-    return "budget exhausted" if status.startswith("refused: privacy budget exhausted") else status
-
-
-def run_federation(grid: Grid, job: ServerJob, sites_manifest: str | None = None) -> dict[str, Any]:
-    """Run (or resume) the job's rounds; returns a summary with the last published version."""
-    run_dir = Path(job.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    m = job.model
-    model, spec, _ = model_from_config(m.arch, m.names, m.width, m.depth, m.norm, m.init)
-    state = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
-    strategy = build_strategy(job.strategy, job.federation)
-    if job.privacy.mode == "client_dp":
-        strategy = client_dp_strategy(strategy, job.privacy, job.federation.sites, job.federation.fraction_train)
-    registry = Registry(Path(job.registry))
-    records_path = run_dir / "records.jsonl"
-    chash = config_hash(job)
-
-    start, reports = 1, {}
-    folder = run_dir / "checkpoint"
-    ckpt = load_checkpoint(folder, chash)
-    if folder.is_dir() and _adopt_published(registry, job.run_id, folder, ckpt.round if ckpt else 0, chash):
-        ckpt = load_checkpoint(folder, chash)
-    if ckpt is not None:
-        state, start = ckpt.state, ckpt.round + 1
-        restore_strategy(getattr(strategy, "strategy", strategy), ckpt.strategy_state)
-        if job.privacy.mode == "client_dp":
-            replay_releases(strategy, ckpt.round)
-        kept = [r for r in read_records(records_path, missing_ok=True) if r["round"] <= ckpt.round]
-        tmp = records_path.with_name(records_path.name + ".tmp")
-        tmp.unlink(missing_ok=True)
-        append_records(tmp, kept)  # drop records of a round that never completed; swap in atomically
-        tmp.replace(records_path)
-        log.info("resuming run %s after round %d", job.run_id, ckpt.round)
-        reports = latest_reports(kept)
-
-    evaluate = _pooled_evaluator(job, spec)
-    if start == 1:
-        records_path.unlink(missing_ok=True)  # a run killed before its first checkpoint starts over cleanly
-        if evaluate is not None:
-            append_records(records_path, [server_record(0, evaluate(state))])
-
-    site_job = SiteJob(model=spec.to_dict(), train=job.train, eval=job.eval, privacy=job.privacy, seed=job.seed,
-                       run_id=job.run_id, rounds=job.federation.rounds)
-    config: dict[str, Any] = {"job": site_job.to_json()}
-    if sites_manifest:
-        config["sites-manifest"] = sites_manifest
-        config["faults"] = json.dumps(dict(job.federation.faults or {}))
-    names: dict[int, str] = {}
-    record = None  # the global state serialised for sending, carried from round to round
-    with make_tracker(job.tracking.mode, run_dir, job.tracking.project, job.run_id, asdict(job)) as tracker, \
-            background_exports(job, run_dir) as exports, Committer() as committer:
-        for rnd in range(start, job.federation.rounds + 1):
-            t0 = time.perf_counter()
-            config["model-version"] = model_version(job.run_id, rnd - 1)  # what the sites train from (ledgers)
-            try:
-                result = run_round(grid, strategy, rnd, state, config, names,
-                                   max_update_norm=job.federation.max_update_norm,
-                                   timeout=job.federation.round_timeout, server_eval=evaluate,
-                                   equal_weights=job.privacy.mode == "client_dp", record=record)
-            except PrivacyBudgetExhausted as e:  # client-level DP: the next release would cross the ceiling
-                log.warning("round %d not run: %s; the run stops here", rnd, e)
-                break
-            state, record = result.state, result.record
-            log.info("round %d/%d: %.2f s for sites and aggregation", rnd, job.federation.rounds,
-                     time.perf_counter() - t0)
-            committer.wait()  # round rnd-1 is on disk before round rnd's records are
-            append_records(records_path, result.records)
-            reports = latest_reports(result.records, reports)
-            if job.privacy.mode == "dp_sgd":
-                summarise(run_dir / "privacy-ledger.jsonl", job.run_id, result.records)
-            tracker.log(rnd, _flat_metrics(result.records))
-            card = _card(job, spec, result, chash, reports, strategy)
-            committer.submit(functools.partial(_commit, job, spec, registry, exports, rnd, state,
-                                               strategy_snapshot(strategy), card, chash))
-    records = read_records(records_path)
-    files = write_report(records, run_dir / "report", f"fracfl run {job.run_id}", _summary(job, chash))
-    if job.privacy.mode == "dp_sgd" and (run_dir / "privacy-ledger.jsonl").exists():  # no file: no site reported
-        files["privacy_audit"] = write_audit_report([run_dir / "privacy-ledger.jsonl"],
-                                                    run_dir / "report" / "privacy-audit.html")
-    latest = registry.latest(job.run_id)
-    best = best_round(records)
-    if best is not None:
-        best["version"] = next((p.version for p in registry.list() if p.run_id == job.run_id
-                                and p.round == best["round"]), None)  # None: that round was not published
-        log.info("best round: %d (%s %.4f)%s", best["round"], best["by"], best["map50"],
-                 f", published as {best['version']}" if best["version"] else ", not published (publish_every)")
-    summary = {"run_id": job.run_id, "run_dir": str(run_dir), "rounds": job.federation.rounds,
-               "latest": latest.version if latest else None, "best": best,
-               "report": str(files.get("summary_md", "")),
-               "privacy_audit": str(files.get("privacy_audit", "")) or None}
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
-    return summary
-
-
-def best_round(records: list[dict[str, Any]]) -> dict[str, Any] | None:
+def best_round(records: list[RoundRecord]) -> dict[str, Any] | None:
     """The round whose global model scored best: by the server's pooled validation mAP50 where it evaluates
     (simulations), else by the sites' own validation mAP50 weighted by their validation images. None when no
     round after the initial model was scored."""
-    pooled = {r["round"]: r["metrics"].get("map50") for r in records if r["phase"] == "server" and r["round"] > 0}
+    pooled = {r.round: r.metrics.get("map50") for r in records if r.phase == "server" and r.round > 0}
     by = "pooled validation mAP50"
     if not any(v is not None for v in pooled.values()):
         by, pooled = "sites' validation mAP50 (weighted by validation images)", {}
         sums: dict[int, list[float]] = {}
         for r in records:
-            m = r["metrics"].get("map50")
-            if r["phase"] == "evaluate" and r["status"] == "ok" and m is not None and r["examples"] > 0:
-                acc = sums.setdefault(r["round"], [0.0, 0.0])
-                acc[0], acc[1] = acc[0] + m * r["examples"], acc[1] + r["examples"]
+            m = r.metrics.get("map50")
+            if r.phase == "evaluate" and r.ok and m is not None and r.examples:
+                acc = sums.setdefault(r.round, [0.0, 0.0])
+                acc[0], acc[1] = acc[0] + m * r.examples, acc[1] + r.examples
         pooled = {rnd: a / n for rnd, (a, n) in sums.items() if n > 0}
     scored = {rnd: v for rnd, v in pooled.items() if v is not None}
     if not scored:
@@ -210,51 +247,14 @@ def best_round(records: list[dict[str, Any]]) -> dict[str, Any] | None:
     return {"round": rnd, "map50": scored[rnd], "by": by}
 
 
-def model_version(run_id: str, rnd: int) -> str:
-    """The name of a run's global model after round `rnd` (0: its initial model). Known before the round's
-    commit is written; the registry version holding it has this run_id and round on its card."""
-    return f"{run_id}:r{rnd:04d}"
-
-
-def _commit(job: ServerJob, spec: ModelSpec, registry: Registry, exports: BackgroundExports, rnd: int,
-            state: dict[str, np.ndarray], strategy_state: bytes, card: dict[str, Any], chash: str) -> None:
-    """Round `rnd` on disk: strategy state, registry version (when a publication is due), then the resume point."""
-    t0 = time.perf_counter()
-    folder = Path(job.run_dir) / "checkpoint"
-    save_strategy(folder, rnd, strategy_state)
-    published, ref = "", None
-    if rnd % job.federation.publish_every == 0 or rnd == job.federation.rounds:
-        pub = registry.publish(state, spec, card, {"imgsz": job.train.imgsz, "run_id": job.run_id, "round": rnd})
-        published, ref = f", published as {pub.version}", (pub.weights, pub.weights_sha256)
-        if exports.submit(pub.version, final=rnd == job.federation.rounds):
-            published += " (edge export queued)"
-    save_checkpoint(folder, rnd, None if ref else state, chash, published=ref)
-    log.info("round %d/%d: %.2f s to commit%s", rnd, job.federation.rounds, time.perf_counter() - t0, published)
-
-
-def _adopt_published(registry: Registry, run_id: str, folder: Path, done: int, chash: str) -> bool:
-    """A server killed after publishing round done+1 but before its checkpoint pointer moved: that version is the
-    round's result (its records and strategy state were written before it), so the checkpoint moves to it instead of
-    the round running, and being published, twice."""
-    latest = registry.latest(run_id)
-    if latest is not None and latest.round == done + 1 and (folder / f"strategy-r{done + 1:04d}.pkl").is_file():
-        save_checkpoint(folder, done + 1, None, chash, published=(latest.weights, latest.weights_sha256))
-        log.info("round %d was published as %s before the server stopped; resuming after it", done + 1, latest.version)
-        return True
-    return False
-
-
-def _flat_metrics(records: list[dict]) -> dict[str, float]:
+def _flat_metrics(records: list[RoundRecord]) -> dict[str, float]:
     """`phase/site/metric` numbers for tracking: site names and numbers only, never paths or patient data."""
-    out = {}
-    for r in records:
-        for k, v in r["metrics"].items():
-            if isinstance(v, (int, float)):
-                out[f"{r['phase']}/{r['site']}/{k}"] = float(v)
-    return out
+    return {f"{r.phase}/{r.site}/{k}": float(v) for r in records for k, v in r.metrics.items()
+            if isinstance(v, (int, float))}
 
 
-def _summary(job: ServerJob, chash: str) -> dict[str, object]:
+def _config_summary(run: Run) -> dict[str, object]:
+    job = run.job
     return {"strategy": job.strategy.name, "rounds": job.federation.rounds, "sites": job.federation.sites,
             "local epochs": job.train.local_epochs, "image size": job.train.imgsz, "model": job.model.arch,
-            "config hash": chash}
+            "config hash": run.config_hash}

@@ -22,8 +22,8 @@ def _job(cfg: DictConfig) -> None:
     else:
         job = to_typed(cfg, SimulationJob)
         run_dir = Path(HydraConfig.get().runtime.output_dir)
-    summary = run_simulation_job(job, run_dir)
-    print(f"run {job.run_id}: last published {summary.get('latest')}; report {summary.get('report')}")
+    outcome = run_simulation_job(job, run_dir)
+    print(f"run {job.run_id}: last published {outcome.get('latest')}; report {outcome.get('report')}")
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -50,6 +50,7 @@ def run_simulation_job(job: SimulationJob, run_dir: Path) -> dict:
     from flwr.simulation import run_simulation
 
     from client.client_app import app as client_app
+    from server.run import OUTCOME
     from server.server_app import app as server_app
 
     _check_gpu(job.train.device, job.federation.client_gpus)
@@ -60,17 +61,17 @@ def run_simulation_job(job: SimulationJob, run_dir: Path) -> dict:
     job.privacy.ledger_dir = str(Path(job.privacy.ledger_dir).resolve())  # simulated sites' ledgers, any cwd
     job_file = run_dir / "job.yaml"
     OmegaConf.save(OmegaConf.structured(job), job_file)
-    summary_file = run_dir / "summary.json"
-    summary_file.unlink(missing_ok=True)
+    outcome = run_dir / OUTCOME
+    outcome.unlink(missing_ok=True)
     os.environ["FRACFL_JOB"] = str(job_file)
     fed = job.federation
     backend = {"client_resources": {"num_cpus": fed.client_cpus, "num_gpus": fed.client_gpus},
                "init_args": {"include_dashboard": False, "num_cpus": os.cpu_count() or 1}}
     log.info("simulating %d sites for %d rounds (%s) in %s", n_sites, fed.rounds, job.strategy.name, run_dir)
     run_simulation(server_app=server_app, client_app=client_app, num_supernodes=n_sites, backend_config=backend)
-    if not summary_file.is_file():
+    if not outcome.is_file():
         raise SimulationFailed(f"the server did not finish; see {run_dir / 'simulate.log'} and the output above")
-    return json.loads(summary_file.read_text())
+    return json.loads(outcome.read_text())
 
 
 def _check_gpu(device: str, client_gpus: float) -> None:

@@ -8,7 +8,8 @@ from common.cli import main
 from common.privacy.ledger import Ledger, verify
 from client.privacy import report
 from server.audit import read_all, render_html, verify_all
-from server.privacy import summarise
+from server.history import RoundRecord
+from server.privacy import append_site_reports
 
 SITE = {"site": "st_marys", "run_id": "r1", "ceiling_epsilon": 5.0, "target_epsilon": 4.0, "delta": 1e-5}
 
@@ -56,7 +57,7 @@ def _reported_run(tmp_path, rounds: int = 3):
     run = tmp_path / "run" / "privacy-ledger.jsonl"
     for rnd in range(1, rounds + 1):
         rep = report(site.append("round", {**SITE, "round": rnd, "epsilon": 0.5 * rnd}), None)
-        summarise(run, "r1", [{"phase": "train", "site": "st_marys", "round": rnd, "status": "ok", "privacy": rep}])
+        append_site_reports(run, "r1", [RoundRecord(rnd, "st_marys", "train", privacy=rep)])
     return site, run
 
 
@@ -76,7 +77,7 @@ def test_a_consistently_rewritten_ledger_is_caught_by_the_heads_the_server_recor
     for f in site.path.parent.iterdir():
         (older / f.name).write_bytes(f.read_bytes())
     rnd3 = report(site.append("round", {**SITE, "round": 3, "epsilon": 1.5}), None)
-    summarise(run, "r1", [{"phase": "train", "site": "st_marys", "round": 3, "status": "ok", "privacy": rnd3}])
+    append_site_reports(run, "r1", [RoundRecord(3, "st_marys", "train", privacy=rnd3)])
     assert main(["audit", "verify", str(tmp_path / "site"), "--against", str(tmp_path / "run")]) == 0
     assert "matching all 3 heads the server recorded" in capsys.readouterr().out
     entries = site.entries()

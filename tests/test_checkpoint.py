@@ -10,7 +10,7 @@ from common.nn.model import ModelSpec, build_model
 from common.nn.weights import numpy_state
 from server.checkpoint import load_checkpoint, restore_strategy, save_checkpoint, save_strategy, strategy_snapshot
 from server.registry import Registry
-from server.run import _adopt_published
+from server.publish import adopt_published
 
 
 class _Strategy:
@@ -78,10 +78,10 @@ def test_a_round_published_before_its_pointer_moved_is_adopted_not_repeated(tmp_
     one = _publish(registry, state, 1)
     save_strategy(folder, 1, strategy_snapshot(_Strategy()))
     save_checkpoint(folder, 1, None, "abc", published=(one.weights, one.card["hashes"]["model.safetensors"]))
-    assert not _adopt_published(registry, "r", folder, 1, "abc")  # nothing newer: nothing to adopt
+    assert not adopt_published(registry, "r", folder, 1, "abc")  # nothing newer: nothing to adopt
     save_strategy(folder, 2, strategy_snapshot(_Strategy()))
     two = _publish(registry, {k: v + 1 if v.dtype.kind == "f" else v for k, v in state.items()}, 2)
-    assert _adopt_published(registry, "r", folder, 1, "abc")
+    assert adopt_published(registry, "r", folder, 1, "abc")
     ck = load_checkpoint(folder, "abc")
     assert ck.round == 2 and np.array_equal(ck.state["model.0.conv.weight"], state["model.0.conv.weight"] + 1)
     assert json.loads((folder / "checkpoint.json").read_text())["weights"] == str(two.weights.resolve())

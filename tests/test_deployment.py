@@ -236,9 +236,9 @@ def test_tls_deployment_trains_resumes_publishes_and_refuses_outsiders(flower, t
                   if "flwr-serverapp" in " ".join(p.cmdline())]
     assert len(server_app) == 1
     server_app[0].kill()  # the deployed server dies mid-run; the same `flwr run` again resumes it
-    assert not (run / "summary.json").exists(), "the run finished before it could be killed"
+    assert not (run / "outcome.json").exists(), "the run finished before it could be killed"
     assert json.loads(flower.cli(*start))["success"]
-    _wait(lambda: (run / "summary.json").is_file(), "the resumed run to finish", flower, 400)
+    _wait(lambda: (run / "outcome.json").is_file(), "the resumed run to finish", flower, 400)
 
     records = [json.loads(line) for line in (run / "records.jsonl").read_text().splitlines()]
     trained = [(r["round"], r["site"]) for r in records if r["phase"] == "train"]
@@ -260,7 +260,7 @@ def test_tls_deployment_trains_resumes_publishes_and_refuses_outsiders(flower, t
         f'privacy.ledger_dir={elsewhere} federation.rounds=1 run_id=greedy run_dir={greedy}"\n')
     assert json.loads(flower.cli("run", str(REPO), "hospitals", "--run-config", str(tmp_path / "greedy.toml"),
                                  "--format", "json"))["success"]
-    _wait(lambda: (greedy / "summary.json").is_file(), "the greedy run to finish", flower, 300)
+    _wait(lambda: (greedy / "outcome.json").is_file(), "the greedy run to finish", flower, 300)
     statuses = {r["site"]: r["status"] for r in map(json.loads, (greedy / "records.jsonl").read_text().splitlines())
                 if r["phase"] == "train"}
     assert set(statuses) == set(SITES)

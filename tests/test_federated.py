@@ -55,7 +55,7 @@ def test_three_sites_learn_and_publish(toy, tmp_path):
     assert card["metrics"]["pooled"]["map50"] == pytest.approx(after["map50"])
     assert {s["name"] for s in card["sites"]} == {"site_0", "site_1", "site_2"}
     assert (run / "report" / "summary.md").is_file() and (run / "report" / "curves.png").is_file()
-    best = json.loads((run / "summary.json").read_text())["best"]  # the server's choice of round, reported
+    best = json.loads((run / "outcome.json").read_text())["best"]  # the server's choice of round, reported
     scores = {rnd: _pooled(records, rnd)["map50"] for rnd in (1, 2, 3)}
     assert best["map50"] == pytest.approx(max(scores.values())) and scores[best["round"]] == best["map50"]
     assert best["version"] == f"v{best['round']:04d}" and best["by"] == "pooled validation mAP50"
@@ -115,15 +115,15 @@ def test_dp_run_publishes_each_sites_epsilon_and_an_exhausted_site_is_refused(to
     while site_2 lowers its own below what it already spent: site_2 refuses with "budget exhausted" and the round
     goes on with the other two."""
     ledgers = tmp_path / "ledgers"
-    common = [*BASE, *DP, f"partition.source={toy}", f"privacy.ledger_dir={ledgers}"]
-    assert main(["simulate", *common, "privacy.target_epsilon=3", "privacy.ceiling_epsilon=4",
+    args = [*BASE, *DP, f"partition.source={toy}", f"privacy.ledger_dir={ledgers}"]
+    assert main(["simulate", *args, "privacy.target_epsilon=3", "privacy.ceiling_epsilon=4",
                  f"run_dir={tmp_path / 'run1'}"]) == 0
     card1 = json.loads(next((tmp_path / "run1" / "registry").glob("v*/card.json")).read_text())
     spent = {s: f["epsilon"] for s, f in card1["privacy"]["sites"].items()}
     assert set(spent) == {"site_0", "site_1", "site_2"} and all(2.0 < e <= 3.0 * 1.01 for e in spent.values())
 
     run2 = tmp_path / "run2"
-    assert main(["simulate", *common, "privacy.target_epsilon=6", "privacy.ceiling_epsilon=8",
+    assert main(["simulate", *args, "privacy.target_epsilon=6", "privacy.ceiling_epsilon=8",
                  "+privacy.sites.site_2={target_epsilon: 2.5, ceiling_epsilon: 4}", f"run_dir={run2}"]) == 0
     train = {r["site"]: r for r in _records(run2) if r["phase"] == "train"}
     assert train["site_2"]["status"].startswith("refused: privacy budget exhausted")
@@ -170,10 +170,11 @@ def test_client_dp_clips_each_site_and_noises_the_aggregate(toy, tmp_path):
 
 
 def test_best_round_falls_back_to_the_sites_weighted_validation():
+    from server.history import RoundRecord
     from server.run import best_round
 
-    rec = lambda rnd, site, phase, m, n=10, status="ok": {"round": rnd, "site": site, "phase": phase,  # noqa: E731
-                                                          "examples": n, "status": status, "metrics": {"map50": m}}
+    rec = lambda rnd, site, phase, m, n=10, status="ok": RoundRecord(rnd, site, phase, n, status,  # noqa: E731
+                                                                     {"map50": m})
     records = [rec(0, "pooled", "server", 0.9), rec(1, "pooled", "server", None), rec(1, "a", "evaluate", 0.2, 30),
                rec(1, "b", "evaluate", 0.8, 10), rec(2, "a", "evaluate", 0.4, 30), rec(2, "b", "evaluate", 0.1, 10),
                rec(2, "c", "evaluate", 0.99, 10, "failed: x")]

@@ -261,20 +261,21 @@ def test_a_refusal_under_a_lowered_ceiling_does_not_trip_the_ceiling_alarm(tmp_p
 
 
 def test_the_card_lists_a_site_refused_without_a_report_and_why(tmp_path):
-    from server.privacy import card_section, latest_reports
+    from server.history import RoundRecord
+    from server.privacy import dp_sgd_section, latest_reports
 
     cfg = PrivacyConfig(mode="dp_sgd", ledger_dir=str(tmp_path / "l"))
     first = _guard(site_budget("site_a", {}, cfg), cfg, _images(tmp_path / "img", 20), 1).commit(5)
     with pytest.raises(PrivacyRefused) as refused:  # a real site asked for a higher ceiling: no report
         site_budget("site_b", _real_site(tmp_path), PrivacyConfig(mode="dp_sgd", ceiling_epsilon=20.0))
     assert refused.value.report is None
-    records = [{"round": 1, "site": "site_a", "phase": "train", "status": "ok", "privacy": first},
-               {"round": 1, "site": "site_b", "phase": "train", "status": f"refused: {refused.value}"},
-               {"round": 1, "site": "site_b", "phase": "evaluate", "status": "ok"}]
-    sites = card_section(cfg, latest_reports(records))["sites"]
+    records = [RoundRecord(1, "site_a", "train", privacy=first),
+               RoundRecord(1, "site_b", "train", status=f"refused: {refused.value}"),
+               RoundRecord(1, "site_b", "evaluate")]
+    sites = dp_sgd_section(latest_reports(records))["sites"]
     assert set(sites) == {"site_a", "site_b"} and sites["site_a"]["status"] == "trained"
     assert sites["site_b"] == {"status": f"refused: {refused.value}"[:120]}
-    later = latest_reports([{**records[0], "round": 2, "privacy": None, "status": "failed: internal error"}],
+    later = latest_reports([RoundRecord(2, "site_a", "train", status="failed: internal error")],
                            latest_reports(records))
     assert later["site_a"]["epsilon"] == first["epsilon"]  # what it spent stays on the card beside why it stopped
     assert later["site_a"]["status"] == "failed: internal error"
