@@ -1,4 +1,4 @@
-"""Typed configuration shared by training, evaluation and (later) federated sites.
+"""Typed configuration shared by centralised training, evaluation, federated sites and the server.
 
 Hydra composes the YAML groups in `conf/`; `to_typed` checks the result against these dataclasses, so a misspelt
 key or a wrong type fails at start-up with the key's name, and code reads attributes instead of raw dicts.

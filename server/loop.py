@@ -3,7 +3,8 @@
 Flower's `Strategy.start` runs rounds 1..N in one go; fracfl needs to resume at round k, to screen every update
 before the strategy sees it, and to publish each global model. So the round is written here, and the strategy's
 own `configure_*`/`aggregate_*` methods do the federated-learning part; server/run.py runs the rounds, records
-them, and has each one checkpointed and published. Flower's message types stay in this module.
+them, and has each one checkpointed and published. A round's messages are built and read here only (the keys
+they carry are common/protocol.py's).
 """
 
 from __future__ import annotations

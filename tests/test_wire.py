@@ -1,7 +1,11 @@
-"""The weights codec both sides use on Flower records (common/records.py): the bytes Flower's own writer makes,
-exact arrays both ways, malformed bytes refused; and the server's background commit of each round."""
+"""The wire between server and sites: the weights codec both sides use on Flower records (common/records.py):
+the bytes Flower's own writer makes, exact arrays both ways, malformed bytes refused; the message keys and the
+site's reply, named once in common/protocol.py; and the server's background commit of each round."""
 
+import ast
+import json
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,7 +14,11 @@ from flwr.app import Array, ArrayRecord
 from server.commit import Committer
 import torch
 
+from common import protocol
+from common.protocol import SiteReply
 from common.records import from_record, to_record, torch_state
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def test_records_round_trip_exactly_with_every_shape():
@@ -74,3 +82,25 @@ def test_commits_run_one_at_a_time_and_a_failure_stops_the_run():
             c.submit(fails)
             c.submit(work(5))  # waits for the failed commit first, and raises its error
     assert order == [0, 1, 2, 3, 4]
+
+
+def test_message_keys_are_spelt_only_in_the_protocol():
+    """A key written as a literal on one side drifts from the other side's: server/ and client/ use the names."""
+    keys = {v for k, v in vars(protocol).items() if k.isupper() and isinstance(v, str) and "-" in v}
+    assert {"num-examples", "sites-manifest", "model-version", "server-round", "real-site"} <= keys
+    found = [f"{f.relative_to(REPO)}:{node.lineno} {node.value!r}"
+             for layer in ("server", "client") for f in sorted((REPO / layer).rglob("*.py"))
+             for node in ast.walk(ast.parse(f.read_text(encoding="utf-8")))
+             if isinstance(node, ast.Constant) and node.value in keys]
+    assert not found, "\n".join(found)
+
+
+def test_the_site_reply_keeps_only_short_names_and_numbers():
+    report = {"epsilon": 2.5, "noise": "secure", "ledger_head": "ab" * 32, "note": "x" * 500, "nested": {"a": 1}}
+    sent = SiteReply("trauma_center", "ok", report).to_record()
+    got = SiteReply.from_record(sent, "node-7")
+    assert got == SiteReply("trauma_center", "ok", {"epsilon": 2.5, "noise": "secure", "ledger_head": "ab" * 32})
+    assert SiteReply.from_record({}, "node-7") == SiteReply("node-7", "ok", None)  # a reply that says nothing
+    long = SiteReply.from_record({"name": "n" * 100, "status": "failed: " + "y" * 300, "privacy": "not json"}, "x")
+    assert len(long.name) == 64 and len(long.status) == 200 and long.privacy is None
+    assert SiteReply.from_record({"privacy": json.dumps([1, 2])}, "x").privacy is None

@@ -1,6 +1,6 @@
 """Exports off the round's critical path: one worker process at a time, at low CPU priority, while rounds go on.
 
-The round loop only queues a version (`submit` returns at once). A thread runs `python -m server.export.worker`
+A round's commit only queues a version (`submit` returns at once). A thread runs `python -m server.export.worker`
 for it (at low CPU priority) with a time limit; the worker writes the card. A worker that crashes, hangs or outlives its time limit is
 stopped and the card says so, in the version's `exports` section; nothing of it reaches the round. At the end of a
 run `close` waits (bounded) for what is still queued, so a finished run's last model carries its exports.
