@@ -91,7 +91,7 @@ def encode_metrics(report: DetectionReport, examples: int) -> dict[str, float]:
     return out
 
 
-def decode_metrics(metrics: dict[str, float]) -> dict[str, float | None]:
+def decode_metrics(metrics: Mapping[str, float]) -> dict[str, float | None]:
     """Numbers from a MetricRecord with UNDEFINED turned back into None (for records, cards and reports)."""
     return {k: (None if v == UNDEFINED else v) for k, v in metrics.items()}
 

@@ -9,18 +9,23 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
 from common.nn.model import ModelSpec
 from server.checkpoint import save_checkpoint, save_strategy
 from server.config import ServerJob
-from server.export.background import BackgroundExports
 from server.loop import RoundResult
 from server.registry import Registry, describe_model
 
 log = logging.getLogger("fracfl.server")
+
+
+class ExportQueue(Protocol):
+    """Where a published version is queued for its edge builds (server/export/background.py, or nothing)."""
+
+    def submit(self, version: str, final: bool = False) -> bool: ...
 
 
 def model_version(run_id: str, rnd: int) -> str:
@@ -55,7 +60,7 @@ def _card_status(status: str) -> str:
     return "budget exhausted" if status.startswith("refused: privacy budget exhausted") else status
 
 
-def commit_round(job: ServerJob, spec: ModelSpec, registry: Registry, exports: BackgroundExports, rnd: int,
+def commit_round(job: ServerJob, spec: ModelSpec, registry: Registry, exports: ExportQueue, rnd: int,
                  state: dict[str, np.ndarray], strategy_state: bytes, card: dict[str, Any], chash: str) -> None:
     """Round `rnd` on disk: strategy state, registry version (when a publication is due), then the resume point."""
     t0 = time.perf_counter()

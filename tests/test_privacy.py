@@ -281,6 +281,37 @@ def test_the_card_lists_a_site_refused_without_a_report_and_why(tmp_path):
     assert later["site_a"]["status"] == "failed: internal error"
 
 
+def test_each_privacy_mode_is_one_object_on_the_server(tmp_path):
+    """The run asks the mode's object; an unknown mode is refused, never run without privacy."""
+    from flwr.serverapp.strategy import FedAvg
+
+    from server.history import RoundRecord
+    from server.privacy import server_privacy
+
+    def mode(name: str, **kw):
+        return server_privacy(PrivacyConfig(mode=name, ledger_dir=str(tmp_path / "l"), **kw), tmp_path, "r1", 3, 1.0)
+
+    plain, strategy = mode("none"), FedAvg()
+    assert plain.wrap(strategy) is strategy and not plain.equal_weights and plain.card_section({}) is None
+    dp = mode("dp_sgd")
+    assert dp.wrap(strategy) is strategy and not dp.equal_weights
+    assert dp.audit(tmp_path / "report") is None  # no site reported: no audit page
+    cfg = PrivacyConfig(mode="dp_sgd", ledger_dir=str(tmp_path / "l"))
+    report = _guard(site_budget("site_a", {}, cfg), cfg, _images(tmp_path / "img", 20), 1).commit(5)
+    dp.recorded([RoundRecord(1, "site_a", "train", 20, privacy=report)])
+    dp.recorded([RoundRecord(1, "site_a", "train", 20, privacy=report)])  # a resumed round is not recorded twice
+    assert len(Ledger(tmp_path / "privacy-ledger.jsonl").entries()) == 1
+    assert dp.audit(tmp_path / "report").name == "privacy-audit.html"
+    assert dp.card_section({"site_a": report})["sites"]["site_a"]["epsilon"] == report["epsilon"]
+    client = mode("client_dp", noise_multiplier=0.1, max_grad_norm=1.0, ceiling_epsilon=100.0)
+    wrapped = client.wrap(strategy)
+    assert wrapped is not strategy and wrapped.strategy is strategy and client.equal_weights
+    client.resumed(2)  # a resumed run composes the releases it had made
+    assert client.card_section({})["releases"] == 2 and client.card_section({})["epsilon"] > 0
+    with pytest.raises(ConfigError, match="privacy.mode: unknown mode 'dpsgd'"):
+        mode("dpsgd")
+
+
 def test_the_sample_rate_counts_every_copy_the_sampler_draws(tmp_path):
     cfg = PrivacyConfig(mode="dp_sgd", ledger_dir=str(tmp_path / "l"))
     images = _images(tmp_path / "img", 20)
