@@ -64,7 +64,7 @@ class SiteJob:
                            "rounds": self.rounds})
 
     @classmethod
-    def from_json(cls, text: str) -> "SiteJob":
+    def from_json(cls, text: str) -> SiteJob:
         d = json.loads(text)
         return cls(model=d["model"], train=to_typed(d["train"], LocalTrainConfig), eval=to_typed(d["eval"], EvalConfig),
                    privacy=to_typed(d.get("privacy", {}), PrivacyConfig), seed=int(d["seed"]),
@@ -72,7 +72,7 @@ class SiteJob:
 
     @staticmethod
     @lru_cache(maxsize=4)
-    def parse(text: str) -> "SiteJob":
+    def parse(text: str) -> SiteJob:
         """`from_json`, cached: every message of a run carries the same job, and typing it costs 20 ms of a site's
         CPU per round. The result is shared, so it must not be changed."""
         return SiteJob.from_json(text)

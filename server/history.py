@@ -65,22 +65,29 @@ class RoundRecord:
 
     def to_json(self) -> dict[str, Any]:
         """The record as a JSON object (this version), NaN and infinities as null."""
-        out: dict[str, Any] = {"version": VERSION, "round": self.round, "site": self.site, "phase": self.phase,
-                               "examples": self.examples, "status": self.status,
-                               "metrics": {str(k): _finite(v) for k, v in self.metrics.items()}}
+        out: dict[str, Any] = {
+            "version": VERSION,
+            "round": self.round,
+            "site": self.site,
+            "phase": self.phase,
+            "examples": self.examples,
+            "status": self.status,
+            "metrics": {str(k): _finite(v) for k, v in self.metrics.items()},
+        }
         if self.privacy is not None:
             out["privacy"] = _jsonable(self.privacy)
         return out
 
     @classmethod
     def from_json(cls, d: object) -> RoundRecord:
-        """A record from its JSON object, any version up to this one; ValueError says what is wrong."""
+        """A record from its JSON object, any version up to this one; ValueError or TypeError says what is wrong."""
         if not isinstance(d, Mapping):
-            raise ValueError(f"expected a JSON object, got {type(d).__name__}")
+            raise TypeError(f"expected a JSON object, got {type(d).__name__}")
         version = d.get("version", 0)
         if not isinstance(version, int) or not 0 <= version <= VERSION:
-            raise ValueError(f"record version {version!r}: this fracfl reads versions 0 to {VERSION} (a newer "
-                             "fracfl wrote it?)")
+            raise ValueError(
+                f"record version {version!r}: this fracfl reads versions 0 to {VERSION} (a newer fracfl wrote it?)"
+            )
         missing = [k for k in ("round", "site", "phase") if k not in d]
         if missing:
             raise ValueError(f"missing {', '.join(missing)}")
@@ -88,14 +95,20 @@ class RoundRecord:
             raise ValueError(f"phase {d['phase']!r} is not one of {', '.join(PHASES)}")
         metrics = d.get("metrics") or {}
         if not isinstance(metrics, Mapping):
-            raise ValueError(f"metrics must be a mapping, got {type(metrics).__name__}")
+            raise TypeError(f"metrics must be a mapping, got {type(metrics).__name__}")
         privacy = d.get("privacy")
         if privacy is not None and not isinstance(privacy, Mapping):
-            raise ValueError(f"privacy must be a mapping, got {type(privacy).__name__}")
+            raise TypeError(f"privacy must be a mapping, got {type(privacy).__name__}")
         examples = d.get("examples")
-        return cls(int(d["round"]), str(d["site"]), str(d["phase"]), None if examples is None else int(examples),
-                   str(d.get("status") or "ok"), {str(k): _number(v) for k, v in metrics.items()},
-                   None if privacy is None else dict(privacy))
+        return cls(
+            int(d["round"]),
+            str(d["site"]),
+            str(d["phase"]),
+            None if examples is None else int(examples),
+            str(d.get("status") or "ok"),
+            {str(k): _number(v) for k, v in metrics.items()},
+            None if privacy is None else dict(privacy),
+        )
 
 
 def _number(value: object) -> float | None:
@@ -155,8 +168,9 @@ def _repair_tail(path: Path) -> None:
             f.seek(size)
             f.write(b"\n")
         except ValueError:
-            log.warning("%s: dropping an incomplete last line (%d bytes) left by an interrupted write", path,
-                        size - cut)
+            log.warning(
+                "%s: dropping an incomplete last line (%d bytes) left by an interrupted write", path, size - cut
+            )
             f.truncate(cut)
 
 

@@ -34,23 +34,38 @@ def model_version(run_id: str, rnd: int) -> str:
     return f"{run_id}:r{rnd:04d}"
 
 
-def round_card(job: ServerJob, spec: ModelSpec, result: RoundResult, chash: str,
-               privacy: dict[str, Any] | None) -> dict[str, Any]:
+def round_card(
+    job: ServerJob, spec: ModelSpec, result: RoundResult, chash: str, privacy: dict[str, Any] | None
+) -> dict[str, Any]:
     """The model card of the global model after `result`'s round (`privacy`: the privacy mode's section)."""
     train = {r.site: r for r in result.records if r.phase == "train"}
     evals = {r.site: r for r in result.records if r.phase == "evaluate"}
     pooled = next((r.metrics for r in result.records if r.phase == "server"), None)
-    sites = [{"name": s, "examples": r.examples, "status": _card_status(r.status),
-              "metrics": evals[s].metrics if s in evals else {}}
-             for s, r in sorted(train.items())]
+    sites = [
+        {
+            "name": s,
+            "examples": r.examples,
+            "status": _card_status(r.status),
+            "metrics": evals[s].metrics if s in evals else {},
+        }
+        for s, r in sorted(train.items())
+    ]
     return {
-        "run_id": job.run_id, "round": result.round,
-        "strategy": {"name": job.strategy.name, "params": dict(job.strategy.params)}, "config_hash": chash,
-        "model": {"arch": spec.arch, "width": spec.width, "depth": spec.depth, "norm": spec.norm,
-                  "description": describe_model(spec.arch)},
+        "run_id": job.run_id,
+        "round": result.round,
+        "strategy": {"name": job.strategy.name, "params": dict(job.strategy.params)},
+        "config_hash": chash,
+        "model": {
+            "arch": spec.arch,
+            "width": spec.width,
+            "depth": spec.depth,
+            "norm": spec.norm,
+            "description": describe_model(spec.arch),
+        },
         "sites": sites,
         "metrics": {"pooled": pooled, "per_site": {s: r.metrics for s, r in sorted(evals.items())}},
-        "privacy": privacy, "exports": [],
+        "privacy": privacy,
+        "exports": [],
     }
 
 
@@ -60,8 +75,17 @@ def _card_status(status: str) -> str:
     return "budget exhausted" if status.startswith("refused: privacy budget exhausted") else status
 
 
-def commit_round(job: ServerJob, spec: ModelSpec, registry: Registry, exports: ExportQueue, rnd: int,
-                 state: dict[str, np.ndarray], strategy_state: bytes, card: dict[str, Any], chash: str) -> None:
+def commit_round(
+    job: ServerJob,
+    spec: ModelSpec,
+    registry: Registry,
+    exports: ExportQueue,
+    rnd: int,
+    state: dict[str, np.ndarray],
+    strategy_state: bytes,
+    card: dict[str, Any],
+    chash: str,
+) -> None:
     """Round `rnd` on disk: strategy state, registry version (when a publication is due), then the resume point."""
     t0 = time.perf_counter()
     folder = Path(job.run_dir) / "checkpoint"

@@ -25,7 +25,9 @@ def test_records_written_before_versions_load_unchanged():
     lines = [json.loads(line) for line in V0.read_text().splitlines()]
     records = read_records(V0)
     assert len(records) == len(lines) == 15 and all("version" not in d for d in lines)
-    for d, r in zip(lines, records):  # every field survives: the record written today is the old one plus a version
+    for d, r in zip(
+        lines, records, strict=True
+    ):  # every field survives: the record written today is the old one plus a version
         assert r.to_json() == {"version": VERSION, **d}
     first = records[0]
     assert (first.round, first.site, first.phase, first.examples) == (0, "pooled", "server", 6)
@@ -49,10 +51,15 @@ def test_a_record_from_a_newer_fracfl_is_refused_with_its_line(tmp_path):
         read_records(path)
 
 
-@pytest.mark.parametrize("line,problem", [('{"round": 0, "site": "a", "phase": "eval"}', "phase 'eval'"),
-                                          ('{"round": 0, "site": "a"}', "missing phase"),
-                                          ('[1, 2]', "expected a JSON object"),
-                                          ('{"round": 0, "site": "a", "phase": "train", "metrics": 3}', "metrics")])
+@pytest.mark.parametrize(
+    "line,problem",
+    [
+        ('{"round": 0, "site": "a", "phase": "eval"}', "phase 'eval'"),
+        ('{"round": 0, "site": "a"}', "missing phase"),
+        ("[1, 2]", "expected a JSON object"),
+        ('{"round": 0, "site": "a", "phase": "train", "metrics": 3}', "metrics"),
+    ],
+)
 def test_a_line_that_is_not_a_round_record_is_damage(tmp_path, line, problem):
     path = tmp_path / "records.jsonl"
     path.write_text(line + "\n" + '{"round": 1, "site": "a", "phase": "train"}\n')
@@ -108,5 +115,6 @@ def test_the_pooled_record_decodes_the_wire_numbers():
     assert (r.round, r.site, r.phase, r.examples, r.status) == (3, "pooled", "server", 12, "ok")
     assert r.metrics == {"map50": 0.5, "roc_auc": None}
     assert RoundRecord.from_json(r.to_json()) == r
-    assert RoundRecord.from_json({"round": 1, "site": "a", "phase": "train", "metrics": {"x": math.nan}}
-                                 ).metrics == {"x": None}
+    assert RoundRecord.from_json({"round": 1, "site": "a", "phase": "train", "metrics": {"x": math.nan}}).metrics == {
+        "x": None
+    }

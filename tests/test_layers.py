@@ -5,6 +5,7 @@ hide an upward dependency."""
 from __future__ import annotations
 
 import ast
+from itertools import pairwise
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -79,5 +80,5 @@ def test_parts_of_common_form_no_circle():
     graph = common_graph()
     assert "common.data" in graph.get("common.engine", {})  # the graph is really read (engine trains on datasets)
     cycle = find_cycle(graph)
-    where = [graph[a][b] for a, b in zip(cycle, cycle[1:])] if cycle else []
+    where = [graph[a][b] for a, b in pairwise(cycle)] if cycle else []
     assert cycle is None, " -> ".join(cycle) + " (" + ", ".join(where) + ")"

@@ -9,14 +9,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from flwr.app import Array, ArrayRecord
-
-from server.commit import Committer
 import torch
+from flwr.app import Array, ArrayRecord
 
 from common import protocol
 from common.protocol import SiteReply
 from common.records import from_record, to_record, torch_state
+from server.commit import Committer
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -77,10 +76,9 @@ def test_commits_run_one_at_a_time_and_a_failure_stops_the_run():
     def fails():
         raise OSError("disk full")
 
-    with pytest.raises(OSError, match="disk full"):
-        with Committer() as c:
-            c.submit(fails)
-            c.submit(work(5))  # waits for the failed commit first, and raises its error
+    with pytest.raises(OSError, match="disk full"), Committer() as c:
+        c.submit(fails)
+        c.submit(work(5))  # waits for the failed commit first, and raises its error
     assert order == [0, 1, 2, 3, 4]
 
 
