@@ -376,15 +376,16 @@ def _apply_box(con: sqlite3.Connection, image_id: int, box_id: int | None, kind:
     if expected_version is not None and expected_version != row["version"]:
         raise ConflictError(f"box {box_id} changed since version {expected_version} (now {row['version']})",
                             row["version"])
-    previous = {"box": [row["x1"], row["y1"], row["x2"], row["y2"]], "cls": row["cls"], "status": row["status"],
-                "version": row["version"]}
-    coords = previous["box"]
-    cls, status, value = row["cls"], _STATUS_AFTER.get(kind, row["status"]), None
+    coords = [row["x1"], row["y1"], row["x2"], row["y2"]]
+    previous = {"box": coords, "cls": row["cls"], "status": row["status"], "version": row["version"]}
+    cls, status = row["cls"], _STATUS_AFTER.get(kind, row["status"])
+    value: dict[str, Any] | None = None
     if kind == "move":
         assert box is not None
         coords, value = box.as_list(), {"box": box.as_list()}
     elif kind == "set_class":
-        cls, value = names.index(str(class_name)), {"class_name": class_name, "cls": names.index(str(class_name))}
+        cls = names.index(str(class_name))
+        value = {"class_name": class_name, "cls": cls}
     con.execute("UPDATE boxes SET x1 = ?, y1 = ?, x2 = ?, y2 = ?, cls = ?, status = ?, version = version + 1"
                 " WHERE id = ?", (*coords, cls, status, box_id))
     return value, previous, box_id
