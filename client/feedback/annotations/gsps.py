@@ -25,27 +25,27 @@ def parse(ds: Dataset) -> Annotations:
         for g, obj in enumerate(item.get("GraphicObjectSequence", []), 1):
             kind = str(obj.get("GraphicType", "")).strip().upper()
             where = f"annotation {n} graphic {g} ({kind or 'no type'})"
-            try:
-                if int(obj.get("GraphicDimensions", 2) or 2) != 2:
-                    raise ValueError("graphic dimensions other than 2")
-                box = shape_box(kind, list(obj.get("GraphicData") or []), str(obj.get("GraphicFilled", "N")) == "Y")
-            except NotARegion as e:
-                out.unusable.append(Unusable("not_a_region", f"{where}: {e}"))
-                continue
-            except (TypeError, ValueError) as e:
-                out.unusable.append(Unusable("bad_graphic", f"{where}: {e}"))
-                continue
             if not images:
                 out.unusable.append(Unusable("no_image_reference", where))
-            units = str(obj.get("GraphicAnnotationUnits", "PIXEL")).strip().upper()
+            display = str(obj.get("GraphicAnnotationUnits", "PIXEL")).strip().upper() == "DISPLAY"
             for image in images:
-                if units == "PIXEL":
-                    out.regions.append(Region(image, box, where))
-                elif transformed or image not in areas:
+                if display and (transformed or image not in areas):
                     why = "under a rotation or flip" if transformed else "without a displayed area for the image"
                     out.unusable.append(Unusable("unsupported_graphic", f"{where}: DISPLAY units {why}", image))
-                else:
-                    out.regions.append(Region(image, _to_pixels(box, areas[image]), where))
+                    continue
+                try:
+                    if int(obj.get("GraphicDimensions", 2) or 2) != 2:
+                        raise ValueError("graphic dimensions other than 2")
+                    points = [float(v) for v in obj.get("GraphicData") or []]
+                    box = shape_box(kind, _to_pixels(points, areas[image]) if display else points,
+                                    str(obj.get("GraphicFilled", "N")) == "Y")
+                except NotARegion as e:
+                    out.unusable.append(Unusable("not_a_region", f"{where}: {e}"))
+                    break
+                except (TypeError, ValueError) as e:
+                    out.unusable.append(Unusable("bad_graphic", f"{where}: {e}"))
+                    break
+                out.regions.append(Region(image, box, where))
         for c, _ in enumerate(item.get("CompoundGraphicSequence", []), 1):
             out.unusable.append(Unusable("unsupported_graphic", f"annotation {n} compound graphic {c}"))
     return out
@@ -71,7 +71,8 @@ def _displayed_areas(ds: Dataset, images: list[str]) -> dict[str, XYXY]:
     return areas
 
 
-def _to_pixels(box: XYXY, area: XYXY) -> XYXY:
-    """DISPLAY units (0..1 across the displayed area) to pixels, for a presentation without rotation or flip."""
+def _to_pixels(points: list[float], area: XYXY) -> list[float]:
+    """DISPLAY units (0..1 across the displayed area) to pixels, for a presentation without rotation or flip; points
+    are converted before the shape is measured, as a circle on a non-square area is round in pixels."""
     w, h = area[2] - area[0], area[3] - area[1]
-    return (area[0] + box[0] * w, area[1] + box[1] * h, area[0] + box[2] * w, area[1] + box[3] * h)
+    return [area[i % 2] + v * (w if i % 2 == 0 else h) for i, v in enumerate(points)]

@@ -2,7 +2,7 @@
 
 Each SCOORD item (an outline SELECTED FROM an image) is a region; the Finding (DCM 121071) coded beside it in the
 same container says what it outlines: a fracture code or none at all counts as a fracture; another finding is set
-aside. A container whose finding is a fracture with a qualitative evaluation valued Absent (SCT 2667000) and no
+aside. A container whose finding is a fracture with a qualitative evaluation valued Absent (SCT 272519000 or 2667000) and no
 outline is a "no fracture" verdict on its images (the images it references, else every image in the evidence).
 SCOORD3D outlines are set aside: a radiograph has no patient coordinate system to map them into pixels.
 """
@@ -18,7 +18,7 @@ from client.feedback.annotations.parsed import Annotations, ImageStatement, Malf
 SOURCE = "pacs-sr"
 FINDING = ("121071", "DCM")
 FRACTURE_CODES = frozenset({("125605004", "SCT"), ("72704001", "SCT")})  # fracture of bone; fracture
-ABSENT = ("2667000", "SCT")
+ABSENT = frozenset({("272519000", "SCT"), ("2667000", "SCT")})  # Absent (pydicom's code; the older one)
 
 
 def parse(ds: Dataset) -> Annotations:
@@ -43,7 +43,7 @@ def _walk(container: Dataset, out: Annotations, all_images: list[str], path: str
             out.unusable.append(Unusable("not_a_fracture", f"{where}: finding {finding[2][:64]!r}"))
         else:
             _region(item, where, out)
-    absent = any(value is not None and value[:2] == ABSENT for _, value in codes)
+    absent = any(value is not None and value[:2] in ABSENT for _, value in codes)
     if finding is not None and fracture and absent and not outlines:
         images = [uid for i in items if i.get("ValueType") == "IMAGE" for uid in referenced(i)] or all_images
         out.statements += [ImageStatement(uid, "no_fracture", f"SR {path}: fracture absent") for uid in images]

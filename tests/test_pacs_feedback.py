@@ -1,0 +1,215 @@
+"""Radiologists' PACS annotations (GSPS, TID 1500 SR, KOS rejection notes, made with highdicom) become verdicts in the
+site's feedback store; what cannot be applied is set aside with a reason. The last test sends them through a real
+Orthanc to a running listener that analysed the images itself."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import highdicom as hd
+import numpy as np
+import pytest
+from pydicom.dataset import Dataset
+from pydicom.sr.codedict import codes
+from pydicom.uid import generate_uid
+
+from client.dicom.deid import SiteKeys
+from client.feedback.annotations.apply import UNKNOWN_OBSERVER, PacsFeedback
+from client.feedback.annotations.geometry import NotARegion, iou, match, shape_box
+from client.feedback.store import Box, FeedbackStore
+from dicom_files import small_cr
+
+RADIOLOGIST = "Wilhelmina Quaxley-Brandt"  # unique strings: must never reach the store
+FRACTURE = hd.sr.CodedConcept("125605004", "SCT", "Fracture of bone")
+REJECTED_QUALITY = hd.sr.CodedConcept("113001", "DCM", "Rejected for Quality Reasons")
+OF_INTEREST = hd.sr.CodedConcept("113000", "DCM", "Of Interest")
+
+
+# -- objects as a viewer would send them ------------------------------------------------------------------------------
+def rect(x1: float, y1: float, x2: float, y2: float) -> np.ndarray:
+    """A rectangle as viewers draw it in a GSPS or SR: a closed polyline (first point repeated)."""
+    return np.array([[x1, y1], [x2, y1], [x2, y2], [x1, y2], [x1, y1]], dtype=np.float32)
+
+
+def gsps(images: list[Dataset], graphics: list[tuple[str, np.ndarray, str]], creator: str = RADIOLOGIST) -> Dataset:
+    """A radiologist's GSPS on `images` (one study): `graphics` are (graphic type, points, units PIXEL/DISPLAY)."""
+    layer = hd.pr.GraphicLayer(layer_name="READING", order=1)
+    objects = [hd.pr.GraphicObject(graphic_type=kind, graphic_data=data, units=units) for kind, data, units in graphics]
+    ps = hd.pr.GrayscaleSoftcopyPresentationState(
+        referenced_images=images, series_instance_uid=generate_uid(), series_number=77, sop_instance_uid=generate_uid(),
+        instance_number=1, manufacturer="ViewerCo", manufacturer_model_name="Reader", software_versions="9",
+        device_serial_number="1", content_label="READING", content_creator_name=creator,
+        graphic_annotations=[hd.pr.GraphicAnnotation(referenced_images=images, graphic_layer=layer, graphic_objects=objects)],
+        graphic_layers=[layer])
+    return ps
+
+
+def measurement_sr(groups: list, evidence: list[Dataset], observer: str = RADIOLOGIST) -> Dataset:
+    """A TID 1500 report signed by `observer` (Person Observer Name in the observation context)."""
+    person = hd.sr.ObserverContext(observer_type=codes.DCM.Person,
+                                   observer_identifying_attributes=hd.sr.PersonObserverIdentifyingAttributes(name=observer))
+    report = hd.sr.MeasurementReport(observation_context=hd.sr.ObservationContext(observer_person_context=person),
+                                     procedure_reported=codes.LN.CTUnspecifiedBodyRegion, imaging_measurements=groups)
+    return hd.sr.Comprehensive3DSR(evidence=evidence, content=report, series_instance_uid=generate_uid(), series_number=78,
+                                   sop_instance_uid=generate_uid(), instance_number=1, manufacturer="ViewerCo")
+
+
+def outlined(image: Dataset, points: np.ndarray, finding=FRACTURE, name: str = "fracture") -> object:
+    return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(identifier=name),
+        referenced_region=hd.sr.ImageRegion(graphic_type=hd.sr.GraphicTypeValues.POLYLINE, graphic_data=points,
+                                            source_image=hd.sr.SourceImageForRegion.from_source_image(image)),
+        finding_type=finding)
+
+
+def no_fracture(image: Dataset) -> object:
+    """An image-level group: finding Fracture, evaluated Absent (the SR way of saying 'no fracture' here)."""
+    return hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(identifier="image"), finding_type=FRACTURE,
+        qualitative_evaluations=[hd.sr.QualitativeEvaluation(name=FRACTURE, value=codes.SCT.Absent)],
+        source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(image)])
+
+
+def kos(images: list[Dataset], title=REJECTED_QUALITY) -> Dataset:
+    person = hd.sr.ObserverContext(observer_type=codes.DCM.Person,
+                                   observer_identifying_attributes=hd.sr.PersonObserverIdentifyingAttributes(name=RADIOLOGIST))
+    content = hd.ko.KeyObjectSelection(document_title=title, referenced_objects=images, observer_person_context=person)
+    return hd.ko.KeyObjectSelectionDocument(evidence=images, content=content, series_instance_uid=generate_uid(),
+                                            series_number=79, sop_instance_uid=generate_uid(), instance_number=1,
+                                            manufacturer="ViewerCo")
+
+
+def radiograph(rows: int = 200, columns: int = 300) -> Dataset:
+    """A CR image as the PACS holds it (non-square, so x and y cannot be swapped unnoticed)."""
+    ds = small_cr(256)
+    ds.Rows, ds.Columns = rows, columns
+    ds.PixelData = bytes(rows * columns * 2)
+    ds.PatientName = "Quentin Abernathy-Zoll"
+    return ds
+
+
+def verdict_summary(store: FeedbackStore) -> list[tuple]:
+    """(image id, kind, box id or None, new box rounded or None) of every verdict, in order."""
+    out = []
+    for v in store.verdicts():
+        box = (v.value or {}).get("box")
+        out.append((v.image_id, v.kind, v.box_id if v.kind not in ("add",) else None,
+                    tuple(round(c, 1) for c in box) if box else None))
+    return out
+
+
+# -- geometry ------------------------------------------------------------------------------------------------------
+def test_shapes_become_boxes_and_lines_do_not():
+    assert shape_box("POLYLINE", rect(10, 20, 50, 80).ravel()) == (10, 20, 50, 80)
+    assert shape_box("POLYLINE", [10, 20, 50, 20, 50, 80, 10, 80]) == (10, 20, 50, 80)  # 4 corners, not closed
+    assert shape_box("CIRCLE", [30, 40, 30, 50]) == (20, 30, 40, 50)
+    assert shape_box("ELLIPSE", [10, 50, 90, 50, 50, 30, 50, 70]) == (10, 30, 90, 70)  # axis-aligned
+    # an ellipse rotated by 45 degrees, semi-axes 20 and 10: half extents sqrt((20^2 + 10^2) / 2)
+    a, b = 20 / math.sqrt(2), 10 / math.sqrt(2)
+    box = shape_box("ELLIPSE", [100 - a, 100 - a, 100 + a, 100 + a, 100 - b, 100 + b, 100 + b, 100 - b])
+    assert box == pytest.approx((100 - math.sqrt(250), 100 - math.sqrt(250), 100 + math.sqrt(250), 100 + math.sqrt(250)))
+    for kind, points in (("POLYLINE", [0, 0, 10, 10]), ("POLYLINE", [0, 0, 10, 10, 20, 0]), ("POINT", [5, 5]),
+                         ("CIRCLE", [5, 5, 5, 5])):
+        with pytest.raises(NotARegion):
+            shape_box(kind, points)
+    with pytest.raises(ValueError, match="CIRCLE needs 2 points"):
+        shape_box("CIRCLE", [1, 2, 3, 4, 5, 6])
+
+
+def test_matching_confirms_moves_adds_and_leaves_the_rest_unreviewed():
+    boxes = [(10, 10, 50, 50), (100, 100, 140, 140), (200, 10, 240, 50)]
+    annotations = [(12, 12, 52, 52),  # IoU 0.82 with box 0: confirm
+                   (120, 120, 170, 170),  # overlaps box 1 a little: move it
+                   (300, 300, 320, 320),  # touches nothing: a missed fracture
+                   (20, 20, 45, 45)]  # inside box 0, which the better match takes: a second fracture
+    got = match(annotations, boxes)
+    assert [(m.kind, m.annotation, m.target) for m in got] == [("confirm", 0, 0), ("move", 1, 1), ("add", 2, None),
+                                                               ("add", 3, None)]
+    assert iou(boxes[1], annotations[1]) < 0.5 and 2 not in {m.target for m in got}  # box 2: no verdict at all
+
+
+# -- objects applied to a store ----------------------------------------------------------------------------------
+@pytest.fixture
+def site(tmp_path):
+    keys = SiteKeys(tmp_path / "deid")
+    store = FeedbackStore(tmp_path / "feedback.sqlite")
+    return store, keys, PacsFeedback(store, keys)
+
+
+def record(store: FeedbackStore, keys: SiteKeys, image: Dataset, boxes: list[tuple[float, float, float, float]]) -> int:
+    """What the listener records after analysing `image`: its kept copy's pseudonymous UID and the model's boxes."""
+    return store.record_image(sop_uid=keys.uid(str(image.SOPInstanceUID)), image_ref=f"kept/{keys.uid(str(image.SOPInstanceUID))}.dcm",
+                              model_version="v-test", probability=0.9,
+                              boxes=[Box(*b, cls=0, score=0.8) for b in boxes])
+
+
+def test_gsps_sr_and_kos_become_exactly_these_verdicts(site, tmp_path):
+    store, keys, feedback = site
+    a, b, c, never = radiograph(), radiograph(), radiograph(), radiograph()
+    ia = record(store, keys, a, [(10, 10, 50, 50), (100, 100, 140, 140), (200, 10, 240, 50)])
+    ib = record(store, keys, b, [(30, 30, 90, 90)])
+    ic = record(store, keys, c, [(60, 60, 80, 80)])
+    box_a = [bx.id for bx in store.image(ia).boxes]
+    box_b = store.image(ib).boxes[0].id
+
+    ps = gsps([a], [("POLYLINE", rect(12, 12, 52, 52), "PIXEL"),  # confirms box a0
+                    ("ELLIPSE", np.array([[120, 150], [180, 150], [150, 125], [150, 175]], np.float32), "PIXEL"),  # moves a1
+                    # display units: a tenth of the 300 x 200 image from (0.9, 0.8): a box the model missed
+                    ("CIRCLE", np.array([[0.9, 0.8], [0.9, 0.85]], np.float32), "DISPLAY"),
+                    ("POINT", np.array([[5, 5]], np.float32), "PIXEL")])  # marks no area: set aside
+    report = measurement_sr([outlined(b, rect(32, 28, 88, 92)), outlined(never, rect(1, 1, 9, 9), name="elsewhere"),
+                             no_fracture(c)], evidence=[b, c, never])
+    rejection = kos([c])
+    outcomes = [feedback.apply(ds) for ds in (ps, report, rejection)]
+
+    assert [(o.verdicts, o.set_aside) for o in outcomes] == [(3, 1), (2, 1), (1, 0)]
+    assert verdict_summary(store) == [
+        (ia, "confirm", box_a[0], None),
+        (ia, "move", box_a[1], (120.0, 125.0, 180.0, 175.0)),
+        (ia, "add", None, (260.0, 150.0, 280.0, 170.0)),  # centre (0.9 * 300, 0.8 * 200), radius 0.05 * 200
+        (ib, "confirm", box_b, None),
+        (ic, "no_fracture", None, None),
+        (ic, "note", None, None),
+    ]
+    verdicts = store.verdicts()
+    reviewer = keys.person("WILHELMINA QUAXLEY-BRANDT")
+    assert {v.reviewer for v in verdicts} == {reviewer} and reviewer.startswith("OBS-")
+    assert [v.source for v in verdicts] == ["pacs-gsps"] * 3 + ["pacs-sr"] * 2 + ["pacs-kos"]
+    assert {v.source_ref for v in verdicts[:3]} == {keys.uid(str(ps.SOPInstanceUID))}
+    assert verdicts[-1].value["note"] == "withdrawn in PACS: Rejected for Quality Reasons (DCM 113001)"
+    statuses = {bx.id: bx.status for bx in store.image(ia).boxes}
+    assert statuses[box_a[2]] == "proposed"  # no annotation near it: unreviewed, not rejected
+    aside = [(i.reason, i.source, i.object_uid) for i in store.set_aside_items()]
+    assert aside == [("not_a_region", "pacs-gsps", keys.uid(str(ps.SOPInstanceUID))),
+                     ("unknown_image", "pacs-sr", keys.uid(str(report.SOPInstanceUID)))]
+    assert keys.uid(str(never.SOPInstanceUID)) in store.set_aside_items()[1].detail
+
+    # The PACS sends everything again: nothing is recorded twice.
+    again = [feedback.apply(ds) for ds in (ps, report, rejection)]
+    assert [o.verdicts for o in again] == [0, 0, 0] and [o.already for o in again] == [3, 2, 1]
+    assert len(store.verdicts()) == 6 and len(store.set_aside_items()) == 2
+
+    # Only pseudonyms in the store: no names, no original UIDs.
+    data = b"".join(p.read_bytes() for p in tmp_path.glob("feedback.sqlite*"))
+    for value in (RADIOLOGIST, "Quaxley", "QUAXLEY", "Abernathy", *(str(d.SOPInstanceUID) for d in (a, b, c, never, ps, report))):
+        assert value.encode() not in data, value
+
+
+def test_rejections_only_and_what_cannot_be_applied(site, tmp_path):
+    store, keys, feedback = site
+    image = radiograph()
+    record(store, keys, image, [(10, 10, 50, 50)])
+    interest = feedback.apply(kos([image], OF_INTEREST))  # a key image note, not a rejection
+    nameless = gsps([image], [("POLYLINE", rect(10, 10, 50, 50), "PIXEL")], creator="")
+    assert feedback.apply(nameless).verdicts == 1 and store.verdicts()[0].reviewer == UNKNOWN_OBSERVER
+    assert interest.wholly_set_aside and interest.reasons == ("not_a_rejection",)
+    # A damaged presentation state (graphic data cut short) and a file that is not DICOM at all.
+    broken = gsps([image], [("POLYLINE", rect(10, 10, 50, 50), "PIXEL")])
+    broken.GraphicAnnotationSequence[0].GraphicObjectSequence[0].GraphicData = [1.0, 2.0, 3.0]
+    assert feedback.apply(broken).reasons == ("bad_graphic",)
+    junk = tmp_path / "junk.dcm"
+    junk.write_bytes(b"not a dicom file at all" * 10)
+    assert feedback.apply_file(junk).reasons == ("malformed",)
+    assert [i.reason for i in store.set_aside_items()] == ["not_a_rejection", "bad_graphic", "malformed"]
+    assert len(store.verdicts()) == 1
