@@ -10,6 +10,8 @@ from pathlib import Path
 import highdicom as hd
 import numpy as np
 import pytest
+from dicom_files import small_cr
+from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
@@ -18,7 +20,6 @@ from client.dicom.deid import SiteKeys
 from client.feedback.annotations.apply import UNKNOWN_OBSERVER, PacsFeedback
 from client.feedback.annotations.geometry import NotARegion, iou, match, shape_box
 from client.feedback.store import Box, FeedbackStore
-from dicom_files import small_cr
 
 RADIOLOGIST = "Wilhelmina Quaxley-Brandt"  # unique strings: must never reach the store
 FRACTURE = hd.sr.CodedConcept("125605004", "SCT", "Fracture of bone")
@@ -213,3 +214,132 @@ def test_rejections_only_and_what_cannot_be_applied(site, tmp_path):
     assert feedback.apply_file(junk).reasons == ("malformed",)
     assert [i.reason for i in store.set_aside_items()] == ["not_a_rejection", "bad_graphic", "malformed"]
     assert len(store.verdicts()) == 1
+
+
+# -- through a real Orthanc to a running listener ------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def seeded_model(tmp_path_factory) -> Path:
+    """An untrained tiny detector (seeded): it reports one box per image at a near-zero operating point."""
+    import torch
+
+    from common.nn.model import ModelSpec, build_model
+    from common.nn.weights import save_weights
+
+    torch.manual_seed(0)
+    spec = ModelSpec(width=0.125, depth=0.5)
+    return save_weights(build_model(spec), spec, tmp_path_factory.mktemp("model") / "tiny.safetensors", {"imgsz": 128})
+
+
+def cr_file(path: Path, patient: str, rows: int = 240, columns: int = 320) -> Dataset:
+    """A real CR radiograph (RG3) resized to a non-square shape, as the modality stores it in the PACS."""
+    import cv2
+
+    ds = small_cr(256)
+    ds.PixelData = cv2.resize(ds.pixel_array, (columns, rows), interpolation=cv2.INTER_AREA).tobytes()
+    ds.Rows, ds.Columns = rows, columns
+    ds.PatientName, ds.PatientID = patient, f"PID-{patient.split()[0]}"
+    ds.save_as(path, enforce_file_format=True)
+    return ds
+
+
+def fracfl_gsps_box(pacs, image: Dataset) -> tuple[float, ...]:
+    """The box fracfl's own GSPS shows over `image` in the PACS (bounding box of its first outline)."""
+    from orthanc_support import referenced_uids
+    from test_listener import GSPS, wait_for
+
+    def find():
+        return next((tags for _, tags in pacs.received_from("FRACFL") if tags["SOPClassUID"] == GSPS
+                     and str(image.SOPInstanceUID) in referenced_uids(tags)), None)
+
+    data = wait_for(find, timeout=60, what="fracfl's GSPS in the PACS")["GraphicAnnotationSequence"][0][
+        "GraphicObjectSequence"][0]["GraphicData"]
+    values = [float(v) for v in (data.split("\\") if isinstance(data, str) else data)]
+    return (min(values[0::2]), min(values[1::2]), max(values[0::2]), max(values[1::2]))
+
+
+def save(ds: Dataset, path: Path) -> Path:
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+@pytest.mark.skipif(not Path("/usr/sbin/Orthanc").is_file(), reason="Orthanc not installed (apt-get install orthanc)")
+def test_annotations_sent_through_orthanc_become_verdicts(tmp_path, seeded_model, caplog):
+    """Radiographs reach the listener through Orthanc's routing and are analysed and recorded; a radiologist's GSPS,
+    SR and KOS on them, stored in the same Orthanc, reach it the same way and become exactly the expected verdicts.
+    A GSPS on an image the listener never saw is set aside (and kept in failed/); fracfl's own results stored in
+    Orthanc are not routed back; no name or original UID reaches the store or the log."""
+    import logging
+
+    from orthanc_support import ANNOTATIONS, ORTHANC_AE, RADIOGRAPHS, Orthanc, free_port
+    from test_listener import journal, wait_for
+
+    from client.listener.config import DestinationConfig, ListenConfig, PeerConfig
+    from client.listener.inference import build_processor
+    from client.listener.service import ListenerService
+    from common.config import EvalConfig
+
+    caplog.set_level(logging.DEBUG)
+    a = cr_file(tmp_path / "a.dcm", "Quentin Abernathy-Zoll")
+    b = cr_file(tmp_path / "b.dcm", "Ottilie Brambleworth")
+    never = cr_file(tmp_path / "never.dcm", "Never Sentwhere")
+    keep, db = tmp_path / "site" / "kept", tmp_path / "site" / "feedback.db"
+    lport = free_port()
+    with Orthanc(tmp_path / "orthanc", "FRACFL", lport, modalities=RADIOGRAPHS + ANNOTATIONS) as pacs:
+        cfg = ListenConfig(host="127.0.0.1", port=lport, queue_dir=str(tmp_path / "queue"), weights=str(seeded_model),
+                           allowed_peers=[PeerConfig(ae_title=ORTHANC_AE, host="127.0.0.1")], threads=1, heatmap=False,
+                           destination=DestinationConfig(ORTHANC_AE, "127.0.0.1", pacs.dicom_port),
+                           keep_dir=str(keep), feedback_db=str(db), eval=EvalConfig(conf=0.0001, max_det=1))
+        svc = ListenerService(cfg, build_processor(cfg))
+        svc.start()
+        try:
+            store, keys = FeedbackStore(db), SiteKeys(tmp_path / "site" / "deid")
+            for name in ("a.dcm", "b.dcm"):
+                pacs.upload(tmp_path / name)
+            wait_for(lambda: all(store.image_by_sop_uid(keys.uid(str(d.SOPInstanceUID))) for d in (a, b)),
+                     timeout=90, what="both radiographs analysed and recorded")
+            row_a, row_b = (store.image_by_sop_uid(keys.uid(str(d.SOPInstanceUID))) for d in (a, b))
+            assert len(row_a.boxes) == len(row_b.boxes) == 1, "the operating point should give one box per image"
+            box_a, box_b = row_a.boxes[0], row_b.boxes[0]
+            # The annotations are drawn in the original's pixels; the stored boxes are in the kept copy's, which is
+            # the original's: same size, and the boxes are those the PACS got in fracfl's own GSPS.
+            kept = dcmread(row_a.image_ref, stop_before_pixels=True)
+            assert (kept.Rows, kept.Columns) == (a.Rows, a.Columns)
+            ax1, ay1, ax2, ay2 = box_a.box.as_list()
+            bx1, by1, bx2, by2 = box_b.box.as_list()
+            assert fracfl_gsps_box(pacs, a) == pytest.approx((ax1, ay1, ax2, ay2), abs=1e-3)
+            half_b = (bx1, by1, bx1 + (bx2 - bx1) / 2, by1 + (by2 - by1) / 2)  # IoU 0.25: a correction, not a confirmation
+            objects = {
+                "gsps": gsps([a], [("POLYLINE", rect(ax1, ay1, ax2, ay2), "PIXEL"),  # the model's box: confirmed
+                                   ("CIRCLE", np.array([[20, 20], [20, 28]], np.float32), "PIXEL")]),  # a second one
+                "sr": measurement_sr([outlined(b, rect(*half_b))], evidence=[b]),
+                "kos": kos([b]),
+                "unknown": gsps([never], [("POLYLINE", rect(10, 10, 60, 60), "PIXEL")]),
+            }
+            before = sum(r["event"] == "received" for r in journal(svc.queue.root))
+            for name, ds in objects.items():
+                pacs.upload(save(ds, tmp_path / f"{name}.dcm"))
+            wait_for(lambda: sum(r["event"] in ("processed", "failed") for r in journal(svc.queue.root)) == before + 4,
+                     timeout=90, what="the four annotation objects handled")
+        finally:
+            svc.stop(timeout=10)
+    events = journal(svc.queue.root)
+    assert sum(r["event"] == "received" for r in events) == 6, "fracfl's own results must not be routed back to it"
+    assert verdict_summary(store) == [
+        (row_a.id, "confirm", box_a.id, None),
+        (row_a.id, "add", None, (12.0, 12.0, 28.0, 28.0)),
+        (row_b.id, "move", box_b.id, tuple(round(v, 1) for v in half_b)),
+        (row_b.id, "note", None, None),
+    ]
+    reviewer = keys.person("WILHELMINA QUAXLEY-BRANDT")
+    assert {(v.reviewer, v.source) for v in store.verdicts()} == {(reviewer, "pacs-gsps"), (reviewer, "pacs-sr"),
+                                                                   (reviewer, "pacs-kos")}
+    aside = store.set_aside_items()
+    assert [(i.reason, i.source, i.object_uid) for i in aside] == [
+        ("unknown_image", "pacs-gsps", keys.uid(str(objects["unknown"].SOPInstanceUID)))]
+    failed = list(svc.queue.dir("failed").iterdir())
+    assert len(failed) == 1 and (failed[0] / "reason.txt").read_text().startswith("quarantined: annotation set aside: unknown_image")
+    assert (failed[0] / "object.dcm").read_bytes() == (tmp_path / "unknown.dcm").read_bytes()  # kept, not dropped
+    data = b"".join(p.read_bytes() for p in db.parent.glob("feedback.db*")) + caplog.text.encode()
+    originals = [str(d.SOPInstanceUID) for d in (a, b, never, *objects.values())]
+    for value in (RADIOLOGIST, "QUAXLEY", "Quaxley", "Abernathy", "Brambleworth", "Sentwhere", *originals):
+        assert value.encode() not in data, value

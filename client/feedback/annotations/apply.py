@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from types import ModuleType
 
@@ -25,7 +26,13 @@ from client.dicom.deid import SiteKeys
 from client.dicom.results import MANUFACTURER
 from client.feedback.annotations import gsps, kos, sr
 from client.feedback.annotations.geometry import CONFIRM_IOU, match
-from client.feedback.annotations.parsed import Annotations, ImageStatement, Malformed, Region, Unusable
+from client.feedback.annotations.parsed import (
+    Annotations,
+    ImageStatement,
+    Malformed,
+    Region,
+    Unusable,
+)
 from client.feedback.store import Box, BoxRow, FeedbackStore, ImageRow
 from common.dicom import DicomRejected, redact
 from common.dicom.read import open_dataset
@@ -128,21 +135,20 @@ class PacsFeedback:
         todo_statements = [s for s in statements if s.note not in recorded]
         out.already += len(regions) - len(todo) + len(statements) - len(todo_statements)
         boxes: list[BoxRow] = [b for b in row.boxes if b.status != "rejected"]
-        common = dict(image_id=row.id, reviewer=reviewer, source=source, source_ref=ref)
+        verdict = partial(self.store.add_verdict, image_id=row.id, reviewer=reviewer, source=source, source_ref=ref)
         for m in match([r.box for r in todo], [_xyxy(b.box) for b in boxes], self.confirm_iou):
             region = todo[m.annotation]
             if m.target is None:
-                self.store.add_verdict(kind="add", box=Box(*region.box, cls=FIRST_CLASS), note=region.where, **common)
+                verdict(kind="add", box=Box(*region.box, cls=FIRST_CLASS), note=region.where)
             else:
                 target = boxes[m.target]
                 moved = Box(*region.box, cls=target.box.cls) if m.kind == "move" else None
                 # expected_version: a reviewer who changed this box meanwhile wins a ConflictError, and the object
                 # is retried against the box as it is now
-                self.store.add_verdict(kind=m.kind, box_id=target.id, box=moved, note=region.where,
-                                       expected_version=target.version, **common)
+                verdict(kind=m.kind, box_id=target.id, box=moved, note=region.where, expected_version=target.version)
             out.verdicts += 1
         for s in todo_statements:
-            self.store.add_verdict(kind=s.kind, note=s.note, **common)
+            verdict(kind=s.kind, note=s.note)
             out.verdicts += 1
 
     def _keep_aside(self, ref: str, source: str, part: Unusable, out: Outcome) -> None:

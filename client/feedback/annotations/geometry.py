@@ -7,8 +7,8 @@ pixel (DICOM's convention for GSPS PIXEL units and SR SCOORD), the space the mod
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 XYXY = tuple[float, float, float, float]
 CONFIRM_IOU = 0.5  # at or above: the annotation confirms the model's box

@@ -10,7 +10,14 @@ from __future__ import annotations
 from pydicom.dataset import Dataset
 
 from client.feedback.annotations.geometry import XYXY, NotARegion, shape_box
-from client.feedback.annotations.parsed import Annotations, Malformed, Region, Unusable, person_name, sop_instance_uid
+from client.feedback.annotations.parsed import (
+    Annotations,
+    Malformed,
+    Region,
+    Unusable,
+    person_name,
+    sop_instance_uid,
+)
 
 SOURCE = "pacs-gsps"
 

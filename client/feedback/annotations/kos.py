@@ -13,7 +13,13 @@ from __future__ import annotations
 from pydicom.dataset import Dataset
 
 from client.feedback.annotations.content import code, evidence, observer, referenced
-from client.feedback.annotations.parsed import Annotations, ImageStatement, Malformed, Unusable, sop_instance_uid
+from client.feedback.annotations.parsed import (
+    Annotations,
+    ImageStatement,
+    Malformed,
+    Unusable,
+    sop_instance_uid,
+)
 
 SOURCE = "pacs-kos"
 WITHDRAWN = "withdrawn in PACS"

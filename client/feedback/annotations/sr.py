@@ -11,9 +11,22 @@ from __future__ import annotations
 
 from pydicom.dataset import Dataset
 
-from client.feedback.annotations.content import coded_value, concept, evidence, observer, referenced
+from client.feedback.annotations.content import (
+    coded_value,
+    concept,
+    evidence,
+    observer,
+    referenced,
+)
 from client.feedback.annotations.geometry import NotARegion, shape_box
-from client.feedback.annotations.parsed import Annotations, ImageStatement, Malformed, Region, Unusable, sop_instance_uid
+from client.feedback.annotations.parsed import (
+    Annotations,
+    ImageStatement,
+    Malformed,
+    Region,
+    Unusable,
+    sop_instance_uid,
+)
 
 SOURCE = "pacs-sr"
 FINDING = ("121071", "DCM")
@@ -39,7 +52,7 @@ def _walk(container: Dataset, out: Annotations, all_images: list[str], path: str
         where = f"{path} item {n} ({item.get('GraphicType', 'no type')})"
         if item.ValueType == "SCOORD3D":
             out.unusable.append(Unusable("unsupported_graphic", f"{where}: 3D coordinates"))
-        elif not fracture:
+        elif finding is not None and not fracture:
             out.unusable.append(Unusable("not_a_fracture", f"{where}: finding {finding[2][:64]!r}"))
         else:
             _region(item, where, out)
