@@ -199,7 +199,7 @@ class FeedbackStore:
                 con.execute("INSERT INTO boxes (image_id, x1, y1, x2, y2, cls, model_cls, score, origin, status)"
                             " VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'model', 'proposed')",
                             (image_id, b.x1, b.y1, b.x2, b.y2, b.cls, b.cls, b.score))
-            _audit(con, origin, "record_image", f"image:{image_id}",
+            audit_row(con, origin, "record_image", f"image:{image_id}",
                    {"model_version": model_version, "boxes": len(boxes)})
             return int(image_id)
 
@@ -313,7 +313,7 @@ class FeedbackStore:
                 (image_id, new_box_id, reviewer, kind, _json(value), _json(previous), source, source_ref,
                  now())).lastrowid
             assert verdict_id is not None
-            _audit(con, reviewer, f"verdict:{kind}", f"image:{image_id}" + (f"/box:{new_box_id}" if new_box_id else ""),
+            audit_row(con, reviewer, f"verdict:{kind}", f"image:{image_id}" + (f"/box:{new_box_id}" if new_box_id else ""),
                    {"verdict": verdict_id, "source": source})
             return int(verdict_id)
 
@@ -335,7 +335,7 @@ class FeedbackStore:
             row_id = con.execute("INSERT INTO set_aside (object_uid, reason, source, detail, created_at)"
                                  " VALUES (?, ?, ?, ?, ?)", (object_uid, reason, source, detail, now())).lastrowid
             assert row_id is not None
-            _audit(con, source, "set_aside", f"object:{object_uid}", {"reason": reason})
+            audit_row(con, source, "set_aside", f"object:{object_uid}", {"reason": reason})
             return int(row_id)
 
     def set_aside_items(self) -> list[SetAsideRow]:
@@ -348,7 +348,7 @@ class FeedbackStore:
     def audit(self, actor: str, action: str, target: str | None = None, detail: dict | None = None) -> None:
         """Log a write made outside the store's own methods (accounts, sign-in) in the same audit table."""
         with self.transaction() as con:
-            _audit(con, actor, action, target, detail)
+            audit_row(con, actor, action, target, detail)
 
     def audit_log(self) -> list[dict[str, Any]]:
         with self._connection() as con:
@@ -391,7 +391,8 @@ def _apply_box(con: sqlite3.Connection, image_id: int, box_id: int | None, kind:
     return value, previous, box_id
 
 
-def _audit(con: sqlite3.Connection, actor: str, action: str, target: str | None, detail: dict | None) -> None:
+def audit_row(con: sqlite3.Connection, actor: str, action: str, target: str | None, detail: dict | None) -> None:
+    """One audit line, written inside the caller's transaction so the write and its record commit together."""
     con.execute("INSERT INTO audit (at, actor, action, target, detail) VALUES (?, ?, ?, ?, ?)",
                 (now(), actor, action, target, _json(detail)))
 
