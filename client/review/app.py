@@ -142,7 +142,9 @@ def create_app(store: FeedbackStore, accounts: Accounts, settings: ReviewSetting
     def verdict(request: Request, image_id: int, body: VerdictIn, s: Annotated[Session, Depends(writer)]) -> Response:
         filters = _filters(request)
         try:
-            box = Box(*body.box, cls=body.cls) if body.box is not None else None
+            if body.box is not None and len(body.box) != 4:
+                raise FracflError("box: give x1, y1, x2, y2")
+            box = Box(body.box[0], body.box[1], body.box[2], body.box[3], cls=body.cls) if body.box else None
             store.add_verdict(image_id=image_id, reviewer=s.user.reviewer_id, kind=body.kind, box_id=body.box_id,
                               box=box, class_name=body.class_name, note=body.note,
                               expected_version=body.expected_version)
@@ -151,7 +153,7 @@ def create_app(store: FeedbackStore, accounts: Accounts, settings: ReviewSetting
             assert current is not None
             return JSONResponse({"detail": f"{e}: someone else changed it; the page now shows their version",
                                  "case": _case_json(store, current, filters)}, 409)
-        except (FracflError, TypeError) as e:
+        except FracflError as e:
             raise HTTPException(400, str(e)) from None
         row = store.image(image_id)
         assert row is not None
