@@ -16,7 +16,7 @@ from client.feedback.accounts import Accounts
 from client.feedback.store import Box, FeedbackStore
 from common.synth import get_profile, render_radiograph
 from common.synth.dicom import fictional_identity, write_dicom
-from tests.dicom_files import PATIENT_NAME, PHYSICIAN_NAME
+from dicom_files import PATIENT_NAME, PHYSICIAN_NAME
 
 PASSWORD = "correct horse battery"
 # probability, model boxes, body part of the three cases (worklist order: highest probability first)

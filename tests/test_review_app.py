@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 
 from client.review.app import ReviewSettings, create_app
 from common.cli import main
-from tests.review_support import PASSWORD, Site, make_site
+from review_support import PASSWORD, Site, make_site
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ import pytest
 import uvicorn
 
 from client.review.app import ReviewSettings, create_app
-from tests.review_support import PASSWORD, Site, make_site
+from review_support import PASSWORD, Site, make_site
 
 CHROMIUM = Path("/usr/bin/chromium")
 pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's chromium is not installed (/usr/bin/chromium)")

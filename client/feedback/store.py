@@ -131,13 +131,8 @@ class FeedbackStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self._connection() as con:
             migrate(con, self.path)
-            if class_names is not None:
-                names = [str(n) for n in class_names]
-                if not names or len(set(names)) != len(names):
-                    raise FracflError(f"{self.path}: class names must be non-empty and unique, got {names}")
-                with _write(con):
-                    con.execute("INSERT INTO meta (key, value) VALUES ('class_names', ?) "
-                                "ON CONFLICT (key) DO UPDATE SET value = excluded.value", (json.dumps(names),))
+        if class_names is not None:
+            self.set_class_names(class_names)
 
     @contextmanager
     def _connection(self) -> Iterator[sqlite3.Connection]:
@@ -164,6 +159,15 @@ class FeedbackStore:
                 con.execute("ROLLBACK")
 
     # -- class names -------------------------------------------------------------------------------------------------
+
+    def set_class_names(self, class_names: Sequence[str]) -> None:
+        """The fracture types a reviewer may choose (the model's class names, in class-index order)."""
+        names = [str(n) for n in class_names]
+        if not names or len(set(names)) != len(names):
+            raise FracflError(f"{self.path}: class names must be non-empty and unique, got {names}")
+        with self.transaction() as con:
+            con.execute("INSERT INTO meta (key, value) VALUES ('class_names', ?) "
+                        "ON CONFLICT (key) DO UPDATE SET value = excluded.value", (json.dumps(names),))
 
     def class_names(self) -> list[str]:
         with self._connection() as con:
