@@ -131,13 +131,8 @@ class FeedbackStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self._connection() as con:
             migrate(con, self.path)
-            if class_names is not None:
-                names = [str(n) for n in class_names]
-                if not names or len(set(names)) != len(names):
-                    raise FracflError(f"{self.path}: class names must be non-empty and unique, got {names}")
-                with _write(con):
-                    con.execute("INSERT INTO meta (key, value) VALUES ('class_names', ?) "
-                                "ON CONFLICT (key) DO UPDATE SET value = excluded.value", (json.dumps(names),))
+        if class_names is not None:
+            self.set_class_names(class_names)
 
     @contextmanager
     def _connection(self) -> Iterator[sqlite3.Connection]:
@@ -164,6 +159,15 @@ class FeedbackStore:
                 con.execute("ROLLBACK")
 
     # -- class names -------------------------------------------------------------------------------------------------
+
+    def set_class_names(self, class_names: Sequence[str]) -> None:
+        """The fracture types a reviewer may choose (the model's class names, in class-index order)."""
+        names = [str(n) for n in class_names]
+        if not names or len(set(names)) != len(names):
+            raise FracflError(f"{self.path}: class names must be non-empty and unique, got {names}")
+        with self.transaction() as con:
+            con.execute("INSERT INTO meta (key, value) VALUES ('class_names', ?) "
+                        "ON CONFLICT (key) DO UPDATE SET value = excluded.value", (json.dumps(names),))
 
     def class_names(self) -> list[str]:
         with self._connection() as con:
@@ -199,7 +203,7 @@ class FeedbackStore:
                 con.execute("INSERT INTO boxes (image_id, x1, y1, x2, y2, cls, model_cls, score, origin, status)"
                             " VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'model', 'proposed')",
                             (image_id, b.x1, b.y1, b.x2, b.y2, b.cls, b.cls, b.score))
-            _audit(con, origin, "record_image", f"image:{image_id}",
+            audit_row(con, origin, "record_image", f"image:{image_id}",
                    {"model_version": model_version, "boxes": len(boxes)})
             return int(image_id)
 
@@ -313,7 +317,7 @@ class FeedbackStore:
                 (image_id, new_box_id, reviewer, kind, _json(value), _json(previous), source, source_ref,
                  now())).lastrowid
             assert verdict_id is not None
-            _audit(con, reviewer, f"verdict:{kind}", f"image:{image_id}" + (f"/box:{new_box_id}" if new_box_id else ""),
+            audit_row(con, reviewer, f"verdict:{kind}", f"image:{image_id}" + (f"/box:{new_box_id}" if new_box_id else ""),
                    {"verdict": verdict_id, "source": source})
             return int(verdict_id)
 
@@ -335,7 +339,7 @@ class FeedbackStore:
             row_id = con.execute("INSERT INTO set_aside (object_uid, reason, source, detail, created_at)"
                                  " VALUES (?, ?, ?, ?, ?)", (object_uid, reason, source, detail, now())).lastrowid
             assert row_id is not None
-            _audit(con, source, "set_aside", f"object:{object_uid}", {"reason": reason})
+            audit_row(con, source, "set_aside", f"object:{object_uid}", {"reason": reason})
             return int(row_id)
 
     def set_aside_items(self) -> list[SetAsideRow]:
@@ -348,7 +352,7 @@ class FeedbackStore:
     def audit(self, actor: str, action: str, target: str | None = None, detail: dict | None = None) -> None:
         """Log a write made outside the store's own methods (accounts, sign-in) in the same audit table."""
         with self.transaction() as con:
-            _audit(con, actor, action, target, detail)
+            audit_row(con, actor, action, target, detail)
 
     def audit_log(self) -> list[dict[str, Any]]:
         with self._connection() as con:
@@ -391,7 +395,8 @@ def _apply_box(con: sqlite3.Connection, image_id: int, box_id: int | None, kind:
     return value, previous, box_id
 
 
-def _audit(con: sqlite3.Connection, actor: str, action: str, target: str | None, detail: dict | None) -> None:
+def audit_row(con: sqlite3.Connection, actor: str, action: str, target: str | None, detail: dict | None) -> None:
+    """One audit line, written inside the caller's transaction so the write and its record commit together."""
     con.execute("INSERT INTO audit (at, actor, action, target, detail) VALUES (?, ?, ?, ?, ?)",
                 (now(), actor, action, target, _json(detail)))
 
