@@ -21,7 +21,7 @@ from client.feedback.annotations.apply import UNKNOWN_OBSERVER, PacsFeedback
 from client.feedback.annotations.geometry import NotARegion, iou, match, shape_box
 from client.feedback.store import Box, FeedbackStore
 
-RADIOLOGIST = "Wilhelmina Quaxley-Brandt"  # unique strings: must never reach the store
+RADIOLOGIST = "Quaxley-Brandt^Wilhelmina"  # unique strings: must never reach the store or the log
 FRACTURE = hd.sr.CodedConcept("125605004", "SCT", "Fracture of bone")
 REJECTED_QUALITY = hd.sr.CodedConcept("113001", "DCM", "Rejected for Quality Reasons")
 OF_INTEREST = hd.sr.CodedConcept("113000", "DCM", "Of Interest")
@@ -41,19 +41,22 @@ def gsps(images: list[Dataset], graphics: list[tuple[str, np.ndarray, str]], cre
         referenced_images=images, series_instance_uid=generate_uid(), series_number=77, sop_instance_uid=generate_uid(),
         instance_number=1, manufacturer="ViewerCo", manufacturer_model_name="Reader", software_versions="9",
         device_serial_number="1", content_label="READING", content_creator_name=creator,
-        graphic_annotations=[hd.pr.GraphicAnnotation(referenced_images=images, graphic_layer=layer, graphic_objects=objects)],
+        graphic_annotations=[hd.pr.GraphicAnnotation(referenced_images=images, graphic_layer=layer,
+                                                     graphic_objects=objects)],
         graphic_layers=[layer])
     return ps
 
 
 def measurement_sr(groups: list, evidence: list[Dataset], observer: str = RADIOLOGIST) -> Dataset:
     """A TID 1500 report signed by `observer` (Person Observer Name in the observation context)."""
-    person = hd.sr.ObserverContext(observer_type=codes.DCM.Person,
-                                   observer_identifying_attributes=hd.sr.PersonObserverIdentifyingAttributes(name=observer))
+    person = hd.sr.ObserverContext(
+        observer_type=codes.DCM.Person,
+        observer_identifying_attributes=hd.sr.PersonObserverIdentifyingAttributes(name=observer))
     report = hd.sr.MeasurementReport(observation_context=hd.sr.ObservationContext(observer_person_context=person),
                                      procedure_reported=codes.LN.CTUnspecifiedBodyRegion, imaging_measurements=groups)
-    return hd.sr.Comprehensive3DSR(evidence=evidence, content=report, series_instance_uid=generate_uid(), series_number=78,
-                                   sop_instance_uid=generate_uid(), instance_number=1, manufacturer="ViewerCo")
+    return hd.sr.Comprehensive3DSR(evidence=evidence, content=report, series_instance_uid=generate_uid(),
+                                   series_number=78, sop_instance_uid=generate_uid(), instance_number=1,
+                                   manufacturer="ViewerCo")
 
 
 def outlined(image: Dataset, points: np.ndarray, finding=FRACTURE, name: str = "fracture") -> object:
@@ -73,8 +76,9 @@ def no_fracture(image: Dataset) -> object:
 
 
 def kos(images: list[Dataset], title=REJECTED_QUALITY) -> Dataset:
-    person = hd.sr.ObserverContext(observer_type=codes.DCM.Person,
-                                   observer_identifying_attributes=hd.sr.PersonObserverIdentifyingAttributes(name=RADIOLOGIST))
+    person = hd.sr.ObserverContext(
+        observer_type=codes.DCM.Person,
+        observer_identifying_attributes=hd.sr.PersonObserverIdentifyingAttributes(name=RADIOLOGIST))
     content = hd.ko.KeyObjectSelection(document_title=title, referenced_objects=images, observer_person_context=person)
     return hd.ko.KeyObjectSelectionDocument(evidence=images, content=content, series_instance_uid=generate_uid(),
                                             series_number=79, sop_instance_uid=generate_uid(), instance_number=1,
@@ -86,7 +90,7 @@ def radiograph(rows: int = 200, columns: int = 300) -> Dataset:
     ds = small_cr(256)
     ds.Rows, ds.Columns = rows, columns
     ds.PixelData = bytes(rows * columns * 2)
-    ds.PatientName = "Quentin Abernathy-Zoll"
+    ds.PatientName = "Abernathy-Zoll^Quentin"
     return ds
 
 
@@ -109,7 +113,8 @@ def test_shapes_become_boxes_and_lines_do_not():
     # an ellipse rotated by 45 degrees, semi-axes 20 and 10: half extents sqrt((20^2 + 10^2) / 2)
     a, b = 20 / math.sqrt(2), 10 / math.sqrt(2)
     box = shape_box("ELLIPSE", [100 - a, 100 - a, 100 + a, 100 + a, 100 - b, 100 + b, 100 + b, 100 - b])
-    assert box == pytest.approx((100 - math.sqrt(250), 100 - math.sqrt(250), 100 + math.sqrt(250), 100 + math.sqrt(250)))
+    half = math.sqrt(250)
+    assert box == pytest.approx((100 - half, 100 - half, 100 + half, 100 + half))
     for kind, points in (("POLYLINE", [0, 0, 10, 10]), ("POLYLINE", [0, 0, 10, 10, 20, 0]), ("POINT", [5, 5]),
                          ("CIRCLE", [5, 5, 5, 5])):
         with pytest.raises(NotARegion):
@@ -140,9 +145,9 @@ def site(tmp_path):
 
 def record(store: FeedbackStore, keys: SiteKeys, image: Dataset, boxes: list[tuple[float, float, float, float]]) -> int:
     """What the listener records after analysing `image`: its kept copy's pseudonymous UID and the model's boxes."""
-    return store.record_image(sop_uid=keys.uid(str(image.SOPInstanceUID)), image_ref=f"kept/{keys.uid(str(image.SOPInstanceUID))}.dcm",
-                              model_version="v-test", probability=0.9,
-                              boxes=[Box(*b, cls=0, score=0.8) for b in boxes])
+    pseudonym = keys.uid(str(image.SOPInstanceUID))
+    return store.record_image(sop_uid=pseudonym, image_ref=f"kept/{pseudonym}.dcm", model_version="v-test",
+                              probability=0.9, boxes=[Box(*b, cls=0, score=0.8) for b in boxes])
 
 
 def test_gsps_sr_and_kos_become_exactly_these_verdicts(site, tmp_path):
@@ -155,7 +160,8 @@ def test_gsps_sr_and_kos_become_exactly_these_verdicts(site, tmp_path):
     box_b = store.image(ib).boxes[0].id
 
     ps = gsps([a], [("POLYLINE", rect(12, 12, 52, 52), "PIXEL"),  # confirms box a0
-                    ("ELLIPSE", np.array([[120, 150], [180, 150], [150, 125], [150, 175]], np.float32), "PIXEL"),  # moves a1
+                    # an ellipse over box a1 but shifted: moves it
+                    ("ELLIPSE", np.array([[120, 150], [180, 150], [150, 125], [150, 175]], np.float32), "PIXEL"),
                     # display units: a tenth of the 300 x 200 image from (0.9, 0.8): a box the model missed
                     ("CIRCLE", np.array([[0.9, 0.8], [0.9, 0.85]], np.float32), "DISPLAY"),
                     ("POINT", np.array([[5, 5]], np.float32), "PIXEL")])  # marks no area: set aside
@@ -174,7 +180,7 @@ def test_gsps_sr_and_kos_become_exactly_these_verdicts(site, tmp_path):
         (ic, "note", None, None),
     ]
     verdicts = store.verdicts()
-    reviewer = keys.person("WILHELMINA QUAXLEY-BRANDT")
+    reviewer = keys.person("QUAXLEY-BRANDT^WILHELMINA")
     assert {v.reviewer for v in verdicts} == {reviewer} and reviewer.startswith("OBS-")
     assert [v.source for v in verdicts] == ["pacs-gsps"] * 3 + ["pacs-sr"] * 2 + ["pacs-kos"]
     assert {v.source_ref for v in verdicts[:3]} == {keys.uid(str(ps.SOPInstanceUID))}
@@ -193,7 +199,8 @@ def test_gsps_sr_and_kos_become_exactly_these_verdicts(site, tmp_path):
 
     # Only pseudonyms in the store: no names, no original UIDs.
     data = b"".join(p.read_bytes() for p in tmp_path.glob("feedback.sqlite*"))
-    for value in (RADIOLOGIST, "Quaxley", "QUAXLEY", "Abernathy", *(str(d.SOPInstanceUID) for d in (a, b, c, never, ps, report))):
+    originals = [str(d.SOPInstanceUID) for d in (a, b, c, never, ps, report)]
+    for value in (RADIOLOGIST, "Quaxley", "QUAXLEY", "Wilhelmina", "Abernathy", *originals):
         assert value.encode() not in data, value
 
 
@@ -237,7 +244,7 @@ def cr_file(path: Path, patient: str, rows: int = 240, columns: int = 320) -> Da
     ds = small_cr(256)
     ds.PixelData = cv2.resize(ds.pixel_array, (columns, rows), interpolation=cv2.INTER_AREA).tobytes()
     ds.Rows, ds.Columns = rows, columns
-    ds.PatientName, ds.PatientID = patient, f"PID-{patient.split()[0]}"
+    ds.PatientName, ds.PatientID = patient, f"PID-{patient.split('^')[0]}"
     ds.save_as(path, enforce_file_format=True)
     return ds
 
@@ -279,9 +286,9 @@ def test_annotations_sent_through_orthanc_become_verdicts(tmp_path, seeded_model
     from common.config import EvalConfig
 
     caplog.set_level(logging.DEBUG)
-    a = cr_file(tmp_path / "a.dcm", "Quentin Abernathy-Zoll")
-    b = cr_file(tmp_path / "b.dcm", "Ottilie Brambleworth")
-    never = cr_file(tmp_path / "never.dcm", "Never Sentwhere")
+    a = cr_file(tmp_path / "a.dcm", "Abernathy-Zoll^Quentin")
+    b = cr_file(tmp_path / "b.dcm", "Brambleworth^Ottilie")
+    never = cr_file(tmp_path / "never.dcm", "Sentwhere^Never")
     keep, db = tmp_path / "site" / "kept", tmp_path / "site" / "feedback.db"
     lport = free_port()
     with Orthanc(tmp_path / "orthanc", "FRACFL", lport, modalities=RADIOGRAPHS + ANNOTATIONS) as pacs:
@@ -307,7 +314,8 @@ def test_annotations_sent_through_orthanc_become_verdicts(tmp_path, seeded_model
             ax1, ay1, ax2, ay2 = box_a.box.as_list()
             bx1, by1, bx2, by2 = box_b.box.as_list()
             assert fracfl_gsps_box(pacs, a) == pytest.approx((ax1, ay1, ax2, ay2), abs=1e-3)
-            half_b = (bx1, by1, bx1 + (bx2 - bx1) / 2, by1 + (by2 - by1) / 2)  # IoU 0.25: a correction, not a confirmation
+            # a quarter of the model's box (IoU 0.25): a correction, not a confirmation
+            half_b = (bx1, by1, bx1 + (bx2 - bx1) / 2, by1 + (by2 - by1) / 2)
             objects = {
                 "gsps": gsps([a], [("POLYLINE", rect(ax1, ay1, ax2, ay2), "PIXEL"),  # the model's box: confirmed
                                    ("CIRCLE", np.array([[20, 20], [20, 28]], np.float32), "PIXEL")]),  # a second one
@@ -330,16 +338,19 @@ def test_annotations_sent_through_orthanc_become_verdicts(tmp_path, seeded_model
         (row_b.id, "move", box_b.id, tuple(round(v, 1) for v in half_b)),
         (row_b.id, "note", None, None),
     ]
-    reviewer = keys.person("WILHELMINA QUAXLEY-BRANDT")
+    reviewer = keys.person("QUAXLEY-BRANDT^WILHELMINA")
     assert {(v.reviewer, v.source) for v in store.verdicts()} == {(reviewer, "pacs-gsps"), (reviewer, "pacs-sr"),
                                                                    (reviewer, "pacs-kos")}
     aside = store.set_aside_items()
     assert [(i.reason, i.source, i.object_uid) for i in aside] == [
         ("unknown_image", "pacs-gsps", keys.uid(str(objects["unknown"].SOPInstanceUID)))]
     failed = list(svc.queue.dir("failed").iterdir())
-    assert len(failed) == 1 and (failed[0] / "reason.txt").read_text().startswith("quarantined: annotation set aside: unknown_image")
-    assert (failed[0] / "object.dcm").read_bytes() == (tmp_path / "unknown.dcm").read_bytes()  # kept, not dropped
+    assert len(failed) == 1
+    assert (failed[0] / "reason.txt").read_text().startswith("quarantined: annotation set aside: unknown_image")
+    kept_aside = dcmread(failed[0] / "object.dcm")  # the object itself is kept, to re-queue later
+    assert kept_aside.SOPInstanceUID == objects["unknown"].SOPInstanceUID
     data = b"".join(p.read_bytes() for p in db.parent.glob("feedback.db*")) + caplog.text.encode()
     originals = [str(d.SOPInstanceUID) for d in (a, b, never, *objects.values())]
-    for value in (RADIOLOGIST, "QUAXLEY", "Quaxley", "Abernathy", "Brambleworth", "Sentwhere", *originals):
+    for value in (RADIOLOGIST, "QUAXLEY", "Quaxley", "Wilhelmina", "Abernathy", "Brambleworth", "Sentwhere",
+                  "PID-", *originals):
         assert value.encode() not in data, value

@@ -5,10 +5,12 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from client.feedback.annotations.apply import PacsFeedback
 from client.feedback.record import record_finding
 from client.feedback.store import FeedbackStore
 from client.listener.config import ListenConfig
 from client.listener.processor import Processor, Quarantine
+from client.listener.routing import AnnotationProcessor, RoutingProcessor
 from common.errors import ConfigError
 
 log = logging.getLogger("fracfl.listener")
@@ -44,6 +46,9 @@ def build_processor(cfg: ListenConfig) -> Processor:
         raise ConfigError("config key weights: give the model (a weights file or a registry version folder)")
     root = Path(cfg.queue_dir)
     feedback = FeedbackStore(cfg.feedback_db) if cfg.feedback_db else None  # opened first: a bad path fails now
-    return PipelineProcessor(DicomPipeline(cfg.weights, root / "results", root / "quarantine", backend=cfg.backend,
-                                           variant=cfg.variant, eval_cfg=cfg.eval, keep_dir=cfg.keep_dir, heatmap=cfg.heatmap),
-                             feedback)
+    pipeline = DicomPipeline(cfg.weights, root / "results", root / "quarantine", backend=cfg.backend,
+                             variant=cfg.variant, eval_cfg=cfg.eval, keep_dir=cfg.keep_dir, heatmap=cfg.heatmap)
+    # Radiologists' annotations are matched through the same site keys that named the kept copies.
+    annotations = (AnnotationProcessor(PacsFeedback(feedback, pipeline.deidentify.keys))
+                   if feedback is not None and pipeline.deidentify is not None else None)
+    return RoutingProcessor(PipelineProcessor(pipeline, feedback), annotations)

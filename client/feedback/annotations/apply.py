@@ -113,7 +113,8 @@ class PacsFeedback:
         self.keys.record(links)  # the site can find the object and the person again; the store cannot
         out = Outcome(source=parsed.source)
         unusable = list(parsed.unusable)
-        for image_uid in dict.fromkeys([r.image_uid for r in parsed.regions] + [s.image_uid for s in parsed.statements]):
+        images = [r.image_uid for r in parsed.regions] + [s.image_uid for s in parsed.statements]
+        for image_uid in dict.fromkeys(images):
             regions = [r for r in parsed.regions if r.image_uid == image_uid]
             statements = [s for s in parsed.statements if s.image_uid == image_uid]
             row = self.store.image_by_sop_uid(self.keys.uid(image_uid))

@@ -11,7 +11,8 @@ PERSON_OBSERVER_NAME = ("121008", "DCM")
 
 def code(item: Dataset) -> tuple[str, str, str]:
     """(value, scheme, meaning) of a code sequence item."""
-    return (str(item.get("CodeValue", "")), str(item.get("CodingSchemeDesignator", "")), str(item.get("CodeMeaning", "")))
+    return (str(item.get("CodeValue", "")), str(item.get("CodingSchemeDesignator", "")),
+            str(item.get("CodeMeaning", "")))
 
 
 def concept(item: Dataset) -> tuple[str, str]:

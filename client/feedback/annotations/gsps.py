@@ -59,7 +59,8 @@ def parse(ds: Dataset) -> Annotations:
 
 
 def _image_uids(item: Dataset) -> list[str]:
-    uids = [str(ref.get("ReferencedSOPInstanceUID", "") or "").strip() for ref in item.get("ReferencedImageSequence", [])]
+    uids = [str(ref.get("ReferencedSOPInstanceUID", "") or "").strip()
+            for ref in item.get("ReferencedImageSequence", [])]
     if not all(uids):
         raise Malformed("an image reference without a Referenced SOP Instance UID")
     return uids

@@ -2,8 +2,8 @@
 
 Each SCOORD item (an outline SELECTED FROM an image) is a region; the Finding (DCM 121071) coded beside it in the
 same container says what it outlines: a fracture code or none at all counts as a fracture; another finding is set
-aside. A container whose finding is a fracture with a qualitative evaluation valued Absent (SCT 272519000 or 2667000) and no
-outline is a "no fracture" verdict on its images (the images it references, else every image in the evidence).
+aside. A container whose finding is a fracture with a qualitative evaluation valued Absent (SCT 272519000 or
+2667000) and no outline is a "no fracture" verdict on its images (those it references, else all in the evidence).
 SCOORD3D outlines are set aside: a radiograph has no patient coordinate system to map them into pixels.
 """
 
