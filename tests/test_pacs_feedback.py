@@ -19,9 +19,10 @@ from pydicom.uid import generate_uid
 from client.dicom.deid import SiteKeys
 from client.feedback.annotations.apply import UNKNOWN_OBSERVER, PacsFeedback
 from client.feedback.annotations.geometry import NotARegion, iou, match, shape_box
-from client.feedback.store import Box, FeedbackStore
+from client.feedback.store import Box, ConflictError, FeedbackStore
 
 RADIOLOGIST = "Quaxley-Brandt^Wilhelmina"  # unique strings: must never reach the store or the log
+PSEUDONYMISED_AS = "QUAXLEY-BRANDT^WILHELMINA"  # the spelling the site's keyed hash is taken of
 FRACTURE = hd.sr.CodedConcept("125605004", "SCT", "Fracture of bone")
 REJECTED_QUALITY = hd.sr.CodedConcept("113001", "DCM", "Rejected for Quality Reasons")
 OF_INTEREST = hd.sr.CodedConcept("113000", "DCM", "Of Interest")
@@ -180,7 +181,7 @@ def test_gsps_sr_and_kos_become_exactly_these_verdicts(site, tmp_path):
         (ic, "note", None, None),
     ]
     verdicts = store.verdicts()
-    reviewer = keys.person("QUAXLEY-BRANDT^WILHELMINA")
+    reviewer = keys.person(PSEUDONYMISED_AS)
     assert {v.reviewer for v in verdicts} == {reviewer} and reviewer.startswith("OBS-")
     assert [v.source for v in verdicts] == ["pacs-gsps"] * 3 + ["pacs-sr"] * 2 + ["pacs-kos"]
     assert {v.source_ref for v in verdicts[:3]} == {keys.uid(str(ps.SOPInstanceUID))}
@@ -221,6 +222,37 @@ def test_rejections_only_and_what_cannot_be_applied(site, tmp_path):
     assert feedback.apply_file(junk).reasons == ("malformed",)
     assert [i.reason for i in store.set_aside_items()] == ["not_a_rejection", "bad_graphic", "malformed"]
     assert len(store.verdicts()) == 1
+
+
+def test_a_reviewer_editing_the_same_box_meanwhile_wins_a_conflict_then_the_retry_applies(site, monkeypatch):
+    """The listener matched an outline against a box that a reviewer moved before the verdict was written: the store
+    refuses the stale confirmation; applied again (the listener retries), the outline is matched against the box
+    where it is now, which it no longer overlaps: a fracture the model missed."""
+    store, keys, feedback = site
+    image = radiograph()
+    image_id = record(store, keys, image, [(10, 10, 50, 50)])
+    stale = store.image(image_id)
+    store.add_verdict(image_id=image_id, reviewer="rev-1", kind="move", box_id=stale.boxes[0].id,
+                      box=Box(100, 100, 140, 140), expected_version=stale.boxes[0].version)
+    ps = gsps([image], [("POLYLINE", rect(12, 12, 52, 52), "PIXEL")])
+    with monkeypatch.context() as m:  # the race: the listener read the image just before the reviewer's edit
+        m.setattr(store, "image_by_sop_uid", lambda uid: stale)
+        with pytest.raises(ConflictError):
+            feedback.apply(ps)
+    assert feedback.apply(ps).verdicts == 1
+    radiologist = keys.person(PSEUDONYMISED_AS)
+    assert [(v.reviewer, v.kind) for v in store.verdicts()] == [("rev-1", "move"), (radiologist, "add")]
+
+
+def test_fracfls_own_results_coming_back_are_ignored(site):
+    store, keys, feedback = site
+    image = radiograph()
+    record(store, keys, image, [(10, 10, 50, 50)])
+    own = gsps([image], [("POLYLINE", rect(10, 10, 50, 50), "PIXEL")], creator="FRACFL^MODEL")
+    own.Manufacturer = "fracfl"  # as client.dicom.results writes it
+    outcome = feedback.apply(own)
+    assert outcome.own_result and outcome.verdicts == 0
+    assert not store.verdicts() and not store.set_aside_items()
 
 
 # -- through a real Orthanc to a running listener ------------------------------------------------------------------
@@ -338,7 +370,7 @@ def test_annotations_sent_through_orthanc_become_verdicts(tmp_path, seeded_model
         (row_b.id, "move", box_b.id, tuple(round(v, 1) for v in half_b)),
         (row_b.id, "note", None, None),
     ]
-    reviewer = keys.person("QUAXLEY-BRANDT^WILHELMINA")
+    reviewer = keys.person(PSEUDONYMISED_AS)
     assert {(v.reviewer, v.source) for v in store.verdicts()} == {(reviewer, "pacs-gsps"), (reviewer, "pacs-sr"),
                                                                    (reviewer, "pacs-kos")}
     aside = store.set_aside_items()
