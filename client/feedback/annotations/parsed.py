@@ -61,6 +61,9 @@ class Unusable:
     detail: str
     image_uid: str | None = None  # original UID; pseudonymised before it is stored
 
+    def __post_init__(self) -> None:
+        assert self.reason in SET_ASIDE_REASONS, self.reason
+
 
 @dataclass
 class Annotations:
