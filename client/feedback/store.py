@@ -55,7 +55,7 @@ class Box:
 class ConflictError(FracflError):
     """An edit based on a stale version of a box or image: someone else changed it first."""
 
-    def __init__(self, message: str, current_version: int):
+    def __init__(self, message: str, current_version: int | None = None):
         super().__init__(message)
         self.current_version = current_version
 
