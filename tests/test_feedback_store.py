@@ -207,3 +207,17 @@ def test_old_schema_migrates_and_a_newer_one_is_refused(tmp_path):
         con.execute(f"PRAGMA user_version = {len(MIGRATIONS) + 1}")
     with pytest.raises(FracflError, match="newer than this fracfl knows"):
         FeedbackStore(path)
+
+
+def test_neighbours_follow_the_worklist_order(tmp_path):
+    store = _store(tmp_path)
+    ids = [_image(store, uid=f"2.25.{k}", p=p) for k, p in enumerate([0.5, 0.9, 0.5, 0.1])]
+    a, b, c, d = ids  # order: b (0.9), a (0.5, lower id), c (0.5), d (0.1)
+    assert store.neighbours(b) == (None, a)
+    assert store.neighbours(a) == (b, c)
+    assert store.neighbours(c) == (a, d)
+    assert store.neighbours(d) == (c, None)
+    store.add_verdict(image_id=c, reviewer="r", kind="note", note="seen")
+    assert store.neighbours(a, unreviewed=True) == (b, d)  # c left the unreviewed list
+    assert store.neighbours(c, unreviewed=True) == (a, d)  # the case just reviewed still has its next one
+    assert store.count() == 4 and store.count(unreviewed=True) == 3

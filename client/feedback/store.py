@@ -55,7 +55,7 @@ class Box:
 class ConflictError(FracflError):
     """An edit based on a stale version of a box or image: someone else changed it first."""
 
-    def __init__(self, message: str, current_version: int):
+    def __init__(self, message: str, current_version: int | None = None):
         super().__init__(message)
         self.current_version = current_version
 
@@ -168,6 +168,7 @@ class FeedbackStore:
         with self.transaction() as con:
             con.execute("INSERT INTO meta (key, value) VALUES ('class_names', ?) "
                         "ON CONFLICT (key) DO UPDATE SET value = excluded.value", (json.dumps(names),))
+            audit_row(con, "system", "set_class_names", None, {"class_names": names})
 
     def class_names(self) -> list[str]:
         with self._connection() as con:
@@ -222,26 +223,36 @@ class FeedbackStore:
     def worklist(self, *, unreviewed: bool = False, disagreements: bool = False, model_version: str | None = None,
                  body_part: str | None = None, limit: int | None = None) -> list[ImageRow]:
         """Images ordered by suspicion (highest fracture probability first), optionally filtered; boxes included."""
-        where, args = [], []  # type: ignore[var-annotated]
-        if unreviewed:
-            where.append("NOT EXISTS (SELECT 1 FROM verdicts v WHERE v.image_id = i.id)")
-        if disagreements:
-            where.append(f"""(EXISTS (SELECT 1 FROM boxes b WHERE b.image_id = i.id AND (b.status IN
-                              ({','.join('?' * len(DISAGREEING))}) OR b.cls != b.model_cls))
-                              OR (i.no_fracture = 1 AND EXISTS (SELECT 1 FROM boxes b WHERE b.image_id = i.id
-                                                                AND b.origin = 'model')))""")
-            args.extend(DISAGREEING)
-        if model_version:
-            where.append("i.model_version = ?")
-            args.append(model_version)
-        if body_part:
-            where.append("i.body_part = ?")
-            args.append(body_part)
-        sql = f"{_IMAGE_SELECT} {'WHERE ' + ' AND '.join(where) if where else ''} ORDER BY i.probability DESC, i.id"
+        where, args = _where(unreviewed, disagreements, model_version, body_part)
+        sql = f"{_IMAGE_SELECT} WHERE {where} ORDER BY i.probability DESC, i.id"
         if limit is not None:
             sql += f" LIMIT {int(limit)}"
         with self.reading() as con:
             return [_image_row(con, r) for r in con.execute(sql, args).fetchall()]
+
+    def count(self, *, unreviewed: bool = False, disagreements: bool = False, model_version: str | None = None,
+              body_part: str | None = None) -> int:
+        where, args = _where(unreviewed, disagreements, model_version, body_part)
+        with self._connection() as con:
+            return int(con.execute(f"SELECT COUNT(*) FROM images i WHERE {where}", args).fetchone()[0])
+
+    def neighbours(self, image_id: int, *, unreviewed: bool = False, disagreements: bool = False,
+                   model_version: str | None = None, body_part: str | None = None) -> tuple[int | None, int | None]:
+        """The cases just before and just after `image_id` in the worklist's order under these filters (the image
+        itself need not match them: a case just reviewed has left the unreviewed list, its next case has not)."""
+        where, args = _where(unreviewed, disagreements, model_version, body_part)
+        with self.reading() as con:
+            row = con.execute("SELECT probability FROM images WHERE id = ?", (image_id,)).fetchone()
+            if row is None:
+                return None, None
+            p = row[0]
+            before = con.execute(f"SELECT i.id FROM images i WHERE {where} AND (i.probability > ? OR"
+                                 " (i.probability = ? AND i.id < ?)) ORDER BY i.probability, i.id DESC LIMIT 1",
+                                 [*args, p, p, image_id]).fetchone()
+            after = con.execute(f"SELECT i.id FROM images i WHERE {where} AND (i.probability < ? OR"
+                                " (i.probability = ? AND i.id > ?)) ORDER BY i.probability DESC, i.id LIMIT 1",
+                                [*args, p, p, image_id]).fetchone()
+        return (before[0] if before else None), (after[0] if after else None)
 
     def facets(self) -> dict[str, list[str]]:
         """The model versions and body parts present, for the worklist's filters."""
@@ -399,6 +410,27 @@ def audit_row(con: sqlite3.Connection, actor: str, action: str, target: str | No
     """One audit line, written inside the caller's transaction so the write and its record commit together."""
     con.execute("INSERT INTO audit (at, actor, action, target, detail) VALUES (?, ?, ?, ?, ?)",
                 (now(), actor, action, target, _json(detail)))
+
+
+def _where(unreviewed: bool, disagreements: bool, model_version: str | None, body_part: str | None
+           ) -> tuple[str, list[Any]]:
+    """The worklist filters as an SQL condition on `images i` and its arguments."""
+    where, args = ["1"], []  # type: list[str], list[Any]
+    if unreviewed:
+        where.append("NOT EXISTS (SELECT 1 FROM verdicts v WHERE v.image_id = i.id)")
+    if disagreements:
+        where.append(f"""(EXISTS (SELECT 1 FROM boxes b WHERE b.image_id = i.id AND (b.status IN
+                          ({','.join('?' * len(DISAGREEING))}) OR b.cls != b.model_cls))
+                          OR (i.no_fracture = 1 AND EXISTS (SELECT 1 FROM boxes b WHERE b.image_id = i.id
+                                                            AND b.origin = 'model')))""")
+        args.extend(DISAGREEING)
+    if model_version:
+        where.append("i.model_version = ?")
+        args.append(model_version)
+    if body_part:
+        where.append("i.body_part = ?")
+        args.append(body_part)
+    return " AND ".join(where), args
 
 
 _IMAGE_SELECT = "SELECT i.*, (SELECT COUNT(*) FROM verdicts v WHERE v.image_id = i.id) AS n_verdicts FROM images i"

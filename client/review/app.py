@@ -27,7 +27,7 @@ from common.errors import FracflError
 HERE = Path(__file__).parent
 SESSION_COOKIE = "fracfl_session"
 LOGIN_CSRF_COOKIE = "fracfl_login_csrf"
-FILTERS = ("unreviewed", "disagreements", "model_version", "body_part")
+WORKLIST_ROWS = 500  # the most suspicious first; the case view's "next" walks on past them
 
 
 @dataclass(frozen=True)
@@ -118,9 +118,10 @@ def create_app(store: FeedbackStore, accounts: Accounts, settings: ReviewSetting
     @app.get("/", response_class=HTMLResponse)
     def worklist(request: Request, s: Annotated[Session, Depends(session)]) -> Response:
         filters = _filters(request)
-        rows = store.worklist(**filters)
+        rows = store.worklist(**filters, limit=WORKLIST_ROWS)
         return page(request, "worklist.html", user=s.user, csrf=s.csrf, rows=rows, filters=filters,
-                    facets=store.facets(), query=_query(filters), total=len(store.worklist()))
+                    facets=store.facets(), query=_query(filters), matching=store.count(**filters),
+                    total=store.count())
 
     @app.get("/case/{image_id}", response_class=HTMLResponse)
     def case(request: Request, image_id: int, s: Annotated[Session, Depends(session)]) -> Response:
@@ -200,15 +201,12 @@ def _query(filters: dict[str, Any]) -> str:
 
 
 def _case_json(store: FeedbackStore, row: ImageRow, filters: dict[str, Any]) -> dict:
-    """What the case view's script needs: boxes with versions, image version, and the next and previous cases."""
-    order = [r.id for r in store.worklist(**{**filters, "unreviewed": False})]
-    later = order[order.index(row.id) + 1:] if row.id in order else order
-    earlier = order[:order.index(row.id)] if row.id in order else []
-    if filters.get("unreviewed"):
-        pending = {r.id for r in store.worklist(**filters)}
-        later = [i for i in later if i in pending]
+    """What the case view's script needs: boxes with versions, image version, and the next and previous cases
+    (next: still matching the filters; previous: also cases already reviewed, to go back and check them)."""
+    _, later = store.neighbours(row.id, **filters)
+    earlier, _ = store.neighbours(row.id, **{**filters, "unreviewed": False})
     return {"id": row.id, "version": row.version, "no_fracture": row.no_fracture, "model_version": row.model_version,
             "probability": row.probability, "class_names": store.class_names() or ["fracture"],
             "boxes": [{"id": b.id, "version": b.version, "status": b.status, "origin": b.origin,
                        **{k: v for k, v in asdict(b.box).items()}} for b in row.boxes],
-            "next": later[0] if later else None, "previous": earlier[-1] if earlier else None}
+            "next": later, "previous": earlier}
