@@ -1,7 +1,8 @@
 """A real Orthanc PACS for tests and benchmarks: the Debian package's binary on loopback with a throw-away store.
 
 Orthanc routes every radiograph it stores (CR/DX/MG, not received from the listener itself) to the listener's AE
-with a Lua `OnStoredInstance` hook, as a hospital would configure auto-routing.
+with a Lua `OnStoredInstance` hook, as a hospital would configure auto-routing; with `ANNOTATIONS` added to the
+routed modalities, radiologists' presentation states, SRs and key object selections go the same way.
 """
 
 from __future__ import annotations
@@ -19,11 +20,13 @@ ORTHANC = Path("/usr/sbin/Orthanc")
 DCMTK_STORESCU = Path("/usr/bin/storescu")  # not the venv's pynetdicom `storescu`, which shadows it on PATH
 ORTHANC_AE = "ORTHANC"
 
+RADIOGRAPHS = ("CR", "DX", "MG")
+ANNOTATIONS = ("PR", "SR", "KO")  # GSPS, structured reports, key object selections
 ROUTE_LUA = """
+local routed = { {modalities} }
 function OnStoredInstance(instanceId, tags, metadata, origin)
-  local modality = tags['Modality']
   local fromListener = origin['RemoteAet'] == '{listener_ae}'
-  if (modality == 'CR' or modality == 'DX' or modality == 'MG') and not fromListener then
+  if routed[tags['Modality']] and not fromListener then
     SendToModality(instanceId, 'fracfl')
   end
 end
@@ -39,13 +42,15 @@ def free_port() -> int:
 class Orthanc:
     """`with Orthanc(tmp, listener_ae, listener_port) as pacs:` a running Orthanc; REST helpers below."""
 
-    def __init__(self, workdir: Path, listener_ae: str, listener_port: int, route: bool = True):
+    def __init__(self, workdir: Path, listener_ae: str, listener_port: int, route: bool = True,
+                 modalities: tuple[str, ...] = RADIOGRAPHS):
         self.workdir = Path(workdir)
         self.http_port = free_port()
         self.dicom_port = free_port()
         self.listener_ae = listener_ae
         self.listener_port = listener_port
         self.route = route
+        self.modalities = modalities
         self.proc: subprocess.Popen | None = None
 
     @property
@@ -55,7 +60,8 @@ class Orthanc:
     def __enter__(self) -> "Orthanc":
         self.workdir.mkdir(parents=True, exist_ok=True)
         lua = self.workdir / "route.lua"
-        lua.write_text(ROUTE_LUA.replace("{listener_ae}", self.listener_ae))
+        routed = ", ".join(f"{m} = true" for m in self.modalities)
+        lua.write_text(ROUTE_LUA.replace("{listener_ae}", self.listener_ae).replace("{modalities}", routed))
         config = {
             "Name": "fracfl-test", "StorageDirectory": str(self.workdir / "db"), "IndexDirectory": str(self.workdir / "db"),
             "HttpPort": self.http_port, "DicomPort": self.dicom_port, "DicomAet": ORTHANC_AE,

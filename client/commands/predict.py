@@ -14,9 +14,15 @@ def _run(a: argparse.Namespace) -> int:
     from client.inference.predict import predict_files, summary_line
 
     cfg = EvalConfig(conf=a.conf)
+    feedback = None
+    if a.feedback_db:
+        from client.feedback.record import PredictFeedback
+
+        keep = Path(a.keep_dir) if a.keep_dir else Path(a.feedback_db).parent / "kept"
+        feedback = PredictFeedback(a.feedback_db, keep, burned_in=a.burned_in)
     records = []
     for record in predict_files(a.paths, a.model, Path(a.out), backend=a.backend, variant=a.variant, cfg=cfg,
-                                dicom_results=a.dicom_results, heatmap=not a.no_heatmap):
+                                dicom_results=a.dicom_results, heatmap=not a.no_heatmap, feedback=feedback):
         records.append(record)
         if not a.json:
             print(summary_line(record), flush=True)
@@ -44,4 +50,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dicom-results", action="store_true",
                    help="also write GSPS, SR (TID 1500) and secondary capture for DICOM inputs, under OUT/<name>/")
     p.add_argument("--no-heatmap", action="store_true", help="skip Grad-CAM (faster)")
+    p.add_argument("--feedback-db", metavar="PATH",
+                   help="also record each DICOM input's findings in the site's feedback store (for `fracfl review`), "
+                   "with a de-identified copy kept in --keep-dir")
+    p.add_argument("--keep-dir", metavar="DIR", help="de-identified copies for --feedback-db (default: kept/ beside "
+                   "the database; the site's pseudonymisation keys are in DIR/../deid)")
+    p.add_argument("--burned-in", choices=["refuse", "accept"], default="refuse",
+                   help="images flagged BurnedInAnnotation=YES: not kept (refuse, default) or kept (accept, only "
+                   "after checking this source's images)")
     p.set_defaults(func=_run)

@@ -63,6 +63,10 @@ class SiteKeys:
     def patient_id(self, original: str) -> str:
         return f"ANON-{self._digest('patient', original)[:8].hex().upper()}"
 
+    def person(self, name: str) -> str:
+        """Pseudonym of a person an object names (a radiologist who annotated): 'OBS-' and 16 hex digits."""
+        return f"OBS-{self._digest('person', name)[:8].hex().upper()}"
+
     def record(self, pairs: list[tuple[str, str, str]]) -> None:
         """Remember (pseudonym, kind, original) rows for linking back; the same pseudonym is stored once."""
         if pairs:

@@ -22,7 +22,7 @@ from pydicom.dataset import Dataset
 from client.dicom.deid import BurnedInAnnotation, Deidentifier, SiteKeys
 from client.dicom.quarantine import quarantine
 from client.dicom.results import measurement_report, presentation_state, secondary_capture
-from client.inference.analyse import Analyser, Analysis, atomic_json, atomic_write, write_pictures
+from client.inference.analyse import Analyser, Analysis, atomic_json, atomic_write, write_heatmap, write_pictures
 from client.inference.version import model_version
 from common.config import EvalConfig
 from common.dicom import RADIOGRAPH_MODALITIES, DicomImage, DicomRejected, read_dicom_image, redact
@@ -46,6 +46,7 @@ class PipelineResult:
     reason: str | None = None  # reason code (common.dicom.REASONS or 'processing_error') when quarantined
     problem: str | None = None  # the sentence a person reads
     kept: Path | None = None  # de-identified copy, when a keep folder is configured and the image may be kept
+    kept_heatmap: Path | None = None  # its heatmap PNG beside it (for the review page), when there is one
     transfer_syntax: str | None = None  # name and UID, for log lines about the file (never patient data)
     model_version: str = ""
     notes: list[str] = field(default_factory=list)
@@ -106,17 +107,15 @@ class DicomPipeline:
             return self._quarantine(result, PROCESSING_ERROR, processing_problem(e))
         result.notes = list(image.notes)
         if self.deidentify is not None:
-            self._keep(image.dataset, result)
+            self._keep(image.dataset, analysis, result)
         log.info("processed: %d finding(s), verdict %s", len(analysis.prediction.findings()),
                  "positive" if analysis.prediction.positive else "negative")
         return result
 
-    def _keep(self, ds: Dataset, result: PipelineResult) -> None:
+    def _keep(self, ds: Dataset, analysis: Analysis, result: PipelineResult) -> None:
         assert self.deidentify is not None and self.keep_dir is not None
         try:
-            clean = self.deidentify(ds)
-            self.keep_dir.mkdir(parents=True, exist_ok=True)
-            result.kept = atomic_write(self.keep_dir / f"{clean.SOPInstanceUID}.dcm", _encode(clean))
+            result.kept, result.kept_heatmap = keep_copy(self.deidentify, self.keep_dir, ds, analysis)
         except BurnedInAnnotation as e:
             result.notes.append(f"not kept: {e}")
         except Exception as e:  # results were delivered; losing the kept copy is reported, not fatal
@@ -131,6 +130,16 @@ class DicomPipeline:
         # The caller reports it (the listener with its queue id, predict per file): one line, at debug level here.
         log.debug("quarantined: %s (%s)", reason, result.transfer_syntax or "transfer syntax unknown")
         return result
+
+
+def keep_copy(deidentify: Deidentifier, keep_dir: Path, ds: Dataset, analysis: Analysis) -> tuple[Path, Path | None]:
+    """The de-identified copy named by its pseudonymous SOP Instance UID, and its heatmap beside it (no header, so
+    nothing identifying); raises BurnedInAnnotation when the image may not be kept."""
+    clean = deidentify(ds)
+    keep_dir.mkdir(parents=True, exist_ok=True)
+    kept = atomic_write(keep_dir / f"{clean.SOPInstanceUID}.dcm", _encode(clean))
+    heat = analysis.heatmap
+    return kept, write_heatmap(heat, keep_dir / f"{clean.SOPInstanceUID}.heatmap.png") if heat is not None else None
 
 
 def processing_problem(e: Exception) -> str:

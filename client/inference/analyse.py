@@ -51,9 +51,13 @@ def write_pictures(analysis: Analysis, folder: Path, stem: str) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     files = [_atomic_png(folder / f"{stem}.annotated.png", analysis.picture[..., ::-1])]
     if analysis.heatmap is not None:
-        heat = cv2.applyColorMap((analysis.heatmap * 255).astype(np.uint8), cv2.COLORMAP_JET)
-        files.append(_atomic_png(folder / f"{stem}.heatmap.png", heat))
+        files.append(write_heatmap(analysis.heatmap, folder / f"{stem}.heatmap.png"))
     return files
+
+
+def write_heatmap(heatmap: np.ndarray, path: Path) -> Path:
+    """The [0, 1] heatmap as a colour PNG (JET), written atomically."""
+    return _atomic_png(path, cv2.applyColorMap((heatmap * 255).astype(np.uint8), cv2.COLORMAP_JET))
 
 
 def atomic_write(path: Path, data: bytes) -> Path:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from client.inference.analyse import Analyser, atomic_json, write_pictures
 from client.inference.version import model_version
@@ -13,6 +14,9 @@ from common.dicom import DicomRejected, is_dicom_bytes, read_dicom_image, redact
 from common.dicom.read import DICOM_SUFFIXES, check_referenceable
 from common.errors import DataError
 from common.inference import load_backend
+
+if TYPE_CHECKING:
+    from client.feedback.record import PredictFeedback
 
 
 def collect(paths: list[str | Path]) -> list[Path]:
@@ -31,9 +35,10 @@ def collect(paths: list[str | Path]) -> list[Path]:
 
 def predict_files(paths: list[str | Path], model_ref: str | Path, out: Path, *, backend: str = "torch",
                   variant: str = "fp32", cfg: EvalConfig | None = None, dicom_results: bool = False,
-                  heatmap: bool = True) -> Iterator[dict]:
+                  heatmap: bool = True, feedback: PredictFeedback | None = None) -> Iterator[dict]:
     """Analyse each file, write its annotated (and heatmap) PNG to `out`, yield its record; bad files yield a
-    record with `ok: False` and the reason instead of stopping the run. Writes `out/predictions.json` at the end."""
+    record with `ok: False` and the reason instead of stopping the run. Writes `out/predictions.json` at the end.
+    With `feedback`, each DICOM input's findings also go to the site's feedback store (its `feedback` line says how)."""
     redact.install()  # no DICOM value in any log line or warning (common.dicom.redact)
     files = collect(paths)
     version = model_version(model_ref)
@@ -42,13 +47,14 @@ def predict_files(paths: list[str | Path], model_ref: str | Path, out: Path, *, 
     records, stems = [], set()
     for path in files:
         with redact.handling():
-            record = _predict_one(path, _unique(path.stem, stems), analyser, out, version, dicom_results)
+            record = _predict_one(path, _unique(path.stem, stems), analyser, out, version, dicom_results, feedback)
         records.append(record)
         yield record
     atomic_json(out / "predictions.json", {"model_version": version, "images": records})
 
 
-def _predict_one(path: Path, stem: str, analyser: Analyser, out: Path, version: str, dicom_results: bool) -> dict:
+def _predict_one(path: Path, stem: str, analyser: Analyser, out: Path, version: str, dicom_results: bool,
+                 feedback: PredictFeedback | None) -> dict:
     """One file's record; every failure becomes `ok: False` with a reason code (common.dicom.REASONS)."""
     from client.dicom.pipeline import processing_problem, write_results  # the DICOM side only when it is used
 
@@ -65,6 +71,8 @@ def _predict_one(path: Path, stem: str, analyser: Analyser, out: Path, version: 
         if dicom_results and image is not None:
             check_referenceable(image.dataset, path)
             record["dicom_results"] = [str(p) for p in write_results(image, analysis, out / stem, version)]
+        if feedback is not None:
+            record["feedback"] = feedback(image, analysis, version)
     except DicomRejected as e:
         record.update(ok=False, reason=e.reason, problem=redact.redact(e.problem))
     except DataError as e:
@@ -80,7 +88,8 @@ def summary_line(record: dict) -> str:
         return f"{record['file']}: skipped ({record['reason']}): {record['problem']}"
     verdict = "FRACTURE" if record["positive"] else "no fracture"
     finds = ", ".join(f"{f['class_name']} {f['score']:.2f} at {[round(v) for v in f['box']]}" for f in record["findings"])
-    return f"{record['file']}: {verdict} p={record['probability']:.2f}" + (f" ({finds})" if finds else "")
+    line = f"{record['file']}: {verdict} p={record['probability']:.2f}" + (f" ({finds})" if finds else "")
+    return line + (f"; {record['feedback']}" if "feedback" in record else "")
 
 
 def _is_dicom(path: Path) -> bool:

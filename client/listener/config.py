@@ -48,6 +48,7 @@ class ListenConfig:
     keep_done: bool = False  # keep received images in done/ after processing (they hold patient data)
     heatmap: bool = True  # Grad-CAM heatmap in the Secondary Capture (a backward pass: roughly doubles inference)
     keep_dir: str | None = None  # the pipeline keeps de-identified copies here (training, feedback); null: none
+    feedback_db: str | None = None  # the site's feedback store (`fracfl review`): each kept image's findings; needs keep_dir
     eval: EvalConfig = field(default_factory=EvalConfig)
 
     def check(self) -> None:
@@ -61,6 +62,9 @@ class ListenConfig:
             raise ConfigError(f"config key destination.port: {self.destination.port} is not a TCP port")
         if self.workers < 1 or self.max_attempts < 1:
             raise ConfigError("config keys workers and max_attempts must be at least 1")
+        if self.feedback_db and not self.keep_dir:
+            raise ConfigError("config key feedback_db: set keep_dir too; the feedback store references only the "
+                              "de-identified copies kept there")
         for i, peer in enumerate(self.allowed_peers):
             if peer.ae_title is None and peer.host is None:
                 raise ConfigError(f"config key allowed_peers[{i}]: give an ae_title, a host, or both")

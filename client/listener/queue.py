@@ -130,8 +130,14 @@ class DurableQueue:
                 continue
         return None
 
-    def complete(self, item: Item, outputs: Iterable[Path]) -> Item:
-        """Results of `item` go to outbox/ in one rename, then the original leaves processing/ (exactly once)."""
+    def complete(self, item: Item, outputs: Iterable[Path]) -> Item | None:
+        """Results of `item` go to outbox/ in one rename, then the original leaves processing/ (exactly once).
+        An item without results (an annotation applied to the feedback store) is simply finished: None."""
+        outputs = list(outputs)
+        if not outputs:
+            self.journal("processed", item, outputs=0, seconds=round(time.time() - item.meta.get("received", 0), 3))
+            self._finish(item)
+            return None
         staging = self.dir("tmp") / f"{item.id}.out"
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir()

@@ -120,8 +120,9 @@ class ListenerService:
             return
         out = self.queue.complete(item, outputs)
         log.info("processed %s ref %s in %.2f s: %d result object(s)", item.id, item.meta.get("ref"),
-                 time.perf_counter() - t0, len(out.meta["files"]))
-        self._send_wake.set()
+                 time.perf_counter() - t0, len(out.meta["files"]) if out else 0)
+        if out is not None:
+            self._send_wake.set()
 
     def _sender_loop(self) -> None:
         dest = self.cfg.destination
