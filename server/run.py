@@ -75,7 +75,7 @@ def _card(job: ServerJob, spec: ModelSpec, result: RoundResult, chash: str,
           privacy: dict[str, dict[str, Any]], strategy: Any = None) -> dict[str, Any]:
     train = {r["site"]: r for r in result.records if r["phase"] == "train"}
     evals = {r["site"]: r for r in result.records if r["phase"] == "evaluate"}
-    pooled = next((r["metrics"] for r in result.records if r["phase"] == "server"), None)
+    pooled = next((_counted(r) for r in result.records if r["phase"] == "server"), None)
     sites = [{"name": s, "examples": r["examples"], "status": _card_status(r["status"]),
               "metrics": evals.get(s, {}).get("metrics", {})}
              for s, r in sorted(train.items())]
@@ -85,10 +85,16 @@ def _card(job: ServerJob, spec: ModelSpec, result: RoundResult, chash: str,
         "model": {"arch": spec.arch, "width": spec.width, "depth": spec.depth, "norm": spec.norm,
                   "description": describe_model(spec.arch)},
         "sites": sites,
-        "metrics": {"pooled": pooled, "per_site": {s: r["metrics"] for s, r in sorted(evals.items())}},
+        "metrics": {"pooled": pooled, "per_site": {s: _counted(r) for s, r in sorted(evals.items())}},
         "privacy": (client_dp_section(strategy, job.privacy) if job.privacy.mode == "client_dp"
                     else card_section(job.privacy, privacy)), "exports": [],
     }
+
+
+def _counted(record: dict[str, Any]) -> dict[str, Any]:
+    """An evaluation's metrics with its image count (`n_images`), from which the card's intervals are computed."""
+    ok = record["status"] == "ok" and record["examples"] > 0
+    return {**record["metrics"], "n_images": record["examples"]} if ok else record["metrics"]
 
 
 def _card_status(status: str) -> str:
