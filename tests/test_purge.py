@@ -59,7 +59,7 @@ def _links(root):
 
 
 def test_dry_run_reports_and_removes_nothing(site):
-    root, keep, queue, files, ledger = site
+    root, keep, queue, files, _ = site
     journal = root / "purge.jsonl"
     r = purge(30, keep_dir=keep, quarantine_dir=queue / "quarantine", queue_dir=queue, deid_dir=root / "deid",
               journal=journal)
@@ -109,13 +109,14 @@ def test_an_old_linking_table_gains_its_date_column(tmp_path):
 
 
 def test_bad_requests_and_the_command(site, capsys):
-    root, keep, queue, files, ledger = site
+    _, keep, queue, files, _ = site
     with pytest.raises(ConfigError, match="positive number of days"):
         purge(0, keep_dir=keep)
     with pytest.raises(ConfigError, match="at least one place"):
         purge(30)
     parser, _ = build_parser()
-    args = parser.parse_args(["site", "purge", "--older-than", "30", "--queue-dir", str(queue), "--keep-dir", str(keep)])
+    args = parser.parse_args(["site", "purge", "--older-than", "30", "--queue-dir", str(queue),
+                              "--keep-dir", str(keep)])
     assert args.func(args) == 0
     out = capsys.readouterr().out
     assert "would remove 1 kept copies" in out and "would remove 1 linking-table rows" in out

@@ -61,8 +61,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.set_defaults(func=_init)
     r = ssub.add_parser("purge", help="remove kept copies, quarantined files and linking-table rows older than DAYS "
                                       "(a dry run unless --yes)",
-                        description="Retention: finds what the site keeps about patients that is older than --older-than "
-                                    "days and, with --yes, removes it. Never touches the privacy ledger. Each run "
+                        description="Retention: finds what the site keeps about patients that is older than "
+                                    "--older-than days and, with --yes, removes it. Never touches the privacy ledger. Each run "
                                     "appends its counts (no names) to a journal. See docs/governance.md.")
     r.add_argument("--older-than", type=float, required=True, metavar="DAYS", help="retention period in days")
     r.add_argument("--queue-dir", default="var/listener",

@@ -24,15 +24,15 @@ INTERVALS = ("95 % intervals are Wilson score intervals on image counts (sensiti
              "so mAP and ROC AUC have no interval here: a bootstrap needs per-image results, which stay at the sites.")
 FAILURE_MODES = (
     "Subtle, non-displaced or hairline fractures, and fractures visible in one projection only, are missed more often.",
-    "Anatomy, projections, ages (children's growth plates), implants, casts and splints that are rare in the "
-    "training sites' data are outside what was learnt; performance there is unknown.",
-    "Scanners, vendors, image processing or populations unlike the training sites' (domain shift) lower performance "
-    "without warning; validate at each new site first.",
+    ("Anatomy, projections, ages (children's growth plates), implants, casts and splints that are rare in the "
+     "training sites' data are outside what was learnt; performance there is unknown."),
+    ("Scanners, vendors, image processing or populations unlike the training sites' (domain shift) lower performance "
+     "without warning; validate at each new site first."),
     "A site with few fracture images has a wide sensitivity interval: its figure alone says little.",
-    "Under DP-SGD each image's influence is bounded, so rare presentations are learnt least; accuracy is lower than "
-    "without DP.",
-    "Sensitivity and specificity hold at the card's operating threshold only; boxes localise approximately (one box "
-    "may cover several fractures, or one fracture get several boxes).",
+    ("Under DP-SGD each image's influence is bounded, so rare presentations are learnt least; accuracy is lower than "
+     "without DP."),
+    ("Sensitivity and specificity hold at the card's operating threshold only; boxes localise approximately (one box "
+     "may cover several fractures, or one fracture get several boxes)."),
 )
 Z95 = 1.959963984540054
 
