@@ -115,6 +115,10 @@ def test_bad_requests_and_the_command(site, capsys):
     with pytest.raises(ConfigError, match="at least one place"):
         purge(30)
     parser, _ = build_parser()
+    args = parser.parse_args(["site", "purge", "--older-than", "30", "--queue-dir", str(queue / "nowhere")])
+    with pytest.raises(ConfigError, match="none of the places given exists"):
+        args.func(args)
+    assert not (queue / "nowhere").exists()  # a purge of nothing creates nothing
     args = parser.parse_args(["site", "purge", "--older-than", "30", "--queue-dir", str(queue),
                               "--keep-dir", str(keep)])
     assert args.func(args) == 0

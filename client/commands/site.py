@@ -24,12 +24,19 @@ def _purge(a: argparse.Namespace) -> int:
     import logging
 
     from client.purge import purge
+    from common.errors import ConfigError
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     queue = Path(a.queue_dir) if a.queue_dir else None
     keep = Path(a.keep_dir) if a.keep_dir else None
     quarantine = a.quarantine_dir or (queue / "quarantine" if queue else None)
     deid = a.deid_dir or (keep.parent / "deid" if keep else None)  # where the DICOM pipeline keeps its links
+    places = {"--queue-dir": queue, "--keep-dir": keep, "--quarantine-dir": quarantine, "--deid-dir": deid}
+    for flag, path in places.items():
+        if path is not None and not Path(path).is_dir():
+            print(f"{flag} {path}: no such folder, skipped")
+    if not any(path is not None and Path(path).is_dir() for path in places.values()):
+        raise ConfigError("site purge: none of the places given exists; nothing to purge")
     journal = a.journal or ((queue or keep or Path(deid)) / "purge-log.jsonl")
     result = purge(a.older_than, keep_dir=keep, quarantine_dir=quarantine, queue_dir=queue, deid_dir=deid,
                    apply=a.yes, journal=journal)
