@@ -28,7 +28,7 @@ def canaries_needed(claimed: float, beta: float, choices: int) -> int:
 def verdict(report: MiaReport) -> str:
     """How to read the numbers, by outcome; every verdict ends by saying that a low bound is not a proof."""
     a, c = report.audit, report.claimed
-    if report.outcome == "control":
+    if c is None:  # the control: no DP, no claim
         head = ("no DP: the accountant makes no claim; a positive bound shows the attack finds members"
                 if a.epsilon > 0 else "no DP, yet the attack found no members: the audit had little power here")
     elif report.outcome == "violation":
