@@ -16,6 +16,7 @@ import numpy as np
 from common.nn.model import ModelSpec
 from server.checkpoint import save_checkpoint, save_strategy
 from server.config import ServerJob
+from server.history import RoundRecord
 from server.loop import RoundResult
 from server.registry import Registry, describe_model
 
@@ -34,13 +35,19 @@ def model_version(run_id: str, rnd: int) -> str:
     return f"{run_id}:r{rnd:04d}"
 
 
+def _counted(record: RoundRecord) -> dict[str, Any]:
+    """An evaluation's metrics with its image count (`n_images`), from which the card's intervals are computed."""
+    ok = record.status == "ok" and bool(record.examples)
+    return {**record.metrics, "n_images": record.examples} if ok else record.metrics
+
+
 def round_card(
     job: ServerJob, spec: ModelSpec, result: RoundResult, chash: str, privacy: dict[str, Any] | None
 ) -> dict[str, Any]:
     """The model card of the global model after `result`'s round (`privacy`: the privacy mode's section)."""
     train = {r.site: r for r in result.records if r.phase == "train"}
     evals = {r.site: r for r in result.records if r.phase == "evaluate"}
-    pooled = next((r.metrics for r in result.records if r.phase == "server"), None)
+    pooled = next((_counted(r) for r in result.records if r.phase == "server"), None)
     sites = [
         {
             "name": s,
@@ -63,7 +70,7 @@ def round_card(
             "description": describe_model(spec.arch),
         },
         "sites": sites,
-        "metrics": {"pooled": pooled, "per_site": {s: r.metrics for s, r in sorted(evals.items())}},
+        "metrics": {"pooled": pooled, "per_site": {s: _counted(r) for s, r in sorted(evals.items())}},
         "privacy": privacy,
         "exports": [],
     }

@@ -1,5 +1,6 @@
-"""The one-run membership audit: its statistics against scipy's binomial, and the canary experiment on our detector
-(a non-private run is caught; a strongly noised DP-SGD run stays at or below the accountant's epsilon)."""
+"""The one-run membership audit: its statistics against scipy's binomial, and the canary experiment on our detector,
+through the command and the site's composed training setup: at epsilon 1 correct DP-SGD is "consistent" and the
+same training with its noise removed (the accountant unaware) is a "violation"; at epsilon 8 it says it cannot tell."""
 
 from __future__ import annotations
 
@@ -15,15 +16,23 @@ from common.config import ImbalanceConfig, TrainConfig
 from common.errors import ConfigError
 from common.nn.model import ModelSpec, build_model
 from common.nn.weights import save_weights
-from common.privacy import one_run
+from omegaconf import OmegaConf
+
+from common.privacy import canary_audit, one_run
 from common.privacy.accounting import Mechanism, epsilons
 from common.data.spec import load_spec
-from common.privacy.canary_audit import NO_AUGMENT, MiaConfig, draw_members, make_canaries, run_audit
+from common.privacy.canary_audit import NO_AUGMENT, MiaConfig, draw_members, make_canaries, outcome, run_audit
+from common.privacy.dp_sgd import DPSGD
+from common.privacy.mia_report import NOT_A_PROOF, canaries_needed
 from server.commands.audit_mia import add_mia
+from server.job import compose
+from server.mia_setup import apply, site_setup
 from tests_support import toy_dataset
 
 GROUP = ModelSpec(width=0.125, depth=0.5, norm="group")
-STEPS = 48  # the control and the DP run train identically (same seeds, canaries and draw) but for DP-SGD
+STEPS = 48  # the control and the DP runs train identically (same seeds, canaries and draw) but for DP-SGD
+# The site's run: a DP-SGD site of this toy size (augmentation off: see docs/privacy-audit-mia.md on its power).
+SITE = "privacy=dp_sgd augment=none train.imgsz=64 train.batch_size=16 train.optimizer=adamw train.lr=0.01"
 
 
 # --- statistics ------------------------------------------------------------------------------------------------
@@ -99,32 +108,99 @@ def test_non_private_training_is_caught(site):
     cfg = MiaConfig(canaries=32, dp=False, seed=0, train=_train(max_steps=STEPS))
     report = run_audit(build_model(GROUP), site, cfg, progress=False)
     a = report.audit
-    assert report.accountant is None and report.noise_multiplier is None
+    assert report.accountant is None and report.noise_multiplier is None and report.outcome == "control"
     assert len(report.scores) == 32 and report.train_images == 3 + sum(report.members)
     assert a.correct >= 0.9 * a.r
     assert a.epsilon > 0.5  # the audit has power: membership of an unprotected run is visible
 
 
-def test_dp_run_stays_within_the_accountant_via_the_command(site, tmp_path):
-    """The control's training with DP-SGD added: the bound falls from well above 0.5 to about 0, and stays below an
-    accountant epsilon small enough for these canaries to refute."""
+class _NoiseDropped(DPSGD):
+    """The injected bug: the optimiser adds no noise while the accountant is told the planned noise multiplier."""
+
+    def wrap(self, model, optimizer, loader):
+        module, dp_opt, logical = super().wrap(model, optimizer, loader)
+        dp_opt.noise_multiplier = 0.0
+        return module, dp_opt, logical
+
+
+def _audit(site, tmp_path, *extra: str) -> tuple[int, dict]:
+    """`fracfl audit mia` as a site runs it, from a fresh GroupNorm model: exit status and mia_audit.json."""
     torch.manual_seed(0)
     weights = save_weights(build_model(GROUP), GROUP, tmp_path / "start.safetensors", {"imgsz": 64})
     parser = argparse.ArgumentParser()
     add_mia(parser.add_subparsers(dest="command"))
     out = tmp_path / "audit"
-    args = parser.parse_args(["mia", "--model", str(weights), "--data", str(site), "--canaries", "32",
-                              "--noise-multiplier", "12", "--clip", "1", "--batch-size", "16", "--physical-batch", "16",
-                              "--steps", str(STEPS), "--optimizer", "adamw", "--lr", "0.01", "--device", "cpu",
-                              "--out", str(out), "--quiet"])
-    assert args.func(args) == 0
-    report = json.loads((out / "mia_audit.json").read_text())
-    assert (out / "mia_audit.png").stat().st_size > 10_000
-    acc = epsilons([Mechanism(12.0, report["sample_rate"], STEPS)], report["delta"])
+    args = parser.parse_args(["mia", "--model", str(weights), "--data", str(site), "--overrides", SITE,
+                              "--device", "cpu", "--out", str(out), "--quiet", *extra])
+    code = args.func(args)
+    return code, json.loads((out / "mia_audit.json").read_text())
+
+
+def test_correct_dp_at_epsilon_1_is_consistent(site, tmp_path):
+    """The control's training with DP-SGD calibrated to epsilon 1: the bound falls from well above 1 to about 0, where
+    these canaries could have shown up to 2 (so "consistent" is a claim this audit can break)."""
+    code, report = _audit(site, tmp_path, "--canaries", "32", "--epsilon", "1", "--steps", str(STEPS))
+    assert code == 0 and report["outcome"] == "consistent"
+    assert (tmp_path / "audit" / "mia_audit.png").stat().st_size > 10_000
+    acc = epsilons([Mechanism(report["noise_multiplier"], report["sample_rate"], STEPS)], report["delta"])
     assert report["steps"] == STEPS and report["accountant"] == pytest.approx(acc)
-    assert acc["epsilon"] < report["max_possible"]  # so "at or below the accountant" is a claim this audit can break
-    assert report["audit"]["epsilon"] <= min(acc["rdp"], acc["prv"])
+    assert acc["rdp"] <= 1.0 and report["claimed"] == pytest.approx(min(acc["rdp"], acc["prv"]))
+    assert report["claimed"] < report["max_possible"]
     assert report["audit"]["epsilon"] < 0.3
+    assert report["verdict"].startswith("consistent") and report["verdict"].endswith(NOT_A_PROOF)
+    assert report["setup"] == f"conf/federated.yaml with overrides '{SITE}'"
+    assert report["differences"][0] == "train.max_steps 48 instead of the site's None"  # default: one round's steps
+    assert any(d.startswith("sample rate ") for d in report["differences"])
+
+
+def test_missing_noise_is_caught_at_epsilon_1(site, tmp_path, monkeypatch):
+    """The same audit with the noise silently dropped: the accountant still says epsilon 1, the canaries show more."""
+    monkeypatch.setattr(canary_audit, "DPSGD", _NoiseDropped)
+    code, report = _audit(site, tmp_path, "--canaries", "32", "--epsilon", "1", "--steps", str(STEPS))
+    assert code == 1 and report["outcome"] == "violation"
+    assert report["noise_multiplier"] > 10  # what the accountant believes
+    assert report["audit"]["epsilon"] > report["accountant"]["prv"]
+    assert report["verdict"].startswith("VIOLATION") and report["verdict"].endswith(NOT_A_PROOF)
+
+
+def test_at_a_sites_budget_the_audit_says_it_cannot_tell(site, tmp_path):
+    """Epsilon 8 with 8 canaries: even all-correct guesses could not refute it, so exit 3, never "consistent"."""
+    code, report = _audit(site, tmp_path, "--canaries", "8", "--epsilon", "8", "--steps", "2")
+    assert code == 3 and report["outcome"] == "inconclusive"
+    assert report["max_possible"] < report["claimed"] <= 8.0
+    assert "cannot detect a violation at this epsilon" in report["verdict"]
+    assert report["verdict"].endswith(NOT_A_PROOF)
+
+
+def test_outcomes_are_judged_against_the_tighter_accountant():
+    assert outcome(0.95, min(1.0, 0.9), 2.0) == "violation"  # above PRV 0.9, below RDP 1.0: still a violation
+    assert outcome(0.5, 0.9, 2.0) == "consistent"
+    assert outcome(0.5, 0.9, 0.9) == "inconclusive"  # the most these canaries can show is not above the claim
+    assert outcome(1.5, None, 2.0) == "control"
+    # the issue's figure: 256 canaries show at most 4.12 (95 %, three fixed choices, delta 1e-5) ...
+    assert one_run.max_bound(256, 0.05, 1e-5, 3) == pytest.approx(4.12, abs=0.01)
+    # ... and the all-correct bound needs q^m <= beta / choices: 255 canaries for 4.12, over 12,000 for epsilon 8
+    assert canaries_needed(4.12, 0.05, 3) == 255 and canaries_needed(8.0, 0.05, 3) > 12_000
+
+
+def test_the_site_setup_is_composed_as_the_server_composes_it(tmp_path):
+    setup = site_setup()  # default: a DP-SGD site
+    assert setup.privacy.mode == "dp_sgd" and setup.train.imbalance.mode == "constant"
+    assert setup.train.augment.hflip == 0.5 and setup.train.augment.mosaic == 0.0
+    job = tmp_path / "job.yaml"
+    OmegaConf.save(compose(["privacy=dp_sgd", "train.batch_size=4", "train.local_epochs=2"]), job)
+    own = site_setup(str(job))
+    assert (own.train.batch_size, own.train.epochs, own.source) == (4, 2, f"the run configuration {job}")
+    train, dp, differs = apply(own, {"batch_size": 4, "lr": 0.5, "imgsz": None}, {"max_grad_norm": 2.0})
+    assert (train.batch_size, train.lr, dp["max_grad_norm"]) == (4, 0.5, 2.0)
+    assert differs == ["train.lr 0.5 instead of the site's 0.01", "privacy.max_grad_norm 2.0 instead of the site's 1.0"]
+    with pytest.raises(ConfigError, match="no such file"):
+        site_setup(str(tmp_path / "missing.yaml"))
+    with pytest.raises(ConfigError, match="--overrides 'augment=nonexistent'"):
+        site_setup(overrides="augment=nonexistent")
+    (tmp_path / "other.yaml").write_text("model: {}\n")
+    with pytest.raises(ConfigError, match="no 'train' section"):
+        site_setup(str(tmp_path / "other.yaml"))
 
 
 def test_bad_requests_are_refused_before_training(site):

@@ -264,3 +264,40 @@ def test_explicit_parent_and_concurrent_publishers(tmp_path, model):
     with pytest.raises(DataError, match="v0099"):
         r.publish(model, SPEC, make_card("warm-start", 2, parent="v0099"))
     assert r.versions()[-1] == "v0005"
+
+
+def test_every_card_states_intended_use_and_limitations(tmp_path, model):
+    """Derived from the card's own figures on every write: a value passed in cannot replace it."""
+    from scipy.stats import binomtest
+
+    from server.registry.render import render_markdown
+
+    pooled = {"map50": 0.41, "sensitivity": 0.9, "specificity": 0.8, "roc_auc": 0.85, "n_images": 100,
+              "n-positive": 40}
+    per_site = {"general_hospital": {"sensitivity": 1.0, "specificity": 0.5, "n_images": 12, "n-positive": 2}}
+    card = make_card(metrics={"pooled": pooled, "per_site": per_site},
+                     limitations={"intended_use": "cleared for diagnosis"})
+    p = Registry(tmp_path / "r").publish(model, SPEC, card)
+    lim = p.card["limitations"]
+    assert list(p.card)[-6:] == ["limitations", "version", "parent", "created", "updated", "hashes"]
+    assert "NOT a medical device" in lim["intended_use"]
+    assert lim["data"] == [
+        {"site": "general_hospital", "training_images": 120, "status": "trained", "validation_images": 12},
+        {"site": "rural_clinic", "training_images": 40, "status": "rejected: update norm 12.3 exceeds bound 5",
+         "validation_images": None}]
+    rows = {r["scope"]: r for r in lim["performance"]}
+    for scope, key, k, n in [("pooled", "sensitivity", 36, 40), ("pooled", "specificity", 48, 60),
+                             ("general_hospital", "sensitivity", 2, 2), ("general_hospital", "specificity", 5, 10)]:
+        ci = binomtest(k, n).proportion_ci(0.95, method="wilson")
+        assert rows[scope][key]["n"] == n
+        assert rows[scope][key]["ci95"] == pytest.approx([ci.low, ci.high], abs=1e-4)
+    assert rows["pooled"]["map50"] == 0.41 and "no interval" in lim["intervals"]
+    assert len(lim["failure_modes"]) >= 5
+    md = (p.path / "card.md").read_text()
+    assert "## Intended use and limitations" in md and "NOT a medical device" in md
+    assert "| pooled | 100 (40) | 0.900 (0.769-0.960, n=40) | 0.800 (0.682-0.882, n=60) | 0.410 | 0.850 |" in md
+    assert "| rural_clinic | 40 | rejected: update norm 12.3 exceeds bound 5 | n/a |" in md
+    old = {k: v for k, v in p.card.items() if k != "limitations"}  # a card written before the section existed
+    assert "## Intended use and limitations" in render_markdown(old)
+    bare = Registry(tmp_path / "s").publish(model, SPEC, make_card(metrics={"pooled": {}, "per_site": {}}))
+    assert "No validation figures recorded for this version." in (bare.path / "card.md").read_text()

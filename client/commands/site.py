@@ -1,4 +1,5 @@
-"""`fracfl site init DIR`: a hospital site's own privacy configuration (limits and ledger) for its SuperNode."""
+"""`fracfl site init DIR`: a hospital site's own privacy configuration (limits and ledger) for its SuperNode;
+`fracfl site purge --older-than DAYS`: its retention of kept copies, quarantined files and linking-table rows."""
 
 from __future__ import annotations
 
@@ -19,6 +20,40 @@ def _init(a: argparse.Namespace) -> int:
     return 0
 
 
+def _purge(a: argparse.Namespace) -> int:
+    import logging
+
+    from client.purge import purge
+    from common.errors import ConfigError
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    queue = Path(a.queue_dir) if a.queue_dir else None
+    keep = Path(a.keep_dir) if a.keep_dir else None
+    quarantine = a.quarantine_dir or (queue / "quarantine" if queue else None)
+    deid = a.deid_dir or (keep.parent / "deid" if keep else None)  # where the DICOM pipeline keeps its links
+    places = {"--queue-dir": queue, "--keep-dir": keep, "--quarantine-dir": quarantine, "--deid-dir": deid}
+    for flag, path in places.items():
+        if path is not None and not Path(path).is_dir():
+            print(f"{flag} {path}: no such folder, skipped")
+    if not any(path is not None and Path(path).is_dir() for path in places.values()):
+        raise ConfigError("site purge: none of the places given exists; nothing to purge")
+    journal = a.journal or ((queue or keep or Path(deid)) / "purge-log.jsonl")
+    result = purge(a.older_than, keep_dir=keep, quarantine_dir=quarantine, queue_dir=queue, deid_dir=deid,
+                   apply=a.yes, journal=journal)
+    verb = "removed" if a.yes else "would remove"
+    for place, n in result.counts.items():
+        print(f"{verb} {n} {place}")
+    print(f"{verb} {result.bytes:,} bytes of files; journal: {journal}")
+    if result.undated_links:
+        print(f"kept {result.undated_links} linking-table rows with no date (written before retention was "
+              "recorded; they are dated from their next use)")
+    if result.protected:
+        print(f"left {result.protected} privacy-ledger file(s) alone: the ledger is never purged")
+    if not a.yes:
+        print("dry run: nothing was removed; add --yes to remove")
+    return 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("site", help="a hospital site's own settings (privacy limits and ledger)",
                        description="Settings that belong to the site, not the server; see docs/deployment.md.")
@@ -31,3 +66,18 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="lifetime epsilon never crossed: rounds beyond it are refused (default %(default)s)")
     q.add_argument("--delta", type=float, default=None, help="delta (default: min(1e-5, 0.1/N) for N images)")
     q.set_defaults(func=_init)
+    r = ssub.add_parser("purge", help="remove kept copies, quarantined files and linking-table rows older than DAYS "
+                                      "(a dry run unless --yes)",
+                        description="Retention: finds what the site keeps about patients that is older than "
+                                    "--older-than days and, with --yes, removes it. Never touches the privacy ledger. Each run "
+                                    "appends its counts (no names) to a journal. See docs/governance.md.")
+    r.add_argument("--older-than", type=float, required=True, metavar="DAYS", help="retention period in days")
+    r.add_argument("--queue-dir", default="var/listener",
+                   help="the listener's queue_dir (failed/, done/ and quarantine/ under it; default %(default)s)")
+    r.add_argument("--keep-dir", default=None, help="the listener's keep_dir (de-identified copies)")
+    r.add_argument("--quarantine-dir", default=None, help="quarantine folder (default QUEUE_DIR/quarantine)")
+    r.add_argument("--deid-dir", default=None,
+                   help="folder of the linking table links.sqlite (default KEEP_DIR/../deid, as the listener uses)")
+    r.add_argument("--journal", default=None, help="append the counts here (default QUEUE_DIR/purge-log.jsonl)")
+    r.add_argument("--yes", action="store_true", help="remove; without it, only report what would go")
+    r.set_defaults(func=_purge)

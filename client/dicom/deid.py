@@ -14,6 +14,7 @@ import hmac
 import os
 import secrets
 import sqlite3
+import time
 from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,7 +49,10 @@ class SiteKeys:
         self.links_path = self.root / LINKS_FILE
         os.close(os.open(self.links_path, os.O_WRONLY | os.O_CREAT, _PRIVATE))  # owner-only before SQLite writes a byte
         with closing(self._connect()) as db, db:
-            db.execute("CREATE TABLE IF NOT EXISTS links (pseudonym TEXT PRIMARY KEY, kind TEXT NOT NULL, original TEXT NOT NULL)")
+            db.execute("CREATE TABLE IF NOT EXISTS links (pseudonym TEXT PRIMARY KEY, kind TEXT NOT NULL, "
+                       "original TEXT NOT NULL, seen REAL)")
+            if "seen" not in {row[1] for row in db.execute("PRAGMA table_info(links)")}:  # a table from before retention
+                db.execute("ALTER TABLE links ADD COLUMN seen REAL")
 
     def _connect(self) -> sqlite3.Connection:
         return sqlite3.connect(self.links_path, timeout=30)
@@ -68,10 +72,13 @@ class SiteKeys:
         return f"OBS-{self._digest('person', name)[:8].hex().upper()}"
 
     def record(self, pairs: list[tuple[str, str, str]]) -> None:
-        """Remember (pseudonym, kind, original) rows for linking back; the same pseudonym is stored once."""
+        """Remember (pseudonym, kind, original) rows for linking back; the same pseudonym is stored once, with when it
+        was last seen (UTC seconds), which retention (`fracfl site purge`) counts from."""
         if pairs:
+            now = time.time()
             with closing(self._connect()) as db, db:
-                db.executemany("INSERT OR IGNORE INTO links VALUES (?, ?, ?)", pairs)
+                db.executemany("INSERT INTO links VALUES (?, ?, ?, ?) ON CONFLICT(pseudonym) DO UPDATE SET seen = "
+                               "excluded.seen", [(*p, now) for p in pairs])
 
     def original(self, pseudonym: str) -> tuple[str, str] | None:
         """(kind, original value) behind a pseudonym made at this site, or None."""

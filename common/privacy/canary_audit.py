@@ -5,7 +5,8 @@ Steps (each a small function): make m canaries; put each in the site's training 
 score every canary's per-image loss with the starting model; train once from that model with the same mechanism the
 site uses (DPSGD hook: noise multiplier, clipping, Poisson sample rate, steps), or without DP as a control; score
 again; the drop in loss is the membership score; the one-run statistics (`one_run.audit`) turn guesses into an
-empirical epsilon lower bound, reported beside the accountant's RDP and PRV figures for the same mechanism.
+empirical epsilon lower bound, reported beside the accountant's RDP and PRV figures for the same mechanism, and
+judged against the tighter of the two (`outcome`).
 
 Canaries are "mislabelled" by default: an image with a box at a random place, unrelated to its content. The model can
 only lower such a canary's loss by memorising it, which makes membership as visible as it gets for an input-space
@@ -57,8 +58,11 @@ class MiaConfig:
     delta: float | None = None  # None: the site's default, min(1e-5, 0.1 / N)
     beta: float = 0.05  # the bound holds with confidence 1 - beta
     seed: int = 0
+    grad_sample_mode: str = "lean"
     train: TrainConfig = field(default_factory=lambda: TrainConfig(augment=NO_AUGMENT,
                                                                    imbalance=ImbalanceConfig(mode="none")))
+    setup: str = "the audit's own defaults, not a site's training configuration"  # where `train` came from
+    differs: tuple[str, ...] = ()  # known differences from the site's training, named by whoever built `train`
 
     def check(self) -> None:
         if self.canaries < 2:
@@ -92,7 +96,11 @@ class MiaReport:
     steps: int
     train_images: int  # site images plus the canaries drawn in
     accountant: dict[str, float] | None  # {"rdp", "prv", "epsilon"}; None without DP (no guarantee)
+    claimed: float | None  # the tightest accountant figure, min(RDP, PRV): a bound above it is a violation
     max_possible: float  # the bound if every guess were right: what m canaries can show at most
+    outcome: str  # violation | inconclusive | consistent | control (see `outcome`)
+    setup: str  # where the training configuration came from
+    differences: list[str]  # how this training differs from the site's
     members: list[bool]
     scores: list[float]
     source: str
@@ -103,6 +111,17 @@ class MiaReport:
         out = asdict(self)
         out["audit"] = self.audit.to_dict()
         return out
+
+
+def outcome(bound: float, claimed: float | None, max_possible: float) -> str:
+    """`violation`: the bound exceeds the tightest accountant epsilon (both are valid upper bounds, so exceeding
+    either refutes the implementation); `inconclusive`: even all-correct guesses could not exceed it, so no violation
+    was detectable at this epsilon; `consistent`: a violation was detectable and not found; `control`: no DP."""
+    if claimed is None:
+        return "control"
+    if bound > claimed:
+        return "violation"
+    return "inconclusive" if max_possible <= claimed else "consistent"
 
 
 def random_box_label(rng: np.random.Generator, nc: int) -> str:
@@ -193,7 +212,7 @@ def run_audit(model: nn.Module, data: str | Path, cfg: MiaConfig, *, progress: b
                 if sigma is None:
                     raise ConfigError(f"audit mia: no noise multiplier reaches epsilon {cfg.target_epsilon} "
                                       f"in {steps} steps at sample rate {q:.4f}")
-            hook = DPSGD(sigma, cfg.max_grad_norm, q, cfg.max_physical_batch, seed=cfg.seed)
+            hook = DPSGD(sigma, cfg.max_grad_norm, q, cfg.max_physical_batch, cfg.grad_sample_mode, seed=cfg.seed)
         device = select_device(cfg.train.device)
         before = per_image_losses(model, canary_set, device)
         result = train_local(model, train_set, replace(cfg.train, max_steps=steps), seed=cfg.seed, privacy=hook,
@@ -202,10 +221,28 @@ def run_audit(model: nn.Module, data: str | Path, cfg: MiaConfig, *, progress: b
     scores = before - after  # members' own (memorised) labels gain most; the start model is fixed before the draw
     steps = int(result.metrics["steps"])
     accountant = epsilons([Mechanism(sigma, q, steps)], delta) if cfg.dp else None
+    claimed = min(accountant["rdp"], accountant["prv"]) if accountant else None
     audit = one_run.audit(scores, members, beta=cfg.beta, delta=delta)
+    most = one_run.max_bound(cfg.canaries, cfg.beta, delta, audit.choices)
     return MiaReport(audit=audit, dp=cfg.dp, delta=delta, noise_multiplier=sigma,
                      max_grad_norm=cfg.max_grad_norm if cfg.dp else None, sample_rate=q, steps=steps,
-                     train_images=n, accountant=accountant,
-                     max_possible=one_run.max_bound(cfg.canaries, cfg.beta, delta, audit.choices),
+                     train_images=n, accountant=accountant, claimed=claimed, max_possible=most,
+                     outcome=outcome(audit.epsilon, claimed, most), setup=cfg.setup,
+                     differences=[*cfg.differs, *_inherent_differences(cfg, len(spec.images("train")), n, q)],
                      members=[bool(b) for b in members], scores=[float(s) for s in scores],
                      source=cfg.source, labels=cfg.labels, seed=cfg.seed)
+
+
+def _inherent_differences(cfg: MiaConfig, site_images: int, n: int, q: float) -> list[str]:
+    """What no configuration removes: the canaries change N (so the sample rate), the draws are seeded, and one
+    local training stands for the site's rounds."""
+    own = (f"{sample_rate(cfg.train.batch_size, site_images):.4f} over its {site_images}" if site_images
+           else "n/a over 0")
+    out = [(f"sample rate {q:.4f} = batch / N over {n} images (the site's training images plus the canaries drawn "
+            f"in); the site's own would be {own} images")]
+    if cfg.dp:
+        out.append("noise and Poisson sampling are seeded from --seed so the audit can be repeated; a site draws them "
+                   "from the operating system's CSPRNG (same distributions)")
+    out.append("one local training from --model; the federated rounds around it (other sites' updates, earlier "
+               "spending) are not simulated")
+    return out

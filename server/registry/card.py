@@ -1,10 +1,12 @@
 """What a model card may hold, and the check every card passes before it is written.
 
 The card writer serialises only the documented fields below. Metric tables keep numbers only: a metrics dict from
-`EvalReport.to_dict()` loses its curves, confusion matrix and error lists (which name image files) on the way in,
-and a metric whose name suggests identifying data (`patient_id`, `name`, `file`, ...) is refused outright. No patient
-data can reach a card through these fields; free text appears only in site names, status reasons, the strategy's
-parameters, the privacy descriptors and export notes, all of which the server fills from its own configuration.
+`DetectionReport.to_dict()` (common.metrics) loses its curves, confusion matrix and error lists (which name image
+files) on the way in, and a metric whose name suggests identifying data (`patient_id`, `name`, `file`, ...) is
+refused outright. No patient data can reach a card through these fields; free text appears only in site names,
+status reasons, the strategy's parameters, the privacy descriptors and export notes, all of which the server fills
+from its own configuration. The intended-use and limitations section is derived here from the card's own figures
+(`server.registry.limits`), so every card has one and it always matches them.
 """
 
 from __future__ import annotations
@@ -17,10 +19,12 @@ from typing import Any
 
 from common.errors import FracflError
 from common.nn.model import ModelSpec
+from server.registry.limits import limitations
 
-# Top-level fields, in the order card.json lists them. The last five are set by the registry.
+# Top-level fields, in the order card.json lists them. `limitations` is derived from the others on every write (a
+# value passed in is replaced); the last five are set by the registry.
 SECTIONS = ("run_id", "round", "strategy", "config_hash", "model", "sites", "metrics", "privacy", "exports",
-            "version", "parent", "created", "updated", "hashes")
+            "limitations", "version", "parent", "created", "updated", "hashes")
 REGISTRY_OWNED = frozenset({"version", "created", "updated", "hashes"})
 # Sections `Registry.update_card` may replace after publication (weights and provenance stay fixed).
 UPDATABLE = frozenset({"privacy", "exports", "metrics"})
@@ -253,6 +257,10 @@ def clean_card(card: dict[str, Any], spec: ModelSpec | None = None, parameters: 
     hashes = card.get("hashes") or {}
     if not isinstance(hashes, dict):
         raise CardError("card.hashes: expected a mapping of file name to sha256")
+    sites = [_site(s, i) for i, s in enumerate(sites)]
+    metrics = {"pooled": clean_metrics(metrics.get("pooled"), "metrics.pooled"),
+               "per_site": {_text(k, "metrics.per_site"): clean_metrics(v, f"metrics.per_site.{k}")
+                            for k, v in per_site.items()}}
     return {
         "run_id": _text(card.get("run_id"), "run_id"),
         "round": int(rnd),
@@ -260,12 +268,11 @@ def clean_card(card: dict[str, Any], spec: ModelSpec | None = None, parameters: 
                      "params": _plain(params, "strategy.params")},
         "config_hash": _text(card.get("config_hash"), "config_hash", optional=True),
         "model": _model(card.get("model"), spec, parameters),
-        "sites": [_site(s, i) for i, s in enumerate(sites)],
-        "metrics": {"pooled": clean_metrics(metrics.get("pooled"), "metrics.pooled"),
-                    "per_site": {_text(k, "metrics.per_site"): clean_metrics(v, f"metrics.per_site.{k}")
-                                 for k, v in per_site.items()}},
+        "sites": sites,
+        "metrics": metrics,
         "privacy": None if privacy is None else _plain(privacy, "privacy"),
         "exports": [_export(e, i) for i, e in enumerate(exports)],
+        "limitations": limitations(sites, metrics),
         "version": card.get("version"),
         "parent": card.get("parent"),
         "created": card.get("created"),

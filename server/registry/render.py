@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from server.registry.limits import limitations
+
 # Known metrics: label and a plain-language meaning. Others are shown under their own names.
 METRICS = {
     "map50": ("mAP@0.5", "box quality: how well drawn boxes match the radiologists' boxes (loose overlap)"),
@@ -97,6 +99,31 @@ def exports_table(exports: list[dict[str, Any]]) -> list[str]:
     return out + ([""] + notes if notes else []) + ["", "Full SHA-256 of every file: card.json, `exports`."]
 
 
+def _ci(entry: dict[str, Any] | None) -> str:
+    if entry is None:
+        return "n/a"
+    lo, hi = entry["ci95"]
+    return f"{entry['value']:.3f} ({lo:.3f}-{hi:.3f}, n={entry['n']:,})"
+
+
+def limitations_section(lim: dict[str, Any]) -> list[str]:
+    """Intended use, data per site, performance with intervals, failure modes: what governance staff are handed."""
+    out = ["## Intended use and limitations", "", f"**Intended use.** {lim['intended_use']}", "",
+           "**Data per site.** Training images this round and validation images (the model's held-out figures):", ""]
+    out += _table(["Site", "Training images", "Status", "Validation images"],
+                  [[d["site"], d["training_images"], d["status"], d["validation_images"]] for d in lim["data"]])
+    out += ["", f"**Performance on held-out data.** {lim['held_out']} {lim['intervals']}", ""]
+    if lim["performance"]:
+        out += _table(["Scope", "Images (with fracture)", "Sensitivity (95 % CI)", "Specificity (95 % CI)",
+                       "mAP@0.5", "ROC AUC"],
+                      [[r["scope"], f"{_fmt(r['images'])} ({_fmt(r['fracture_images'])})", _ci(r["sensitivity"]),
+                        _ci(r["specificity"]), r["map50"], r["roc_auc"]] for r in lim["performance"]], metric=True)
+    else:
+        out += ["No validation figures recorded for this version."]
+    out += ["", "**Known failure modes.**", ""] + [f"- {f}" for f in lim["failure_modes"]]
+    return out
+
+
 def render_markdown(card: dict[str, Any]) -> str:
     """The page for one version; deterministic for a given card (card.json is the source of truth)."""
     model, strategy, metrics = card["model"], card["strategy"], card["metrics"]
@@ -117,6 +144,7 @@ def render_markdown(card: dict[str, Any]) -> str:
     facts += [["Aggregation strategy", f"{strategy['name']} ({_params(strategy['params'])})"],
               ["Configuration hash", f"`{card['config_hash']}`" if card.get("config_hash") else "not recorded"]]
     lines += _table(["", ""], facts)
+    lines += [""] + limitations_section(card.get("limitations") or limitations(card["sites"], metrics))
 
     lines += ["", "## Participating sites", ""]
     sites = card["sites"]
