@@ -13,10 +13,10 @@ from typing import Any
 from common.config import PrivacyConfig
 from common.privacy.ledger import Ledger
 
-MECHANISM = ("DP-SGD at each site (Opacus): Poisson sampling, each image's gradient clipped, Gaussian noise; "
-             "noise calibrated once for the whole planned run")
+MECHANISM = ("DP-SGD at each site (Opacus): Poisson sampling of patients (or images), each patient's (or image's) "
+             "gradient clipped, Gaussian noise; noise calibrated once for the whole planned run")
 ACCOUNTING = "RDP and PRV accountants (Opacus), both upper bounds; budgets are checked against RDP"
-UNIT = "one radiograph (image); a patient with k images is protected at group level k"
+UNIT = "per site (each site's `unit`): one patient where the site's data names patients, else one radiograph"
 
 
 def latest_reports(records: list[dict[str, Any]], known: dict[str, dict[str, Any]] | None = None
@@ -38,7 +38,7 @@ def card_section(cfg: PrivacyConfig, reports: dict[str, dict[str, Any]]) -> dict
         return None
     keys = ("epsilon", "epsilon_rdp", "epsilon_prv", "delta", "target_epsilon", "ceiling_epsilon",
             "noise_multiplier", "sample_rate", "steps_per_round", "max_grad_norm", "round", "status", "noise",
-            "ledger_seq", "ledger_head")
+            "unit", "patients", "ledger_seq", "ledger_head")
     return {"mode": "dp_sgd", "unit": UNIT, "mechanism": MECHANISM, "accounting": ACCOUNTING,
             "sites": {s: {k: rep[k] for k in keys if k in rep} for s, rep in sorted(reports.items())}}
 
