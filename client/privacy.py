@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
+import numpy as np
+
 from common.config import PrivacyConfig
 from common.errors import ConfigError, FracflError
 from common.privacy.accounting import (Mechanism, calibrate, default_delta, epsilon_rdp, epsilons, sample_rate,
@@ -21,11 +23,11 @@ from common.privacy.accounting import (Mechanism, calibrate, default_delta, epsi
 from common.privacy.dp_sgd import DPSGD
 from common.privacy.fingerprint import fingerprint, image_hashes
 from common.privacy.ledger import SECURE, SEEDED, Ledger, LedgerError
+from common.privacy.patients import IMAGE_UNIT, PATIENT_UNIT, PATIENTS_FILE, patient_groups, read_patients
 from common.privacy.signing import KEY_NAME, load_or_create
 from client.site_config import NODE_KEY, load_site_privacy
 
 log = logging.getLogger("fracfl.client.privacy")
-UNIT = "one radiograph (image); a patient with k images is protected at group level k"
 
 
 class PrivacyRefused(FracflError):
@@ -43,6 +45,7 @@ class Budget:
     delta: float | None
     ledger_dir: Path
     seeded_noise: bool = False  # research mode: noise from the job seed (see PrivacyConfig.reproducible_noise)
+    real: bool = False  # a hospital's own data (its site.toml), not a simulated site
 
 
 def site_budget(site: str, node_config: Mapping[str, Any], cfg: PrivacyConfig) -> Budget:
@@ -86,7 +89,31 @@ def _real_site_budget(site: str, node_config: Mapping[str, Any], cfg: PrivacyCon
         raise PrivacyRefused("the run asks for " + "; ".join(problems) + ". Only lower limits may be requested")
     deltas = [float(d) for d in (own.delta, over.get("delta", cfg.delta)) if d is not None]
     return Budget(min(asked.values()), asked["ceiling_epsilon"], min(deltas) if deltas else None, own.ledger_dir,
-                  cfg.reproducible_noise)
+                  cfg.reproducible_noise, real=True)
+
+
+UNITS = ("auto", "patient", "image")
+
+
+def privacy_groups(site: str, budget: Budget, cfg: PrivacyConfig, data_root: Path, images: list[Path]
+                   ) -> np.ndarray | None:
+    """A patient number per training image when the unit is the patient, None for the image unit. The patient is
+    the default wherever the data names patients; a real site refuses a run asking it to protect images only."""
+    if cfg.unit not in UNITS:
+        raise ConfigError(f"privacy.unit: expected one of {UNITS}, got {cfg.unit!r}")
+    patients = read_patients(data_root)
+    named = sum(Path(p).stem in patients for p in images)
+    if cfg.unit == "image":
+        if named and budget.real:
+            raise PrivacyRefused("the run asks for the image as privacy unit (privacy.unit=image); this site's data "
+                                 "names patients, and only a stronger unit may be requested")
+        return None
+    if cfg.unit == "auto" and not named:
+        return None
+    if named < len(images):
+        log.warning("site %s: %d of %d training images have no patient pseudonym (%s); each counts as a patient of "
+                    "its own", site, len(images) - named, len(images), PATIENTS_FILE)
+    return patient_groups(images, patients)
 
 
 @dataclass
@@ -117,7 +144,7 @@ def report(entry: dict[str, Any], plan: dict[str, Any] | None) -> dict[str, Any]
     number let the server anchor the site's ledger (`check_heads`)."""
     keys = ("run_id", "round", "model_version", "epsilon", "epsilon_rdp", "epsilon_prv", "delta",
             "target_epsilon", "ceiling_epsilon", "noise_multiplier", "sample_rate", "steps", "max_grad_norm",
-            "images", "reason", "unit", "noise")
+            "images", "patients", "reason", "unit", "noise")
     out = {k: entry[k] for k in keys if k in entry}
     out["entry"], out["ledger_head"], out["ledger_seq"] = entry["kind"], entry["hash"], entry["seq"]
     if plan is not None:
@@ -159,8 +186,11 @@ def _sampled(site: str, hashes: list[str]) -> int:
 
 def guard_round(site: str, budget: Budget, cfg: PrivacyConfig, *, run_id: str, rnd: int, planned_rounds: int,
                 images: list[Path], batch_size: int, local_epochs: int, max_steps: int | None,
-                model_version: str, seed: int) -> RoundGuard:
-    """Plan (once per run and training set) and check this round; raises PrivacyRefused when it must not train."""
+                model_version: str, seed: int, groups: np.ndarray | None = None) -> RoundGuard:
+    """Plan (once per run and training set) and check this round; raises PrivacyRefused when it must not train.
+
+    With `groups` (a patient number per image) the unit is the patient: the sample rate is `batch_size` patients
+    over the patient count, and the accountant runs on patients."""
     try:
         ledger = Ledger(budget.ledger_dir / "ledger.jsonl", load_or_create(budget.ledger_dir / KEY_NAME))
         entries = ledger.entries()
@@ -173,14 +203,17 @@ def guard_round(site: str, budget: Budget, cfg: PrivacyConfig, *, run_id: str, r
     except (LedgerError, OSError, ValueError) as e:  # ValueError: an unreadable key
         log.error("site %s: %s", site, e)
         raise PrivacyRefused("privacy ledger cannot be read or written (see the site's log)") from e
-    n = _sampled(site, hashes)
+    n = _sampled(site, hashes) if groups is None else int(groups.max()) + 1
     delta = budget.delta if budget.delta is not None else default_delta(n)
     q = sample_rate(batch_size, n)
     steps = steps_per_round(local_epochs, max_steps, q)
     history = spent_history(budget.ledger_dir, entries, set(hashes))
     fields = {"site": site, "run_id": run_id, "round": rnd, "model_version": model_version, "fingerprint": fp,
-              "images": n, "delta": delta, "max_grad_norm": cfg.max_grad_norm, "target_epsilon": budget.target,
-              "ceiling_epsilon": budget.ceiling, "unit": UNIT, "noise": SEEDED if budget.seeded_noise else SECURE}
+              "images": len(hashes), "delta": delta, "max_grad_norm": cfg.max_grad_norm,
+              "target_epsilon": budget.target, "ceiling_epsilon": budget.ceiling,
+              "unit": IMAGE_UNIT if groups is None else PATIENT_UNIT, "noise": SEEDED if budget.seeded_noise else SECURE}
+    if groups is not None:
+        fields["patients"] = n
 
     def refuse(reason: str, spent: float) -> PrivacyRefused:
         try:
@@ -217,5 +250,5 @@ def guard_round(site: str, budget: Budget, cfg: PrivacyConfig, *, run_id: str, r
                     "knows; it can regenerate and remove this round's noise. Never use with real patients' images.",
                     site)
     hook = DPSGD(sigma, cfg.max_grad_norm, q, cfg.max_physical_batch, cfg.grad_sample_mode,
-                 seed if budget.seeded_noise else None)
+                 seed if budget.seeded_noise else None, groups)
     return RoundGuard(site, ledger, hook, history, plan, delta, fields)

@@ -21,7 +21,7 @@ from common.engine.trainer import train_local
 from common.errors import ConfigError
 from common.nn.model import reusable_model
 from common.privacy.ledger import LedgerError
-from client.privacy import Budget, PrivacyRefused, guard_round
+from client.privacy import Budget, PrivacyRefused, guard_round, privacy_groups
 
 @lru_cache(maxsize=8)
 def _dataset(data: str, split: str, imgsz: int, augment: str | None, seed: int) -> DetectionDataset:
@@ -51,9 +51,10 @@ def train_site(site: str, data: Path, state: dict[str, torch.Tensor], job: SiteJ
     if job.privacy.mode == "dp_sgd":
         if budget is None:
             raise ConfigError("privacy=dp_sgd: the site has no privacy budget configured")
+        groups = privacy_groups(site, budget, job.privacy, data if data.is_dir() else data.parent, train.images)
         guard = guard_round(site, budget, job.privacy, run_id=job.run_id, rnd=server_round, planned_rounds=job.rounds,
                             images=train.images, batch_size=cfg.batch_size, local_epochs=cfg.local_epochs,
-                            max_steps=cfg.max_steps, model_version=model_version, seed=seed)
+                            max_steps=cfg.max_steps, model_version=model_version, seed=seed, groups=groups)
     model = _model(job, state)
     result = train_local(model, train, cfg, seed=seed, progress=False, description=f"round {server_round}",
                          proximal_mu=proximal_mu, first_epoch=server_round * max(cfg.local_epochs, 1),

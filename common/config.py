@@ -99,6 +99,9 @@ class PrivacyConfig:
     # The server knows that seed and could remove the noise: a real site refuses it unless its own site.toml says
     # research_mode = true. Logged loudly, recorded in the ledger and card, flagged by `fracfl audit show`.
     reproducible_noise: bool = False
+    # dp_sgd's privacy unit: auto (the patient where the site's data names patients, patients.csv from `fracfl
+    # ingest`; else the image) | patient | image. A real site whose data names patients refuses `image`.
+    unit: str = "auto"
 
 
 @dataclass

@@ -49,6 +49,13 @@ class SiteBudget:
     over_ceiling: list[int] = field(default_factory=list)  # seq numbers of rounds trained above their ceiling
     history: list[tuple[str, float]] = field(default_factory=list)  # (label, epsilon spent) for the burn-down
     seeded_rounds: list[str] = field(default_factory=list)  # research mode: rounds whose noise the server can remove
+    units: list[str] = field(default_factory=list)  # privacy units of its trained rounds, in order of first use
+
+    @property
+    def unit(self) -> str:
+        """"patient", "image", or both joined (a patient then has the patient guarantee only for the rounds
+        trained in that unit; the others protect them at group level)."""
+        return " + ".join(self.units) or "-"
 
     @property
     def remaining(self) -> float | None:
@@ -73,6 +80,10 @@ def budgets(entries: list[dict[str, Any]]) -> dict[str, SiteBudget]:
         if trained and b.ceiling is not None and eps > b.ceiling + 1e-9:  # only a round spends: a refusal or
             b.over_ceiling.append(int(e.get("seq", 0)))  # plan records what was spent before a lowered ceiling
         b.rounds_trained += trained
+        if trained and "unit" in e:
+            unit = "patient" if str(e["unit"]).startswith("one patient") else "image"
+            if unit not in b.units:
+                b.units.append(unit)
         if trained and e.get("noise") == SEEDED:
             b.seeded_rounds.append(f"{e.get('run_id', '?')} r{e.get('round', '?')}")
         b.refused += refused
@@ -152,7 +163,8 @@ def render_html(verdicts: dict[Path, Verdict], sites: dict[str, SiteBudget]) -> 
     """A report for readers who are not engineers: what each site's images have cost and what is left."""
     rows = "".join(
         f"<tr><td>{html.escape(b.site)}</td><td>{_num(b.spent)}</td><td>{_num(b.ceiling)}</td>"
-        f"<td>{_num(b.remaining)}</td><td>{_num(b.projected)}</td><td>{b.rounds_trained}</td><td>{b.refused}</td>"
+        f"<td>{_num(b.remaining)}</td><td>{_num(b.projected)}</td><td>{html.escape(b.unit)}</td>"
+        f"<td>{b.rounds_trained}</td><td>{b.refused}</td>"
         f"<td>{'YES' if b.over_ceiling else 'no'}</td>"
         f"<td>{f'YES ({len(b.seeded_rounds)} rounds)' if b.seeded_rounds else 'no'}</td></tr>" for b in sites.values())
     checks = "".join(f"<li><code>{html.escape(str(p))}</code>: {'intact' if v.ok else 'BROKEN'} "
@@ -164,13 +176,14 @@ def render_html(verdicts: dict[Path, Verdict], sites: dict[str, SiteBudget]) -> 
 td,th{{border:1px solid #bbb;padding:.3em .6em;text-align:right}}td:first-child{{text-align:left}}</style></head><body>
 <h1>Privacy audit</h1>
 <p>Each hospital site trains on its own radiographs with differential privacy. <b>Epsilon</b> measures how much
-the published models can reveal about any single radiograph: lower is more private. Every site has a
+the published models can reveal about any single patient (or, where "Protects" says image, any single radiograph):
+lower is more private. Every site has a
 <b>ceiling</b> it will never cross: before each training round it checks that the round stays under the ceiling,
 and refuses to train otherwise. Spending never resets: a new training run on the same images continues from what
 they have already cost.</p>
 <h2>Budgets</h2>
 <table><tr><th>Site</th><th>Spent</th><th>Ceiling</th><th>Remaining</th><th>Projected (if planned rounds run)</th>
-<th>Rounds trained</th><th>Rounds refused</th><th>Any entry above ceiling</th>
+<th>Protects</th><th>Rounds trained</th><th>Rounds refused</th><th>Any entry above ceiling</th>
 <th>Research mode (seeded noise)</th></tr>{rows}</table>
 <p>"Research mode" rounds drew their noise from a seed the coordinating server knows: the server could remove
 that noise, so those rounds give <b>no</b> protection against the server, whatever their epsilon says. Real
@@ -182,7 +195,8 @@ positions the site reported to the server after each round, so a ledger rewritte
 is detected too.</p><ul>{checks}</ul>
 <h2>Burn-down per site</h2>{charts}
 <p><small>Epsilon from Opacus' RDP accountant (the figure budgets are checked against); the PRV accountant's figure
-is recorded beside it in the ledgers. Privacy unit: one radiograph.</small></p></body></html>"""
+is recorded beside it in the ledgers. Privacy unit: per site, in each ledger entry (a patient where the site's
+data names patients, else a radiograph).</small></p></body></html>"""
 
 
 def write_audit_report(paths: list[str | Path], out: Path) -> Path:

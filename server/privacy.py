@@ -25,10 +25,10 @@ from common.privacy.ledger import Ledger
 from server.audit import write_audit_report
 from server.history import RoundRecord
 
-MECHANISM = ("DP-SGD at each site (Opacus): Poisson sampling, each image's gradient clipped, Gaussian noise; "
-             "noise calibrated once for the whole planned run")
+MECHANISM = ("DP-SGD at each site (Opacus): Poisson sampling of patients (or images), each patient's (or image's) "
+             "gradient clipped, Gaussian noise; noise calibrated once for the whole planned run")
 ACCOUNTING = "RDP and PRV accountants (Opacus), both upper bounds; budgets are checked against RDP"
-UNIT = "one radiograph (image); a patient with k images is protected at group level k"
+UNIT = "per site (each site's `unit`): one patient where the site's data names patients, else one radiograph"
 
 
 def latest_reports(records: list[RoundRecord], known: dict[str, dict[str, Any]] | None = None
@@ -49,7 +49,7 @@ def dp_sgd_section(reports: dict[str, dict[str, Any]]) -> dict[str, Any]:
     and its status."""
     keys = ("epsilon", "epsilon_rdp", "epsilon_prv", "delta", "target_epsilon", "ceiling_epsilon",
             "noise_multiplier", "sample_rate", "steps_per_round", "max_grad_norm", "round", "status", "noise",
-            "ledger_seq", "ledger_head")
+            "unit", "patients", "ledger_seq", "ledger_head")
     return {"mode": "dp_sgd", "unit": UNIT, "mechanism": MECHANISM, "accounting": ACCOUNTING,
             "sites": {s: {k: rep[k] for k in keys if k in rep} for s, rep in sorted(reports.items())}}
 

@@ -10,6 +10,7 @@ import pytest
 
 from client.dicom.deid import SiteKeys
 from common.cli import main
+from common.privacy.patients import PATIENTS_FILE, read_patients
 from common.synth import generate_dataset, get_profile
 from common.utils.staged import recover, staged_folder
 from dicom_files import PATIENT_NAME, names_in, small_cr, without_patient_identity
@@ -91,6 +92,9 @@ def test_each_input_on_its_own_and_images_without_patient_id_get_a_stable_pseudo
     assert len(noid) == 1 and noid[0].PatientID == keys.patient_id(study) == noid[0].PatientName
     assert keys.original(noid[0].PatientID) == ("StudyInstanceUID", study)
     assert len({c.PatientID for c in copies}) == 5  # not lumped together with other patients
+    # patients.csv names each training image's pseudonymous patient: DP-SGD's privacy unit (common/privacy/patients)
+    assert read_patients(tmp_path / "data") == {str(c.SOPInstanceUID): str(c.PatientID) for c in copies}
+    assert PATIENT_NAME.encode() not in (tmp_path / "data" / PATIENTS_FILE).read_bytes()
 
 
 def test_the_output_folder_is_complete_or_absent(tmp_path):

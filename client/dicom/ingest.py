@@ -24,6 +24,7 @@ from client.inference.predict import collect
 from common.data.labels import read_labels
 from common.dicom import DicomRejected, read_dicom_image, redact
 from common.errors import ConfigError, DataError
+from common.privacy.patients import PATIENTS_FILE, read_patients, write_patients
 from common.utils.staged import recover, staged_folder
 
 DEFAULT_NAMES = {0: "fracture"}
@@ -69,14 +70,18 @@ def ingest(dicom: str | Path, labels: str | Path, out: str | Path, keys_dir: str
     report = IngestReport(val_fraction=val_fraction)
     names = names or DEFAULT_NAMES
     with staged_folder(out) as stage:
+        patients = read_patients(stage)  # image -> pseudonymous patient: the privacy unit of DP training
         for path in collect([dicom]):
             with redact.handling():
                 entry = _prepare(path, label_files.get(path.stem), deid, names, val_fraction, report)
             if entry is not None:
-                for relative, data in entry.items():
+                files, (image, patient) = entry
+                for relative, data in files.items():
                     (stage / relative).parent.mkdir(parents=True, exist_ok=True)
                     atomic_write(stage / relative, data)
+                patients[image] = patient
                 report.added += 1
+        atomic_write(stage / PATIENTS_FILE, write_patients(patients))
         atomic_write(stage / "data.yaml", yaml.safe_dump({"train": "images/train", "val": "images/val",
                                                           "names": names}, sort_keys=False).encode())
         report.splits = {split: sum(1 for _ in (stage / "images" / split).glob("*.png")) for split in ("train", "val")}
@@ -85,9 +90,9 @@ def ingest(dicom: str | Path, labels: str | Path, out: str | Path, keys_dir: str
 
 
 def _prepare(path: Path, label: Path | None, deid: Deidentifier, names: dict[int, str], val_fraction: float,
-             report: IngestReport) -> dict[str, bytes] | None:
-    """The files one input adds (relative path -> bytes), all made in memory before any is written; None, with the
-    reason in `report.skipped`, when the input cannot be used."""
+             report: IngestReport) -> tuple[dict[str, bytes], tuple[str, str]] | None:
+    """The files one input adds (relative path -> bytes), all made in memory before any is written, and its (image,
+    pseudonymous patient); None, with the reason in `report.skipped`, when the input cannot be used."""
     if label is None:
         report.skipped.append((path, "no_label", "no label file with this name"))
         return None
@@ -105,7 +110,7 @@ def _prepare(path: Path, label: Path | None, deid: Deidentifier, names: dict[int
             f"labels/{split}/{uid}.txt": "".join(f"{int(c)} {cx:.6f} {cy:.6f} {w:.6f} {h:.6f}\n"
                                                  for c, cx, cy, w, h in boxes.tolist()).encode(),
             f"dicom/{uid}.dcm": _encode(clean),
-        }
+        }, (uid, str(clean.PatientID))
     except DicomRejected as e:
         report.skipped.append((path, e.reason, redact.redact(e.problem)))
     except DataError as e:

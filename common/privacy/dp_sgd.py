@@ -11,6 +11,7 @@ from __future__ import annotations
 import secrets
 from collections.abc import Iterable
 
+import numpy as np
 import torch
 from opacus import GradSampleModule
 from opacus.optimizers import DPOptimizer
@@ -24,6 +25,7 @@ from common.engine.loader import same_options
 from common.errors import ConfigError
 from common.privacy.grad_sample import LeanGradSampleModule
 from common.privacy.ledger import SECURE, SEEDED
+from common.privacy.patients import PatientPoissonSampler, PatientSplittingSampler, RowTracker, sum_by_patient
 
 MODES = ("lean", "hooks", "functorch")  # per-sample gradient engines (grad_sample_module); docs/benchmarks.md
 
@@ -55,15 +57,32 @@ class _DPOptimizer(DPOptimizer):
         return super().pre_step(closure)
 
 
+class _PatientDPOptimizer(_DPOptimizer):
+    """Clips each patient's summed gradient instead of each image's (user-level DP-SGD); `rows` is set by the
+    physical loader (RowTracker) before every step."""
+
+    def __init__(self, *args, groups: torch.Tensor, **kwargs):  # noqa: ANN002, ANN003 (DPOptimizer's signature)
+        super().__init__(*args, **kwargs)
+        self.groups, self.rows = groups, torch.zeros(0, dtype=torch.long)
+
+    def pre_step(self, closure=None):  # noqa: ANN001 (Opacus' signature)
+        sum_by_patient(self, self.rows, self.groups)
+        return super().pre_step(closure)
+
+
 class DPSGD:
     """The engine's `PrivacyHook` for DP-SGD: Poisson batches at `sample_rate`, each image's gradient clipped to
     `max_grad_norm`, Gaussian noise of `noise_multiplier` times that norm added to every step.
+
+    With `groups` (a patient number per training image, see common.privacy.patients) the unit is the patient:
+    patients are drawn at `sample_rate`, and each drawn patient's summed gradient is clipped as one.
 
     Noise and sampling are drawn from generators seeded by `secure_seed()` afresh for every `wrap` (every round).
     A `seed` makes them reproducible: research mode only, since whoever knows the seed can remove the noise."""
 
     def __init__(self, noise_multiplier: float, max_grad_norm: float, sample_rate: float,
-                 max_physical_batch: int = 8, grad_sample_mode: str = "lean", seed: int | None = None):
+                 max_physical_batch: int = 8, grad_sample_mode: str = "lean", seed: int | None = None,
+                 groups: np.ndarray | None = None):
         if grad_sample_mode not in MODES:
             raise ConfigError(f"privacy.grad_sample_mode: expected one of {MODES}, got {grad_sample_mode!r}")
         if not (noise_multiplier >= 0 and max_grad_norm > 0 and 0 < sample_rate <= 1 and max_physical_batch >= 1):
@@ -71,6 +90,7 @@ class DPSGD:
                               f"sample rate {sample_rate}, physical batch {max_physical_batch})")
         self.noise_multiplier, self.max_grad_norm, self.sample_rate = noise_multiplier, max_grad_norm, sample_rate
         self.max_physical_batch, self.mode, self.seed = max_physical_batch, grad_sample_mode, seed
+        self.groups = groups
         self._module: GradSampleModule | None = None
 
     @property
@@ -90,20 +110,31 @@ class DPSGD:
         n = len(loader.dataset)
         self._module = grad_sample_module(model, self.mode)
         noise_seed, sample_seed = (secure_seed(), secure_seed()) if self.seed is None else (self.seed + 1, self.seed)
-        noise = torch.Generator(next(model.parameters()).device)  # torch.normal needs it on the noise's device
-        dp_opt = _DPOptimizer(optimizer, noise_multiplier=self.noise_multiplier, max_grad_norm=self.max_grad_norm,
-                              expected_batch_size=max(1, round(self.sample_rate * n)), loss_reduction="mean",
-                              generator=noise.manual_seed(noise_seed))
-        sampler = UniformWithReplacementSampler(num_samples=n, sample_rate=self.sample_rate,
-                                                generator=torch.Generator().manual_seed(sample_seed))
+        noise = torch.Generator(next(model.parameters()).device).manual_seed(noise_seed)  # on the noise's device
+        sampling = torch.Generator().manual_seed(sample_seed)
+        options = {"noise_multiplier": self.noise_multiplier, "max_grad_norm": self.max_grad_norm,
+                   "loss_reduction": "mean", "generator": noise}
+        if self.groups is None:
+            dp_opt = _DPOptimizer(optimizer, expected_batch_size=max(1, round(self.sample_rate * n)), **options)
+            sampler = UniformWithReplacementSampler(num_samples=n, sample_rate=self.sample_rate, generator=sampling)
+        else:
+            if len(self.groups) != n:
+                raise ConfigError(f"privacy: {len(self.groups)} patient numbers for {n} training images")
+            patients = int(self.groups.max()) + 1
+            dp_opt = _PatientDPOptimizer(optimizer, expected_batch_size=max(1, round(self.sample_rate * patients)),
+                                         groups=torch.as_tensor(self.groups), **options)
+            sampler = PatientPoissonSampler(self.groups, self.sample_rate, self.max_physical_batch, sampling)
         logical = DataLoader(loader.dataset, batch_sampler=sampler, **same_options(loader))
         return self._module, dp_opt, logical
 
     def batches(self, loader: DataLoader, optimizer: torch.optim.Optimizer) -> Iterable[dict]:
         """Physical batches of at most `max_physical_batch` images; the optimiser steps once per logical batch."""
-        split = BatchSplittingSampler(sampler=loader.batch_sampler, max_batch_size=self.max_physical_batch,
-                                      optimizer=optimizer)
-        return DataLoader(loader.dataset, batch_sampler=split, **same_options(loader))
+        if self.groups is None:
+            split = BatchSplittingSampler(sampler=loader.batch_sampler, max_batch_size=self.max_physical_batch,
+                                          optimizer=optimizer)
+            return DataLoader(loader.dataset, batch_sampler=split, **same_options(loader))
+        split = PatientSplittingSampler(loader.batch_sampler, self.groups, self.max_physical_batch, optimizer)
+        return RowTracker(DataLoader(loader.dataset, batch_sampler=split, **same_options(loader)), optimizer)
 
     def release(self) -> None:
         """Remove Opacus' hooks, so the model (reused between rounds) trains normally afterwards."""

@@ -20,11 +20,11 @@ def _show(a: argparse.Namespace) -> int:
 
     verdicts, sites = read_all(a.paths)
     table = Table(title="Privacy budgets (epsilon, RDP)", title_justify="left")
-    for col in ("site", "spent", "ceiling", "remaining", "projected", "trained", "refused", "last entry"):
-        table.add_column(col, justify="left" if col in ("site", "last entry") else "right")
+    for col in ("site", "spent", "ceiling", "remaining", "projected", "unit", "trained", "refused", "last entry"):
+        table.add_column(col, justify="left" if col in ("site", "unit", "last entry") else "right")
     fmt = lambda x: "-" if x is None else f"{x:.2f}"  # noqa: E731
     for b in sites.values():
-        table.add_row(b.site, fmt(b.spent), fmt(b.ceiling), fmt(b.remaining), fmt(b.projected),
+        table.add_row(b.site, fmt(b.spent), fmt(b.ceiling), fmt(b.remaining), fmt(b.projected), b.unit,
                       str(b.rounds_trained), str(b.refused), b.last)
     Console(width=140, highlight=False).print(table)
     broken = [p for p, v in verdicts.items() if not v.ok]
