@@ -27,8 +27,8 @@ def build_processor(cfg: ListenConfig) -> Processor:
     """Load the model once; results are written under queue_dir/results, rejected files under queue_dir/quarantine."""
     from client.dicom.pipeline import DicomPipeline
 
-    if not cfg.weights:
-        raise ConfigError("config key weights: give the model (a weights file or a registry version folder)")
+    if not cfg.model:
+        raise ConfigError("config key model: give the model (a weights file or a registry version folder)")
     root = Path(cfg.queue_dir)
-    return PipelineProcessor(DicomPipeline(cfg.weights, root / "results", root / "quarantine", backend=cfg.backend,
+    return PipelineProcessor(DicomPipeline(cfg.model, root / "results", root / "quarantine", backend=cfg.backend,
                                            variant=cfg.variant, eval_cfg=cfg.eval, keep_dir=cfg.keep_dir, heatmap=cfg.heatmap))
