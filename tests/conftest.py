@@ -1,4 +1,5 @@
-"""Shared fixtures: a small synthetic multi-site dataset, made once per session; fracfl's cache kept in a temp dir."""
+"""Shared fixtures: a small synthetic multi-site dataset and a tiny model's weights, made once per session; fracfl's
+cache kept in a temp dir. Helpers that take arguments (NANO, save_nano, free_port, toy_dataset) are in tests_support."""
 
 from __future__ import annotations
 
@@ -33,3 +34,11 @@ def fracatlas() -> Path:
     if not (FRACATLAS / "data.yaml").is_file():
         pytest.skip(f"FracAtlas not available at {FRACATLAS} (set FRACATLAS_DIR); real-data checks skipped")
     return FRACATLAS
+
+
+@pytest.fixture(scope="session")
+def tiny_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An untrained yolov7_nano weights file (trained-at size 128 px), shared read-only by the whole run."""
+    from tests_support import save_nano
+
+    return save_nano(tmp_path_factory.mktemp("model") / "tiny.safetensors")

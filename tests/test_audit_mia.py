@@ -13,16 +13,13 @@ from scipy import special, stats
 
 from common.config import ImbalanceConfig, TrainConfig
 from common.errors import ConfigError
-from common.nn.model import ModelSpec, build_model
-from common.nn.weights import save_weights
+from common.nn.model import build_model
 from common.privacy import one_run
 from common.privacy.accounting import Mechanism, epsilons
 from common.data.spec import load_spec
 from common.privacy.canary_audit import NO_AUGMENT, MiaConfig, draw_members, make_canaries, run_audit
 from server.commands.audit_mia import add_mia
-from tests_support import toy_dataset
-
-GROUP = ModelSpec(width=0.125, depth=0.5, norm="group")
+from tests_support import GROUP_NANO as GROUP, NANO, save_nano, toy_dataset
 STEPS = 48  # the control and the DP run train identically (same seeds, canaries and draw) but for DP-SGD
 
 
@@ -109,7 +106,7 @@ def test_dp_run_stays_within_the_accountant_via_the_command(site, tmp_path):
     """The control's training with DP-SGD added: the bound falls from well above 0.5 to about 0, and stays below an
     accountant epsilon small enough for these canaries to refute."""
     torch.manual_seed(0)
-    weights = save_weights(build_model(GROUP), GROUP, tmp_path / "start.safetensors", {"imgsz": 64})
+    weights = save_nano(tmp_path / "start.safetensors", imgsz=64, spec=GROUP)
     parser = argparse.ArgumentParser()
     add_mia(parser.add_subparsers(dest="command"))
     out = tmp_path / "audit"
@@ -135,7 +132,7 @@ def test_bad_requests_are_refused_before_training(site):
         run_audit(model, site, MiaConfig(canaries=8, source="val", dp=False, train=_train(max_steps=1)),
                   progress=False)
     with pytest.raises(ConfigError, match="model.norm=group"):
-        run_audit(build_model(ModelSpec(width=0.125, depth=0.5)), site,
+        run_audit(build_model(NANO), site,
                   MiaConfig(canaries=4, noise_multiplier=1.0, train=_train(max_steps=1)), progress=False)
 
 

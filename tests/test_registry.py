@@ -10,11 +10,10 @@ import pytest
 import torch
 
 from common.errors import DataError, FracflError
-from common.nn.model import ModelSpec, build_model
+from common.nn.model import build_model
 from server.registry import CardError, Registry
 from server.registry import store as store_mod
-
-SPEC = ModelSpec(width=0.125, depth=0.5)
+from tests_support import NANO as SPEC
 
 
 @pytest.fixture(scope="module")

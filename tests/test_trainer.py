@@ -11,10 +11,8 @@ from common.data.dataset import DetectionDataset
 from common.engine.evaluate import evaluate_model
 from common.engine.trainer import TrainingDiverged, image_weights, train_local
 from common.errors import ConfigError
-from common.nn.model import ModelSpec, build_model, layer_parts
-from tests_support import toy_dataset
-
-NANO = ModelSpec(width=0.125, depth=0.5)
+from common.nn.model import build_model, layer_parts
+from tests_support import NANO, toy_dataset
 FAST = TrainConfig(imgsz=128, batch_size=8, epochs=1, warmup_steps=0, device="cpu")
 
 
