@@ -241,7 +241,7 @@ def test_tls_deployment_trains_resumes_publishes_and_refuses_outsiders(flower, t
     assert [c["round"] for c in cards] == [1, 2] and cards[1]["parent"] == cards[0]["version"]
     assert {s["name"]: s["status"] for s in cards[1]["sites"]} == {s: "trained" for s in SITES}
     assert all(s["examples"] == 6 for s in cards[1]["sites"])  # each site's own training split, counted there
-    assert main(["registry", "verify", "all", "--root", str(run / "registry")]) == 0
+    assert main(["registry", "verify", "all", "--registry", str(run / "registry")]) == 0
     assert {s: p["noise"] for s, p in cards[1]["privacy"]["sites"].items()} == {s: SECURE for s in SITES}
     ledgers = {s: own[s].parent / "privacy" / "ledger.jsonl" for s in SITES}  # where each site.toml says
     spent = {s: [e for e in Ledger(ledgers[s]).entries() if e["kind"] == "round"] for s in SITES}

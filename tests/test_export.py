@@ -71,7 +71,7 @@ def test_registry_verify_checks_export_hashes(exported):
 
     reg, version, entries = exported
     assert reg.verify(version) == []
-    assert main(["registry", "verify", version, "--root", str(reg.root)]) == 0
+    assert main(["registry", "verify", version, "--registry", str(reg.root)]) == 0
     f = reg.get(version).path / entries[2]["file"]
     original = f.read_bytes()
     try:

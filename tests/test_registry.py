@@ -226,7 +226,7 @@ def cli(*argv: str) -> int:
 
 def test_cli_list_show_verify(reg, capsys, monkeypatch):
     root = str(reg.root)
-    assert cli("registry", "list", "--root", root) == 0
+    assert cli("registry", "list", "--registry", root) == 0
     out = capsys.readouterr().out
     assert all(v in out for v in ("v0001", "v0002", "v0003 *", "run-a", "run-b", "0.410", "0.900", "1/2 trained"))
 
@@ -248,7 +248,7 @@ def test_cli_list_show_verify(reg, capsys, monkeypatch):
 
     assert cli("registry", "show", "v0042") == 2
     assert "v0042" in capsys.readouterr().out
-    assert cli("registry", "list", "--root", str(reg.root.parent / "elsewhere")) == 2
+    assert cli("registry", "list", "--registry", str(reg.root.parent / "elsewhere")) == 2
     assert "no registry here" in capsys.readouterr().out
 
 
