@@ -8,6 +8,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -16,8 +17,31 @@ if "FRACFL_CACHE_DIR" not in os.environ:
     os.environ["FRACFL_CACHE_DIR"] = tempfile.mkdtemp(prefix="fracfl-test-cache-")
     atexit.register(shutil.rmtree, os.environ["FRACFL_CACHE_DIR"], True)  # removed when the test run ends
 
+TORCH_THREADS = 2  # every test computes with this many threads, whatever the machine or an earlier test set
+
 FRACATLAS = Path(os.environ.get("FRACATLAS_DIR", Path(__file__).resolve().parents[2] / "shared" / "datasets" / "fracatlas"))
 SITES = ("general_hospital", "trauma_center", "rural_clinic")
+
+
+@pytest.fixture(autouse=True)
+def same_torch_threads() -> None:
+    """Float sums depend on how many threads split them: fixing the count makes a learning test's numbers the same on
+    a laptop and a 16-core CI runner, and after a test (or code under test, e.g. `fracfl listen threads=1`) changed it."""
+    import torch
+
+    torch.set_num_threads(TORCH_THREADS)
+
+
+@pytest.fixture
+def deterministic() -> Iterator[None]:
+    """For learning tests: PyTorch's deterministic kernels only (an op without one raises rather than varies)."""
+    import torch
+
+    torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(False)
 
 
 @pytest.fixture(scope="session")

@@ -16,9 +16,15 @@ NANO = ModelSpec(width=0.125, depth=0.5)  # conf/model/yolov7_nano.yaml: a YOLOv
 GROUP_NANO = replace(NANO, norm="group")  # as DP-SGD sites train it (BatchNorm mixes the images of a batch)
 
 
-def save_nano(path: Path, imgsz: int = 128, spec: ModelSpec = NANO) -> Path:
-    """An untrained `spec` model's weights file: for tests that need *a* model, not a good one."""
-    return save_weights(build_model(spec), spec, path, {"imgsz": imgsz})
+def save_nano(path: Path, imgsz: int = 128, spec: ModelSpec = NANO, seed: int = 0) -> Path:
+    """An untrained `spec` model's weights file, the same in every run (seeded, the global RNG left alone): for tests
+    that need *a* model, not a good one. A model drawn afresh each run made such tests pass or fail by chance."""
+    import torch
+
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = build_model(spec)
+    return save_weights(model, spec, path, {"imgsz": imgsz})
 
 
 def free_port() -> int:
