@@ -132,7 +132,7 @@ def main() -> None:
         passes = {"on": [True], "off": [False], "both": [True, False]}[a.heatmap]
         for heatmap in passes:
             cfg = ListenConfig(host="127.0.0.1", port=lport, queue_dir=str(work / f"queue-heatmap-{heatmap}"),
-                               weights=str(model_path), backend=a.backend, variant=a.variant, threads=a.threads,
+                               model=str(model_path), backend=a.backend, variant=a.variant, threads=a.threads,
                                status_every=3600,
                                heatmap=heatmap, destination=DestinationConfig(ORTHANC_AE, "127.0.0.1", pacs.dicom_port))
             report(run_pass(cfg, pacs, sources, work, a.repeats), f"heatmap {'on' if heatmap else 'off'}", a)

@@ -139,6 +139,13 @@ class LocalTrainConfig(TrainConfig):
     local_epochs: int = 1
 
 
+# The TFLite builds of a published model (made by the server's exports, run by `predict` and the listener).
+# fp32: Ultralytics' LiteRT export as is. fp16: its weights stored as float16 (half the file, fp32 arithmetic).
+# w8a32: int8 weights, float activations (weight-only/dynamic, no calibration). int8: int8 weights and
+# activations (static, calibrated on local images): the fast one on CPUs.
+TFLITE_VARIANTS = ("fp32", "fp16", "w8a32", "int8")
+
+
 @dataclass
 class EvalConfig:
     conf: float = 0.25  # operating point: score at or above it counts as a finding

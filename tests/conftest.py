@@ -1,4 +1,5 @@
-"""Shared fixtures: a small synthetic multi-site dataset, made once per session; fracfl's cache kept in a temp dir."""
+"""Shared fixtures: a small synthetic multi-site dataset and a tiny model's weights, made once per session; fracfl's
+cache kept in a temp dir. Helpers that take arguments (NANO, save_nano, free_port, toy_dataset) are in tests_support."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -15,8 +17,31 @@ if "FRACFL_CACHE_DIR" not in os.environ:
     os.environ["FRACFL_CACHE_DIR"] = tempfile.mkdtemp(prefix="fracfl-test-cache-")
     atexit.register(shutil.rmtree, os.environ["FRACFL_CACHE_DIR"], True)  # removed when the test run ends
 
+TORCH_THREADS = 2  # every test computes with this many threads, whatever the machine or an earlier test set
+
 FRACATLAS = Path(os.environ.get("FRACATLAS_DIR", Path(__file__).resolve().parents[2] / "shared" / "datasets" / "fracatlas"))
 SITES = ("general_hospital", "trauma_center", "rural_clinic")
+
+
+@pytest.fixture(autouse=True)
+def same_torch_threads() -> None:
+    """Float sums depend on how many threads split them: fixing the count makes a learning test's numbers the same on
+    a laptop and a 16-core CI runner, and after a test (or code under test, e.g. `fracfl listen threads=1`) changed it."""
+    import torch
+
+    torch.set_num_threads(TORCH_THREADS)
+
+
+@pytest.fixture
+def deterministic() -> Iterator[None]:
+    """For learning tests: PyTorch's deterministic kernels only (an op without one raises rather than varies)."""
+    import torch
+
+    torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(False)
 
 
 @pytest.fixture(scope="session")
@@ -33,3 +58,11 @@ def fracatlas() -> Path:
     if not (FRACATLAS / "data.yaml").is_file():
         pytest.skip(f"FracAtlas not available at {FRACATLAS} (set FRACATLAS_DIR); real-data checks skipped")
     return FRACATLAS
+
+
+@pytest.fixture(scope="session")
+def tiny_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An untrained yolov7_nano weights file (trained-at size 128 px), shared read-only by the whole run."""
+    from tests_support import save_nano
+
+    return save_nano(tmp_path_factory.mktemp("model") / "tiny.safetensors")

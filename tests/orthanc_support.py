@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
 import time
 import urllib.request
 from pathlib import Path
 from typing import Any, Iterator
+
+from tests_support import free_port
 
 ORTHANC = Path("/usr/sbin/Orthanc")
 DCMTK_STORESCU = Path("/usr/bin/storescu")  # not the venv's pynetdicom `storescu`, which shadows it on PATH
@@ -31,12 +32,6 @@ function OnStoredInstance(instanceId, tags, metadata, origin)
   end
 end
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Orthanc:

@@ -14,8 +14,7 @@ from scipy import special, stats
 
 from common.config import ImbalanceConfig, TrainConfig
 from common.errors import ConfigError
-from common.nn.model import ModelSpec, build_model
-from common.nn.weights import save_weights
+from common.nn.model import build_model
 from omegaconf import OmegaConf
 
 from common.privacy import canary_audit, one_run
@@ -27,9 +26,8 @@ from common.privacy.mia_report import NOT_A_PROOF, canaries_needed
 from server.commands.audit_mia import add_mia
 from server.job import compose
 from server.mia_setup import apply, site_setup
-from tests_support import toy_dataset
+from tests_support import GROUP_NANO as GROUP, NANO, save_nano, toy_dataset
 
-GROUP = ModelSpec(width=0.125, depth=0.5, norm="group")
 STEPS = 48  # the control and the DP runs train identically (same seeds, canaries and draw) but for DP-SGD
 # The site's run: a DP-SGD site of this toy size (augmentation off: see docs/privacy-audit-mia.md on its power).
 SITE = "privacy=dp_sgd augment=none train.imgsz=64 train.batch_size=16 train.optimizer=adamw train.lr=0.01"
@@ -126,7 +124,7 @@ class _NoiseDropped(DPSGD):
 def _audit(site, tmp_path, *extra: str) -> tuple[int, dict]:
     """`fracfl audit mia` as a site runs it, from a fresh GroupNorm model: exit status and mia_audit.json."""
     torch.manual_seed(0)
-    weights = save_weights(build_model(GROUP), GROUP, tmp_path / "start.safetensors", {"imgsz": 64})
+    weights = save_nano(tmp_path / "start.safetensors", imgsz=64, spec=GROUP)
     parser = argparse.ArgumentParser()
     add_mia(parser.add_subparsers(dest="command"))
     out = tmp_path / "audit"
@@ -211,7 +209,7 @@ def test_bad_requests_are_refused_before_training(site):
         run_audit(model, site, MiaConfig(canaries=8, source="val", dp=False, train=_train(max_steps=1)),
                   progress=False)
     with pytest.raises(ConfigError, match="model.norm=group"):
-        run_audit(build_model(ModelSpec(width=0.125, depth=0.5)), site,
+        run_audit(build_model(NANO), site,
                   MiaConfig(canaries=4, noise_multiplier=1.0, train=_train(max_steps=1)), progress=False)
 
 

@@ -6,11 +6,12 @@ import numpy as np
 import pytest
 
 from common.errors import ConfigError, DataError
-from common.nn.model import ModelSpec, build_model
+from common.nn.model import build_model
 from common.nn.weights import numpy_state
 from server.checkpoint import load_checkpoint, restore_strategy, save_checkpoint, save_strategy, strategy_snapshot
 from server.registry import Registry
 from server.publish import adopt_published
+from tests_support import NANO
 
 
 class _Strategy:
@@ -43,7 +44,7 @@ def test_other_config_refused_and_damage_reported(tmp_path):
         load_checkpoint(tmp_path, "abc")
 
 
-SPEC = ModelSpec(width=0.125, depth=0.33)
+SPEC = NANO
 
 
 def _publish(registry: Registry, state: dict, rnd: int):

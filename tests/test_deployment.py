@@ -27,7 +27,7 @@ from common.errors import ConfigError
 from client.site_config import write_site_config
 from common.privacy.ledger import SECURE, Ledger
 from server.deploy.certs import make_node_key, make_superlink_certs
-from tests_support import toy_dataset
+from tests_support import free_port, toy_dataset
 
 
 REPO = Path(__file__).resolve().parents[1]
@@ -57,12 +57,6 @@ def _flower_bin(folder: Path) -> Path:
         (folder / name).write_text(f"#!{sys.executable}\nimport sys\nfrom {module} import {func}\nsys.exit({func}())\n")
         (folder / name).chmod(0o755)
     return folder
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Flower:
@@ -175,7 +169,7 @@ def test_tls_deployment_trains_resumes_publishes_and_refuses_outsiders(flower, t
     keys = {name: make_node_key(tmp_path / "keys", name) for name in (*SITES, "intruder")}
     data = {site: toy_dataset(tmp_path / "hospitals" / site, n=8, positives=6, seed=i) for i, site in enumerate(SITES)}
     own = {site: write_site_config(tmp_path / "hospitals" / site / "fracfl") for site in SITES}  # `fracfl site init`
-    port = _free_port()
+    port = free_port()
     flower.start("superlink", "flower-superlink", "--ssl-ca-certfile", str(certs["ca"]), "--ssl-certfile",
                  str(certs["cert"]), "--ssl-keyfile", str(certs["key"]), "--port", str(port), "--enable-supernode-auth",
                  "--disable-runtime-dependency-installation")  # state in memory: see docs/deployment.md on --database
@@ -201,13 +195,13 @@ def test_tls_deployment_trains_resumes_publishes_and_refuses_outsiders(flower, t
     node = ["flower-supernode", "--superlink", f"127.0.0.1:{port}"]
     for site in SITES:
         flower.start(site, *node, "--root-certificates", str(certs["ca"]), "--auth-supernode-private-key",
-                     str(keys[site]["key"]), "--port", str(_free_port()),
+                     str(keys[site]["key"]), "--port", str(free_port()),
                      "--node-config", f"site-name='{site}' data-dir='{data[site]}' site-config='{own[site]}'")
     # A SuperNode that trusts another CA (with a registered key), and one whose key was never registered.
     outsiders = {"wrong_ca": (foreign_ca, keys[SITES[0]]["key"]), "intruder": (certs["ca"], keys["intruder"]["key"])}
     for name, (ca, key) in outsiders.items():
         flower.start(name, *node, "--root-certificates", str(ca), "--auth-supernode-private-key", str(key),
-                     "--port", str(_free_port()), "--max-retries", "0",
+                     "--port", str(free_port()), "--max-retries", "0",
                      "--node-config", f"site-name='{name}' data-dir='{tmp_path}'")
 
     online = lambda: sum(n["status"] == "online" for n in json.loads(flower.cli("supernode", "ls", "--format",  # noqa: E731
@@ -247,7 +241,7 @@ def test_tls_deployment_trains_resumes_publishes_and_refuses_outsiders(flower, t
     assert [c["round"] for c in cards] == [1, 2] and cards[1]["parent"] == cards[0]["version"]
     assert {s["name"]: s["status"] for s in cards[1]["sites"]} == {s: "trained" for s in SITES}
     assert all(s["examples"] == 6 for s in cards[1]["sites"])  # each site's own training split, counted there
-    assert main(["registry", "verify", "all", "--root", str(run / "registry")]) == 0
+    assert main(["registry", "verify", "all", "--registry", str(run / "registry")]) == 0
     assert {s: p["noise"] for s, p in cards[1]["privacy"]["sites"].items()} == {s: SECURE for s in SITES}
     ledgers = {s: own[s].parent / "privacy" / "ledger.jsonl" for s in SITES}  # where each site.toml says
     spent = {s: [e for e in Ledger(ledgers[s]).entries() if e["kind"] == "round"] for s in SITES}
@@ -284,7 +278,7 @@ def test_tls_deployment_trains_resumes_publishes_and_refuses_outsiders(flower, t
 def test_flwr_run_on_an_offline_simulation_superlink(flower, tmp_path):
     """The documented offline `flwr run .` path (docs/federated.md): a simulation SuperLink, the default
     `simulate = true`; the ServerApp finds virtual nodes (not real sites), builds the sites, trains and publishes."""
-    port = _free_port()
+    port = free_port()
     flower.start("superlink", "flower-superlink", "--simulation", "--insecure", "--port", str(port),
                  "--disable-runtime-dependency-installation")
     home = tmp_path / "home" / "coordinator"

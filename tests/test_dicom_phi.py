@@ -16,10 +16,9 @@ import pytest
 from client.dicom import DicomPipeline
 from common.cli import main
 from common.config import EvalConfig
-from common.nn.model import ModelSpec, build_model
-from common.nn.weights import save_weights
 from common.synth import generate_dataset, get_profile
 from dicom_files import names_in, without_patient_identity
+from tests_support import save_nano
 
 pytestmark = pytest.mark.slow
 
@@ -56,8 +55,7 @@ def test_no_patient_data_leaves_the_site_pipeline(tmp_path, caplog, capfd):
     assert len(needles) > 20
 
     work = tmp_path / "work"  # everything the site and the federation produce lands here
-    spec = ModelSpec(width=0.125, depth=0.5)
-    weights = save_weights(build_model(spec), spec, work / "model.safetensors", {"imgsz": 128})
+    weights = save_nano(work / "model.safetensors")
 
     # 1. The network listener's path: each received file through the pipeline, de-identified copies kept.
     pipeline = DicomPipeline(weights, work / "results", work / "quarantine", eval_cfg=EvalConfig(conf=0.01, max_det=3),
@@ -102,8 +100,7 @@ def test_names_from_library_warnings_never_reach_predict_or_ingest_output(tmp_pa
     labels.mkdir()
     source = without_patient_identity(inbox / "xr1.dcm")
     (labels / "xr1.txt").write_text("0 0.5 0.5 0.2 0.2\n")
-    spec = ModelSpec(width=0.125, depth=0.5)
-    weights = save_weights(build_model(spec), spec, tmp_path / "model.safetensors", {"imgsz": 128})
+    weights = save_nano(tmp_path / "model.safetensors")
     fracfl = Path(sys.executable).parent / "fracfl"
     runs = [
         [str(fracfl), "predict", str(inbox), "--model", str(weights), "--out", str(tmp_path / "pred"), "--json",

@@ -23,20 +23,12 @@ from client.dicom.quarantine import REASON_SUFFIX
 from client.inference.predict import summary_line
 from common.cli import main
 from common.config import EvalConfig
-from common.nn.model import ModelSpec, build_model
-from common.nn.weights import save_weights
 from common.synth import generate_dataset, get_profile
 from dicom_files import PATIENT_NAME, PHYSICIAN_NAME, raw_dataset, small_cr, without_patient_identity
 
 DCIODVFY = Path("/usr/bin/dciodvfy")  # dicom3tools (Debian package), installed by .ci/run
 
 CFG = EvalConfig(conf=0.01, max_det=3)  # an untrained model scores low: a low operating point still yields boxes
-
-
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory) -> Path:
-    spec = ModelSpec(width=0.125, depth=0.5)
-    return save_weights(build_model(spec), spec, tmp_path_factory.mktemp("model") / "tiny.safetensors", {"imgsz": 128})
 
 
 @pytest.fixture(scope="module")
@@ -49,10 +41,10 @@ def synth_dicom(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def pipeline(weights, tmp_path_factory) -> DicomPipeline:
+def pipeline(tiny_weights, tmp_path_factory) -> DicomPipeline:
     """One loaded pipeline for the tests that need no special options (loading a model costs seconds here)."""
     root = tmp_path_factory.mktemp("pipeline")
-    return DicomPipeline(weights, root / "out", root / "quarantine", eval_cfg=CFG)
+    return DicomPipeline(tiny_weights, root / "out", root / "quarantine", eval_cfg=CFG)
 
 
 def _sha(path: Path) -> str:
@@ -221,14 +213,14 @@ def test_every_result_type_passes_dciodvfy(pipeline, tmp_path):
     assert len(checked) == 3, checked
 
 
-def test_kept_copy_is_deidentified_and_burned_in_respected(weights, synth_dicom, tmp_path):
+def test_kept_copy_is_deidentified_and_burned_in_respected(tiny_weights, synth_dicom, tmp_path):
     src = _sources(synth_dicom, tmp_path)[0]
     name = str(pydicom.dcmread(src).PatientName)
-    refusing = DicomPipeline(weights, tmp_path / "out", tmp_path / "q", eval_cfg=CFG, heatmap=False,
+    refusing = DicomPipeline(tiny_weights, tmp_path / "out", tmp_path / "q", eval_cfg=CFG, heatmap=False,
                              keep_dir=tmp_path / "keep")
     result = refusing.process(src)  # synthetic DX are flagged BurnedInAnnotation=YES
     assert result.ok and result.kept is None and any("BurnedInAnnotation" in n for n in result.notes)
-    accepting = DicomPipeline(weights, tmp_path / "out", tmp_path / "q", eval_cfg=CFG, heatmap=False,
+    accepting = DicomPipeline(tiny_weights, tmp_path / "out", tmp_path / "q", eval_cfg=CFG, heatmap=False,
                               keep_dir=tmp_path / "keep", burned_in="accept")
     kept = accepting.process(src).kept
     assert kept is not None and name.encode() not in kept.read_bytes()
@@ -236,14 +228,14 @@ def test_kept_copy_is_deidentified_and_burned_in_respected(weights, synth_dicom,
     assert (tmp_path / "deid" / "site_secret.key").is_file()  # default keys folder beside the keep folder
 
 
-def test_predict_cli_png_and_dicom_folder(weights, synth_dicom, tmp_path):
+def test_predict_cli_png_and_dicom_folder(tiny_weights, synth_dicom, tmp_path):
     out = tmp_path / "pred"
     png_dir = synth_dicom / "general_hospital" / "images"
     dicom_dir = synth_dicom / "trauma_center" / "dicom"
     (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nbroken")
     buf = io.StringIO()
     with redirect_stdout(buf):
-        code = main(["predict", str(png_dir), str(dicom_dir), str(tmp_path / "broken.png"), "--model", str(weights),
+        code = main(["predict", str(png_dir), str(dicom_dir), str(tmp_path / "broken.png"), "--model", str(tiny_weights),
                      "--out", str(out), "--json", "--conf", "0.01", "--dicom-results"])
     records = json.loads(buf.getvalue())
     assert code == 1  # one file was skipped
@@ -265,13 +257,13 @@ def test_predict_cli_png_and_dicom_folder(weights, synth_dicom, tmp_path):
     assert lines[-1].endswith("cannot decode image (not a recognised image format)") or "skipped (unreadable_image)" in lines[-1]
 
 
-def test_heatmap_matches_image(weights, synth_dicom):
+def test_heatmap_matches_image(tiny_weights, synth_dicom):
     from client.inference.explain import gradcam
     from common.data.images import read_image
     from common.inference import load_backend
 
     image = read_image(next((synth_dicom / "general_hospital" / "images").rglob("*.png")))
     image = np.ascontiguousarray(image[:, 16:])  # not square: the letterbox padding must be cut away again
-    heat = gradcam(load_backend(weights), image, conf=0.01)
+    heat = gradcam(load_backend(tiny_weights), image, conf=0.01)
     assert heat.shape == image.shape and heat.dtype == np.float32
     assert 0.0 <= heat.min() and heat.max() == pytest.approx(1.0) and heat.std() > 0

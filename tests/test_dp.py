@@ -12,14 +12,12 @@ from common.data.dataset import DetectionDataset
 from common.engine.trainer import _optimizer, freeze_parts, train_local
 from common.errors import ConfigError
 from common.nn.loss import PerImageDetectionLoss
-from common.nn.model import ModelSpec, build_model
+from common.nn.model import build_model
 from common.privacy.dp_sgd import DPSGD, MODES, grad_sample_module
 from common.privacy.grad_sample import conv2d_grad_sample
 from opacus.grad_sample.conv import compute_conv_grad_sample
-from tests_support import toy_dataset
+from tests_support import GROUP_NANO as GROUP, NANO, toy_dataset
 from test_loss import _alone, _batch
-
-GROUP = ModelSpec(width=0.125, depth=0.5, norm="group")
 PLAIN = AugmentConfig(hflip=0, degrees=0, translate=0, scale=0, brightness=0, contrast=0, gamma=0, noise=0)
 CONSTANT = ImbalanceConfig("constant")  # what conf/privacy/dp_sgd.yaml sets: weights fixed per class
 
@@ -117,7 +115,7 @@ def test_dp_refuses_batch_norm_mosaic_and_fedprox(tmp_path):
     cfg = TrainConfig(imgsz=64, batch_size=4, max_steps=1, device="cpu", augment=PLAIN, imbalance=CONSTANT)
     hook = DPSGD(noise_multiplier=1.0, max_grad_norm=1.0, sample_rate=0.5)
     with pytest.raises(ConfigError, match="model.norm=group"):
-        train_local(build_model(ModelSpec(width=0.125, depth=0.5)), data, cfg, privacy=hook, progress=False)
+        train_local(build_model(NANO), data, cfg, privacy=hook, progress=False)
     with pytest.raises(ConfigError, match="proximal"):
         train_local(build_model(GROUP), data, cfg, privacy=hook, progress=False, proximal_mu=0.1)
     mosaic = TrainConfig(imgsz=64, batch_size=4, max_steps=1, device="cpu", augment=AugmentConfig(mosaic=0.5))

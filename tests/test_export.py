@@ -16,14 +16,12 @@ from common.data.dataset import DetectionDataset
 from common.data.images import read_image
 from common.errors import DataError
 from common.inference import Predictor, load_backend
-from common.nn.model import ModelSpec, build_model
+from common.nn.model import build_model
 from server.export.background import BackgroundExports
 from server.export.config import ExportConfig
 from server.export.version import export_version
 from server.registry import Registry, sha256_file
-from tests_support import toy_dataset
-
-SPEC = ModelSpec(width=0.125, depth=0.5)
+from tests_support import GROUP_NANO, NANO as SPEC, toy_dataset
 IMGSZ = 64
 CARD = {"run_id": "edge", "round": 1, "strategy": {"name": "fedavg", "params": {}}, "model": {}, "sites": [],
         "metrics": {}, "privacy": None, "exports": []}
@@ -73,7 +71,7 @@ def test_registry_verify_checks_export_hashes(exported):
 
     reg, version, entries = exported
     assert reg.verify(version) == []
-    assert main(["registry", "verify", version, "--root", str(reg.root)]) == 0
+    assert main(["registry", "verify", version, "--registry", str(reg.root)]) == 0
     f = reg.get(version).path / entries[2]["file"]
     original = f.read_bytes()
     try:
@@ -230,7 +228,7 @@ def test_group_norm_model_of_dp_runs_exports_and_matches(tmp_path):
     from server.export.exporter import convert_fp32
 
     torch.manual_seed(0)
-    model = build_model(ModelSpec(width=0.125, depth=0.5, norm="group")).eval()
+    model = build_model(GROUP_NANO).eval()
     edge = TFLiteBackend(convert_fp32(model, IMGSZ, tmp_path / "gn.tflite"), names={0: "fracture"})
     x = torch.rand(2, 3, IMGSZ, IMGSZ)
     with torch.no_grad():

@@ -64,8 +64,8 @@ def test_three_sites_learn_and_publish(toy, tmp_path):
     assert set(exports) == {"fp32", "int8"} and all(e["status"] == "ok" for e in exports.values()), exports
     assert exports["fp32"]["meets_goal"] and exports["fp32"]["map50_torch"] == pytest.approx(after["map50"])
     assert [json.loads(c.read_text())["exports"] for c in cards[:2]] == [[], []]  # every_k=3: only the last
-    assert main(["registry", "verify", "all", "--root", str(run / "registry")]) == 0  # through the real entry point
-    assert main(["registry", "show", "latest", "--root", str(run / "registry")]) == 0
+    assert main(["registry", "verify", "all", "--registry", str(run / "registry")]) == 0  # through the real entry point
+    assert main(["registry", "show", "latest", "--registry", str(run / "registry")]) == 0
 
 
 @pytest.mark.parametrize("fault,reason", [("nan", "non-finite"), ("shape", "wrong shape")])

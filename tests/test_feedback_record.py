@@ -15,17 +15,18 @@ from client.listener.inference import PipelineProcessor
 from common.cli import main
 from common.config import EvalConfig
 from common.errors import ConfigError
-from common.nn.model import ModelSpec, build_model
+from common.nn.model import build_model
 from common.nn.weights import save_weights
 from common.synth import generate_dataset, get_profile
 from dicom_files import PATIENT_NAME
+from tests_support import NANO
 
 CFG = EvalConfig(conf=0.01, max_det=3)  # an untrained model scores low: a low operating point still yields boxes
 
 
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory) -> Path:
-    spec = ModelSpec(width=0.125, depth=0.5)
+    spec = NANO
     return save_weights(build_model(spec), spec, tmp_path_factory.mktemp("model") / "tiny.safetensors", {"imgsz": 128})
 
 
@@ -82,8 +83,8 @@ def test_images_not_kept_are_not_recorded(weights, sources, tmp_path):
 
 def test_feedback_db_needs_keep_dir():
     with pytest.raises(ConfigError, match="feedback_db: set keep_dir"):
-        ListenConfig(weights="w", feedback_db="var/feedback.db").check()
-    ListenConfig(weights="w", feedback_db="var/feedback.db", keep_dir="var/keep").check()
+        ListenConfig(model="w", feedback_db="var/feedback.db").check()
+    ListenConfig(model="w", feedback_db="var/feedback.db", keep_dir="var/keep").check()
 
 
 def test_predict_records_dicom_inputs(weights, sources, tmp_path, capsys):

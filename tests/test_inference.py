@@ -11,13 +11,14 @@ from common.data.dataset import DetectionDataset
 from common.data.images import read_image
 from common.engine.evaluate import predict_dataset
 from common.inference import Predictor, TorchBackend
-from common.nn.model import ModelSpec, build_model
+from common.nn.model import build_model
+from tests_support import NANO
 
 
 @pytest.fixture(scope="module")
 def model():
     torch.manual_seed(0)
-    return build_model(ModelSpec(width=0.125, depth=0.5))
+    return build_model(NANO)
 
 
 def test_predictor_matches_dataset_evaluation(model, synth_data):
@@ -55,7 +56,7 @@ def test_load_backend_from_weights_file_or_version_folder(model, tmp_path):
     from common.inference import load_backend
     from common.nn.weights import save_weights
 
-    save_weights(model, ModelSpec(width=0.125, depth=0.5), tmp_path / "v0001" / "model.safetensors", {"imgsz": 96})
+    save_weights(model, NANO, tmp_path / "v0001" / "model.safetensors", {"imgsz": 96})
     for ref in (tmp_path / "v0001", tmp_path / "v0001" / "model.safetensors"):
         b = load_backend(ref)
         assert b.imgsz == 96 and b.names == dict(model.names)

@@ -27,7 +27,8 @@ from client.listener.queue import DurableQueue, pseudonym
 from client.listener.service import ListenerService
 from common.errors import ConfigError
 from dicom_files import names_in, without_patient_identity
-from orthanc_support import DCMTK_STORESCU, ORTHANC_AE, Orthanc, free_port, have_dcmtk, have_orthanc, referenced_uids
+from orthanc_support import DCMTK_STORESCU, ORTHANC_AE, Orthanc, have_dcmtk, have_orthanc, referenced_uids
+from tests_support import free_port
 
 RG1 = Path(get_testdata_file("RG1_UNCR.dcm"))
 RG3 = Path(get_testdata_file("RG3_UNCR.dcm"))
@@ -36,15 +37,6 @@ needs_orthanc = pytest.mark.skipif(not have_orthanc(), reason="Orthanc not insta
 needs_dcmtk = pytest.mark.skipif(not have_dcmtk(), reason="dcmtk not installed (apt-get install dcmtk)")
 GSPS, SC = "1.2.840.10008.5.1.4.1.1.11.1", "1.2.840.10008.5.1.4.1.1.7"
 SR_PREFIX = "1.2.840.10008.5.1.4.1.1.88."
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory) -> Path:
-    from common.nn.model import ModelSpec, build_model
-    from common.nn.weights import save_weights
-
-    spec = ModelSpec(width=0.125, depth=0.5)
-    return save_weights(build_model(spec), spec, tmp_path_factory.mktemp("model") / "tiny.safetensors", {"imgsz": 128})
 
 
 @pytest.fixture(scope="module")
@@ -80,13 +72,13 @@ def scu(ae_title: str = "MODALITY", *contexts) -> AE:
 
 
 @pytest.fixture
-def service(tmp_path, tiny_model):
+def service(tmp_path, tiny_weights):
     """A listener with the real DICOM pipeline on a free loopback port, keeping results in its outbox."""
     started = []
 
     def start(processor=None, **overrides) -> ListenerService:
         cfg = ListenConfig(host="127.0.0.1", port=0, queue_dir=str(tmp_path / "queue"), destination=None,
-                           retry_delay=0.2, status_every=0.5, weights=str(tiny_model), threads=1, **overrides)
+                           retry_delay=0.2, status_every=0.5, model=str(tiny_weights), threads=1, **overrides)
         svc = ListenerService(cfg, processor or build_processor(cfg))
         svc.start()
         started.append(svc)
@@ -247,17 +239,19 @@ def test_config_errors_name_the_key():
         ListenConfig(allowed_peers=[PeerConfig()]).check()
     with pytest.raises(ConfigError, match=r"allowed_peers\[0\].host"):
         ListenerService(ListenConfig(allowed_peers=[PeerConfig(host="pacs.example")]), lambda path: [])
-    with pytest.raises(ConfigError, match="weights"):
+    with pytest.raises(ConfigError, match="config key model"):
         build_processor(ListenConfig())
+    with pytest.raises(ConfigError, match="config key variant"):
+        ListenConfig(variant="int4").check()
 
 
 @needs_orthanc
-def test_outbox_survives_an_unreachable_pacs(tmp_path, tiny_model):
+def test_outbox_survives_an_unreachable_pacs(tmp_path, tiny_weights):
     """Results wait in outbox/ while the PACS is down and are delivered once it is up (and only then removed)."""
     lport = free_port()
     pacs = Orthanc(tmp_path / "orthanc", "FRACFL", lport, route=False)
     cfg = ListenConfig(host="127.0.0.1", port=lport, queue_dir=str(tmp_path / "queue"), retry_delay=0.2,
-                       max_retry_delay=0.5, send_timeout=5, weights=str(tiny_model), threads=1,
+                       max_retry_delay=0.5, send_timeout=5, model=str(tiny_weights), threads=1,
                        destination=DestinationConfig(ORTHANC_AE, "127.0.0.1", pacs.dicom_port))
     svc = ListenerService(cfg, build_processor(cfg))
     svc.start()
@@ -270,7 +264,7 @@ def test_outbox_survives_an_unreachable_pacs(tmp_path, tiny_model):
         with pacs:
             wait_for(lambda: svc.queue.count("outbox") == 0, what="delivery after the PACS came up")
             stored = listener_results(pacs)
-        check_results(stored, RG3, tiny_model)
+        check_results(stored, RG3, tiny_weights)
         assert [r["event"] for r in journal(svc.queue.root)][-1] == "sent"
     finally:
         svc.stop(timeout=10)
@@ -298,13 +292,13 @@ def check_results(stored: dict[str, dict], source: Path, weights: Path) -> None:
 
 
 @needs_orthanc
-def test_orthanc_routes_radiographs_and_receives_gsps_sr_sc(tmp_path, tiny_model, synthetic_dx, caplog):
+def test_orthanc_routes_radiographs_and_receives_gsps_sr_sc(tmp_path, tiny_weights, synthetic_dx, caplog):
     """Uploads to a real Orthanc are auto-routed to the listener; the results land in Orthanc, referencing the source."""
     caplog.set_level(logging.DEBUG)
     lport = free_port()
     sources = [RG1, RG3, synthetic_dx[0]]
     with Orthanc(tmp_path / "orthanc", "FRACFL", lport) as pacs:
-        cfg = ListenConfig(host="127.0.0.1", port=lport, queue_dir=str(tmp_path / "queue"), weights=str(tiny_model),
+        cfg = ListenConfig(host="127.0.0.1", port=lport, queue_dir=str(tmp_path / "queue"), model=str(tiny_weights),
                            allowed_peers=[PeerConfig(ae_title=ORTHANC_AE, host="127.0.0.1")], threads=1,
                            destination=DestinationConfig(ORTHANC_AE, "127.0.0.1", pacs.dicom_port))
         svc = ListenerService(cfg, build_processor(cfg))
@@ -317,7 +311,7 @@ def test_orthanc_routes_radiographs_and_receives_gsps_sr_sc(tmp_path, tiny_model
         finally:
             svc.stop(timeout=10)
     for f in sources:
-        check_results(stored, f, tiny_model)
+        check_results(stored, f, tiny_weights)
     assert svc.queue.count("outbox") == svc.queue.count("failed") == svc.queue.count("incoming") == 0
     logged = caplog.text
     for f in sources:
@@ -343,7 +337,7 @@ def start_listener(args: list[str], port: int, log: Path) -> subprocess.Popen:
 
 
 @needs_orthanc
-def test_killed_listener_loses_nothing_acknowledged(tmp_path, tiny_model, synthetic_dx):
+def test_killed_listener_loses_nothing_acknowledged(tmp_path, tiny_weights, synthetic_dx):
     """SIGKILL `fracfl listen` mid-work, restart it: every acknowledged object is processed once, results arrive.
 
     One source has no PatientID (nor birth date, sex, StudyID, accession, laterality) and patient and physician
@@ -353,7 +347,7 @@ def test_killed_listener_loses_nothing_acknowledged(tmp_path, tiny_model, synthe
     noid = without_patient_identity(tmp_path / "noid.dcm")
     sources = [*synthetic_dx, noid, RG3]  # the slow one last: work is left when the first item is done
     with Orthanc(tmp_path / "orthanc", "FRACFL", lport, route=False) as pacs:
-        args = ["host=127.0.0.1", f"port={lport}", f"queue_dir={queue}", f"weights={tiny_model}", "threads=1",
+        args = ["host=127.0.0.1", f"port={lport}", f"queue_dir={queue}", f"model={tiny_weights}", "threads=1",
                 f"destination.port={pacs.dicom_port}", "retry_delay=0.2", "status_every=1"]
         proc = start_listener(args, lport, log)
         assoc = scu().associate("127.0.0.1", lport, ae_title="FRACFL")
@@ -375,7 +369,7 @@ def test_killed_listener_loses_nothing_acknowledged(tmp_path, tiny_model, synthe
             assert proc.wait(30) == 0, log.read_text()[-2000:]
         stored = listener_results(pacs)
     for f in sources:
-        check_results(stored, f, tiny_model)
+        check_results(stored, f, tiny_weights)
     processed = Counter(r["item"] for r in journal(queue) if r["event"] == "processed")
     assert len(processed) <= len(sources) and max(processed.values()) == 1
     assert "recovered queue after restart" in log.read_text()

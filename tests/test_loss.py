@@ -1,11 +1,14 @@
 """The per-image loss: each image's term and gradient are its own, whatever else is in the batch (DP-SGD needs it)."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 from torch import nn
 
 from common.nn.loss import PerImageDetectionLoss
-from common.nn.model import ModelSpec, build_model
+from common.nn.model import build_model
+from tests_support import NANO
 from ultralytics.utils.loss import v8DetectionLoss
 
 
@@ -27,7 +30,7 @@ def _alone(batch, i):
 
 def _model(norm):
     torch.manual_seed(1)
-    model = build_model(ModelSpec(width=0.125, depth=0.5, norm=norm))
+    model = build_model(replace(NANO, norm=norm))
     model.train()
     for m in model.modules():  # BatchNorm in training mode mixes images; frozen statistics do not
         if isinstance(m, nn.BatchNorm2d):
@@ -80,7 +83,7 @@ def test_per_sample_gradients_equal_gradients_of_each_image_alone():
 
 def test_the_check_detects_coupling_through_batch_norm():
     """The same check fails when BatchNorm uses batch statistics (why DP-SGD runs the GroupNorm model)."""
-    model = build_model(ModelSpec(width=0.125, depth=0.5, norm="batch")).train()
+    model = build_model(NANO).train()
     imgs, batch = _batch()
     crit = PerImageDetectionLoss(model)
     assert _max_gap(lambda p, b: crit.per_image(p, b)[0], model, imgs[:3], _first(batch, 3)) > 1e-2

@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 from common.nn.model import ModelSpec, build_model, layer_parts
+from tests_support import NANO
 
 
 def _params(model: nn.Module, layers: list[int]) -> int:
@@ -43,7 +44,7 @@ def test_full_yolov7_size_and_activation():
 
 def test_width_and_depth_scale_down():
     full = build_model(ModelSpec())
-    nano = build_model(ModelSpec(width=0.125, depth=0.5))
+    nano = build_model(NANO)
     n_full = sum(p.numel() for p in full.parameters())
     n_nano = sum(p.numel() for p in nano.parameters())
     assert n_nano < n_full / 20

@@ -11,6 +11,7 @@ import highdicom as hd
 import numpy as np
 import pytest
 from dicom_files import small_cr
+from tests_support import NANO
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
@@ -261,12 +262,11 @@ def seeded_model(tmp_path_factory) -> Path:
     """An untrained tiny detector (seeded): it reports one box per image at a near-zero operating point."""
     import torch
 
-    from common.nn.model import ModelSpec, build_model
+    from common.nn.model import build_model
     from common.nn.weights import save_weights
 
     torch.manual_seed(0)
-    spec = ModelSpec(width=0.125, depth=0.5)
-    return save_weights(build_model(spec), spec, tmp_path_factory.mktemp("model") / "tiny.safetensors", {"imgsz": 128})
+    return save_weights(build_model(NANO), NANO, tmp_path_factory.mktemp("model") / "tiny.safetensors", {"imgsz": 128})
 
 
 def cr_file(path: Path, patient: str, rows: int = 240, columns: int = 320) -> Dataset:
@@ -324,7 +324,7 @@ def test_annotations_sent_through_orthanc_become_verdicts(tmp_path, seeded_model
     keep, db = tmp_path / "site" / "kept", tmp_path / "site" / "feedback.db"
     lport = free_port()
     with Orthanc(tmp_path / "orthanc", "FRACFL", lport, modalities=RADIOGRAPHS + ANNOTATIONS) as pacs:
-        cfg = ListenConfig(host="127.0.0.1", port=lport, queue_dir=str(tmp_path / "queue"), weights=str(seeded_model),
+        cfg = ListenConfig(host="127.0.0.1", port=lport, queue_dir=str(tmp_path / "queue"), model=str(seeded_model),
                            allowed_peers=[PeerConfig(ae_title=ORTHANC_AE, host="127.0.0.1")], threads=1, heatmap=False,
                            destination=DestinationConfig(ORTHANC_AE, "127.0.0.1", pacs.dicom_port),
                            keep_dir=str(keep), feedback_db=str(db), eval=EvalConfig(conf=0.0001, max_det=1))

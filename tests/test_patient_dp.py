@@ -14,13 +14,13 @@ from client.privacy import Budget, PrivacyRefused, guard_round, privacy_groups
 from common.config import PrivacyConfig, TrainConfig
 from common.data.dataset import DetectionDataset
 from common.engine.trainer import train_local
-from common.nn.model import ModelSpec, build_model
+from common.nn.model import build_model
 from common.privacy.accounting import Mechanism, default_delta, epsilon_rdp
 from common.privacy.dp_sgd import DPSGD, _DPOptimizer, _PatientDPOptimizer, grad_sample_module
 from common.privacy.patients import (IMAGE_UNIT, PATIENT_UNIT, PATIENTS_FILE, PatientPoissonSampler, PatientSplittingSampler,
                                      patient_groups, read_patients, write_patients)
 from test_dp import CONSTANT, PLAIN
-from tests_support import toy_dataset
+from tests_support import GROUP_NANO, toy_dataset
 
 CLIP = 1.0
 
@@ -117,7 +117,7 @@ def test_the_patient_is_the_default_and_a_real_site_refuses_the_image_unit(tmp_p
 def test_patient_level_training_runs_and_counts_logical_steps(tmp_path):
     data = DetectionDataset.from_data(toy_dataset(tmp_path / "site", n=12), "train", 64, cache=True)
     groups = patient_groups(data.images, {p.stem: f"P{i // 3}" for i, p in enumerate(data.images)})
-    model = build_model(ModelSpec(width=0.125, depth=0.5, norm="group"))
+    model = build_model(GROUP_NANO)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     cfg = TrainConfig(imgsz=64, batch_size=2, epochs=1, warmup_steps=0, device="cpu", augment=PLAIN, imbalance=CONSTANT)
     patients = int(groups.max()) + 1

@@ -10,11 +10,10 @@ import pytest
 import torch
 
 from common.errors import DataError, FracflError
-from common.nn.model import ModelSpec, build_model
+from common.nn.model import build_model
 from server.registry import CardError, Registry
 from server.registry import store as store_mod
-
-SPEC = ModelSpec(width=0.125, depth=0.5)
+from tests_support import NANO as SPEC
 
 
 @pytest.fixture(scope="module")
@@ -227,7 +226,7 @@ def cli(*argv: str) -> int:
 
 def test_cli_list_show_verify(reg, capsys, monkeypatch):
     root = str(reg.root)
-    assert cli("registry", "list", "--root", root) == 0
+    assert cli("registry", "list", "--registry", root) == 0
     out = capsys.readouterr().out
     assert all(v in out for v in ("v0001", "v0002", "v0003 *", "run-a", "run-b", "0.410", "0.900", "1/2 trained"))
 
@@ -249,7 +248,7 @@ def test_cli_list_show_verify(reg, capsys, monkeypatch):
 
     assert cli("registry", "show", "v0042") == 2
     assert "v0042" in capsys.readouterr().out
-    assert cli("registry", "list", "--root", str(reg.root.parent / "elsewhere")) == 2
+    assert cli("registry", "list", "--registry", str(reg.root.parent / "elsewhere")) == 2
     assert "no registry here" in capsys.readouterr().out
 
 

@@ -6,13 +6,13 @@ import torch
 
 from client.task import train_site
 from common.config import LocalTrainConfig
-from common.nn.model import ModelSpec, build_model
+from common.nn.model import build_model
 from common.protocol import SiteJob
-from tests_support import toy_dataset
+from tests_support import NANO, toy_dataset
 
 
 def test_a_parsed_job_is_shared_and_training_leaves_it_unchanged(tmp_path):
-    spec = ModelSpec(width=0.125, depth=0.5)
+    spec = NANO
     train = LocalTrainConfig(epochs=7, local_epochs=1, max_steps=1, batch_size=4, imgsz=64)
     text = SiteJob(model=spec.to_dict(), train=train, rounds=2).to_json()
     job = SiteJob.parse(text)

@@ -11,10 +11,9 @@ from common.data.dataset import DetectionDataset
 from common.engine.evaluate import evaluate_model
 from common.engine.trainer import TrainingDiverged, image_weights, train_local
 from common.errors import ConfigError
-from common.nn.model import ModelSpec, build_model, layer_parts
-from tests_support import toy_dataset
+from common.nn.model import build_model, layer_parts
+from tests_support import NANO, toy_dataset
 
-NANO = ModelSpec(width=0.125, depth=0.5)
 FAST = TrainConfig(imgsz=128, batch_size=8, epochs=1, warmup_steps=0, device="cpu")
 
 
@@ -22,19 +21,26 @@ def _data(synth_data, split="train", augment=None):
     return DetectionDataset.from_data(synth_data, split, 128, augment=augment, cache=True)
 
 
-def test_training_fits_the_data(tmp_path):
+def test_training_fits_the_data(tmp_path, deterministic, record_property):
     """Fitting a few images end to end (loss, assignment, optimiser, NMS, mapping back, metrics) is the minimal
-    proof that the engine learns."""
+    proof that the engine learns.
+
+    Seeded weights and data order, fixed threads and deterministic kernels give the same numbers on every run of one
+    machine. Other CPUs round differently, and after 150 steps some starts had not converged yet (mAP50 0.495 to
+    0.81 by machine and thread count; 2 of 10 seeds below 0.81): 300 steps reach 0.995 from each start tried, twice
+    the bar. The spread is in docs/testing.md."""
     torch.manual_seed(0)
     data = DetectionDataset.from_data(toy_dataset(tmp_path, n=10, positives=10), "train", 64, cache=True)
     model = build_model(NANO)
     cfg = EvalConfig(conf=0.25)
     before = evaluate_model(model, data, cfg, torch.device("cpu"), progress=False)
     plain = AugmentConfig(hflip=0, degrees=0, translate=0, scale=0, brightness=0, contrast=0, gamma=0, noise=0)
-    train = TrainConfig(imgsz=64, batch_size=8, epochs=150, optimizer="adamw", lr=0.004, warmup_steps=0,
+    train = TrainConfig(imgsz=64, batch_size=8, epochs=300, optimizer="adamw", lr=0.004, warmup_steps=0,
                         schedule="constant", grad_clip=None, device="cpu", augment=plain)
-    train_local(model, data, train, progress=False)
+    train_local(model, data, train, seed=0, progress=False)
     after = evaluate_model(model, data, cfg, torch.device("cpu"), progress=False)
+    for name, value in (("map50_before", before.map50), ("map50", after.map50), ("best_f1", after.best_f1)):
+        record_property(name, value)  # in --junitxml output: how flakiness was measured (docs/testing.md)
     assert before.map50 < 0.05
     assert after.map50 > 0.5
     assert after.best_f1 > 0.5  # at its best operating point; calibration after so few steps is still rough

@@ -3,13 +3,14 @@
 import numpy as np
 import pytest
 
-from common.nn.model import ModelSpec, build_model
+from common.nn.model import build_model
 from server.updates import aggregate_buffers, check_examples, check_update, split_state
+from tests_support import NANO
 
 
 @pytest.fixture(scope="module")
 def reference():
-    return {k: v.numpy().copy() for k, v in build_model(ModelSpec(width=0.125, depth=0.5)).state_dict().items()}
+    return {k: v.numpy().copy() for k, v in build_model(NANO).state_dict().items()}
 
 
 def test_good_update_passes(reference):

@@ -3,6 +3,7 @@
 import hashlib
 import sys
 import textwrap
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -10,11 +11,10 @@ import torch
 from safetensors import safe_open
 
 from common.errors import DataError
-from common.nn.model import ModelSpec, build_model
+from common.nn.model import build_model
 from common.nn.weights import (init_from_checkpoint, load_model, model_from_config, read_weights, save_weights,
                                write_state)
-
-SPEC = ModelSpec(width=0.125, depth=0.5)
+from tests_support import NANO as SPEC
 
 
 def _perturbed_model():
@@ -97,7 +97,7 @@ def test_foreign_pickled_model_loads_without_its_code(tmp_path, monkeypatch):
 
 
 def test_shape_mismatch_and_missing_are_reported(tmp_path):
-    coco = build_model(ModelSpec(width=0.125, depth=0.5, names={i: str(i) for i in range(80)}))
+    coco = build_model(replace(SPEC, names={i: str(i) for i in range(80)}))
     torch.save(coco.state_dict(), tmp_path / "coco.pth")
     model, _, report = model_from_config("yolov7-tiny", {0: "fracture"}, 0.125, 0.5, "batch", str(tmp_path / "coco.pth"))
     assert report.shape_mismatch and all(".cv3." in k for k, _, _ in report.shape_mismatch)  # class outputs only

@@ -1,11 +1,37 @@
-"""Small datasets the tests make themselves."""
+"""What many tests need: the tiny model, small datasets the tests make themselves, a free loopback port."""
 
 from __future__ import annotations
 
+import socket
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from common.nn.model import ModelSpec, build_model
+from common.nn.weights import save_weights
+
+NANO = ModelSpec(width=0.125, depth=0.5)  # conf/model/yolov7_nano.yaml: a YOLOv7-tiny at 1/8 width, builds in ~0.1 s
+GROUP_NANO = replace(NANO, norm="group")  # as DP-SGD sites train it (BatchNorm mixes the images of a batch)
+
+
+def save_nano(path: Path, imgsz: int = 128, spec: ModelSpec = NANO, seed: int = 0) -> Path:
+    """An untrained `spec` model's weights file, the same in every run (seeded, the global RNG left alone): for tests
+    that need *a* model, not a good one. A model drawn afresh each run made such tests pass or fail by chance."""
+    import torch
+
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = build_model(spec)
+    return save_weights(model, spec, path, {"imgsz": imgsz})
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on right now (on loopback)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def toy_dataset(root: Path, size: int = 64, n: int = 8, positives: int = 6, seed: int = 0) -> Path:

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from common.config import EvalConfig
+from common.config import TFLITE_VARIANTS, EvalConfig
 
 
 def _run(a: argparse.Namespace) -> int:
@@ -43,7 +43,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--backend", default="torch", choices=["torch", "tflite"],
                    help="inference runtime: the PyTorch model, or an edge build exported into the version folder "
                    "(same preprocessing, decoding and operating point; no heatmap, which needs gradients)")
-    p.add_argument("--variant", default="fp32", help="tflite build: fp32, fp16, w8a32 or int8 (default fp32)")
+    p.add_argument("--variant", default="fp32", choices=TFLITE_VARIANTS,
+                   help="which TFLite build of the version folder --backend tflite runs (default %(default)s)")
     p.add_argument("--out", default="runs/predict", help="folder for annotated/heatmap PNGs and predictions.json")
     p.add_argument("--conf", type=float, default=d.conf, help=f"operating point score (default {d.conf})")
     p.add_argument("--json", action="store_true", help="print one JSON array instead of one line per image")

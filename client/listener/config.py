@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from common.config import EvalConfig
+from common.config import TFLITE_VARIANTS, EvalConfig
 from common.errors import ConfigError
 
 
@@ -35,9 +35,9 @@ class ListenConfig:
     require_called_ae: bool = True  # reject associations addressed to another AE title
     destination: DestinationConfig | None = field(default_factory=DestinationConfig)  # null: keep results only on disk
     queue_dir: str = "var/listener"
-    weights: str = ""  # weights file or registry version folder (`model` is a Hydra group name elsewhere)
+    model: str = ""  # weights file or registry version folder (the old key `weights` is still read, with a warning)
     backend: str = "torch"  # torch | tflite (an edge build exported into the version folder)
-    variant: str = "fp32"  # tflite build: fp32 | fp16 | w8a32 | int8
+    variant: str = "fp32"  # tflite build: one of common.config.TFLITE_VARIANTS
     threads: int = 2  # CPU threads for inference
     workers: int = 1  # inference threads pulling from the queue
     max_attempts: int = 3  # processing attempts before an item goes to failed/
@@ -60,6 +60,8 @@ class ListenConfig:
             raise ConfigError(f"config key port: {self.port} is not a TCP port")
         if self.destination is not None and not 0 < self.destination.port < 65536:
             raise ConfigError(f"config key destination.port: {self.destination.port} is not a TCP port")
+        if self.variant not in TFLITE_VARIANTS:
+            raise ConfigError(f"config key variant: {self.variant!r}; choose from {', '.join(TFLITE_VARIANTS)}")
         if self.workers < 1 or self.max_attempts < 1:
             raise ConfigError("config keys workers and max_attempts must be at least 1")
         if self.feedback_db and not self.keep_dir:

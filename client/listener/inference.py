@@ -42,11 +42,11 @@ def build_processor(cfg: ListenConfig) -> Processor:
     """Load the model once; results are written under queue_dir/results, rejected files under queue_dir/quarantine."""
     from client.dicom.pipeline import DicomPipeline
 
-    if not cfg.weights:
-        raise ConfigError("config key weights: give the model (a weights file or a registry version folder)")
+    if not cfg.model:
+        raise ConfigError("config key model: give the model (a weights file or a registry version folder)")
     root = Path(cfg.queue_dir)
     feedback = FeedbackStore(cfg.feedback_db) if cfg.feedback_db else None  # opened first: a bad path fails now
-    pipeline = DicomPipeline(cfg.weights, root / "results", root / "quarantine", backend=cfg.backend,
+    pipeline = DicomPipeline(cfg.model, root / "results", root / "quarantine", backend=cfg.backend,
                              variant=cfg.variant, eval_cfg=cfg.eval, keep_dir=cfg.keep_dir, heatmap=cfg.heatmap)
     # Radiologists' annotations are matched through the same site keys that named the kept copies.
     annotations = (AnnotationProcessor(PacsFeedback(feedback, pipeline.deidentify.keys))

@@ -6,14 +6,17 @@ import argparse
 import json
 from dataclasses import asdict
 
+from common.commands.options import add_arch, resolve_arch
+
 
 def _info(a: argparse.Namespace) -> int:
     from common.nn.model import ModelSpec, build_model, layer_parts
 
-    model = build_model(ModelSpec(arch=a.arch, width=a.width, depth=a.depth))
+    arch, width, depth = resolve_arch(a)
+    model = build_model(ModelSpec(arch=arch, width=width, depth=depth))
     parts = layer_parts(model)
     count = {k: sum(p.numel() for i in v for p in model.model[i].parameters()) for k, v in parts.items()}
-    print(f"{a.arch} (width {a.width}, depth {a.depth}): YOLOv7 backbone and neck with Ultralytics' anchor-free "
+    print(f"{arch} (width {width}, depth {depth}): YOLOv7 backbone and neck with Ultralytics' anchor-free "
           f"Detect head; {len(model.model)} layers")
     for k, v in count.items():
         print(f"  {k:9s} layers {parts[k][0]:3d}-{parts[k][-1]:3d}  {v / 1e6:7.3f} M parameters")
@@ -24,7 +27,8 @@ def _info(a: argparse.Namespace) -> int:
 def _import(a: argparse.Namespace) -> int:
     from common.nn.weights import model_from_config, save_weights
 
-    model, spec, report = model_from_config(a.arch, {0: "fracture"}, a.width, a.depth, "batch", a.checkpoint)
+    arch, width, depth = resolve_arch(a)
+    model, spec, report = model_from_config(arch, {0: "fracture"}, width, depth, "batch", a.checkpoint)
     print(report.summary())
     if a.verbose:
         print(json.dumps(asdict(report), indent=1, default=list))
@@ -39,9 +43,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     for name, fn, helptext in (("info", _info, "parameter counts per part"),
                                ("import", _import, "convert a checkpoint (YOLOv7, Ultralytics, state dict)")):
         q = msub.add_parser(name, help=helptext)
-        q.add_argument("--arch", default="yolov7-tiny", choices=["yolov7-tiny", "yolov7"])
-        q.add_argument("--width", type=float, default=1.0)
-        q.add_argument("--depth", type=float, default=1.0)
+        add_arch(q)
         q.set_defaults(func=fn)
         if name == "import":
             q.add_argument("checkpoint", help="checkpoint to read (.pt, .pth, .safetensors)")

@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from common.commands.options import add_registry
+
 
 def _registry_and_version(a: argparse.Namespace):
     from common.errors import DataError
@@ -64,7 +66,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="Write TFLite (LiteRT) builds of a registry version into its exports/ folder and "
                        "record each file's size, hash and accuracy versus PyTorch on its model card.")
     p.add_argument("--model", required=True, help="registry version (v0003, 3, latest) or a version folder")
-    p.add_argument("--registry", default=None, help="registry folder (default: $FRACFL_REGISTRY or ./registry)")
+    add_registry(p)
     p.add_argument("--variants", default="fp32,fp16,int8", help=f"comma-separated, from {', '.join(VARIANTS)}")
     p.add_argument("--data", default=None, help="validation data (data.yaml or folder) for the comparison with "
                    "PyTorch; without it the files are made but not compared")

@@ -1,6 +1,6 @@
 """`fracfl registry list|show|verify`: browse and check the published global models.
 
-The registry folder is `--root`, else $FRACFL_REGISTRY, else `registry` in the current directory.
+The registry folder is `--registry`, else $FRACFL_REGISTRY, else `registry` in the current directory.
 """
 
 from __future__ import annotations
@@ -11,6 +11,8 @@ import os
 import sys
 from pathlib import Path
 
+from common.commands.options import add_registry
+
 
 def default_root() -> Path:
     return Path(os.environ.get("FRACFL_REGISTRY") or "registry")
@@ -20,9 +22,9 @@ def _open(a: argparse.Namespace):
     from common.errors import DataError
     from server.registry import Registry
 
-    root = Path(a.root) if a.root else default_root()
+    root = Path(a.registry) if a.registry else default_root()
     if not root.is_dir():
-        raise DataError(root, "no registry here (use --root DIR or set FRACFL_REGISTRY)")
+        raise DataError(root, "no registry here (use --registry DIR or set FRACFL_REGISTRY)")
     return Registry(root)
 
 
@@ -109,21 +111,20 @@ def _verify(a: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("registry", help="list, show and verify published global models",
                        description="The model registry: every global model the server published, with its card. "
-                       "Root: --root, else $FRACFL_REGISTRY, else ./registry.")
+                       "Folder: --registry, else $FRACFL_REGISTRY, else ./registry.")
     rsub = p.add_subparsers(dest="registry_command", metavar="ACTION", required=True)
-    root_help = "registry folder (default: $FRACFL_REGISTRY or ./registry)"
 
     q = rsub.add_parser("list", help="one row per version: run, round, parent, pooled metrics, sites")
-    q.add_argument("--root", default=None, help=root_help)
+    add_registry(q)
     q.set_defaults(func=_list)
 
     q = rsub.add_parser("show", help="print a version's card (card.md, or card.json with --json)")
     q.add_argument("version", help="version (v0003, 3) or 'latest'")
-    q.add_argument("--root", default=None, help=root_help)
+    add_registry(q)
     q.add_argument("--json", action="store_true", help="print card.json instead of card.md")
     q.set_defaults(func=_show)
 
     q = rsub.add_parser("verify", help="recompute content hashes; exit 1 if anything is missing or changed")
     q.add_argument("version", help="version, 'latest', or 'all'")
-    q.add_argument("--root", default=None, help=root_help)
+    add_registry(q)
     q.set_defaults(func=_verify)

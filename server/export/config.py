@@ -4,12 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from common.config import TFLITE_VARIANTS as VARIANTS
 from common.errors import ConfigError
 
-# fp32: Ultralytics' LiteRT export as is. fp16: its weights stored as float16 (half the file, fp32 arithmetic).
-# w8a32: int8 weights, float activations (weight-only/dynamic, no calibration). int8: int8 weights and
-# activations (static, calibrated on local images): the fast one on CPUs.
-VARIANTS = ("fp32", "fp16", "w8a32", "int8")
 CALIBRATED = frozenset({"int8"})
 
 
