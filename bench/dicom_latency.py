@@ -24,8 +24,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from _common import FRACATLAS, emit, machine  # noqa: E402
-from orthanc_support import ORTHANC_AE, Orthanc, free_port, have_orthanc  # noqa: E402
+from _common import FRACATLAS, emit, machine
+from orthanc_support import ORTHANC_AE, Orthanc, free_port, have_orthanc
 
 
 def fracatlas_as_dx(images: list[Path], out: Path) -> list[Path]:
@@ -44,8 +44,18 @@ def fracatlas_as_dx(images: list[Path], out: Path) -> list[Path]:
         ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
         ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
         ds.PatientName, ds.PatientID, ds.Modality = "BENCH^FRACATLAS", img.stem, "DX"
-        for keyword in ("PatientBirthDate", "PatientSex", "StudyDate", "StudyTime", "StudyID", "AccessionNumber",
-                        "ReferringPhysicianName", "SeriesNumber", "InstanceNumber", "PatientOrientation"):
+        for keyword in (
+            "PatientBirthDate",
+            "PatientSex",
+            "StudyDate",
+            "StudyTime",
+            "StudyID",
+            "AccessionNumber",
+            "ReferringPhysicianName",
+            "SeriesNumber",
+            "InstanceNumber",
+            "PatientOrientation",
+        ):
             setattr(ds, keyword, None)  # Type 2 attributes a digitiser writes (empty), as highdicom expects
         ds.PresentationIntentType, ds.ImageType = "FOR PRESENTATION", ["ORIGINAL", "PRIMARY"]
         ds.Rows, ds.Columns = pixels.shape
@@ -64,9 +74,13 @@ def inputs(work: Path, n_fracatlas: int) -> list[tuple[str, Path]]:
 
     from common.synth import generate_dataset
 
-    found = [("pydicom-data RG1 (CR chest 1955x1841, 15-bit)", Path(get_testdata_file("RG1_UNCR.dcm"))),
-             ("pydicom-data RG3 (CR ankle 1760x1760, 10-bit)", Path(get_testdata_file("RG3_UNCR.dcm")))]
-    generate_dataset(work / "synth", ["general_hospital"], images_per_site=2, size=1024, seed=0, dicom=True, progress=False)
+    found = [
+        ("pydicom-data RG1 (CR chest 1955x1841, 15-bit)", Path(get_testdata_file("RG1_UNCR.dcm"))),
+        ("pydicom-data RG3 (CR ankle 1760x1760, 10-bit)", Path(get_testdata_file("RG3_UNCR.dcm"))),
+    ]
+    generate_dataset(
+        work / "synth", ["general_hospital"], images_per_site=2, size=1024, seed=0, dicom=True, progress=False
+    )
     found += [("synthetic DX 1024 px", p) for p in sorted((work / "synth").rglob("dicom/*.dcm"))[:2]]
     valid = sorted((FRACATLAS / "images" / "valid").glob("*.jpg"))[:n_fracatlas]
     if valid:
@@ -103,7 +117,9 @@ def main() -> None:
     p.add_argument("--backend", default="torch", choices=["torch", "tflite"])
     p.add_argument("--weights", default=None, help="trained weights to use instead of a random full-size model")
     p.add_argument("--variant", default="fp32", help="tflite build (exported first, calibrated on synthetic DX)")
-    p.add_argument("--heatmap", choices=["on", "off", "both"], default="both", help="Grad-CAM in the SC (both: side by side)")
+    p.add_argument(
+        "--heatmap", choices=["on", "off", "both"], default="both", help="Grad-CAM in the SC (both: side by side)"
+    )
     a = p.parse_args()
     if not have_orthanc():
         print("skipped: Orthanc not installed (apt-get install orthanc)")
@@ -131,10 +147,18 @@ def main() -> None:
     with Orthanc(work / "orthanc", "FRACFL", lport) as pacs:
         passes = {"on": [True], "off": [False], "both": [True, False]}[a.heatmap]
         for heatmap in passes:
-            cfg = ListenConfig(host="127.0.0.1", port=lport, queue_dir=str(work / f"queue-heatmap-{heatmap}"),
-                               model=str(model_path), backend=a.backend, variant=a.variant, threads=a.threads,
-                               status_every=3600,
-                               heatmap=heatmap, destination=DestinationConfig(ORTHANC_AE, "127.0.0.1", pacs.dicom_port))
+            cfg = ListenConfig(
+                host="127.0.0.1",
+                port=lport,
+                queue_dir=str(work / f"queue-heatmap-{heatmap}"),
+                model=str(model_path),
+                backend=a.backend,
+                variant=a.variant,
+                threads=a.threads,
+                status_every=3600,
+                heatmap=heatmap,
+                destination=DestinationConfig(ORTHANC_AE, "127.0.0.1", pacs.dicom_port),
+            )
             report(run_pass(cfg, pacs, sources, work, a.repeats), f"heatmap {'on' if heatmap else 'off'}", a)
         stored = sum(1 for _ in pacs.received_from("FRACFL"))
     print(f"results stored in Orthanc: {stored} objects")
@@ -149,12 +173,21 @@ def edge_build(weights: Path, work: Path, variant: str) -> Path:
 
     model, spec, meta = load_model(weights)
     reg = Registry(work / "registry")
-    card = {"run_id": "bench", "round": 1, "strategy": {"name": "fedavg", "params": {}}, "model": {}, "sites": [],
-            "metrics": {}, "privacy": None, "exports": []}
+    card = {
+        "run_id": "bench",
+        "round": 1,
+        "strategy": {"name": "fedavg", "params": {}},
+        "model": {},
+        "sites": [],
+        "metrics": {},
+        "privacy": None,
+        "exports": [],
+    }
     pub = reg.publish(model, spec, card, meta)
     calib = work / "synth" / "data.yaml"
-    entries = export_version(reg, pub.version, ExportConfig(variants=[variant], calibration=str(calib),
-                                                            validation=str(calib)))
+    entries = export_version(
+        reg, pub.version, ExportConfig(variants=[variant], calibration=str(calib), validation=str(calib))
+    )
     if entries[0]["status"] != "ok":
         raise SystemExit(f"export failed: {entries[0]['status']}")
     return pub.path
@@ -182,8 +215,15 @@ def run_pass(cfg, pacs: Orthanc, sources: list[tuple[str, Path]], work: Path, re
                     if "failed" in events or time.time() > deadline:
                         raise SystemExit(f"{label}: no results ({events.get('failed', {}).get('reason', 'timeout')})")
                     time.sleep(0.01)
-                rows.append({"source": label, "repeat": rep, "total": events["sent"]["seconds"],
-                             "inference": events["processed"]["seconds"], "routing": events["received"]["t"] - t0})
+                rows.append(
+                    {
+                        "source": label,
+                        "repeat": rep,
+                        "total": events["sent"]["seconds"],
+                        "inference": events["processed"]["seconds"],
+                        "routing": events["received"]["t"] - t0,
+                    }
+                )
                 print(f"{label:48s} total {rows[-1]['total']:.2f} s  (pipeline {rows[-1]['inference']:.2f} s)")
     finally:
         svc.stop()
@@ -198,13 +238,29 @@ def report(rows: list[dict], name: str, a: argparse.Namespace) -> None:
     print(f"{'source':48s} {'n':>3s} {'median total':>13s} {'median pipeline':>16s}")
     for label in dict.fromkeys(r["source"] for r in measured):
         sel = [r for r in measured if r["source"] == label]
-        print(f"{label:48s} {len(sel):3d} {statistics.median(r['total'] for r in sel):12.2f}s "
-              f"{statistics.median(r['inference'] for r in sel):15.2f}s")
-    print(f"ALL ({name}): median {statistics.median(totals):.2f} s, p90 {np.percentile(totals, 90):.2f} s, "
-          f"max {max(totals):.2f} s over {len(totals)} radiographs (goal: under 2 s)\n")
-    emit({"bench": "dicom_latency", "pass": name, "backend": a.backend, "imgsz": a.imgsz, "threads": a.threads,
-          "median_s": statistics.median(totals), "p90_s": float(np.percentile(totals, 90)), "n": len(totals),
-          "median_pipeline_s": statistics.median(r["inference"] for r in measured), "machine": machine()})
+        print(
+            f"{label:48s} {len(sel):3d} {statistics.median(r['total'] for r in sel):12.2f}s "
+            f"{statistics.median(r['inference'] for r in sel):15.2f}s"
+        )
+    print(
+        f"ALL ({name}): median {statistics.median(totals):.2f} s, p90 {np.percentile(totals, 90):.2f} s, "
+        f"max {max(totals):.2f} s over {len(totals)} radiographs (goal: under 2 s)\n"
+    )
+    emit(
+        {
+            "bench": "dicom_latency",
+            "pass": name,
+            "backend": a.backend,
+            "imgsz": a.imgsz,
+            "threads": a.threads,
+            "median_s": statistics.median(totals),
+            "p90_s": float(np.percentile(totals, 90)),
+            "n": len(totals),
+            "median_pipeline_s": statistics.median(r["inference"] for r in measured),
+            "machine": machine(),
+        }
+    )
+
 
 if __name__ == "__main__":
     main()

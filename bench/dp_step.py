@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import emit, machine  # noqa: E402
+from _common import emit, machine
 
 
 def main() -> None:
@@ -44,8 +44,15 @@ def main() -> None:
     from common.synth import generate_dataset
 
     tmp = Path(tempfile.mkdtemp())
-    generate_dataset(tmp, sites=["general_hospital"], images_per_site=a.batch + 2, size=a.imgsz, val_fraction=0.2,
-                     seed=0, progress=False)
+    generate_dataset(
+        tmp,
+        sites=["general_hospital"],
+        images_per_site=a.batch + 2,
+        size=a.imgsz,
+        val_fraction=0.2,
+        seed=0,
+        progress=False,
+    )
     data = DetectionDataset.from_data(tmp / "data.yaml", "train", a.imgsz, cache=True)
     batch = collate([data[i] for i in range(a.batch)])
     batch["img"] = model_input(batch["img"], torch.device("cpu"))
@@ -69,8 +76,12 @@ def main() -> None:
     private = {}
     for mode in modes:
         net = model()
-        opt = _DPOptimizer(torch.optim.SGD(net.parameters(), lr=1e-3, momentum=0.9), noise_multiplier=1.0,
-                           max_grad_norm=1.0, expected_batch_size=a.batch)
+        opt = _DPOptimizer(
+            torch.optim.SGD(net.parameters(), lr=1e-3, momentum=0.9),
+            noise_multiplier=1.0,
+            max_grad_norm=1.0,
+            expected_batch_size=a.batch,
+        )
         private[mode] = (grad_sample_module(net, mode), net, opt)
     contenders = {"plain": (plain, plain, plain_opt), **private}
     for args in contenders.values():  # warm-up
@@ -85,16 +96,29 @@ def main() -> None:
     med = {k: statistics.median(v) for k, v in wall.items()}
     low = {k: min(v) for k, v in wall.items()}
     med_cpu = {k: statistics.median(v) for k, v in cpu.items()}
-    print(f"machine: {machine()}; {torch.get_num_threads()} threads; YOLOv7-tiny GroupNorm, batch {a.batch}, "
-          f"{a.imgsz} px, {a.reps} repetitions; 1-min load {load:.1f} before, {os.getloadavg()[0]:.1f} after")
+    print(
+        f"machine: {machine()}; {torch.get_num_threads()} threads; YOLOv7-tiny GroupNorm, batch {a.batch}, "
+        f"{a.imgsz} px, {a.reps} repetitions; 1-min load {load:.1f} before, {os.getloadavg()[0]:.1f} after"
+    )
     print(f"ordinary step: median {med['plain']:.2f} s, fastest {low['plain']:.2f} s, CPU {med_cpu['plain']:.2f} s")
     ratio = {m: med[m] / med["plain"] for m in modes}
     for m in modes:
-        print(f"DP-SGD step ({m}): median {med[m]:.2f} s = {ratio[m]:.2f}x ordinary; fastest {low[m]:.2f} s = "
-              f"{low[m] / low['plain']:.2f}x; CPU {med_cpu[m]:.2f} s = {med_cpu[m] / med_cpu['plain']:.2f}x")
-    emit({"imgsz": a.imgsz, "batch": a.batch, "median_s": med, "fastest_s": low, "median_cpu_s": med_cpu,
-          "ratio": ratio, "ratio_fastest": {m: low[m] / low["plain"] for m in modes},
-          "ratio_cpu": {m: med_cpu[m] / med_cpu["plain"] for m in modes}})
+        print(
+            f"DP-SGD step ({m}): median {med[m]:.2f} s = {ratio[m]:.2f}x ordinary; fastest {low[m]:.2f} s = "
+            f"{low[m] / low['plain']:.2f}x; CPU {med_cpu[m]:.2f} s = {med_cpu[m] / med_cpu['plain']:.2f}x"
+        )
+    emit(
+        {
+            "imgsz": a.imgsz,
+            "batch": a.batch,
+            "median_s": med,
+            "fastest_s": low,
+            "median_cpu_s": med_cpu,
+            "ratio": ratio,
+            "ratio_fastest": {m: low[m] / low["plain"] for m in modes},
+            "ratio_cpu": {m: med_cpu[m] / med_cpu["plain"] for m in modes},
+        }
+    )
 
 
 if __name__ == "__main__":

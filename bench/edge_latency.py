@@ -24,11 +24,19 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import FRACATLAS, REPO, emit, machine  # noqa: E402
+from _common import FRACATLAS, REPO, emit, machine
 
 BASELINE = REPO / "runs" / "bench" / "fracatlas_baseline" / "weights" / "model.safetensors"
-CARD = {"run_id": "bench-edge", "round": 0, "strategy": {"name": "none", "params": {}}, "model": {}, "sites": [],
-        "metrics": {}, "privacy": None, "exports": []}
+CARD = {
+    "run_id": "bench-edge",
+    "round": 0,
+    "strategy": {"name": "none", "params": {}},
+    "model": {},
+    "sites": [],
+    "metrics": {},
+    "privacy": None,
+    "exports": [],
+}
 
 
 def _data(work: Path) -> tuple[str, str, str]:
@@ -67,18 +75,21 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--variants", default="fp32,fp16,w8a32,int8")
     p.add_argument("--out", default=None, help="keep the registry with the exports here (default: a temp folder)")
-    p.add_argument("--latency-only", action="store_true",
-                   help="time the exports already in --out's registry again (no export, no equivalence run)")
+    p.add_argument(
+        "--latency-only",
+        action="store_true",
+        help="time the exports already in --out's registry again (no export, no equivalence run)",
+    )
     a = p.parse_args()
 
     import torch
 
     from common.config import EvalConfig
+    from common.data.augment import letterbox
     from common.data.dataset import DetectionDataset
     from common.data.images import read_image
     from common.inference import Predictor, TorchBackend, load_backend
     from common.inference.predictor import to_input
-    from common.data.augment import letterbox
     from server.export.config import ExportConfig
     from server.export.version import export_version
     from server.registry import Registry
@@ -97,25 +108,37 @@ def main() -> None:
         entries = reg.get(version).card["exports"]
     else:
         version = reg.publish(model, spec, dict(CARD), {"imgsz": a.imgsz}).version
-        cfg = ExportConfig(variants=variants, imgsz=a.imgsz, calibration=calib_data, calibration_split=calib_split,
-                           threads=a.threads)
+        cfg = ExportConfig(
+            variants=variants, imgsz=a.imgsz, calibration=calib_data, calibration_split=calib_split, threads=a.threads
+        )
         t0 = time.perf_counter()
-        entries = export_version(reg, version, cfg, val_data, EvalConfig(),
-                                 report=lambda e: print(f"  exported {e['variant']}: {e['status']}", flush=True))
+        entries = export_version(
+            reg,
+            version,
+            cfg,
+            val_data,
+            EvalConfig(),
+            report=lambda e: print(f"  exported {e['variant']}: {e['status']}", flush=True),
+        )
         print(f"export and equivalence: {time.perf_counter() - t0:.0f} s")
     folder = reg.get(version).path
 
     fused = copy.deepcopy(model).eval().fuse()
     backends = {"pytorch fp32 eager": TorchBackend(fused, imgsz=a.imgsz)}
-    backends.update({f"tflite {e['variant']}": load_backend(folder, "tflite", variant=e["variant"], threads=a.threads)
-                     for e in entries if e["status"] == "ok"})
+    backends.update(
+        {
+            f"tflite {e['variant']}": load_backend(folder, "tflite", variant=e["variant"], threads=a.threads)
+            for e in entries
+            if e["status"] == "ok"
+        }
+    )
     paths = DetectionDataset.from_data(val_data, "val", a.imgsz).images[: a.images]
     images = [read_image(pth) for pth in paths]
     inputs = [to_input(letterbox(img, a.imgsz)[0]).unsqueeze(0) for img in images]
     predictors = {name: Predictor(b, EvalConfig()) for name, b in backends.items()}
     net: dict[str, list[float]] = {n: [] for n in backends}
     e2e: dict[str, list[float]] = {n: [] for n in backends}
-    for name, b in backends.items():  # warm-up: first calls allocate and pick kernels
+    for b in backends.values():  # warm-up: first calls allocate and pick kernels
         for x in inputs[:2]:
             b(x)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
@@ -130,35 +153,70 @@ def main() -> None:
 
     torch_ms = _median_ms(net["pytorch fp32 eager"])
     by_variant = {e["variant"]: e for e in entries}
-    print(f"\nmedian latency per radiograph, {len(images)} radiographs at {a.imgsz} px, {a.threads} threads "
-          f"(1-min load average before timing: {load:.1f} on {os.cpu_count()} cores):")
-    print(f"{'backend':22s} {'network ms':>10s} {'end-to-end ms':>13s} {'vs pytorch':>10s} {'size MB':>8s} "
-          f"{'mAP50 (torch)':>15s} {'sens (torch)':>14s} {'box diff px':>11s} {'score diff':>10s}")
+    print(
+        f"\nmedian latency per radiograph, {len(images)} radiographs at {a.imgsz} px, {a.threads} threads "
+        f"(1-min load average before timing: {load:.1f} on {os.cpu_count()} cores):"
+    )
+    print(
+        f"{'backend':22s} {'network ms':>10s} {'end-to-end ms':>13s} {'vs pytorch':>10s} {'size MB':>8s} "
+        f"{'mAP50 (torch)':>15s} {'sens (torch)':>14s} {'box diff px':>11s} {'score diff':>10s}"
+    )
     rows = []
     for name in backends:
         e = by_variant.get(name.removeprefix("tflite "), {})
         ms, ms_e2e = _median_ms(net[name]), _median_ms(e2e[name])
-        row = {"backend": name, "network_ms": ms, "end_to_end_ms": ms_e2e, "ratio_vs_pytorch": round(ms / torch_ms, 3),
-               **{k: e.get(k) for k in ("bytes", "map50", "map50_torch", "map50_delta_points", "sensitivity",
-                                         "sensitivity_torch", "max_box_diff_px", "max_score_diff", "verdicts_agree",
-                                         "meets_goal")}}
+        row = {
+            "backend": name,
+            "network_ms": ms,
+            "end_to_end_ms": ms_e2e,
+            "ratio_vs_pytorch": round(ms / torch_ms, 3),
+            **{
+                k: e.get(k)
+                for k in (
+                    "bytes",
+                    "map50",
+                    "map50_torch",
+                    "map50_delta_points",
+                    "sensitivity",
+                    "sensitivity_torch",
+                    "max_box_diff_px",
+                    "max_score_diff",
+                    "verdicts_agree",
+                    "meets_goal",
+                )
+            },
+        }
         rows.append(row)
 
         def f(v, spec=".3f"):
             return "-" if v is None else format(v, spec)
 
-        print(f"{name:22s} {ms:10.1f} {ms_e2e:13.1f} {ms / torch_ms:10.2f} "
-              f"{f(e.get('bytes') and e['bytes'] / 1e6, '.1f'):>8s} "
-              f"{f(e.get('map50')):>6s} ({f(e.get('map50_torch'))}) {f(e.get('sensitivity')):>5s} "
-              f"({f(e.get('sensitivity_torch'))}) {f(e.get('max_box_diff_px'), '.2f'):>11s} "
-              f"{f(e.get('max_score_diff'), '.4f'):>10s}")
+        print(
+            f"{name:22s} {ms:10.1f} {ms_e2e:13.1f} {ms / torch_ms:10.2f} "
+            f"{f(e.get('bytes') and e['bytes'] / 1e6, '.1f'):>8s} "
+            f"{f(e.get('map50')):>6s} ({f(e.get('map50_torch'))}) {f(e.get('sensitivity')):>5s} "
+            f"({f(e.get('sensitivity_torch'))}) {f(e.get('max_box_diff_px'), '.2f'):>11s} "
+            f"{f(e.get('max_score_diff'), '.4f'):>10s}"
+        )
     int8 = next((r for r in rows if r["backend"] == "tflite int8"), None)
     if int8:
-        print(f"\nint8 goal (<= 1/4 of PyTorch eager): {int8['ratio_vs_pytorch']:.2f} -> "
-              f"{'met' if int8['ratio_vs_pytorch'] <= 0.25 else 'NOT met'}")
-    emit({"bench": "edge_latency", "machine": machine(), "load_average": load, "model": source, "imgsz": a.imgsz,
-          "threads": a.threads,
-          "images": len(images), "validation": val_data, "rows": rows})
+        print(
+            f"\nint8 goal (<= 1/4 of PyTorch eager): {int8['ratio_vs_pytorch']:.2f} -> "
+            f"{'met' if int8['ratio_vs_pytorch'] <= 0.25 else 'NOT met'}"
+        )
+    emit(
+        {
+            "bench": "edge_latency",
+            "machine": machine(),
+            "load_average": load,
+            "model": source,
+            "imgsz": a.imgsz,
+            "threads": a.threads,
+            "images": len(images),
+            "validation": val_data,
+            "rows": rows,
+        }
+    )
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import FRACATLAS, REPO, emit, machine  # noqa: E402
+from _common import FRACATLAS, REPO, emit, machine
 
 
 def main() -> None:
@@ -30,9 +30,17 @@ def main() -> None:
     if not (FRACATLAS / "data.yaml").is_file():
         print(f"skipped: FracAtlas not found at {FRACATLAS} (set FRACATLAS_DIR)")
         return
-    cmd = [str(Path(sys.executable).parent / "fracfl"), "train", "experiment=fracatlas_baseline",
-           f"data.path={FRACATLAS}", f"train.epochs={a.epochs}", f"train.imgsz={a.imgsz}",
-           f"train.batch_size={a.batch}", f"run_dir={a.out}", *a.overrides]
+    cmd = [
+        str(Path(sys.executable).parent / "fracfl"),
+        "train",
+        "experiment=fracatlas_baseline",
+        f"data.path={FRACATLAS}",
+        f"train.epochs={a.epochs}",
+        f"train.imgsz={a.imgsz}",
+        f"train.batch_size={a.batch}",
+        f"run_dir={a.out}",
+        *a.overrides,
+    ]
     print("machine:", machine())
     print("running:", " ".join(cmd))
     t0 = time.perf_counter()
@@ -40,12 +48,22 @@ def main() -> None:
     hours = (time.perf_counter() - t0) / 3600
     val = json.loads((Path(a.out) / "metrics.json").read_text())["val"]
     keys = ("map50", "map50_95", "precision", "recall", "f1", "sensitivity", "specificity", "roc_auc")
-    print(f"FracAtlas valid ({val['n_images']} images, {val['n_positive']} with fractures), "
-          f"{a.epochs} epochs at {a.imgsz} px in {hours:.2f} h:")
+    print(
+        f"FracAtlas valid ({val['n_images']} images, {val['n_positive']} with fractures), "
+        f"{a.epochs} epochs at {a.imgsz} px in {hours:.2f} h:"
+    )
     for k in keys:
         print(f"  {k:12s} {val[k] if val[k] is not None else float('nan'):.4f}")
-    emit({"bench": "fracatlas_baseline", "machine": machine(), "epochs": a.epochs, "imgsz": a.imgsz,
-          "hours": hours, **{k: val[k] for k in keys}})
+    emit(
+        {
+            "bench": "fracatlas_baseline",
+            "machine": machine(),
+            "epochs": a.epochs,
+            "imgsz": a.imgsz,
+            "hours": hours,
+            **{k: val[k] for k in keys},
+        }
+    )
 
 
 if __name__ == "__main__":

@@ -47,9 +47,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import FRACATLAS, REPO, emit, machine  # noqa: E402
-from outbox import checkpoint, export_arm  # noqa: E402
-from sizing import Plan, Sizes, Speeds, plan, read_central_probe, read_dp_probe, shares  # noqa: E402
+from _common import FRACATLAS, REPO, emit, machine
+from outbox import checkpoint, export_arm
+from sizing import Plan, Sizes, Speeds, plan, read_central_probe, read_dp_probe, shares
 
 ARMS: dict[str, list[str]] = {  # arm -> Hydra overrides of its command (central: fracfl train; others: simulate)
     "central": [],
@@ -70,11 +70,23 @@ METRICS = ("map50", "map50_95", "sensitivity", "specificity", "roc_auc", "precis
 WEAK = 0.05  # a denominator mAP50 below this makes a ratio mostly noise
 STOPPED = "stopped at the time limit"
 # --smoke: the same path end to end on a CPU in minutes (tiny images, 1-2 epochs); explicit flags still win
-SMOKE = {"device": "cpu", "imgsz": 64, "batch": 4, "fraction": 0.02, "min_epochs": 2, "max_epochs": 2,
-         "target_epochs": 2, "probe_steps": 2, "dp_probe_steps": 1, "round_s": 1.0}
+SMOKE = {
+    "device": "cpu",
+    "imgsz": 64,
+    "batch": 4,
+    "fraction": 0.02,
+    "min_epochs": 2,
+    "max_epochs": 2,
+    "target_epochs": 2,
+    "probe_steps": 2,
+    "dp_probe_steps": 1,
+    "round_s": 1.0,
+}
 # a central arm's log line per epoch (common.engine.centralised; read when history.csv is written only at the end)
-EPOCH_LINE = re.compile(r"epoch (\d+): boxes: mAP50 (\S+) mAP50-95 (\S+) \|.*?images (\d+) \((\d+) pos.*?"
-                        r"sens (\S+) spec (\S+) AUC (\S+)")
+EPOCH_LINE = re.compile(
+    r"epoch (\d+): boxes: mAP50 (\S+) mAP50-95 (\S+) \|.*?images (\d+) \((\d+) pos.*?"
+    r"sens (\S+) spec (\S+) AUC (\S+)"
+)
 
 
 @dataclass
@@ -99,7 +111,7 @@ def stratified_subset(images: list[Path], positive: list[bool], fraction: float,
     out: list[Path] = []
     for kind in (True, False):
         group = sorted((p for p, pos in zip(images, positive) if pos == kind), key=lambda p: stable_key(p.name, seed))
-        out += group[:max(1, round(fraction * len(group)))] if group else []
+        out += group[: max(1, round(fraction * len(group)))] if group else []
     return sorted(out)
 
 
@@ -135,33 +147,66 @@ def prepare_sites(partition: list[str], out: Path) -> Path:
     return out
 
 
-def commands(a: argparse.Namespace, names: list[str], data_yaml: Path, meta: Path, out: Path, epochs: int,
-             more: tuple[str, ...] = ()) -> list[Arm]:
+def commands(
+    a: argparse.Namespace,
+    names: list[str],
+    data_yaml: Path,
+    meta: Path,
+    out: Path,
+    epochs: int,
+    more: tuple[str, ...] = (),
+) -> list[Arm]:
     """One command per arm in `names` (in ARMS order: the yardstick first), each with `more` overrides (probes)."""
     cli = [sys.executable, "-m", "common.cli"]
-    common = [f"train.imgsz={a.imgsz}", f"train.batch_size={a.batch}", f"train.device={a.device}", f"seed={a.seed}",
-              "progress=false", *more, *a.extra]
+    common = [
+        f"train.imgsz={a.imgsz}",
+        f"train.batch_size={a.batch}",
+        f"train.device={a.device}",
+        f"seed={a.seed}",
+        "progress=false",
+        *more,
+        *a.extra,
+    ]
     gpus = round(0.99 / 3, 2) if a.device.startswith("cuda") else 0.0  # 3 sites share the one GPU
     partition = ["partition=fracatlas_regions", f"partition.source={data_yaml}", f"+partition.meta={meta}"]
-    fed = [*partition, f"federation.rounds={epochs}", "train.local_epochs=1", "federation.fraction_evaluate=0",
-           f"federation.publish_every={epochs}", "export.enabled=false", "tracking=disabled",
-           f"federation.client_gpus={gpus}", "federation.client_cpus=1"]
+    fed = [
+        *partition,
+        f"federation.rounds={epochs}",
+        "train.local_epochs=1",
+        "federation.fraction_evaluate=0",
+        f"federation.publish_every={epochs}",
+        "export.enabled=false",
+        "tracking=disabled",
+        f"federation.client_gpus={gpus}",
+        "federation.client_cpus=1",
+    ]
     if a.device.startswith("cuda") and not any(x.startswith("train.workers=") for x in a.extra):
         fed.append(f"train.workers={site_workers()}")  # three sites' loaders share the cores
     arms = []
     for name in (n for n in ARMS if n in names):
         run_dir = out / name
         if name == "central":
-            cmd = [*cli, "train", "experiment=fracatlas_baseline", f"data.path={data_yaml}", f"train.epochs={epochs}",
-                   *common, f"run_dir={run_dir}"]
+            cmd = [
+                *cli,
+                "train",
+                "experiment=fracatlas_baseline",
+                f"data.path={data_yaml}",
+                f"train.epochs={epochs}",
+                *common,
+                f"run_dir={run_dir}",
+            ]
             arms.append(Arm(name, cmd, run_dir, 1))
             continue
         extra = list(ARMS[name])
         if name == "fedprox" and a.mu is not None:
             extra.append(f"strategy.params.proximal_mu={a.mu}")
         if name == "fedavg_dp":  # a fresh ledger: spending on the same images never resets (docs/privacy.md)
-            extra += [f"privacy.target_epsilon={a.epsilon}", f"privacy.ceiling_epsilon={max(10.0, a.epsilon)}",
-                      f"privacy.ledger_dir={run_dir / 'privacy'}", f"privacy.max_physical_batch={a.batch}"]
+            extra += [
+                f"privacy.target_epsilon={a.epsilon}",
+                f"privacy.ceiling_epsilon={max(10.0, a.epsilon)}",
+                f"privacy.ledger_dir={run_dir / 'privacy'}",
+                f"privacy.max_physical_batch={a.batch}",
+            ]
         cmd = [*cli, "simulate", *extra, *fed, *common, f"run_id={name}", f"run_dir={run_dir}"]
         arms.append(Arm(name, cmd, run_dir, 4))
     return arms
@@ -184,13 +229,18 @@ def start(arm: Arm, sites: Path, threads: int) -> None:
     if arm.name != "central":
         for f in ("sites.json", "pooled_val.txt", "pooled_val.yaml"):  # the shared partition, reused as on resume
             shutil.copy2(sites / f, arm.run_dir / f)
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1",
-           "RAY_DEFAULT_OBJECT_STORE_MEMORY_PROPORTION": "0.05"}  # several Ray clusters may run side by side
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": str(threads),
+        "PYTHONUNBUFFERED": "1",
+        "RAY_DEFAULT_OBJECT_STORE_MEMORY_PROPORTION": "0.05",
+    }  # several Ray clusters may run side by side
     with open(arm.run_dir / "bench.log", "w") as log:  # the child keeps its own handle
         log.write(" ".join(arm.cmd) + "\n\n")
         log.flush()
-        arm.proc = subprocess.Popen(arm.cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                    start_new_session=True)  # its own process group: Ray's processes die with it
+        arm.proc = subprocess.Popen(
+            arm.cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )  # its own process group: Ray's processes die with it
     arm.started = time.perf_counter()
 
 
@@ -236,8 +286,9 @@ def central_epochs(run_dir: Path) -> list[dict]:
         return [{k: _num(v) for k, v in r.items()} for r in _csv(run_dir / "history.csv")]
     log = run_dir / "bench.log"
     keys = ("epoch", "map50", "map50_95", "n_images", "n_positive", "sensitivity", "specificity", "roc_auc")
-    rows = [dict(zip(keys, map(_num, m.groups()))) for m in EPOCH_LINE.finditer(log.read_text())] \
-        if log.is_file() else []
+    rows = (
+        [dict(zip(keys, map(_num, m.groups()))) for m in EPOCH_LINE.finditer(log.read_text())] if log.is_file() else []
+    )
     return rows
 
 
@@ -260,8 +311,13 @@ def collect(arm: Arm, code: int | None, epochs: int) -> dict:
     (federated) its sites' speed and epsilon. `code` None: stopped at the time limit."""
     wall = time.perf_counter() - arm.started
     status = "ok" if code == 0 else (STOPPED if code is None else f"failed (exit {code})")
-    res: dict = {"status": status, "wall_s": round(wall, 1), "planned": epochs, "completed": 0,
-                 "log": str(arm.run_dir / "bench.log")}
+    res: dict = {
+        "status": status,
+        "wall_s": round(wall, 1),
+        "planned": epochs,
+        "completed": 0,
+        "log": str(arm.run_dir / "bench.log"),
+    }
     res.update(_central(arm.run_dir, code == 0) if arm.name == "central" else _federated(arm.run_dir))
     return res
 
@@ -290,10 +346,14 @@ def _federated(run_dir: Path) -> dict:
     train = [r for r in records if r["phase"] == "train"]
     last = [r["metrics"]["images_per_s"] for r in train if r["round"] == final["round"] and r["status"] == "ok"]
     eps = {r["site"]: r["privacy"]["epsilon"] for r in train if "privacy" in r and "epsilon" in r["privacy"]}
-    out = {"completed": final["round"], "curve_map50": [r["metrics"].get("map50") for r in server],
-           "site_status": sorted({f"{r['site']}: {r['status']}" for r in train if r["status"] != "ok"}),
-           "images_per_s": sum(last) / len(last) if last else None,  # per site, last round
-           "n_images": final["examples"], "n_positive": int(final["metrics"]["n-positive"])}
+    out = {
+        "completed": final["round"],
+        "curve_map50": [r["metrics"].get("map50") for r in server],
+        "site_status": sorted({f"{r['site']}: {r['status']}" for r in train if r["status"] != "ok"}),
+        "images_per_s": sum(last) / len(last) if last else None,  # per site, last round
+        "n_images": final["examples"],
+        "n_positive": int(final["metrics"]["n-positive"]),
+    }
     out.update({k: final["metrics"].get(k) for k in METRICS})
     if eps:
         out["epsilon_per_site"] = {s: round(e, 3) for s, e in sorted(eps.items())}
@@ -327,39 +387,52 @@ def ratios(results: dict[str, dict]) -> list[dict]:
 
 def markdown(report: dict) -> str:
     c, pl, sp = report["conditions"], report.get("plan") or {}, report.get("probe") or {}
-    rate = lambda x: "not measured" if x is None else f"{x:.1f} images/s"  # noqa: E731
-    secs = lambda x: "not measured" if x is None else f"{x:.1f} s"  # noqa: E731
-    lines = [f"# FracAtlas: federated vs centralised, DP vs non-DP ({report['machine']})", "",
-             f"{c['epochs']} epochs (federated: {c['epochs']} rounds x 1 local), {c['imgsz']} px, "
-             f"batch {c['batch']}, fraction {c['fraction']} ({c['train_images']} train / {c['val_images']} val "
-             f"images), device {c['device']}, DP target epsilon {c['epsilon']} per site, seed {c['seed']}, "
-             f"{c['jobs']} arm(s) at a time, extra overrides {c['extra'] or 'none'}; {report['wall_s']:.0f} s wall "
-             f"of a {c['time_limit'] or 'unlimited'} s limit.", "",
-             f"Probe ({sp.get('probe_s', 0):.0f} s): central {rate(sp.get('central_images_per_s'))}, a DP site "
-             f"{rate(sp.get('dp_images_per_s'))} (three sharing the machine); start-up "
-             f"{secs(sp.get('central_start_s'))} (train), {secs(sp.get('federated_start_s'))} (simulate). "
-             f"Plan: {pl.get('note', c['epochs_source'])}. {' '.join(sp.get('notes', []))}", "",
-             "| arm | status | epochs/rounds done | mAP50 | mAP50-95 | sensitivity | specificity | ROC AUC | "
-             "val images (pos) | mAP50 per epoch/round | train images/s per process | predicted s | wall s | weights |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    rate = lambda x: "not measured" if x is None else f"{x:.1f} images/s"
+    secs = lambda x: "not measured" if x is None else f"{x:.1f} s"
+    lines = [
+        f"# FracAtlas: federated vs centralised, DP vs non-DP ({report['machine']})",
+        "",
+        f"{c['epochs']} epochs (federated: {c['epochs']} rounds x 1 local), {c['imgsz']} px, "
+        f"batch {c['batch']}, fraction {c['fraction']} ({c['train_images']} train / {c['val_images']} val "
+        f"images), device {c['device']}, DP target epsilon {c['epsilon']} per site, seed {c['seed']}, "
+        f"{c['jobs']} arm(s) at a time, extra overrides {c['extra'] or 'none'}; {report['wall_s']:.0f} s wall "
+        f"of a {c['time_limit'] or 'unlimited'} s limit.",
+        "",
+        f"Probe ({sp.get('probe_s', 0):.0f} s): central {rate(sp.get('central_images_per_s'))}, a DP site "
+        f"{rate(sp.get('dp_images_per_s'))} (three sharing the machine); start-up "
+        f"{secs(sp.get('central_start_s'))} (train), {secs(sp.get('federated_start_s'))} (simulate). "
+        f"Plan: {pl.get('note', c['epochs_source'])}. {' '.join(sp.get('notes', []))}",
+        "",
+        "| arm | status | epochs/rounds done | mAP50 | mAP50-95 | sensitivity | specificity | ROC AUC | "
+        "val images (pos) | mAP50 per epoch/round | train images/s per process | predicted s | wall s | weights |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for name, r in report["arms"].items():
-        f = lambda k: "n/a" if r.get(k) is None else f"{r[k]:.4f}"  # noqa: E731
+        f = lambda k, r=r: "n/a" if r.get(k) is None else f"{r[k]:.4f}"
         curve = " ".join(f"{x:.3f}" if x is not None else "n/a" for x in r.get("curve_map50", []))
         weights = r.get("weights") or r.get("weights_note", "")
-        lines.append(f"| {name} | {r['status']} | {r.get('completed', 0)} of {r.get('planned', c['epochs'])} | "
-                     f"{f('map50')} | {f('map50_95')} | {f('sensitivity')} | {f('specificity')} | {f('roc_auc')} | "
-                     f"{r.get('n_images', '')} ({r.get('n_positive', '')}) | {curve} | "
-                     f"{'n/a' if r.get('images_per_s') is None else round(r['images_per_s'], 1)} | "
-                     f"{pl.get('predicted_s', {}).get(name, 'n/a')} | {r['wall_s']} | {weights} |")
-    lines += ["", "Metrics of an arm that was stopped are those of its last completed epoch/round; ratios use "
-              "finished arms only.", "",
-              "| comparison | mAP50 ratio | sensitivity ratio | AUC ratio | goal (mAP50) | met | what / note |",
-              "|---|---|---|---|---|---|---|"]
+        lines.append(
+            f"| {name} | {r['status']} | {r.get('completed', 0)} of {r.get('planned', c['epochs'])} | "
+            f"{f('map50')} | {f('map50_95')} | {f('sensitivity')} | {f('specificity')} | {f('roc_auc')} | "
+            f"{r.get('n_images', '')} ({r.get('n_positive', '')}) | {curve} | "
+            f"{'n/a' if r.get('images_per_s') is None else round(r['images_per_s'], 1)} | "
+            f"{pl.get('predicted_s', {}).get(name, 'n/a')} | {r['wall_s']} | {weights} |"
+        )
+    lines += [
+        "",
+        "Metrics of an arm that was stopped are those of its last completed epoch/round; ratios use "
+        "finished arms only.",
+        "",
+        "| comparison | mAP50 ratio | sensitivity ratio | AUC ratio | goal (mAP50) | met | what / note |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for q in report["ratios"]:
         v = {k: "n/a" if q[k] is None else q[k] for k in ("map50", "sensitivity", "roc_auc")}
         note = f"; {q['note']}" if "note" in q else ""
-        lines.append(f"| {q['comparison']} | {v['map50']} | {v['sensitivity']} | {v['roc_auc']} | {q['goal'] or '-'} | "
-                     f"{'-' if q['met'] is None else q['met']} | {q['what']}{note} |")
+        lines.append(
+            f"| {q['comparison']} | {v['map50']} | {v['sensitivity']} | {v['roc_auc']} | {q['goal'] or '-'} | "
+            f"{'-' if q['met'] is None else q['met']} | {q['what']}{note} |"
+        )
     for name, r in report["arms"].items():
         if r.get("site_status"):
             lines += ["", f"{name}: sites that did not train in some round: " + "; ".join(r["site_status"])]
@@ -375,16 +448,25 @@ def poll(arm: Arm, stop_early: set[str]) -> int | None | bool:
     code = arm.proc.poll()
     if code is not None:
         return code
-    done = arm.name in stop_early and (bool(central_epochs(arm.run_dir)) if arm.name == "central" else
-                                       (checkpoint(arm.run_dir) or {}).get("round", 0) >= 1)
+    done = arm.name in stop_early and (
+        bool(central_epochs(arm.run_dir))
+        if arm.name == "central"
+        else (checkpoint(arm.run_dir) or {}).get("round", 0) >= 1
+    )
     if time.perf_counter() < arm.deadline and not done:
         return False
     stop(arm)
     return None
 
 
-def run_arms(arms: list[Arm], a: argparse.Namespace, sites: Path, deadline: float, predicted: dict[str, float],
-             finish: Callable[[Arm, int | str | None], None]) -> None:
+def run_arms(
+    arms: list[Arm],
+    a: argparse.Namespace,
+    sites: Path,
+    deadline: float,
+    predicted: dict[str, float],
+    finish: Callable[[Arm, int | str | None], None],
+) -> None:
     """Start the arms --jobs at a time (alone: each gets its proportional share of the time left), and `finish`
     each as it ends or is stopped; arms not started by the deadline are reported as such."""
     waiting, running = list(arms), []
@@ -394,7 +476,7 @@ def run_arms(arms: list[Arm], a: argparse.Namespace, sites: Path, deadline: floa
                 arm, left = waiting.pop(0), deadline - time.perf_counter()
                 share = shares(predicted, [arm.name, *(w.name for w in waiting)], left) if a.jobs == 1 else left
                 arm.deadline = time.perf_counter() + share
-                start(arm, sites, threads_for(arm, [*running, arm, *waiting][:a.jobs]))
+                start(arm, sites, threads_for(arm, [*running, arm, *waiting][: a.jobs]))
                 running.append(arm)
                 print(f"started {arm.name} (may use {share:.0f} s)", flush=True)
             for arm in list(running):
@@ -415,10 +497,18 @@ def run_arms(arms: list[Arm], a: argparse.Namespace, sites: Path, deadline: floa
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="auto", help="train.device of every arm: auto, cpu, cuda, cuda:N")
-    p.add_argument("--epochs", default="auto",
-                   help="centralised epochs = federated rounds; auto: the most that fit --time-limit (probed speed)")
-    p.add_argument("--min-epochs", type=int, default=1, help="the fewest --epochs auto may choose (even if predicted "
-                   "not to fit: arms are then cut at their share of the time)")
+    p.add_argument(
+        "--epochs",
+        default="auto",
+        help="centralised epochs = federated rounds; auto: the most that fit --time-limit (probed speed)",
+    )
+    p.add_argument(
+        "--min-epochs",
+        type=int,
+        default=1,
+        help="the fewest --epochs auto may choose (even if predicted "
+        "not to fit: arms are then cut at their share of the time)",
+    )
     p.add_argument("--max-epochs", type=int, default=60, help="the most --epochs auto may choose")
     p.add_argument("--target-epochs", type=int, default=30, help="--epochs auto says when fewer than this fit")
     p.add_argument("--margin", type=float, default=0.25, help="share of the time kept spare by --epochs auto")
@@ -432,8 +522,12 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--fraction", type=float, default=1.0, help="share of FracAtlas train and valid images used")
     p.add_argument("--arms", default=",".join(ARMS), help=f"comma-separated subset of {','.join(ARMS)}")
     p.add_argument("--jobs", type=int, default=1, help="arms run side by side (1: one after another, sized)")
-    p.add_argument("--time-limit", type=float, default=0, help="seconds for everything; arms still running then are "
-                   "stopped (0: none; --epochs auto needs a limit)")
+    p.add_argument(
+        "--time-limit",
+        type=float,
+        default=0,
+        help="seconds for everything; arms still running then are stopped (0: none; --epochs auto needs a limit)",
+    )
     p.add_argument("--extra", default="", help='Hydra overrides for every arm and probe, e.g. "train.workers=12"')
     p.add_argument("--epsilon", type=float, default=8.0, help="DP-SGD target epsilon per site")
     p.add_argument("--mu", type=float, default=None, help="FedProx proximal_mu (default: conf/strategy/fedprox.yaml)")
@@ -442,11 +536,18 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--meta", type=Path, default=None, help="meta.csv with body regions (default: beside data.yaml)")
     p.add_argument("--out", type=Path, default=None, help="new folder (default runs/bench/fracatlas_federated/TIME)")
     p.add_argument("--pack", type=Path, default=None, help="also write results.md and <arm>.fp16.safetensors here")
-    p.add_argument("--weights", default="central,fedavg,fedavg_gn,fedavg_dp", help="arms whose weights --pack "
-                   "writes: four 15.5 MiB fp16 files fit a device call's 64 MiB, five do not (fedprox left out)")
+    p.add_argument(
+        "--weights",
+        default="central,fedavg,fedavg_gn,fedavg_dp",
+        help="arms whose weights --pack "
+        "writes: four 15.5 MiB fp16 files fit a device call's 64 MiB, five do not (fedprox left out)",
+    )
     p.add_argument("--smoke", action="store_true", help=f"CPU end-to-end check, defaults {SMOKE}")
-    p.add_argument("--stop-early", default="", help="arms to stop, as the time limit would, after their first "
-                   "epoch/round (to test partial results)")
+    p.add_argument(
+        "--stop-early",
+        default="",
+        help="arms to stop, as the time limit would, after their first epoch/round (to test partial results)",
+    )
     if "--smoke" in sys.argv:
         p.set_defaults(**SMOKE)
     a = p.parse_args()
@@ -471,8 +572,10 @@ def parse_args() -> argparse.Namespace:
 def main() -> None:
     a = parse_args()
     if not a.data_yaml.is_file() or not a.meta.is_file():
-        print(f"skipped: FracAtlas data.yaml or meta.csv not found ({a.data_yaml}, {a.meta}): set FRACATLAS_DIR or "
-              "--data/--meta")
+        print(
+            f"skipped: FracAtlas data.yaml or meta.csv not found ({a.data_yaml}, {a.meta}): set FRACATLAS_DIR or "
+            "--data/--meta"
+        )
         return
     out = (a.out or REPO / "runs" / "bench" / "fracatlas_federated" / time.strftime("%Y%m%d-%H%M%S")).resolve()
     if out.exists() and any(out.iterdir()):
@@ -481,23 +584,45 @@ def main() -> None:
     t0 = time.perf_counter()
     deadline = t0 + a.time_limit if a.time_limit > 0 else float("inf")
     data_yaml = prepare_data(a.data_yaml, a.fraction, a.seed, out / "data")
-    sites = prepare_sites(["partition=fracatlas_regions", f"partition.source={data_yaml}", f"+partition.meta={a.meta}",
-                           f"seed={a.seed}"], out / "sites")
+    sites = prepare_sites(
+        ["partition=fracatlas_regions", f"partition.source={data_yaml}", f"+partition.meta={a.meta}", f"seed={a.seed}"],
+        out / "sites",
+    )
     print((sites / "data" / "sites.md").read_text())
-    counts = {s: sum(1 for _ in open(out / "data" / f"{s}.txt")) for s in ("train", "val")}
+    counts = {s: len((out / "data" / f"{s}.txt").read_text().splitlines()) for s in ("train", "val")}
     speeds, chosen = size_run(a, data_yaml, out, sites, counts, deadline)
     epochs = chosen.epochs
     arms = commands(a, a.arms, data_yaml, a.meta, out, epochs)
-    report = {"bench": "fracatlas_federated", "machine": machine(), "out": str(out), "wall_s": 0.0,
-              "probe": asdict(speeds), "plan": chosen.to_dict(),
-              "conditions": {"epochs": epochs, "epochs_source": "auto (probed)" if a.epochs == "auto" else "--epochs",
-                             "imgsz": a.imgsz, "batch": a.batch, "fraction": a.fraction, "device": a.device,
-                             "epsilon": a.epsilon, "seed": a.seed, "jobs": a.jobs, "time_limit": a.time_limit,
-                             "extra": " ".join(a.extra), "train_images": counts["train"], "val_images": counts["val"],
-                             "commands": {arm.name: " ".join(arm.cmd) for arm in arms}},
-              "arms": {}, "ratios": []}
-    print(f"machine: {machine()}\nplan: {chosen.note}\n{len(arms)} arms, {a.jobs} at a time; logs in "
-          f"{out}/<arm>/bench.log")
+    report = {
+        "bench": "fracatlas_federated",
+        "machine": machine(),
+        "out": str(out),
+        "wall_s": 0.0,
+        "probe": asdict(speeds),
+        "plan": chosen.to_dict(),
+        "conditions": {
+            "epochs": epochs,
+            "epochs_source": "auto (probed)" if a.epochs == "auto" else "--epochs",
+            "imgsz": a.imgsz,
+            "batch": a.batch,
+            "fraction": a.fraction,
+            "device": a.device,
+            "epsilon": a.epsilon,
+            "seed": a.seed,
+            "jobs": a.jobs,
+            "time_limit": a.time_limit,
+            "extra": " ".join(a.extra),
+            "train_images": counts["train"],
+            "val_images": counts["val"],
+            "commands": {arm.name: " ".join(arm.cmd) for arm in arms},
+        },
+        "arms": {},
+        "ratios": [],
+    }
+    print(
+        f"machine: {machine()}\nplan: {chosen.note}\n{len(arms)} arms, {a.jobs} at a time; logs in "
+        f"{out}/<arm>/bench.log"
+    )
 
     def write() -> None:
         report["wall_s"] = time.perf_counter() - t0
@@ -518,8 +643,11 @@ def main() -> None:
                 r["weights_note"] = "not returned (--weights)"
         report["arms"][arm.name] = r
         write()
-        print(f"[{time.perf_counter() - t0:6.0f} s] {arm.name}: {r['status']}, {r['completed']} of {epochs} done, "
-              f"mAP50 {r.get('map50')}, sensitivity {r.get('sensitivity')}, weights {r.get('weights')}", flush=True)
+        print(
+            f"[{time.perf_counter() - t0:6.0f} s] {arm.name}: {r['status']}, {r['completed']} of {epochs} done, "
+            f"mAP50 {r.get('map50')}, sensitivity {r.get('sensitivity')}, weights {r.get('weights')}",
+            flush=True,
+        )
 
     if a.pack:
         a.pack.mkdir(parents=True, exist_ok=True)
@@ -529,15 +657,23 @@ def main() -> None:
     print()
     print((out / "results.md").read_text())
     conditions = {k: v for k, v in report["conditions"].items() if k != "commands"}
-    emit({k: report[k] for k in ("bench", "machine", "wall_s", "ratios", "plan")} | {"conditions": conditions}
-         | {"arms": {n: {k: r.get(k) for k in ("status", "completed", "map50", "sensitivity", "roc_auc", "weights")}
-                     for n, r in report["arms"].items()}})
+    emit(
+        {k: report[k] for k in ("bench", "machine", "wall_s", "ratios", "plan")}
+        | {"conditions": conditions}
+        | {
+            "arms": {
+                n: {k: r.get(k) for k in ("status", "completed", "map50", "sensitivity", "roc_auc", "weights")}
+                for n, r in report["arms"].items()
+            }
+        }
+    )
     if any(r.get("weights_error") for r in report["arms"].values()):
         raise SystemExit("some weights were too large to come back (see results.md)")
 
 
-def size_run(a: argparse.Namespace, data_yaml: Path, out: Path, sites: Path, counts: dict[str, int],
-             deadline: float) -> tuple[Speeds, Plan]:
+def size_run(
+    a: argparse.Namespace, data_yaml: Path, out: Path, sites: Path, counts: dict[str, int], deadline: float
+) -> tuple[Speeds, Plan]:
     """Probe (with --epochs auto) and plan: the speeds measured and the epoch count they allow before `deadline`."""
     left = deadline - time.perf_counter() if deadline < float("inf") else 0.0
     if a.epochs != "auto":
@@ -546,8 +682,16 @@ def size_run(a: argparse.Namespace, data_yaml: Path, out: Path, sites: Path, cou
     speeds = probe(a, data_yaml, a.meta, out, sites, counts["val"])
     speeds.probe_s = round(time.perf_counter() - t, 1)
     sizes = Sizes(counts["train"], counts["val"], max(site_sizes(sites)))
-    chosen = plan(a.arms, speeds, sizes, deadline - time.perf_counter(), margin=a.margin, target=a.target_epochs,
-                  min_epochs=a.min_epochs, max_epochs=a.max_epochs)
+    chosen = plan(
+        a.arms,
+        speeds,
+        sizes,
+        deadline - time.perf_counter(),
+        margin=a.margin,
+        target=a.target_epochs,
+        min_epochs=a.min_epochs,
+        max_epochs=a.max_epochs,
+    )
     print(f"probe: {json.dumps(asdict(speeds))}\nplan: {json.dumps(chosen.to_dict())}", flush=True)
     return speeds, chosen
 

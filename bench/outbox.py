@@ -58,8 +58,10 @@ def write_fp16(src: Path, dst: Path, extra: dict[str, str]) -> int:
     total = sum(p.stat().st_size for p in dst.parent.glob("*.fp16.safetensors"))
     if size > MAX_FILE or total > MAX_WEIGHTS_TOTAL:
         dst.unlink()
-        raise TooLarge(f"{dst.name}: {size / 2**20:.2f} MiB (at most {MAX_FILE / 2**20:.0f} MiB per returned file), "
-                       f"{total / 2**20:.2f} MiB with the other weights (at most {MAX_WEIGHTS_TOTAL / 2**20:.1f} MiB)")
+        raise TooLarge(
+            f"{dst.name}: {size / 2**20:.2f} MiB (at most {MAX_FILE / 2**20:.0f} MiB per returned file), "
+            f"{total / 2**20:.2f} MiB with the other weights (at most {MAX_WEIGHTS_TOTAL / 2**20:.1f} MiB)"
+        )
     return size
 
 

@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import REPO, emit, machine  # noqa: E402
+from _common import REPO, emit, machine
 
 
 def plain_flower(rounds: int) -> list[float]:
@@ -53,13 +53,23 @@ def plain_flower(rounds: int) -> list[float]:
     def main(grid: Grid, context: Context) -> None:
         state = build_model(ModelSpec()).state_dict()
         FedAvg(fraction_evaluate=0.0, min_train_nodes=3, min_available_nodes=3).start(
-            grid=grid, initial_arrays=ArrayRecord(state), num_rounds=rounds,
-            evaluate_fn=lambda rnd, arrays: ends.append(time.perf_counter()) and None)  # called after each round
+            grid=grid,
+            initial_arrays=ArrayRecord(state),
+            num_rounds=rounds,
+            evaluate_fn=lambda rnd, arrays: ends.append(time.perf_counter()) and None,
+        )  # called after each round
 
     ends: list[float] = []
 
-    run_simulation(server_app=server, client_app=client, num_supernodes=3,
-                   backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0}, "init_args": {"include_dashboard": False}})
+    run_simulation(
+        server_app=server,
+        client_app=client,
+        num_supernodes=3,
+        backend_config={
+            "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+            "init_args": {"include_dashboard": False},
+        },
+    )
     return ends[1:]  # the first call is round 0 (before any round)
 
 
@@ -80,11 +90,24 @@ def fracfl(rounds: int, data: str, out: str) -> list[float]:
 
     ends = _RoundEnds()
     logging.getLogger("fracfl.server").addHandler(ends)
-    code = main(["simulate", "model=yolov7_tiny", "partition=iid", f"partition.source={data}", "federation.sites=3",
-                 "federation.min_sites=3", f"federation.rounds={rounds}", "federation.fraction_evaluate=0",
-                 "federation.server_eval=false", "train.local_epochs=0", "tracking=disabled", "progress=false",
-                 "export.enabled=false",
-                 f"run_dir={out}"])
+    code = main(
+        [
+            "simulate",
+            "model=yolov7_tiny",
+            "partition=iid",
+            f"partition.source={data}",
+            "federation.sites=3",
+            "federation.min_sites=3",
+            f"federation.rounds={rounds}",
+            "federation.fraction_evaluate=0",
+            "federation.server_eval=false",
+            "train.local_epochs=0",
+            "tracking=disabled",
+            "progress=false",
+            "export.enabled=false",
+            f"run_dir={out}",
+        ]
+    )
     if code:
         raise SystemExit(code)
     return ends.ends
@@ -122,15 +145,29 @@ def main() -> None:
                 extra = [data, f"{tmp}/{kind}-{rep}"] if kind == "fracfl" else []
                 median, gaps = round_time(["--child", kind, str(a.rounds), *extra])
                 per_round[kind].append(median)
-                print(f"{rep}: {kind:7s}: {median:.3f} s per round (rounds 2..{a.rounds}: "
-                      f"{' '.join(f'{g:.2f}' for g in gaps)})", flush=True)
+                print(
+                    f"{rep}: {kind:7s}: {median:.3f} s per round (rounds 2..{a.rounds}: "
+                    f"{' '.join(f'{g:.2f}' for g in gaps)})",
+                    flush=True,
+                )
     medians = {k: statistics.median(v) for k, v in per_round.items()}
     ratios = [f / p for f, p in zip(per_round["fracfl"], per_round["plain"])]
     ratio = medians["fracfl"] / medians["plain"]
-    print(f"per round (median of {a.repeats} runs): plain Flower {medians['plain']:.3f} s, fracfl {medians['fracfl']:.3f} s")
+    print(
+        f"per round (median of {a.repeats} runs): plain Flower {medians['plain']:.3f} s, fracfl {medians['fracfl']:.3f} s"
+    )
     print(f"fracfl / plain Flower: {ratio:.2f}x (pairs: {', '.join(f'{r:.2f}' for r in ratios)}; goal: at most 1.2x)")
-    emit({"bench": "round_overhead", "machine": machine(), "rounds": a.rounds, "repeats": a.repeats,
-          **medians, "pair_ratios": ratios, "ratio": ratio})
+    emit(
+        {
+            "bench": "round_overhead",
+            "machine": machine(),
+            "rounds": a.rounds,
+            "repeats": a.repeats,
+            **medians,
+            "pair_ratios": ratios,
+            "ratio": ratio,
+        }
+    )
 
 
 if __name__ == "__main__":

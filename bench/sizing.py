@@ -31,6 +31,7 @@ FEDERATED = ("fedavg", "fedprox", "fedavg_gn", "fedavg_dp")
 @dataclass
 class Speeds:
     """What the probes measured (None: not measured) and the assumptions standing in for the rest."""
+
     central_images_per_s: float | None = None
     central_start_s: float | None = None  # a `fracfl train` process besides its training steps
     dp_images_per_s: float | None = None  # one DP site's images/s, three DP sites running side by side
@@ -104,15 +105,26 @@ def arm_seconds(arm: str, epochs: int, s: Speeds, n: Sizes) -> float:
     r, gn = s.central_images_per_s, s.gn_slowdown
     if arm == "central":
         return s.central_start_s + epochs * (n.train_images + n.val_images) / r
-    per_round = {"fedavg": (n.train_images + n.val_images) / r,
-                 "fedprox": (n.train_images + n.val_images) / r,
-                 "fedavg_gn": gn * (n.train_images + n.val_images) / r,
-                 "fedavg_dp": n.largest_site_images / s.dp_rate() + gn * n.val_images / r}[arm]
+    per_round = {
+        "fedavg": (n.train_images + n.val_images) / r,
+        "fedprox": (n.train_images + n.val_images) / r,
+        "fedavg_gn": gn * (n.train_images + n.val_images) / r,
+        "fedavg_dp": n.largest_site_images / s.dp_rate() + gn * n.val_images / r,
+    }[arm]
     return s.fed_start() + epochs * (per_round + s.round_s)
 
 
-def plan(arms: list[str], s: Speeds, n: Sizes, budget_s: float, *, margin: float = 0.25, target: int = 30,
-         min_epochs: int = 1, max_epochs: int = 60) -> Plan:
+def plan(
+    arms: list[str],
+    s: Speeds,
+    n: Sizes,
+    budget_s: float,
+    *,
+    margin: float = 0.25,
+    target: int = 30,
+    min_epochs: int = 1,
+    max_epochs: int = 60,
+) -> Plan:
     """The largest epoch count (at most `max_epochs`) whose predicted total for the arms, run one after another,
     fits (1 - margin) of the budget; at least `min_epochs`, with a note when that still does not fit or misses
     `target` (arms that overrun are then cut at their share of the time)."""
@@ -126,8 +138,10 @@ def plan(arms: list[str], s: Speeds, n: Sizes, budget_s: float, *, margin: float
     fit = next((e for e in range(max_epochs, 0, -1) if total(e) <= usable), 0)
     epochs = max(fit, min_epochs)
     if fit < min_epochs:
-        note = (f"{epochs} epoch(s) (the minimum) are predicted to take {total(epochs):.0f} s of {usable:.0f} s "
-                "usable: arms will be cut")
+        note = (
+            f"{epochs} epoch(s) (the minimum) are predicted to take {total(epochs):.0f} s of {usable:.0f} s "
+            "usable: arms will be cut"
+        )
     elif fit < target:
         note = f"{fit} epochs fit (below the {target}-epoch target): predicted {total(fit):.0f} s of {usable:.0f} s"
     else:

@@ -34,7 +34,9 @@ def render_grid(tile: int = TILE, columns: int = 4) -> np.ndarray:
     """BGR grid of 512-px renders shrunk to `tile` px, boxes drawn, captioned."""
     tiles = []
     for site, body_part, fracture, seed in SAMPLES:
-        image = render_radiograph(get_profile(site), np.random.default_rng(seed), 512, body_part=body_part, fracture=fracture)
+        image = render_radiograph(
+            get_profile(site), np.random.default_rng(seed), 512, body_part=body_part, fracture=fracture
+        )
         grey = image.display if image.display.dtype == np.uint8 else (image.display >> 8).astype(np.uint8)
         scale = tile / grey.shape[0]
         bgr = cv2.cvtColor(cv2.resize(grey, (tile, tile), interpolation=cv2.INTER_AREA), cv2.COLOR_GRAY2BGR)
@@ -43,7 +45,16 @@ def render_grid(tile: int = TILE, columns: int = 4) -> np.ndarray:
             cv2.rectangle(bgr, (x0, y0), (x1, y1), BOX_COLOUR, 1, cv2.LINE_AA)
         kinds = ", ".join(sorted({f.type for f in image.fractures})) or "no fracture"
         caption = np.full((22, tile, 3), 32, np.uint8)
-        cv2.putText(caption, f"{body_part}: {kinds} ({site})", (5, 15), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (230, 230, 230), 1, cv2.LINE_AA)
+        cv2.putText(
+            caption,
+            f"{body_part}: {kinds} ({site})",
+            (5, 15),
+            cv2.FONT_HERSHEY_SIMPLEX,
+            0.4,
+            (230, 230, 230),
+            1,
+            cv2.LINE_AA,
+        )
         tiles.append(cv2.copyMakeBorder(np.vstack([bgr, caption]), 3, 3, 3, 3, cv2.BORDER_CONSTANT, value=(32, 32, 32)))
     rows = [np.hstack(tiles[i : i + columns]) for i in range(0, len(tiles), columns)]
     return np.vstack(rows)

@@ -17,27 +17,25 @@ hidden); on one H200 at least 1,500 images/s for central training.
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Callable
-
-import sys
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import emit, machine  # noqa: E402
+import torch
+from _common import emit, machine
 
-import torch  # noqa: E402
-
-from common.config import AugmentConfig, EvalConfig, ImbalanceConfig, TrainConfig  # noqa: E402
-from common.data.dataset import DetectionDataset, model_input  # noqa: E402
-from common.engine.evaluate import evaluate_model  # noqa: E402
-from common.engine.loader import auto_workers  # noqa: E402
-from common.engine.precision import step_format, to_fp32  # noqa: E402
-from common.engine.trainer import _loader, _optimizer, _to, train_local  # noqa: E402
-from common.nn.loss import PerImageDetectionLoss  # noqa: E402
-from common.nn.model import ModelSpec, build_model  # noqa: E402
+from common.config import AugmentConfig, EvalConfig, ImbalanceConfig, TrainConfig
+from common.data.dataset import DetectionDataset, model_input
+from common.engine.evaluate import evaluate_model
+from common.engine.loader import auto_workers
+from common.engine.precision import step_format, to_fp32
+from common.engine.trainer import _loader, _optimizer, _to, train_local
+from common.nn.loss import PerImageDetectionLoss
+from common.nn.model import ModelSpec, build_model
 
 
 def _sync(device: torch.device) -> None:
@@ -118,30 +116,48 @@ def step(data: DetectionDataset, cfg: TrainConfig, device: torch.device, seconds
 
 def evaluation(val: DetectionDataset, device: torch.device, seconds: float) -> float:
     model = build_model(ModelSpec(arch="yolov7-tiny"))
-    return _rate(lambda: (evaluate_model(model, val, EvalConfig(batch_size=32), device, progress=False), len(val))[1],
-                 device, seconds)
+    return _rate(
+        lambda: (evaluate_model(model, val, EvalConfig(batch_size=32), device, progress=False), len(val))[1],
+        device,
+        seconds,
+    )
 
 
-def rows_for(data_path: Path, device: torch.device, imgsz: int, batch: int, precision: str, seconds: float
-             ) -> list[dict]:
+def rows_for(
+    data_path: Path, device: torch.device, imgsz: int, batch: int, precision: str, seconds: float
+) -> list[dict]:
     aug = AugmentConfig()
-    cfg = TrainConfig(imgsz=imgsz, batch_size=batch, warmup_steps=0, device=str(device), precision=precision,
-                      augment=aug)
+    cfg = TrainConfig(
+        imgsz=imgsz, batch_size=batch, warmup_steps=0, device=str(device), precision=precision, augment=aug
+    )
     data = DetectionDataset.from_data(data_path, "train", imgsz, augment=aug, cache=True)
     val = DetectionDataset.from_data(data_path, "val", imgsz, cache=True)
     fmt = step_format(precision, None, device, private=False).describe()
     settings = f"{device.type}, {imgsz} px, batch {batch}, {fmt}, {auto_workers(device)} loader workers"
     out = []
-    for what, run in (("pipeline", lambda: pipeline(data, cfg, device, seconds)),
-                      ("fwd+bwd", lambda: fwd_bwd(data, cfg, device, seconds)),
-                      ("step", lambda: step(data, cfg, device, seconds, dp=False)),
-                      ("step DP", lambda: step(data, cfg, device, seconds, dp=True)),
-                      ("eval", lambda: evaluation(val, device, seconds))):
+    for what, run in (
+        ("pipeline", lambda: pipeline(data, cfg, device, seconds)),
+        ("fwd+bwd", lambda: fwd_bwd(data, cfg, device, seconds)),
+        ("step", lambda: step(data, cfg, device, seconds, dp=False)),
+        ("step DP", lambda: step(data, cfg, device, seconds, dp=True)),
+        ("eval", lambda: evaluation(val, device, seconds)),
+    ):
         rate = run()
-        label = settings if what != "step DP" else settings.replace(fmt, "fp32 (DP-SGD)").replace("batch", "Poisson batch")
+        label = (
+            settings if what != "step DP" else settings.replace(fmt, "fp32 (DP-SGD)").replace("batch", "Poisson batch")
+        )
         print(f"{what:9s} {rate:8.1f} images/s   [{label}]", flush=True)
-        out.append({"what": what, "images_per_s": rate, "device": device.type, "imgsz": imgsz, "batch": batch,
-                    "precision": fmt if what != "step DP" else "fp32", "workers": auto_workers(device)})
+        out.append(
+            {
+                "what": what,
+                "images_per_s": rate,
+                "device": device.type,
+                "imgsz": imgsz,
+                "batch": batch,
+                "precision": fmt if what != "step DP" else "fp32",
+                "workers": auto_workers(device),
+            }
+        )
     full, alone = out[2]["images_per_s"], out[1]["images_per_s"]
     print(f"full step / fwd+bwd alone: {full / alone:.3f} ({device.type}, batch {batch}, {fmt})", flush=True)
     return out
@@ -164,8 +180,14 @@ def main() -> None:
         if data is None:
             from common.synth import generate_dataset, get_profile
 
-            data = generate_dataset(Path(tmp) / "synth", [get_profile("general_hospital")], images_per_site=96,
-                                    size=a.imgsz * 2, seed=0, progress=False)
+            data = generate_dataset(
+                Path(tmp) / "synth",
+                [get_profile("general_hospital")],
+                images_per_site=96,
+                size=a.imgsz * 2,
+                seed=0,
+                progress=False,
+            )
         for dev in devices:
             device = torch.device(dev)
             for batch in a.batch or ([8] if device.type == "cpu" else [64, 256]):

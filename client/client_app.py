@@ -7,7 +7,7 @@ and status (ConfigRecord). A site that cannot take part answers with its status 
 from __future__ import annotations
 
 import logging
-from typing import Callable
+from collections.abc import Callable
 
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
@@ -20,8 +20,22 @@ from client.privacy import PrivacyRefused, site_budget
 from client.site import SAFE_NAME, Site, resolve_site
 from client.task import evaluate_site, train_site
 from common.errors import FracflError
-from common.protocol import (ARRAYS, CONFIG, JOB, METRICS, MODEL_VERSION, NAME, NUM_EXAMPLES, PROXIMAL_MU, REAL_SITE,
-                             SERVER_ROUND, SITE, SITES_MANIFEST, SiteJob, SiteReply)
+from common.protocol import (
+    ARRAYS,
+    CONFIG,
+    JOB,
+    METRICS,
+    MODEL_VERSION,
+    NAME,
+    NUM_EXAMPLES,
+    PROXIMAL_MU,
+    REAL_SITE,
+    SERVER_ROUND,
+    SITE,
+    SITES_MANIFEST,
+    SiteJob,
+    SiteReply,
+)
 from common.records import to_record, torch_state
 
 app = ClientApp()
@@ -40,7 +54,7 @@ def _handle(msg: Message, context: Context, what: str, work: Work) -> Message:
     except PrivacyRefused as e:  # its message carries numbers only, so the server may show it
         log.warning("site %s refuses to %s: %s", name, what, e)
         state, metrics, privacy, status = None, {NUM_EXAMPLES: 0.0}, e.report, f"refused: {e}"
-    except Exception as e:  # noqa: BLE001  (the details, which may name patient files, stay in the site's log)
+    except Exception as e:
         log.exception("site %s cannot %s: %s", name, what, e)
         kind = "invalid local data or configuration" if isinstance(e, FracflError) else "internal error"
         state, metrics, privacy = None, {NUM_EXAMPLES: 0.0}, None
@@ -56,9 +70,16 @@ def _handle(msg: Message, context: Context, what: str, work: Work) -> Message:
 
 def _train(site: Site, state: dict, job: SiteJob, cfg: ConfigRecord, context: Context):
     budget = site_budget(site.name, context.node_config, job.privacy) if job.privacy.mode == "dp_sgd" else None
-    return train_site(site.name, site.data, state, job, int(cfg[SERVER_ROUND]),
-                      proximal_mu=float(cfg.get(PROXIMAL_MU, 0.0)), budget=budget,
-                      model_version=str(cfg.get(MODEL_VERSION, "")))
+    return train_site(
+        site.name,
+        site.data,
+        state,
+        job,
+        int(cfg[SERVER_ROUND]),
+        proximal_mu=float(cfg.get(PROXIMAL_MU, 0.0)),
+        budget=budget,
+        model_version=str(cfg.get(MODEL_VERSION, "")),
+    )
 
 
 def client_dp_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
@@ -85,5 +106,9 @@ def query(msg: Message, context: Context) -> Message:
 
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
-    return _handle(msg, context, "evaluate",
-                   lambda site, state, job, cfg, context: (None, evaluate_site(site.data, state, job), None))
+    return _handle(
+        msg,
+        context,
+        "evaluate",
+        lambda site, state, job, cfg, context: (None, evaluate_site(site.data, state, job), None),
+    )

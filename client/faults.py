@@ -42,6 +42,3 @@ def fault_injection_mod(msg: Message, context: Context, call_next: ClientAppCall
     if fault in FAULTS and ARRAYS in reply.content:
         reply.content[ARRAYS] = ArrayRecord(corrupt(reply.content[ARRAYS].to_torch_state_dict(), fault))
     return reply
-
-
-

@@ -10,22 +10,30 @@ already spent; failing to read or write the ledger means no training (fail close
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
+from client.site_config import NODE_KEY, load_site_privacy
 from common.config import PrivacyConfig
 from common.errors import ConfigError, FracflError
-from common.privacy.accounting import (Mechanism, calibrate, default_delta, epsilon_rdp, epsilons, sample_rate,
-                                       steps_per_round)
+from common.privacy.accounting import (
+    Mechanism,
+    calibrate,
+    default_delta,
+    epsilon_rdp,
+    epsilons,
+    sample_rate,
+    steps_per_round,
+)
 from common.privacy.dp_sgd import DPSGD
 from common.privacy.fingerprint import fingerprint, image_hashes
 from common.privacy.ledger import SECURE, SEEDED, Ledger, LedgerError
 from common.privacy.patients import IMAGE_UNIT, PATIENT_UNIT, PATIENTS_FILE, patient_groups, read_patients
 from common.privacy.signing import KEY_NAME, load_or_create
-from client.site_config import NODE_KEY, load_site_privacy
 
 log = logging.getLogger("fracfl.client.privacy")
 
@@ -58,8 +66,13 @@ def site_budget(site: str, node_config: Mapping[str, Any], cfg: PrivacyConfig) -
     target = float(over.get("target_epsilon", cfg.target_epsilon))
     ceiling = float(over.get("ceiling_epsilon", cfg.ceiling_epsilon))
     delta = over.get("delta", cfg.delta)
-    return Budget(min(target, ceiling), ceiling, None if delta is None else float(delta),
-                  Path(cfg.ledger_dir) / site, cfg.reproducible_noise)
+    return Budget(
+        min(target, ceiling),
+        ceiling,
+        None if delta is None else float(delta),
+        Path(cfg.ledger_dir) / site,
+        cfg.reproducible_noise,
+    )
 
 
 def _real_site_budget(site: str, node_config: Mapping[str, Any], cfg: PrivacyConfig) -> Budget:
@@ -67,18 +80,26 @@ def _real_site_budget(site: str, node_config: Mapping[str, Any], cfg: PrivacyCon
     noise the site did not allow, are refused. Details (paths) go to the site's log, numbers to the server."""
     where = node_config.get(NODE_KEY)
     if not where:
-        log.error("site %s: no privacy configuration. Run `fracfl site init DIR` and start the SuperNode with "
-                  "--node-config \"... %s='DIR/site.toml'\"", site, NODE_KEY)
-        raise PrivacyRefused(f"this site has no privacy configuration (node config {NODE_KEY}); it does not train "
-                             "with DP until its governance sets one")
+        log.error(
+            "site %s: no privacy configuration. Run `fracfl site init DIR` and start the SuperNode with "
+            "--node-config \"... %s='DIR/site.toml'\"",
+            site,
+            NODE_KEY,
+        )
+        raise PrivacyRefused(
+            f"this site has no privacy configuration (node config {NODE_KEY}); it does not train "
+            "with DP until its governance sets one"
+        )
     try:
         own = load_site_privacy(str(where))
     except ConfigError as e:
         log.error("site %s: %s", site, e)
         raise PrivacyRefused("this site's privacy configuration is unusable (see the site's log)") from e
     over = cfg.sites.get(site, {})
-    asked = {"target_epsilon": float(over.get("target_epsilon", cfg.target_epsilon)),
-             "ceiling_epsilon": float(over.get("ceiling_epsilon", cfg.ceiling_epsilon))}
+    asked = {
+        "target_epsilon": float(over.get("target_epsilon", cfg.target_epsilon)),
+        "ceiling_epsilon": float(over.get("ceiling_epsilon", cfg.ceiling_epsilon)),
+    }
     mine = {"target_epsilon": own.target_epsilon, "ceiling_epsilon": own.ceiling_epsilon}
     problems = [f"{k} {asked[k]:.2f} above this site's {mine[k]:.2f}" for k in asked if asked[k] > mine[k] + 1e-12]
     if cfg.ledger_dir != PrivacyConfig.ledger_dir:
@@ -88,15 +109,22 @@ def _real_site_budget(site: str, node_config: Mapping[str, Any], cfg: PrivacyCon
     if problems:
         raise PrivacyRefused("the run asks for " + "; ".join(problems) + ". Only lower limits may be requested")
     deltas = [float(d) for d in (own.delta, over.get("delta", cfg.delta)) if d is not None]
-    return Budget(min(asked.values()), asked["ceiling_epsilon"], min(deltas) if deltas else None, own.ledger_dir,
-                  cfg.reproducible_noise, real=True)
+    return Budget(
+        min(asked.values()),
+        asked["ceiling_epsilon"],
+        min(deltas) if deltas else None,
+        own.ledger_dir,
+        cfg.reproducible_noise,
+        real=True,
+    )
 
 
 UNITS = ("auto", "patient", "image")
 
 
-def privacy_groups(site: str, budget: Budget, cfg: PrivacyConfig, data_root: Path, images: list[Path]
-                   ) -> np.ndarray | None:
+def privacy_groups(
+    site: str, budget: Budget, cfg: PrivacyConfig, data_root: Path, images: list[Path]
+) -> np.ndarray | None:
     """A patient number per training image when the unit is the patient, None for the image unit. The patient is
     the default wherever the data names patients; a real site refuses a run asking it to protect images only."""
     if cfg.unit not in UNITS:
@@ -105,14 +133,21 @@ def privacy_groups(site: str, budget: Budget, cfg: PrivacyConfig, data_root: Pat
     named = sum(Path(p).stem in patients for p in images)
     if cfg.unit == "image":
         if named and budget.real:
-            raise PrivacyRefused("the run asks for the image as privacy unit (privacy.unit=image); this site's data "
-                                 "names patients, and only a stronger unit may be requested")
+            raise PrivacyRefused(
+                "the run asks for the image as privacy unit (privacy.unit=image); this site's data "
+                "names patients, and only a stronger unit may be requested"
+            )
         return None
     if cfg.unit == "auto" and not named:
         return None
     if named < len(images):
-        log.warning("site %s: %d of %d training images have no patient pseudonym (%s); each counts as a patient of "
-                    "its own", site, len(images) - named, len(images), PATIENTS_FILE)
+        log.warning(
+            "site %s: %d of %d training images have no patient pseudonym (%s); each counts as a patient of its own",
+            site,
+            len(images) - named,
+            len(images),
+            PATIENTS_FILE,
+        )
     return patient_groups(images, patients)
 
 
@@ -132,24 +167,53 @@ class RoundGuard:
         """Append this round's entry (before the weights leave) and return the report sent to the server."""
         mech = Mechanism(self.hook.noise_multiplier, self.hook.sample_rate, steps)
         spent = epsilons([*self.history, mech], self.delta)
-        entry = self.ledger.append("round", {**self.fields, "noise_multiplier": mech.noise_multiplier,
-                                             "sample_rate": mech.sample_rate, "steps": steps,
-                                             "epsilon": spent["epsilon"], "epsilon_rdp": spent["rdp"],
-                                             "epsilon_prv": spent["prv"]})
+        entry = self.ledger.append(
+            "round",
+            {
+                **self.fields,
+                "noise_multiplier": mech.noise_multiplier,
+                "sample_rate": mech.sample_rate,
+                "steps": steps,
+                "epsilon": spent["epsilon"],
+                "epsilon_rdp": spent["rdp"],
+                "epsilon_prv": spent["prv"],
+            },
+        )
         return report(entry, self.plan)
 
 
 def report(entry: dict[str, Any], plan: dict[str, Any] | None) -> dict[str, Any]:
     """The privacy figures a site shares: mechanism and epsilon, never paths or image hashes; the entry's hash and
     number let the server anchor the site's ledger (`check_heads`)."""
-    keys = ("run_id", "round", "model_version", "epsilon", "epsilon_rdp", "epsilon_prv", "delta",
-            "target_epsilon", "ceiling_epsilon", "noise_multiplier", "sample_rate", "steps", "max_grad_norm",
-            "images", "patients", "reason", "unit", "noise")
+    keys = (
+        "run_id",
+        "round",
+        "model_version",
+        "epsilon",
+        "epsilon_rdp",
+        "epsilon_prv",
+        "delta",
+        "target_epsilon",
+        "ceiling_epsilon",
+        "noise_multiplier",
+        "sample_rate",
+        "steps",
+        "max_grad_norm",
+        "images",
+        "patients",
+        "reason",
+        "unit",
+        "noise",
+    )
     out = {k: entry[k] for k in keys if k in entry}
     out["entry"], out["ledger_head"], out["ledger_seq"] = entry["kind"], entry["hash"], entry["seq"]
     if plan is not None:
-        out.update(planned_rounds=plan["planned_rounds"], first_round=plan["first_round"],
-                   steps_per_round=plan["steps_per_round"], projected_epsilon=plan["projected_epsilon"])
+        out.update(
+            planned_rounds=plan["planned_rounds"],
+            first_round=plan["first_round"],
+            steps_per_round=plan["steps_per_round"],
+            projected_epsilon=plan["projected_epsilon"],
+        )
     return out
 
 
@@ -179,14 +243,31 @@ def _sampled(site: str, hashes: list[str]) -> int:
     (its k copies), like a patient with k images."""
     copies = len(hashes) - len(set(hashes))
     if copies:
-        log.warning("site %s: %d training image(s) are byte-identical copies of others; each copy is sampled, so "
-                    "such an image is protected at group level (its number of copies)", site, copies)
+        log.warning(
+            "site %s: %d training image(s) are byte-identical copies of others; each copy is sampled, so "
+            "such an image is protected at group level (its number of copies)",
+            site,
+            copies,
+        )
     return len(hashes)
 
 
-def guard_round(site: str, budget: Budget, cfg: PrivacyConfig, *, run_id: str, rnd: int, planned_rounds: int,
-                images: list[Path], batch_size: int, local_epochs: int, max_steps: int | None,
-                model_version: str, seed: int, groups: np.ndarray | None = None) -> RoundGuard:
+def guard_round(
+    site: str,
+    budget: Budget,
+    cfg: PrivacyConfig,
+    *,
+    run_id: str,
+    rnd: int,
+    planned_rounds: int,
+    images: list[Path],
+    batch_size: int,
+    local_epochs: int,
+    max_steps: int | None,
+    model_version: str,
+    seed: int,
+    groups: np.ndarray | None = None,
+) -> RoundGuard:
     """Plan (once per run and training set) and check this round; raises PrivacyRefused when it must not train.
 
     With `groups` (a patient number per image) the unit is the patient: the sample rate is `batch_size` patients
@@ -208,47 +289,83 @@ def guard_round(site: str, budget: Budget, cfg: PrivacyConfig, *, run_id: str, r
     q = sample_rate(batch_size, n)
     steps = steps_per_round(local_epochs, max_steps, q)
     history = spent_history(budget.ledger_dir, entries, set(hashes))
-    fields = {"site": site, "run_id": run_id, "round": rnd, "model_version": model_version, "fingerprint": fp,
-              "images": len(hashes), "delta": delta, "max_grad_norm": cfg.max_grad_norm,
-              "target_epsilon": budget.target, "ceiling_epsilon": budget.ceiling,
-              "unit": IMAGE_UNIT if groups is None else PATIENT_UNIT, "noise": SEEDED if budget.seeded_noise else SECURE}
+    fields = {
+        "site": site,
+        "run_id": run_id,
+        "round": rnd,
+        "model_version": model_version,
+        "fingerprint": fp,
+        "images": len(hashes),
+        "delta": delta,
+        "max_grad_norm": cfg.max_grad_norm,
+        "target_epsilon": budget.target,
+        "ceiling_epsilon": budget.ceiling,
+        "unit": IMAGE_UNIT if groups is None else PATIENT_UNIT,
+        "noise": SEEDED if budget.seeded_noise else SECURE,
+    }
     if groups is not None:
         fields["patients"] = n
 
     def refuse(reason: str, spent: float) -> PrivacyRefused:
         try:
-            return PrivacyRefused(reason, report(ledger.append("refused", {**fields, "reason": reason,
-                                                                           "epsilon": spent}), plan))
+            return PrivacyRefused(
+                reason, report(ledger.append("refused", {**fields, "reason": reason, "epsilon": spent}), plan)
+            )
         except LedgerError as e:
             log.error("site %s: %s", site, e)
             return PrivacyRefused(reason)
 
-    plan = next((e for e in reversed(entries) if e.get("kind") == "plan" and e["run_id"] == run_id
-                 and e["fingerprint"] == fp), None)
+    plan = next(
+        (e for e in reversed(entries) if e.get("kind") == "plan" and e["run_id"] == run_id and e["fingerprint"] == fp),
+        None,
+    )
     spent = epsilon_rdp(history, delta)
     if plan is None:  # noise calibrated once for every round still to come, from what is already spent
         rounds_left = max(1, planned_rounds - rnd + 1)
         sigma = calibrate(history, q, steps * rounds_left, budget.target, delta)
         if sigma is None:
-            raise refuse(f"privacy budget exhausted: epsilon {spent:.2f} already spent of target {budget.target:.2f}",
-                         spent)
+            raise refuse(
+                f"privacy budget exhausted: epsilon {spent:.2f} already spent of target {budget.target:.2f}", spent
+            )
         projected = epsilon_rdp([*history, Mechanism(sigma, q, steps * rounds_left)], delta)
         try:
-            plan = ledger.append("plan", {**fields, "noise_multiplier": sigma, "sample_rate": q,
-                                          "steps_per_round": steps, "planned_rounds": planned_rounds,
-                                          "first_round": rnd, "projected_epsilon": projected, "epsilon": spent})
+            plan = ledger.append(
+                "plan",
+                {
+                    **fields,
+                    "noise_multiplier": sigma,
+                    "sample_rate": q,
+                    "steps_per_round": steps,
+                    "planned_rounds": planned_rounds,
+                    "first_round": rnd,
+                    "projected_epsilon": projected,
+                    "epsilon": spent,
+                },
+            )
         except LedgerError as e:
             log.error("site %s: %s", site, e)
             raise PrivacyRefused("privacy ledger cannot be read or written (see the site's log)") from e
     sigma = float(plan["noise_multiplier"])
     after = epsilon_rdp([*history, Mechanism(sigma, q, steps)], delta)
     if after > budget.ceiling:
-        raise refuse(f"privacy budget exhausted: this round would reach epsilon {after:.2f} > ceiling "
-                     f"{budget.ceiling:.2f} (spent {spent:.2f})", spent)
+        raise refuse(
+            f"privacy budget exhausted: this round would reach epsilon {after:.2f} > ceiling "
+            f"{budget.ceiling:.2f} (spent {spent:.2f})",
+            spent,
+        )
     if budget.seeded_noise:
-        log.warning("RESEARCH MODE at site %s: DP noise and sampling are seeded from the run's seed, which the server "
-                    "knows; it can regenerate and remove this round's noise. Never use with real patients' images.",
-                    site)
-    hook = DPSGD(sigma, cfg.max_grad_norm, q, cfg.max_physical_batch, cfg.grad_sample_mode,
-                 seed if budget.seeded_noise else None, groups)
+        log.warning(
+            "RESEARCH MODE at site %s: DP noise and sampling are seeded from the run's seed, which the server "
+            "knows; it can regenerate and remove this round's noise. Never use with real patients' images.",
+            site,
+        )
+    hook = DPSGD(
+        sigma,
+        cfg.max_grad_norm,
+        q,
+        cfg.max_physical_batch,
+        cfg.grad_sample_mode,
+        seed if budget.seeded_noise else None,
+        groups,
+    )
     return RoundGuard(site, ledger, hook, history, plan, delta, fields)

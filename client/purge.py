@@ -48,8 +48,11 @@ class Purge:
 
 def _is_ledger(path: Path) -> bool:
     """A ledger file, anything in a folder that holds one (its dataset lists, key, head), or a folder holding one."""
-    return (path.name in LEDGER_FILES or any((p / "ledger.jsonl").exists() for p in path.parents)
-            or (path.is_dir() and any(path.rglob("ledger.jsonl"))))
+    return (
+        path.name in LEDGER_FILES
+        or any((p / "ledger.jsonl").exists() for p in path.parents)
+        or (path.is_dir() and any(path.rglob("ledger.jsonl")))
+    )
 
 
 def _age(path: Path) -> float:
@@ -91,9 +94,17 @@ def _links(db_path: Path, cutoff: float, result: Purge) -> None:
             db.execute("DELETE FROM links WHERE seen < ?", (cutoff,))
 
 
-def purge(older_than_days: float, *, keep_dir: str | Path | None = None, quarantine_dir: str | Path | None = None,
-          queue_dir: str | Path | None = None, deid_dir: str | Path | None = None, apply: bool = False,
-          journal: str | Path | None = None, now: float | None = None) -> Purge:
+def purge(
+    older_than_days: float,
+    *,
+    keep_dir: str | Path | None = None,
+    quarantine_dir: str | Path | None = None,
+    queue_dir: str | Path | None = None,
+    deid_dir: str | Path | None = None,
+    apply: bool = False,
+    journal: str | Path | None = None,
+    now: float | None = None,
+) -> Purge:
     """Find (and with `apply`, remove) everything in the given places last changed more than `older_than_days` ago."""
     if not older_than_days > 0:
         raise ConfigError(f"site purge: --older-than must be a positive number of days, got {older_than_days}")
@@ -122,9 +133,14 @@ def purge(older_than_days: float, *, keep_dir: str | Path | None = None, quarant
 
 def _record(result: Purge, journal: str | Path | None) -> None:
     what = ", ".join(f"{n} {place}" for place, n in result.counts.items()) or "nothing in the places given"
-    log.info("site purge (%s, older than %g days): %s, %d bytes%s", "applied" if result.applied else "dry run",
-             result.older_than_days, what, result.bytes,
-             f"; {result.undated_links} undated link rows kept" if result.undated_links else "")
+    log.info(
+        "site purge (%s, older than %g days): %s, %d bytes%s",
+        "applied" if result.applied else "dry run",
+        result.older_than_days,
+        what,
+        result.bytes,
+        f"; {result.undated_links} undated link rows kept" if result.undated_links else "",
+    )
     if journal is not None:
         path = Path(journal)
         path.parent.mkdir(parents=True, exist_ok=True)

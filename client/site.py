@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from common.errors import ConfigError
 
@@ -35,11 +36,15 @@ def resolve_site(node_config: Mapping[str, Any], manifest: str | None = None) ->
             raise ConfigError(f"node config partition-id {pid}: the manifest {manifest} lists {len(entries)} sites")
         site = Site(entries[pid]["name"], Path(entries[pid]["data"]))
     else:
-        raise ConfigError("node config: set data-dir (and site-name) for this SuperNode, e.g. "
-                          "--node-config \"site-name='site_a' data-dir='/data/site_a'\"")
+        raise ConfigError(
+            "node config: set data-dir (and site-name) for this SuperNode, e.g. "
+            "--node-config \"site-name='site_a' data-dir='/data/site_a'\""
+        )
     if not SAFE_NAME.match(site.name):
-        raise ConfigError(f"node config site-name {site.name!r}: use 1-64 letters, digits, '.', '_' or '-' "
-                          "(it appears in logs and model cards, so never a patient or person name)")
+        raise ConfigError(
+            f"node config site-name {site.name!r}: use 1-64 letters, digits, '.', '_' or '-' "
+            "(it appears in logs and model cards, so never a patient or person name)"
+        )
     if not site.data.exists():
         raise ConfigError(f"node config data-dir {str(site.data)!r} of site {site.name} does not exist")
     return site

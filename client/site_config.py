@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import math
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from common.errors import ConfigError
 from common.privacy.signing import KEY_NAME, load_or_create
@@ -48,8 +49,10 @@ def load_site_privacy(path: str | Path) -> SitePrivacy:
     """Read and check `site.toml`; ConfigError names the file and the field that is wrong."""
     path = Path(path)
     if not path.is_absolute():
-        raise ConfigError(f"node config {NODE_KEY}={str(path)!r}: give an absolute path (a relative one depends on "
-                          "where the SuperNode was started)")
+        raise ConfigError(
+            f"node config {NODE_KEY}={str(path)!r}: give an absolute path (a relative one depends on "
+            "where the SuperNode was started)"
+        )
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8")).get("privacy")
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
@@ -69,27 +72,34 @@ def load_site_privacy(path: str | Path) -> SitePrivacy:
     return SitePrivacy(min(target, ceiling), ceiling, ledger, delta, research)
 
 
-def write_site_config(folder: Path, *, target_epsilon: float = 8.0, ceiling_epsilon: float = 10.0,
-                      delta: float | None = None) -> Path:
+def write_site_config(
+    folder: Path, *, target_epsilon: float = 8.0, ceiling_epsilon: float = 10.0, delta: float | None = None
+) -> Path:
     """Create `folder/site.toml` (never overwritten) with the ledger and its signing key in `folder/privacy`;
     returns its path."""
     folder = folder.resolve()
     path = folder / FILE_NAME
     if path.exists():
-        raise ConfigError(f"{path} exists: edit it (limits may be lowered at any time; raising them is a "
-                          "governance decision) or choose another folder")
+        raise ConfigError(
+            f"{path} exists: edit it (limits may be lowered at any time; raising them is a "
+            "governance decision) or choose another folder"
+        )
     if not 0 < target_epsilon <= ceiling_epsilon:
         raise ConfigError(f"site init: need 0 < target ({target_epsilon}) <= ceiling ({ceiling_epsilon})")
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "privacy").mkdir(exist_ok=True)
     load_or_create(folder / "privacy" / KEY_NAME)  # the ledger's signing key, owner-only
-    lines = ["# This site's privacy limits (fracfl site init). The server cannot raise them: a run asking for a",
-             "# higher target or ceiling, or another ledger, is refused. Epsilons are lifetime totals for the images.",
-             "[privacy]", f"target_epsilon = {float(target_epsilon)}", f"ceiling_epsilon = {float(ceiling_epsilon)}",
-             *([f"delta = {float(delta)}"] if delta is not None else []),
-             f'ledger_dir = "{folder / "privacy"}"',
-             "research_mode = false  # true lets a run seed the DP noise (the server could remove it): never for patients",
-             ""]
+    lines = [
+        "# This site's privacy limits (fracfl site init). The server cannot raise them: a run asking for a",
+        "# higher target or ceiling, or another ledger, is refused. Epsilons are lifetime totals for the images.",
+        "[privacy]",
+        f"target_epsilon = {float(target_epsilon)}",
+        f"ceiling_epsilon = {float(ceiling_epsilon)}",
+        *([f"delta = {float(delta)}"] if delta is not None else []),
+        f'ledger_dir = "{folder / "privacy"}"',
+        "research_mode = false  # true lets a run seed the DP noise (the server could remove it): never for patients",
+        "",
+    ]
     path.write_text("\n".join(lines), encoding="utf-8")
     load_site_privacy(path)  # what we wrote must read back
     return path

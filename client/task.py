@@ -12,8 +12,8 @@ from pathlib import Path
 
 import torch
 
+from client.privacy import Budget, PrivacyRefused, guard_round, privacy_groups
 from common.config import to_typed
-from common.protocol import NUM_EXAMPLES, SiteJob, encode_metrics
 from common.data.dataset import DetectionDataset
 from common.engine.device import select_device
 from common.engine.evaluate import evaluate_model
@@ -21,7 +21,8 @@ from common.engine.trainer import train_local
 from common.errors import ConfigError
 from common.nn.model import reusable_model
 from common.privacy.ledger import LedgerError
-from client.privacy import Budget, PrivacyRefused, guard_round, privacy_groups
+from common.protocol import NUM_EXAMPLES, SiteJob, encode_metrics
+
 
 @lru_cache(maxsize=8)
 def _dataset(data: str, split: str, imgsz: int, augment: str | None, seed: int) -> DetectionDataset:
@@ -38,9 +39,17 @@ def _model(job: SiteJob, state: dict[str, torch.Tensor]) -> torch.nn.Module:
     return model
 
 
-def train_site(site: str, data: Path, state: dict[str, torch.Tensor], job: SiteJob, server_round: int, *,
-               proximal_mu: float = 0.0, budget: Budget | None = None, model_version: str = ""
-               ) -> tuple[dict[str, torch.Tensor], dict[str, float], dict | None]:
+def train_site(
+    site: str,
+    data: Path,
+    state: dict[str, torch.Tensor],
+    job: SiteJob,
+    server_round: int,
+    *,
+    proximal_mu: float = 0.0,
+    budget: Budget | None = None,
+    model_version: str = "",
+) -> tuple[dict[str, torch.Tensor], dict[str, float], dict | None]:
     """Local training for one round; returns new weights, metrics (with NUM_EXAMPLES for weighting) and, with
     DP-SGD, the privacy report. With DP-SGD the round is checked against the site's `budget` first and recorded in
     its ledger before the weights are returned (PrivacyRefused when it must not train)."""
@@ -52,20 +61,42 @@ def train_site(site: str, data: Path, state: dict[str, torch.Tensor], job: SiteJ
         if budget is None:
             raise ConfigError("privacy=dp_sgd: the site has no privacy budget configured")
         groups = privacy_groups(site, budget, job.privacy, data if data.is_dir() else data.parent, train.images)
-        guard = guard_round(site, budget, job.privacy, run_id=job.run_id, rnd=server_round, planned_rounds=job.rounds,
-                            images=train.images, batch_size=cfg.batch_size, local_epochs=cfg.local_epochs,
-                            max_steps=cfg.max_steps, model_version=model_version, seed=seed, groups=groups)
+        guard = guard_round(
+            site,
+            budget,
+            job.privacy,
+            run_id=job.run_id,
+            rnd=server_round,
+            planned_rounds=job.rounds,
+            images=train.images,
+            batch_size=cfg.batch_size,
+            local_epochs=cfg.local_epochs,
+            max_steps=cfg.max_steps,
+            model_version=model_version,
+            seed=seed,
+            groups=groups,
+        )
     model = _model(job, state)
-    result = train_local(model, train, cfg, seed=seed, progress=False, description=f"round {server_round}",
-                         proximal_mu=proximal_mu, first_epoch=server_round * max(cfg.local_epochs, 1),
-                         privacy=guard.hook if guard else None)
+    result = train_local(
+        model,
+        train,
+        cfg,
+        seed=seed,
+        progress=False,
+        description=f"round {server_round}",
+        proximal_mu=proximal_mu,
+        first_epoch=server_round * max(cfg.local_epochs, 1),
+        privacy=guard.hook if guard else None,
+    )
     privacy = None
     if guard is not None:
         try:
             privacy = guard.commit(int(result.metrics["steps"]))
         except LedgerError as e:  # not recorded, so not released
             raise PrivacyRefused("privacy ledger cannot be written (see the site's log)") from e
-    metrics = {k: float(result.metrics[k]) for k in ("loss", "box_loss", "cls_loss", "dfl_loss", "steps", "images_per_s")}
+    metrics = {
+        k: float(result.metrics[k]) for k in ("loss", "box_loss", "cls_loss", "dfl_loss", "steps", "images_per_s")
+    }
     metrics[NUM_EXAMPLES] = float(len(train))
     return result.state, metrics, privacy
 

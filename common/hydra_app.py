@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 import hydra
 from omegaconf import DictConfig
@@ -13,7 +13,9 @@ from common.config import CONF_DIR
 from common.errors import FracflError
 
 
-def run_hydra(config_name: str, overrides: list[str], job: Callable[[DictConfig], None], command: str | None = None) -> int:
+def run_hydra(
+    config_name: str, overrides: list[str], job: Callable[[DictConfig], None], command: str | None = None
+) -> int:
     """Compose `conf/<config_name>.yaml` with `overrides` and run `job`; user errors exit 2 with one line."""
     failed: list[FracflError] = []
 
@@ -35,8 +37,14 @@ def run_hydra(config_name: str, overrides: list[str], job: Callable[[DictConfig]
     return 2 if failed else 0
 
 
-def register_hydra_command(sub: argparse._SubParsersAction, name: str, config_name: str, help: str, description: str,
-                           job: Callable[[DictConfig], None]) -> None:
+def register_hydra_command(
+    sub: argparse._SubParsersAction,
+    name: str,
+    config_name: str,
+    help: str,
+    description: str,
+    job: Callable[[DictConfig], None],
+) -> None:
     """A subcommand whose arguments go verbatim to Hydra (`--multirun`, `--cfg job`, key=value overrides)."""
     p = sub.add_parser(name, help=help, description=description)
     p.add_argument("overrides", nargs=argparse.REMAINDER, help="Hydra overrides")

@@ -50,7 +50,7 @@ UNDEFINED = -1.0  # metrics are in [0, 1]; -1 marks "undefined here" (e.g. sensi
 class SiteJob:
     """The part of the run's configuration a site needs, sent by the server with every round."""
 
-    model: dict
+    model: dict[str, Any]
     train: LocalTrainConfig = field(default_factory=LocalTrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
@@ -59,16 +59,30 @@ class SiteJob:
     rounds: int = 1  # planned rounds: DP noise is calibrated for the whole run
 
     def to_json(self) -> str:
-        return json.dumps({"model": self.model, "train": asdict(self.train), "eval": asdict(self.eval),
-                           "privacy": asdict(self.privacy), "seed": self.seed, "run_id": self.run_id,
-                           "rounds": self.rounds})
+        return json.dumps(
+            {
+                "model": self.model,
+                "train": asdict(self.train),
+                "eval": asdict(self.eval),
+                "privacy": asdict(self.privacy),
+                "seed": self.seed,
+                "run_id": self.run_id,
+                "rounds": self.rounds,
+            }
+        )
 
     @classmethod
     def from_json(cls, text: str) -> SiteJob:
         d = json.loads(text)
-        return cls(model=d["model"], train=to_typed(d["train"], LocalTrainConfig), eval=to_typed(d["eval"], EvalConfig),
-                   privacy=to_typed(d.get("privacy", {}), PrivacyConfig), seed=int(d["seed"]),
-                   run_id=str(d.get("run_id", "")), rounds=int(d.get("rounds", 1)))
+        return cls(
+            model=d["model"],
+            train=to_typed(d["train"], LocalTrainConfig),
+            eval=to_typed(d["eval"], EvalConfig),
+            privacy=to_typed(d.get("privacy", {}), PrivacyConfig),
+            seed=int(d["seed"]),
+            run_id=str(d.get("run_id", "")),
+            rounds=int(d.get("rounds", 1)),
+        )
 
     @staticmethod
     @lru_cache(maxsize=4)
@@ -117,8 +131,11 @@ class SiteReply:
 
     @classmethod
     def from_record(cls, record: Mapping[str, Any], default_name: str) -> SiteReply:
-        return cls(str(record.get(NAME, default_name))[:64], str(record.get("status", "ok"))[:200],
-                   _privacy_report(record.get("privacy")))
+        return cls(
+            str(record.get(NAME, default_name))[:64],
+            str(record.get("status", "ok"))[:200],
+            _privacy_report(record.get("privacy")),
+        )
 
 
 def _privacy_report(text: object) -> dict[str, Any] | None:
@@ -129,5 +146,10 @@ def _privacy_report(text: object) -> dict[str, Any] | None:
         return None
     if not isinstance(raw, dict):
         return None
-    return {k: v for k, v in raw.items() if isinstance(k, str) and len(k) <= 40
-            and (isinstance(v, (int, float)) or (isinstance(v, str) and len(v) <= 200))}
+    return {
+        k: v
+        for k, v in raw.items()
+        if isinstance(k, str)
+        and len(k) <= 40
+        and (isinstance(v, (int, float)) or (isinstance(v, str) and len(v) <= 200))
+    }

@@ -62,7 +62,7 @@ def view(array: Array) -> np.ndarray:
     data = array.data
     size = 10 if data[6:7] == b"\x01" else 12  # magic (6), version (2), header length (2 bytes in v1, 4 in v2)
     length = int.from_bytes(data[8:size], "little")
-    shape, fortran, dtype, offset = _npy_header(bytes(data[:size + length]))
+    shape, fortran, dtype, offset = _npy_header(bytes(data[: size + length]))
     flat = np.frombuffer(data, dtype=dtype, count=math.prod(shape), offset=offset)
     return flat.reshape(shape, order="F" if fortran else "C")
 

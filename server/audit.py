@@ -53,7 +53,7 @@ class SiteBudget:
 
     @property
     def unit(self) -> str:
-        """"patient", "image", or both joined (a patient then has the patient guarantee only for the rounds
+        """ "patient", "image", or both joined (a patient then has the patient guarantee only for the rounds
         trained in that unit; the others protect them at group level)."""
         return " + ".join(self.units) or "-"
 
@@ -166,11 +166,18 @@ def render_html(verdicts: dict[Path, Verdict], sites: dict[str, SiteBudget]) -> 
         f"<td>{_num(b.remaining)}</td><td>{_num(b.projected)}</td><td>{html.escape(b.unit)}</td>"
         f"<td>{b.rounds_trained}</td><td>{b.refused}</td>"
         f"<td>{'YES' if b.over_ceiling else 'no'}</td>"
-        f"<td>{f'YES ({len(b.seeded_rounds)} rounds)' if b.seeded_rounds else 'no'}</td></tr>" for b in sites.values())
-    checks = "".join(f"<li><code>{html.escape(str(p))}</code>: {'intact' if v.ok else 'BROKEN'} "
-                     f"({html.escape(str(v))})</li>" for p, v in verdicts.items())
-    charts = "".join(f'<h3>{html.escape(b.site)}</h3><img alt="burn-down of {html.escape(b.site)}" '
-                     f'src="data:image/png;base64,{_burn_down_png(b)}">' for b in sites.values())
+        f"<td>{f'YES ({len(b.seeded_rounds)} rounds)' if b.seeded_rounds else 'no'}</td></tr>"
+        for b in sites.values()
+    )
+    checks = "".join(
+        f"<li><code>{html.escape(str(p))}</code>: {'intact' if v.ok else 'BROKEN'} ({html.escape(str(v))})</li>"
+        for p, v in verdicts.items()
+    )
+    charts = "".join(
+        f'<h3>{html.escape(b.site)}</h3><img alt="burn-down of {html.escape(b.site)}" '
+        f'src="data:image/png;base64,{_burn_down_png(b)}">'
+        for b in sites.values()
+    )
     return f"""<!doctype html><html lang="en"><head><meta charset="utf-8"><title>fracfl privacy audit</title>
 <style>body{{font-family:sans-serif;max-width:60em;margin:2em auto;line-height:1.4}}table{{border-collapse:collapse}}
 td,th{{border:1px solid #bbb;padding:.3em .6em;text-align:right}}td:first-child{{text-align:left}}</style></head><body>

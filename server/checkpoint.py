@@ -45,8 +45,13 @@ def save_strategy(folder: Path, rnd: int, strategy_state: bytes) -> None:
     write_durable(folder / f"strategy-r{rnd:04d}.pkl", strategy_state)
 
 
-def save_checkpoint(folder: Path, rnd: int, state: dict[str, np.ndarray] | None, config_hash: str = "",
-                    published: tuple[Path, str] | None = None) -> None:
+def save_checkpoint(
+    folder: Path,
+    rnd: int,
+    state: dict[str, np.ndarray] | None,
+    config_hash: str = "",
+    published: tuple[Path, str] | None = None,
+) -> None:
     """Move the resume point to round `rnd` (its strategy state saved first). The weights are the registry's copy
     when the round was `published` (its path and SHA-256: the 32 MB are not written twice), else `state` is saved
     here."""
@@ -56,8 +61,10 @@ def save_checkpoint(folder: Path, rnd: int, state: dict[str, np.ndarray] | None,
         name = f"state-r{rnd:04d}.safetensors"
         write_safetensors(folder / name, state)  # dtypes and 0-d shapes kept (screening compares them on resume)
         weights = {"weights": name}
-    replace_atomic(folder / "checkpoint.json", json.dumps(
-        {"round": rnd, **weights, "strategy": f"strategy-r{rnd:04d}.pkl", "config_hash": config_hash}))
+    replace_atomic(
+        folder / "checkpoint.json",
+        json.dumps({"round": rnd, **weights, "strategy": f"strategy-r{rnd:04d}.pkl", "config_hash": config_hash}),
+    )
     for old in folder.glob("*-r*.*"):
         if f"-r{rnd:04d}." not in old.name:
             old.unlink()
@@ -76,20 +83,23 @@ def load_checkpoint(folder: Path, config_hash: str = "") -> Checkpoint | None:
         meta = json.loads(pointer.read_text())
         saved = meta.get("config_hash", "")
         if config_hash and saved and saved != config_hash:
-            raise ConfigError(f"resume: {pointer} was written by a run with config hash {saved}, this job's is "
-                              f"{config_hash}; start a new run folder or resume with the original job")
+            raise ConfigError(
+                f"resume: {pointer} was written by a run with config hash {saved}, this job's is "
+                f"{config_hash}; start a new run folder or resume with the original job"
+            )
         weights = folder / meta["weights"]  # an absolute path (the registry's copy) stays as it is
         data = weights.read_bytes()
         if "weights_sha256" in meta and hashlib.sha256(data).hexdigest() != meta["weights_sha256"]:
-            raise DataError(weights, "changed since the checkpoint referenced it (hash mismatch); the run cannot "
-                            "resume from it")
+            raise DataError(
+                weights, "changed since the checkpoint referenced it (hash mismatch); the run cannot resume from it"
+            )
         state = load_numpy(data)
         strategy_state = pickle.loads((folder / meta["strategy"]).read_bytes())  # written by this server only
     except (ConfigError, DataError):
         raise
     except FileNotFoundError as e:
         raise DataError(pointer, f"the checkpoint's file {e.filename} is missing") from e
-    except Exception as e:  # noqa: BLE001  (safetensors and pickle raise their own error types)
+    except Exception as e:
         raise DataError(pointer, f"unreadable checkpoint: {e}") from e
     return Checkpoint(int(meta["round"]), state, strategy_state)
 

@@ -31,7 +31,7 @@ class Committer:
         if pending is not None:
             pending.result()
 
-    def __enter__(self) -> "Committer":
+    def __enter__(self) -> Committer:
         return self
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None) -> None:

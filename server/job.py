@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import shlex
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib.metadata import entry_points
 from typing import Any
 
@@ -30,8 +30,9 @@ def compose(overrides: list[str], config_name: str = "federated") -> Any:
         return hydra_compose(config_name=config_name, overrides=overrides)
 
 
-def load_job(run_config: dict[str, Any], job_file: str | None = None,
-             grid: Grid | None = None) -> tuple[ServerJob, str | None]:
+def load_job(
+    run_config: dict[str, Any], job_file: str | None = None, grid: Grid | None = None
+) -> tuple[ServerJob, str | None]:
     """The typed job and the simulation's site manifest (None in a deployment). With `simulate` in the run config,
     the nodes on `grid` are asked first whether they are real sites (see `refuse_real_sites`)."""
     path = run_config.get("job-file") or job_file
@@ -47,7 +48,7 @@ def load_job(run_config: dict[str, Any], job_file: str | None = None,
                 refuse_real_sites(grid, min(float(cfg.federation.round_timeout), 300.0))
             manifest, cfg.val_data = simulated_sites()(cfg)
     if not cfg.get("run_id"):
-        cfg.run_id = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+        cfg.run_id = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     keep = [k for k in cfg.keys() if k in ServerJob.__dataclass_fields__]
     return to_typed(OmegaConf.masked_copy(cfg, keep), ServerJob), manifest
 
@@ -58,8 +59,10 @@ def simulated_sites() -> Callable[[Any], tuple[str, str]]:
     simulations exist nor needs them installed to run a deployment."""
     found = entry_points(group=SITE_BUILDERS, name="sites")
     if not found:
-        raise ConfigError("run config simulate=true: no simulation package is installed with this server (entry "
-                          f"point group {SITE_BUILDERS}); use simulate=false for real sites")
+        raise ConfigError(
+            "run config simulate=true: no simulation package is installed with this server (entry "
+            f"point group {SITE_BUILDERS}); use simulate=false for real sites"
+        )
     return next(iter(found)).load()
 
 
@@ -72,10 +75,14 @@ def refuse_real_sites(grid: Grid, timeout: float) -> None:
     node at all is refused too."""
     nodes = sorted(grid.get_node_ids())
     if not nodes:  # a simulation's virtual nodes exist from its start; a deployment's may not be online yet
-        raise ConfigError("run config simulate=true, but no SuperNode is connected, so whether they are real sites "
-                          "cannot be checked: a simulation's nodes are there from its start")
-    ask = [Message(RecordDict({CONFIG: ConfigRecord({ASK: REAL_SITE})}), dst_node_id=n,
-                   message_type=MessageType.QUERY) for n in nodes]
+        raise ConfigError(
+            "run config simulate=true, but no SuperNode is connected, so whether they are real sites "
+            "cannot be checked: a simulation's nodes are there from its start"
+        )
+    ask = [
+        Message(RecordDict({CONFIG: ConfigRecord({ASK: REAL_SITE})}), dst_node_id=n, message_type=MessageType.QUERY)
+        for n in nodes
+    ]
     replies = {m.metadata.src_node_id: m for m in grid.send_and_receive(ask, timeout=timeout)}
     real = []
     for n in nodes:
@@ -84,6 +91,8 @@ def refuse_real_sites(grid: Grid, timeout: float) -> None:
         if info is None or info.get(REAL_SITE, True):
             real.append(str(info.get(NAME) or f"node {n}") if info is not None else f"node {n} (no answer)")
     if real:
-        raise ConfigError(f"run config simulate=true, but {len(real)} of {len(nodes)} SuperNodes are real sites or "
-                          f"did not answer ({', '.join(real)}): nothing was built or trained; start the run with "
-                          "--run-config \"simulate=false\" (see docs/deployment.md)")
+        raise ConfigError(
+            f"run config simulate=true, but {len(real)} of {len(nodes)} SuperNodes are real sites or "
+            f"did not answer ({', '.join(real)}): nothing was built or trained; start the run with "
+            '--run-config "simulate=false" (see docs/deployment.md)'
+        )

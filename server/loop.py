@@ -58,8 +58,7 @@ def _read(msg: Message, names: dict[int, str]) -> _Reply:
     metrics = {k: float(v) for k, v in raw.items() if isinstance(v, (int, float))}
     problem = check_examples(examples) if site.status == "ok" else None
     n = int(examples) if problem is None and site.status == "ok" else 0
-    return _Reply(site.name, f"rejected: {problem}" if problem else site.status, n, metrics, msg,
-                  privacy=site.privacy)
+    return _Reply(site.name, f"rejected: {problem}" if problem else site.status, n, metrics, msg, privacy=site.privacy)
 
 
 def _record(rnd: int, phase: str, r: _Reply) -> RoundRecord:
@@ -138,7 +137,9 @@ def run_round(
 
     if getattr(strategy, "fraction_evaluate", 1.0) > 0:
         full = result.record
-        evals = _send(grid, strategy.configure_evaluate(rnd, _subset(full, params), ConfigRecord(config), grid), full, timeout)
+        evals = _send(
+            grid, strategy.configure_evaluate(rnd, _subset(full, params), ConfigRecord(config), grid), full, timeout
+        )
         result.records += [_record(rnd, "evaluate", _read(m, names)) for m in evals]
     if server_eval is not None:
         pooled = server_eval(result.state)
@@ -150,11 +151,12 @@ def run_round(
 def _merged_record(merged: State, agg: ArrayRecord, aggregated: State, previous: ArrayRecord) -> ArrayRecord:
     """`merged` as a record: the aggregate's serialised parameters and the previous record's fixed tensors are
     reused as they are (no copy); only what changed apart from them (buffers, cast parameters) is serialised."""
+
     def array(k: str, v: np.ndarray) -> Array:
         if k in aggregated:
             return agg[k] if aggregated[k].dtype == v.dtype else to_array(v)
         if is_buffer(k):
             return to_array(v)
         return previous[k]  # fixed tensors: kept as they were
-    return ArrayRecord({k: array(k, v) for k, v in merged.items()})
 
+    return ArrayRecord({k: array(k, v) for k, v in merged.items()})

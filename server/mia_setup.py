@@ -52,8 +52,9 @@ def site_setup(run_config: str | None = None, overrides: str | None = None) -> S
         if key not in cfg:
             raise ConfigError(f"audit mia: the run configuration has no '{key}' section ({source})")
     local = to_typed(_section(cfg, "train"), LocalTrainConfig)
-    return SiteSetup(replace(local, epochs=local.local_epochs), to_typed(_section(cfg, "privacy"), PrivacyConfig),
-                     source)  # a round trains `local_epochs` epochs, as client.task.train_site sets it
+    return SiteSetup(
+        replace(local, epochs=local.local_epochs), to_typed(_section(cfg, "privacy"), PrivacyConfig), source
+    )  # a round trains `local_epochs` epochs, as client.task.train_site sets it
 
 
 def _section(cfg: Any, key: str) -> dict[str, Any]:
@@ -63,8 +64,9 @@ def _section(cfg: Any, key: str) -> dict[str, Any]:
         raise ConfigError(f"audit mia: run configuration key {key}: {e}".splitlines()[0]) from e
 
 
-def apply(setup: SiteSetup, train: dict[str, Any], privacy: dict[str, Any]) -> tuple[TrainConfig, dict[str, Any],
-                                                                                    list[str]]:
+def apply(
+    setup: SiteSetup, train: dict[str, Any], privacy: dict[str, Any]
+) -> tuple[TrainConfig, dict[str, Any], list[str]]:
     """The setup with the auditor's options applied (None: keep the site's value); returns the training config,
     the DP settings and one line per setting that now differs from the site's."""
     differs: list[str] = []

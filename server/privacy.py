@@ -25,14 +25,17 @@ from common.privacy.ledger import Ledger
 from server.audit import write_audit_report
 from server.history import RoundRecord
 
-MECHANISM = ("DP-SGD at each site (Opacus): Poisson sampling of patients (or images), each patient's (or image's) "
-             "gradient clipped, Gaussian noise; noise calibrated once for the whole planned run")
+MECHANISM = (
+    "DP-SGD at each site (Opacus): Poisson sampling of patients (or images), each patient's (or image's) "
+    "gradient clipped, Gaussian noise; noise calibrated once for the whole planned run"
+)
 ACCOUNTING = "RDP and PRV accountants (Opacus), both upper bounds; budgets are checked against RDP"
 UNIT = "per site (each site's `unit`): one patient where the site's data names patients, else one radiograph"
 
 
-def latest_reports(records: list[RoundRecord], known: dict[str, dict[str, Any]] | None = None
-                   ) -> dict[str, dict[str, Any]]:
+def latest_reports(
+    records: list[RoundRecord], known: dict[str, dict[str, Any]] | None = None
+) -> dict[str, dict[str, Any]]:
     """Each site's most recent privacy report and status, updating `known`. A site that sent no report (refused
     before its ledger was read, e.g. a run asking for more than its own limits, or failed) is still listed, with
     its reason and the figures it last reported, so the card accounts for every site."""
@@ -47,11 +50,32 @@ def latest_reports(records: list[RoundRecord], known: dict[str, dict[str, Any]] 
 def dp_sgd_section(reports: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """The card's privacy section under DP-SGD: every site asked to train, its epsilon spent up to this version
     and its status."""
-    keys = ("epsilon", "epsilon_rdp", "epsilon_prv", "delta", "target_epsilon", "ceiling_epsilon",
-            "noise_multiplier", "sample_rate", "steps_per_round", "max_grad_norm", "round", "status", "noise",
-            "unit", "patients", "ledger_seq", "ledger_head")
-    return {"mode": "dp_sgd", "unit": UNIT, "mechanism": MECHANISM, "accounting": ACCOUNTING,
-            "sites": {s: {k: rep[k] for k in keys if k in rep} for s, rep in sorted(reports.items())}}
+    keys = (
+        "epsilon",
+        "epsilon_rdp",
+        "epsilon_prv",
+        "delta",
+        "target_epsilon",
+        "ceiling_epsilon",
+        "noise_multiplier",
+        "sample_rate",
+        "steps_per_round",
+        "max_grad_norm",
+        "round",
+        "status",
+        "noise",
+        "unit",
+        "patients",
+        "ledger_seq",
+        "ledger_head",
+    )
+    return {
+        "mode": "dp_sgd",
+        "unit": UNIT,
+        "mechanism": MECHANISM,
+        "accounting": ACCOUNTING,
+        "sites": {s: {k: rep[k] for k in keys if k in rep} for s, rep in sorted(reports.items())},
+    }
 
 
 def append_site_reports(path: Path, run_id: str, records: list[RoundRecord]) -> int:
@@ -83,13 +107,19 @@ def client_dp_strategy(strategy: Any, cfg: PrivacyConfig, sites: int, fraction_t
     from flwr.supercore.privacy_accounting import NeighboringRelation, SamplingMethod
 
     sampled = max(1, round(sites * fraction_train))
-    accountant = RdpAccountant(FlowerPrivacy(
-        target_delta=cfg.delta if cfg.delta is not None else min(1e-5, 0.1 / max(sites, 1)), population_size=sites,
-        neighboring_relation=NeighboringRelation.ADD_OR_REMOVE_ONE, sampling_method=SamplingMethod.NO_AMPLIFICATION,
-        max_epsilon=cfg.ceiling_epsilon))
+    accountant = RdpAccountant(
+        FlowerPrivacy(
+            target_delta=cfg.delta if cfg.delta is not None else min(1e-5, 0.1 / max(sites, 1)),
+            population_size=sites,
+            neighboring_relation=NeighboringRelation.ADD_OR_REMOVE_ONE,
+            sampling_method=SamplingMethod.NO_AMPLIFICATION,
+            max_epsilon=cfg.ceiling_epsilon,
+        )
+    )
     try:
-        return DifferentialPrivacyClientSideFixedClipping(strategy, cfg.noise_multiplier, cfg.max_grad_norm, sampled,
-                                                          accountant=accountant)
+        return DifferentialPrivacyClientSideFixedClipping(
+            strategy, cfg.noise_multiplier, cfg.max_grad_norm, sampled, accountant=accountant
+        )
     except ValueError as e:
         raise ConfigError(f"privacy=client_dp: {e}") from e
 
@@ -97,13 +127,19 @@ def client_dp_strategy(strategy: Any, cfg: PrivacyConfig, sites: int, fraction_t
 def client_dp_section(strategy: Any, cfg: PrivacyConfig) -> dict[str, Any]:
     """The card's privacy section under client-level DP: one figure for the federation, per site."""
     spent = strategy.privacy_spent()
-    return {"mode": "client_dp", "unit": "one site (all of a site's data); not a per-patient guarantee",
-            "mechanism": "Flower client-side fixed clipping of each site's update, Gaussian noise on the FedAvg "
-                         "aggregate (equal site weights)",
-            "accounting": "Flower RDP accountant, no sampling amplification",
-            "epsilon": spent.epsilon, "delta": spent.delta, "releases": spent.num_releases,
-            "noise_multiplier": cfg.noise_multiplier, "clipping_norm": cfg.max_grad_norm,
-            "ceiling_epsilon": cfg.ceiling_epsilon}
+    return {
+        "mode": "client_dp",
+        "unit": "one site (all of a site's data); not a per-patient guarantee",
+        "mechanism": "Flower client-side fixed clipping of each site's update, Gaussian noise on the FedAvg "
+        "aggregate (equal site weights)",
+        "accounting": "Flower RDP accountant, no sampling amplification",
+        "epsilon": spent.epsilon,
+        "delta": spent.delta,
+        "releases": spent.num_releases,
+        "noise_multiplier": cfg.noise_multiplier,
+        "clipping_norm": cfg.max_grad_norm,
+        "ceiling_epsilon": cfg.ceiling_epsilon,
+    }
 
 
 def replay_releases(strategy: Any, rounds: int) -> None:
@@ -112,9 +148,14 @@ def replay_releases(strategy: Any, rounds: int) -> None:
 
     acc = strategy.accountant
     if rounds > 0:
-        acc.compose(GaussianPrivacyEvent(noise_multiplier=strategy.noise_multiplier,
-                                         sample_size=strategy.num_sampled_clients,
-                                         population_size=acc.config.population_size), count=rounds)
+        acc.compose(
+            GaussianPrivacyEvent(
+                noise_multiplier=strategy.noise_multiplier,
+                sample_size=strategy.num_sampled_clients,
+                population_size=acc.config.population_size,
+            ),
+            count=rounds,
+        )
 
 
 class ServerPrivacy:
@@ -184,8 +225,7 @@ class ClientLevelDp(ServerPrivacy):
         return client_dp_section(self.wrapper, self.cfg)
 
 
-def server_privacy(cfg: PrivacyConfig, run_dir: Path, run_id: str, sites: int, fraction_train: float
-                   ) -> ServerPrivacy:
+def server_privacy(cfg: PrivacyConfig, run_dir: Path, run_id: str, sites: int, fraction_train: float) -> ServerPrivacy:
     """The object for `privacy.mode`; an unknown mode is refused rather than run without privacy."""
     if cfg.mode == "none":
         return ServerPrivacy()

@@ -13,7 +13,7 @@ import csv
 import json
 import math
 from collections.abc import Iterable, Mapping
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -32,11 +32,11 @@ LABELS = {
     "loss": "Training loss",
 }
 SHORT = {"map50": "mAP@0.5", "map50_95": "mAP@0.5:0.95", "roc_auc": "ROC AUC"}  # Markdown column headers
-FILES = {"rounds_csv": "rounds.csv", "curves_png": "curves.png", "summary_md": "summary.md",
-         "facts_json": "facts.json"}
+FILES = {"rounds_csv": "rounds.csv", "curves_png": "curves.png", "summary_md": "summary.md", "facts_json": "facts.json"}
 
 
 # --- records ------------------------------------------------------------------------------------------------------
+
 
 def _value(r: RoundRecord, key: str) -> float:
     """A metric of a record as a float; NaN where it is absent or undefined."""
@@ -71,6 +71,7 @@ def _jsonable(o: object) -> object:
 
 
 # --- tables -------------------------------------------------------------------------------------------------------
+
 
 def _fmt(value: object, digits: int = 3) -> str:
     if value is None:
@@ -108,8 +109,16 @@ def write_csv(records: list[RoundRecord], path: Path) -> Path:
         w = csv.writer(f)
         w.writerow([*BASE_COLUMNS, *columns])
         for r in sorted(records, key=lambda r: r.round):  # stable: a round keeps its written order
-            w.writerow([r.round, r.site, r.phase, "" if r.examples is None else r.examples, r.status,
-                        *(f"{_value(r, k):.6g}" if k in r.metrics else "" for k in columns)])
+            w.writerow(
+                [
+                    r.round,
+                    r.site,
+                    r.phase,
+                    "" if r.examples is None else r.examples,
+                    r.status,
+                    *(f"{_value(r, k):.6g}" if k in r.metrics else "" for k in columns),
+                ]
+            )
     return path
 
 
@@ -132,16 +141,20 @@ def report_facts(records: list[RoundRecord], title: str, config_summary: Mapping
 
     return {
         "title": title,
-        "generated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "config": dict(config_summary),
-        "rounds": {"first": rounds[0] if rounds else None, "last": rounds[-1] if rounds else None,
-                   "count": len(rounds)},
+        "rounds": {
+            "first": rounds[0] if rounds else None,
+            "last": rounds[-1] if rounds else None,
+            "count": len(rounds),
+        },
         "records": len(records),
         "sites": sites,
         "final": [rec(final[k], "site", "phase", "round", "examples", "status", "metrics") for k in sorted(final)],
         "pooled": [rec(r, "round", "examples", "status", "metrics") for r in pooled],
-        "best_pooled": None if best is None else {"round": best.round, "map50": _value(best, "map50"),
-                                                  "metrics": rec(best, "metrics")["metrics"]},
+        "best_pooled": None
+        if best is None
+        else {"round": best.round, "map50": _value(best, "map50"), "metrics": rec(best, "metrics")["metrics"]},
         "events": [rec(r, "round", "site", "phase", "status") for r in events],
         "files": dict(FILES),
     }
@@ -151,9 +164,12 @@ def _markdown(s: dict[str, Any]) -> str:
     out = [f"# {s['title']}", ""]
     r = s["rounds"]
     if r["count"]:
-        out += [f"{r['count']} rounds ({r['first']} to {r['last']}; round 0 is the initial model), "
-                f"{len(s['sites'])} sites, {s['records']} round records. Curves: `{FILES['curves_png']}`; "
-                f"every record: `{FILES['rounds_csv']}`.", ""]
+        out += [
+            f"{r['count']} rounds ({r['first']} to {r['last']}; round 0 is the initial model), "
+            f"{len(s['sites'])} sites, {s['records']} round records. Curves: `{FILES['curves_png']}`; "
+            f"every record: `{FILES['rounds_csv']}`.",
+            "",
+        ]
     else:
         out += ["No round records yet.", ""]
 
@@ -162,13 +178,28 @@ def _markdown(s: dict[str, Any]) -> str:
     out += _md_table(["setting", "value"], [[k, v] for k, v in flat.items()]) if flat else ["(none given)"]
     out.append("")
 
-    out += ["## Sites at the end of the run", "",
-            "Each site's last record per phase (a site that dropped out shows the round it was last seen).", ""]
+    out += [
+        "## Sites at the end of the run",
+        "",
+        "Each site's last record per phase (a site that dropped out shows the round it was last seen).",
+        "",
+    ]
     if s["final"]:
         cols = _metric_columns(f["metrics"] for f in s["final"])
-        out += _md_table(["site", "phase", "round", "examples", "status", *(SHORT.get(c, c) for c in cols)],
-                         [[f["site"], f["phase"], f["round"], _fmt(f["examples"]), f["status"],
-                           *(_fmt(f["metrics"].get(c)) for c in cols)] for f in s["final"]])
+        out += _md_table(
+            ["site", "phase", "round", "examples", "status", *(SHORT.get(c, c) for c in cols)],
+            [
+                [
+                    f["site"],
+                    f["phase"],
+                    f["round"],
+                    _fmt(f["examples"]),
+                    f["status"],
+                    *(_fmt(f["metrics"].get(c)) for c in cols),
+                ]
+                for f in s["final"]
+            ],
+        )
     else:
         out.append("(no site records)")
     out.append("")
@@ -176,15 +207,22 @@ def _markdown(s: dict[str, Any]) -> str:
     out += ["## Pooled evaluation of the global model", ""]
     if s["pooled"]:
         cols = _metric_columns(p["metrics"] for p in s["pooled"])
-        out += _md_table(["round", "examples", "status", *(SHORT.get(c, c) for c in cols)],
-                         [[p["round"], _fmt(p["examples"]), p["status"], *(_fmt(p["metrics"].get(c)) for c in cols)]
-                          for p in s["pooled"]])
+        out += _md_table(
+            ["round", "examples", "status", *(SHORT.get(c, c) for c in cols)],
+            [
+                [p["round"], _fmt(p["examples"]), p["status"], *(_fmt(p["metrics"].get(c)) for c in cols)]
+                for p in s["pooled"]
+            ],
+        )
     else:
         out.append("(no pooled evaluation recorded)")
     out.append("")
     b = s["best_pooled"]
-    out += ["**Best pooled round by mAP@0.5:** " + (f"round {b['round']} (mAP@0.5 {b['map50']:.3f})" if b else "none "
-            "(no pooled mAP@0.5 recorded)"), ""]
+    out += [
+        "**Best pooled round by mAP@0.5:** "
+        + (f"round {b['round']} (mAP@0.5 {b['map50']:.3f})" if b else "none (no pooled mAP@0.5 recorded)"),
+        "",
+    ]
 
     out += ["## Events (status other than ok)", ""]
     out += [f"- round {e['round']}, {e['site']} ({e['phase']}): {e['status']}" for e in s["events"]] or ["None."]
@@ -193,6 +231,7 @@ def _markdown(s: dict[str, Any]) -> str:
 
 
 # --- curves -------------------------------------------------------------------------------------------------------
+
 
 def _on_line(pts: list[tuple[int, float]], x: int) -> float:
     """Where the site's line is at round `x`: interpolated between its neighbours, else the nearest end."""
@@ -213,8 +252,18 @@ def plot_curves(records: list[RoundRecord], path: Path, title: str) -> Path:
 
     latest = _latest(records)
     sites = sorted({r.site for r in latest if r.phase != "server"})
-    palette = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22",
-               "#7f7f7f"]
+    palette = [
+        "#1f77b4",
+        "#ff7f0e",
+        "#2ca02c",
+        "#d62728",
+        "#9467bd",
+        "#8c564b",
+        "#e377c2",
+        "#17becf",
+        "#bcbd22",
+        "#7f7f7f",
+    ]
     colour = {s: palette[i % len(palette)] for i, s in enumerate(sites)}
     rounds = [r.round for r in latest]
 
@@ -240,34 +289,72 @@ def plot_curves(records: list[RoundRecord], path: Path, title: str) -> Path:
                 if not math.isfinite(y):
                     y = _on_line(pts, r.round)
                 if math.isfinite(y):
-                    ax.plot([r.round], [y], marker="X", markersize=12, color=colour[site],
-                            markeredgecolor="black", markeredgewidth=1, linestyle="none", zorder=6)
+                    ax.plot(
+                        [r.round],
+                        [y],
+                        marker="X",
+                        markersize=12,
+                        color=colour[site],
+                        markeredgecolor="black",
+                        markeredgewidth=1,
+                        linestyle="none",
+                        zorder=6,
+                    )
                 elif not any(o.ok for o in mine):  # a site that never got through: mark it on the x axis
-                    ax.plot([r.round], [0.02], marker="X", markersize=12, color=colour[site],
-                            markeredgecolor="black", markeredgewidth=1, linestyle="none", zorder=6, clip_on=False,
-                            transform=ax.get_xaxis_transform())
+                    ax.plot(
+                        [r.round],
+                        [0.02],
+                        marker="X",
+                        markersize=12,
+                        color=colour[site],
+                        markeredgecolor="black",
+                        markeredgewidth=1,
+                        linestyle="none",
+                        zorder=6,
+                        clip_on=False,
+                        transform=ax.get_xaxis_transform(),
+                    )
                 failed_any = drawn = True
         if metric in EVAL_METRICS:
-            pooled = [(r.round, _value(r, metric)) for r in latest
-                      if r.phase == "server" and r.ok and math.isfinite(_value(r, metric))]
+            pooled = [
+                (r.round, _value(r, metric))
+                for r in latest
+                if r.phase == "server" and r.ok and math.isfinite(_value(r, metric))
+            ]
             if pooled:
-                ax.plot(*zip(*pooled), color="black", linewidth=4, marker="o", markersize=7, alpha=0.8,
-                        zorder=2)  # under the site lines, so a site that matches the pool stays visible
+                ax.plot(
+                    *zip(*pooled), color="black", linewidth=4, marker="o", markersize=7, alpha=0.8, zorder=2
+                )  # under the site lines, so a site that matches the pool stays visible
                 pooled_any = drawn = True
             ax.set_ylim(-0.02, 1.02)
         if metric == "map50" and best is not None:
-            ax.plot([best["round"]], [best["map50"]], marker="*", markersize=20, color="gold",
-                    markeredgecolor="black", linestyle="none", zorder=7)
+            ax.plot(
+                [best["round"]],
+                [best["map50"]],
+                marker="*",
+                markersize=20,
+                color="gold",
+                markeredgecolor="black",
+                linestyle="none",
+                zorder=7,
+            )
             low = best["map50"] < 0.75  # label above the star, or below it near the top of the panel
-            ax.annotate(f"best pooled: round {best['round']}\nmAP@0.5 {best['map50']:.3f}",
-                        (best["round"], best["map50"]), xytext=(0, 14 if low else -16), textcoords="offset points",
-                        ha="right" if best["round"] == max(rounds) > min(rounds) else
-                        "left" if best["round"] == min(rounds) < max(rounds) else "center",
-                        va="bottom" if low else "top", fontsize=9,
-                        bbox=dict(boxstyle="round", facecolor="white", alpha=0.85))
+            ax.annotate(
+                f"best pooled: round {best['round']}\nmAP@0.5 {best['map50']:.3f}",
+                (best["round"], best["map50"]),
+                xytext=(0, 14 if low else -16),
+                textcoords="offset points",
+                ha="right"
+                if best["round"] == max(rounds) > min(rounds)
+                else "left"
+                if best["round"] == min(rounds) < max(rounds)
+                else "center",
+                va="bottom" if low else "top",
+                fontsize=9,
+                bbox=dict(boxstyle="round", facecolor="white", alpha=0.85),
+            )
         if not drawn:
-            ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes, color="gray",
-                    fontsize=12)
+            ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes, color="gray", fontsize=12)
         scope = "per site" if metric in TRAIN_METRICS else "per site and pooled"
         ax.set_title(f"{LABELS[metric]} ({scope})", fontsize=11)
         ax.set_ylabel(LABELS[metric].split(" (")[0])
@@ -281,14 +368,44 @@ def plot_curves(records: list[RoundRecord], path: Path, title: str) -> Path:
 
     handles = [Line2D([], [], color=colour[s], linewidth=1.8, marker="o", markersize=4, label=s) for s in sites]
     if pooled_any:
-        handles.append(Line2D([], [], color="black", linewidth=4, marker="o", markersize=7, alpha=0.8,
-                              label="pooled: global model,\nserver evaluation"))
+        handles.append(
+            Line2D(
+                [],
+                [],
+                color="black",
+                linewidth=4,
+                marker="o",
+                markersize=7,
+                alpha=0.8,
+                label="pooled: global model,\nserver evaluation",
+            )
+        )
     if failed_any:
-        handles.append(Line2D([], [], color="lightgray", marker="X", markersize=11, markeredgecolor="black",
-                              linestyle="none", label="round not ok: update rejected,\nsite failed, budget exhausted"))
+        handles.append(
+            Line2D(
+                [],
+                [],
+                color="lightgray",
+                marker="X",
+                markersize=11,
+                markeredgecolor="black",
+                linestyle="none",
+                label="round not ok: update rejected,\nsite failed, budget exhausted",
+            )
+        )
     if best is not None:
-        handles.append(Line2D([], [], color="gold", marker="*", markersize=15, markeredgecolor="black",
-                              linestyle="none", label="best pooled round\n(by mAP@0.5)"))
+        handles.append(
+            Line2D(
+                [],
+                [],
+                color="gold",
+                marker="*",
+                markersize=15,
+                markeredgecolor="black",
+                linestyle="none",
+                label="best pooled round\n(by mAP@0.5)",
+            )
+        )
     if handles:
         fig.legend(handles=handles, loc="outside right upper", frameon=False, fontsize=10, labelspacing=1.0)
     fig.suptitle(title, fontsize=14, fontweight="bold")
@@ -298,8 +415,10 @@ def plot_curves(records: list[RoundRecord], path: Path, title: str) -> Path:
 
 # --- entry point --------------------------------------------------------------------------------------------------
 
-def write_report(records: list[RoundRecord], out_dir: Path, title: str,
-                 config_summary: Mapping[str, object]) -> dict[str, Path]:
+
+def write_report(
+    records: list[RoundRecord], out_dir: Path, title: str, config_summary: Mapping[str, object]
+) -> dict[str, Path]:
     """Write rounds.csv, curves.png, summary.md and facts.json into `out_dir`; returns {kind: path}.
 
     Keys: ``rounds_csv``, ``curves_png``, ``summary_md``, ``facts_json``.
@@ -312,5 +431,6 @@ def write_report(records: list[RoundRecord], out_dir: Path, title: str,
     facts = report_facts(records, title, config_summary)
     paths["summary_md"].write_text(_markdown(facts), encoding="utf-8")
     paths["facts_json"].write_text(
-        json.dumps(_jsonable(facts), indent=2, default=str, allow_nan=False) + "\n", encoding="utf-8")
+        json.dumps(_jsonable(facts), indent=2, default=str, allow_nan=False) + "\n", encoding="utf-8"
+    )
     return paths

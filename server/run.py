@@ -99,8 +99,17 @@ def prepare(job: ServerJob) -> tuple[Run, State]:
     state = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
     strategy = build_strategy(job.strategy, job.federation)
     privacy = server_privacy(job.privacy, run_dir, job.run_id, job.federation.sites, job.federation.fraction_train)
-    run = Run(job, spec, run_dir, config_hash(job), Registry(Path(job.registry)), strategy, privacy.wrap(strategy),
-              privacy, _pooled_evaluator(job, spec))
+    run = Run(
+        job,
+        spec,
+        run_dir,
+        config_hash(job),
+        Registry(Path(job.registry)),
+        strategy,
+        privacy.wrap(strategy),
+        privacy,
+        _pooled_evaluator(job, spec),
+    )
     return run, state
 
 
@@ -109,8 +118,9 @@ def resume(run: Run) -> Start | None:
     spent before, and the records up to it (those of a round that never completed are dropped)."""
     folder = run.checkpoint
     ckpt = load_checkpoint(folder, run.config_hash)
-    if folder.is_dir() and adopt_published(run.registry, run.job.run_id, folder, ckpt.round if ckpt else 0,
-                                           run.config_hash):
+    if folder.is_dir() and adopt_published(
+        run.registry, run.job.run_id, folder, ckpt.round if ckpt else 0, run.config_hash
+    ):
         ckpt = load_checkpoint(folder, run.config_hash)
     if ckpt is None:
         return None
@@ -133,8 +143,15 @@ def begin(run: Run, state: State) -> Start:
 def round_config(run: Run, sites_manifest: str | None) -> dict[str, Any]:
     """The configuration every round sends to the sites (`run_rounds` adds the model version each trains from)."""
     job = run.job
-    site_job = SiteJob(model=run.spec.to_dict(), train=job.train, eval=job.eval, privacy=job.privacy, seed=job.seed,
-                       run_id=job.run_id, rounds=job.federation.rounds)
+    site_job = SiteJob(
+        model=run.spec.to_dict(),
+        train=job.train,
+        eval=job.eval,
+        privacy=job.privacy,
+        seed=job.seed,
+        run_id=job.run_id,
+        rounds=job.federation.rounds,
+    )
     config: dict[str, Any] = {JOB: site_job.to_json()}
     if sites_manifest:
         config[SITES_MANIFEST] = sites_manifest
@@ -148,15 +165,28 @@ def run_rounds(grid: Grid, run: Run, start: Start, config: dict[str, Any]) -> No
     state, reports = start.state, start.reports
     names: dict[int, str] = {}
     record = None  # the global state serialised for sending, carried from round to round
-    with make_tracker(job.tracking.mode, run.dir, job.tracking.project, job.run_id, asdict(job)) as tracker, \
-            background_exports(job, run.dir) as exports, Committer() as committer:
+    with (
+        make_tracker(job.tracking.mode, run.dir, job.tracking.project, job.run_id, asdict(job)) as tracker,
+        background_exports(job, run.dir) as exports,
+        Committer() as committer,
+    ):
         for rnd in range(start.round, fed.rounds + 1):
             t0 = time.perf_counter()
             config[MODEL_VERSION] = model_version(job.run_id, rnd - 1)  # what the sites train from (ledgers)
             try:
-                result = run_round(grid, run.rounds_via, rnd, state, config, names,
-                                   max_update_norm=fed.max_update_norm, timeout=fed.round_timeout,
-                                   server_eval=run.evaluate, equal_weights=run.privacy.equal_weights, record=record)
+                result = run_round(
+                    grid,
+                    run.rounds_via,
+                    rnd,
+                    state,
+                    config,
+                    names,
+                    max_update_norm=fed.max_update_norm,
+                    timeout=fed.round_timeout,
+                    server_eval=run.evaluate,
+                    equal_weights=run.privacy.equal_weights,
+                    record=record,
+                )
             except PrivacyBudgetExhausted as e:  # client-level DP: the next release would cross the ceiling
                 log.warning("round %d not run: %s; the run stops here", rnd, e)
                 break
@@ -166,8 +196,20 @@ def run_rounds(grid: Grid, run: Run, start: Start, config: dict[str, Any]) -> No
             reports = _record_round(run, result, reports)
             tracker.log(rnd, _flat_metrics(result.records))
             card = round_card(job, run.spec, result, run.config_hash, run.privacy.card_section(reports))
-            committer.submit(functools.partial(commit_round, job, run.spec, run.registry, exports, rnd, state,
-                                               strategy_snapshot(run.strategy), card, run.config_hash))
+            committer.submit(
+                functools.partial(
+                    commit_round,
+                    job,
+                    run.spec,
+                    run.registry,
+                    exports,
+                    rnd,
+                    state,
+                    strategy_snapshot(run.strategy),
+                    card,
+                    run.config_hash,
+                )
+            )
 
 
 def _record_round(run: Run, result: RoundResult, reports: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -186,13 +228,25 @@ def finish(run: Run) -> dict[str, Any]:
     latest = run.registry.latest(job.run_id)
     best = best_round(records)
     if best is not None:
-        best["version"] = next((p.version for p in run.registry.list() if p.run_id == job.run_id
-                                and p.round == best["round"]), None)  # None: that round was not published
-        log.info("best round: %d (%s %.4f)%s", best["round"], best["by"], best["map50"],
-                 f", published as {best['version']}" if best["version"] else ", not published (publish_every)")
-    outcome = {"run_id": job.run_id, "run_dir": str(run.dir), "rounds": job.federation.rounds,
-               "latest": latest.version if latest else None, "best": best,
-               "report": str(files["summary_md"]), "privacy_audit": str(audit) if audit else None}
+        best["version"] = next(
+            (p.version for p in run.registry.list() if p.run_id == job.run_id and p.round == best["round"]), None
+        )  # None: that round was not published
+        log.info(
+            "best round: %d (%s %.4f)%s",
+            best["round"],
+            best["by"],
+            best["map50"],
+            f", published as {best['version']}" if best["version"] else ", not published (publish_every)",
+        )
+    outcome = {
+        "run_id": job.run_id,
+        "run_dir": str(run.dir),
+        "rounds": job.federation.rounds,
+        "latest": latest.version if latest else None,
+        "best": best,
+        "report": str(files["summary_md"]),
+        "privacy_audit": str(audit) if audit else None,
+    }
     (run.dir / OUTCOME).write_text(json.dumps(outcome, indent=1))
     return outcome
 
@@ -249,12 +303,22 @@ def best_round(records: list[RoundRecord]) -> dict[str, Any] | None:
 
 def _flat_metrics(records: list[RoundRecord]) -> dict[str, float]:
     """`phase/site/metric` numbers for tracking: site names and numbers only, never paths or patient data."""
-    return {f"{r.phase}/{r.site}/{k}": float(v) for r in records for k, v in r.metrics.items()
-            if isinstance(v, (int, float))}
+    return {
+        f"{r.phase}/{r.site}/{k}": float(v)
+        for r in records
+        for k, v in r.metrics.items()
+        if isinstance(v, (int, float))
+    }
 
 
 def _config_summary(run: Run) -> dict[str, object]:
     job = run.job
-    return {"strategy": job.strategy.name, "rounds": job.federation.rounds, "sites": job.federation.sites,
-            "local epochs": job.train.local_epochs, "image size": job.train.imgsz, "model": job.model.arch,
-            "config hash": run.config_hash}
+    return {
+        "strategy": job.strategy.name,
+        "rounds": job.federation.rounds,
+        "sites": job.federation.sites,
+        "local epochs": job.train.local_epochs,
+        "image size": job.train.imgsz,
+        "model": job.model.arch,
+        "config hash": run.config_hash,
+    }

@@ -30,7 +30,9 @@ def build_strategy(cfg: StrategyConfig, fed: FederationConfig) -> Strategy:
         "min_train_nodes": fed.min_sites,
         "min_evaluate_nodes": fed.min_sites if fed.fraction_evaluate > 0 else 0,
         "min_available_nodes": fed.min_sites,
-        "weighted_by_key": NUM_EXAMPLES, "arrayrecord_key": ARRAYS, "configrecord_key": CONFIG,
+        "weighted_by_key": NUM_EXAMPLES,
+        "arrayrecord_key": ARRAYS,
+        "configrecord_key": CONFIG,
     }
     try:
         return STRATEGIES[cfg.name](**settings, **dict(cfg.params))

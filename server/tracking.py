@@ -55,6 +55,7 @@ METRIC_KEY = re.compile(r"^[A-Za-z0-9_./-]{1,128}$")
 
 # --- sanitising (pure functions, also usable without wandb) -------------------------------------------------------
 
+
 def _finite_number(value: object) -> float | int | None:
     """`value` as a plain int/float when it is a finite real number (numpy and 0-d torch scalars included)."""
     if isinstance(value, bool):
@@ -171,6 +172,7 @@ def sanitize_config(config: Mapping[str, object], prefix: str = "") -> tuple[dic
 
 # --- trackers -----------------------------------------------------------------------------------------------------
 
+
 class Tracker:
     """What the server talks to: `log` per round, `summary` at the end, `finish` once. A context manager."""
 
@@ -188,8 +190,9 @@ class Tracker:
     def __enter__(self) -> Tracker:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.finish()
 
 
@@ -244,8 +247,9 @@ class WandbTracker(Tracker):
             self._finished = True
             self._run.finish(exit_code=exit_code)
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.finish(exit_code=0 if exc_type is None else 1)
 
 
@@ -261,9 +265,15 @@ def _quiet_wandb_env() -> None:
 def _settings(wandb: Any, mode: str) -> Any:
     return wandb.Settings(
         mode=mode,
-        silent=True, quiet=True, show_info=False, show_warnings=False,
+        silent=True,
+        quiet=True,
+        show_info=False,
+        show_warnings=False,
         console="off",  # stdout is not captured: log lines can quote file names
-        save_code=False, disable_code=True, disable_git=True, disable_job_creation=True,
+        save_code=False,
+        disable_code=True,
+        disable_git=True,
+        disable_job_creation=True,
         x_save_requirements=False,
         x_disable_meta=True,  # no host name, user name, command line (it can hold data paths) or cwd
         x_disable_machine_info=True,
@@ -274,8 +284,10 @@ def _settings(wandb: Any, mode: str) -> Any:
 
 def _check_name(field: str, value: str) -> str:
     if not isinstance(value, str) or not SAFE_STRING.match(value):
-        raise ConfigError(f"tracking.{field}={value!r} is not allowed: use 1-64 characters from "
-                          "letters, digits, '_', '.', '-' (it is sent to wandb, so it must not name a patient)")
+        raise ConfigError(
+            f"tracking.{field}={value!r} is not allowed: use 1-64 characters from "
+            "letters, digits, '_', '.', '-' (it is sent to wandb, so it must not name a patient)"
+        )
     return value
 
 
@@ -299,16 +311,24 @@ def make_tracker(mode: str, run_dir: Path, project: str, run_name: str, config: 
     try:
         import wandb
     except ImportError as e:
-        raise ConfigError(f"tracking.mode={mode} needs the wandb package ({e}); "
-                          "install it or set tracking.mode=disabled") from e
+        raise ConfigError(
+            f"tracking.mode={mode} needs the wandb package ({e}); install it or set tracking.mode=disabled"
+        ) from e
 
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     try:
-        run = wandb.init(project=project, name=run_name, dir=str(run_dir), config=clean,
-                         settings=_settings(wandb, mode), reinit="create_new")
-    except Exception as e:  # noqa: BLE001 - wandb raises many types; the user needs one clear line
+        run = wandb.init(
+            project=project,
+            name=run_name,
+            dir=str(run_dir),
+            config=clean,
+            settings=_settings(wandb, mode),
+            reinit="create_new",
+        )
+    except Exception as e:
         hint = " (log in with `wandb login`, or use tracking.mode=offline and sync later)" if mode == "online" else ""
-        raise ConfigError(f"tracking.mode={mode}: wandb could not start a run in {run_dir}: "
-                          f"{type(e).__name__}: {e}{hint}") from e
+        raise ConfigError(
+            f"tracking.mode={mode}: wandb could not start a run in {run_dir}: {type(e).__name__}: {e}{hint}"
+        ) from e
     return WandbTracker(run, mode)

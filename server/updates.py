@@ -37,7 +37,7 @@ def check_update(state: Mapping[str, np.ndarray], reference: Mapping[str, np.nda
     """Why `state` must not be aggregated, or None when it is fine. Cheap checks first."""
     missing, extra = set(reference) - set(state), set(state) - set(reference)
     if missing or extra:
-        show = lambda s: ", ".join(sorted(s)[:3]) + (" ..." if len(s) > 3 else "")  # noqa: E731
+        show = lambda s: ", ".join(sorted(s)[:3]) + (" ..." if len(s) > 3 else "")
         return f"wrong keys (missing: {show(missing) or '-'}; unexpected: {show(extra) or '-'})"
     sq = 0.0
     for k, ref in reference.items():
@@ -57,8 +57,9 @@ def check_update(state: Mapping[str, np.ndarray], reference: Mapping[str, np.nda
             d = (v - ref).ravel()
             sq += float(np.dot(d, d))
     if not np.isfinite(sq):
-        bad = next((k for k, v in state.items() if np.issubdtype(v.dtype, np.floating) and not np.isfinite(v).all()),
-                   None)
+        bad = next(
+            (k for k, v in state.items() if np.issubdtype(v.dtype, np.floating) and not np.isfinite(v).all()), None
+        )
         if bad is not None:
             return f"non-finite values in {bad}"
     norm = sq**0.5

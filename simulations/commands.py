@@ -28,7 +28,9 @@ def _job(cfg: DictConfig) -> None:
 
 def register(sub: argparse._SubParsersAction) -> None:
     register_hydra_command(
-        sub, "simulate", "federated",
+        sub,
+        "simulate",
+        "federated",
         help="federated simulation of several sites on Flower's simulation engine (Hydra overrides)",
         description="Simulate a federation: sites are built by the partition group (synthetic hospitals by default), "
         "then the real ServerApp/ClientApp run on Flower's Ray backend. Examples: `strategy=fedprox "

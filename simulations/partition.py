@@ -83,7 +83,9 @@ def make_sites(cfg: PartitionConfig, out: Path, progress: bool = True) -> list[S
             parts = _column_parts(cfg, spec, images)
         else:
             parts = _random_parts(cfg, images, positive)
-        sites = [_write_site(out / "sites" / name, name, site_parts, positive, spec) for name, site_parts in parts.items()]
+        sites = [
+            _write_site(out / "sites" / name, name, site_parts, positive, spec) for name, site_parts in parts.items()
+        ]
     out.mkdir(parents=True, exist_ok=True)
     (out / "partition.yaml").write_text(yaml.safe_dump(_plain(asdict(cfg)), sort_keys=False))
     write_partition_summary(sites, out)
@@ -172,8 +174,10 @@ def synthetic_profiles(cfg: PartitionConfig) -> list:
     from common.synth import get_profile
 
     names = [str(cfg.profiles[i % len(cfg.profiles)]) for i in range(cfg.sites)]
-    return [replace(get_profile(n), name=n if i < len(cfg.profiles) else f"{n}_{i // len(cfg.profiles) + 1}")
-            for i, n in enumerate(names)]
+    return [
+        replace(get_profile(n), name=n if i < len(cfg.profiles) else f"{n}_{i // len(cfg.profiles) + 1}")
+        for i, n in enumerate(names)
+    ]
 
 
 def _synthetic_sites(cfg: PartitionConfig, out: Path, progress: bool) -> list[Site]:
@@ -194,7 +198,9 @@ def _synthetic_sites(cfg: PartitionConfig, out: Path, progress: bool) -> list[Si
 def _column_parts(cfg: PartitionConfig, spec: DatasetSpec, images: dict[str, list[Path]]) -> dict[str, SplitParts]:
     groups = {str(k): [str(c) for c in v] for k, v in cfg.column_groups.items()}
     meta_path = _meta_path(cfg, spec)
-    wanted = sorted({c for cols in groups.values() for c in cols} | ({cfg.shared_column} if cfg.shared_column else set()))
+    wanted = sorted(
+        {c for cols in groups.values() for c in cols} | ({cfg.shared_column} if cfg.shared_column else set())
+    )
     meta = _read_meta(meta_path, wanted, groups, cfg.shared_column)
     parts: dict[str, SplitParts] = {name: {} for name in groups}
     for split in SPLITS:
@@ -216,11 +222,15 @@ def _column_parts(cfg: PartitionConfig, spec: DatasetSpec, images: dict[str, lis
             parts[name][split] = [imgs[i] for i in positions]
     for name, split_parts in parts.items():
         if not split_parts["train"]:
-            raise ConfigError(f"column_groups[{name!r}]: columns {groups[name]} select no training image in {meta_path}")
+            raise ConfigError(
+                f"column_groups[{name!r}]: columns {groups[name]} select no training image in {meta_path}"
+            )
     return parts
 
 
-def _random_parts(cfg: PartitionConfig, images: dict[str, list[Path]], positive: dict[Path, bool]) -> dict[str, SplitParts]:
+def _random_parts(
+    cfg: PartitionConfig, images: dict[str, list[Path]], positive: dict[Path, bool]
+) -> dict[str, SplitParts]:
     n_train = len(images["train"])
     if n_train < cfg.sites:
         raise ConfigError(f"sites: {cfg.sites} sites but the source has only {n_train} training images")

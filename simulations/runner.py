@@ -65,8 +65,10 @@ def run_simulation_job(job: SimulationJob, run_dir: Path) -> dict:
     outcome.unlink(missing_ok=True)
     os.environ["FRACFL_JOB"] = str(job_file)
     fed = job.federation
-    backend = {"client_resources": {"num_cpus": fed.client_cpus, "num_gpus": fed.client_gpus},
-               "init_args": {"include_dashboard": False, "num_cpus": os.cpu_count() or 1}}
+    backend = {
+        "client_resources": {"num_cpus": fed.client_cpus, "num_gpus": fed.client_gpus},
+        "init_args": {"include_dashboard": False, "num_cpus": os.cpu_count() or 1},
+    }
     log.info("simulating %d sites for %d rounds (%s) in %s", n_sites, fed.rounds, job.strategy.name, run_dir)
     run_simulation(server_app=server_app, client_app=client_app, num_supernodes=n_sites, backend_config=backend)
     if not outcome.is_file():
@@ -81,11 +83,15 @@ def _check_gpu(device: str, client_gpus: float) -> None:
     if client_gpus > 0:
         return
     if device.startswith("cuda"):
-        raise ConfigError(f"train.device={device}: simulated sites see a GPU only with federation.client_gpus > 0 "
-                          "(e.g. 0.33: three sites share one GPU)")
+        raise ConfigError(
+            f"train.device={device}: simulated sites see a GPU only with federation.client_gpus > 0 "
+            "(e.g. 0.33: three sites share one GPU)"
+        )
     if device == "auto" and torch.cuda.is_available():
-        log.warning("federation.client_gpus=0: the sites train on the CPU although a GPU is present; set "
-                    "federation.client_gpus (e.g. 0.33 for three sites on one GPU)")
+        log.warning(
+            "federation.client_gpus=0: the sites train on the CPU although a GPU is present; set "
+            "federation.client_gpus (e.g. 0.33 for three sites on one GPU)"
+        )
 
 
 def load_resumed(run_dir: Path) -> SimulationJob:
@@ -94,4 +100,3 @@ def load_resumed(run_dir: Path) -> SimulationJob:
     if not job_file.is_file():
         raise SimulationFailed(f"resume={run_dir}: no job.yaml there; is it a fracfl simulate run folder?")
     return to_typed(OmegaConf.load(job_file), SimulationJob)
-

@@ -7,8 +7,8 @@ import atexit
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
@@ -19,7 +19,9 @@ if "FRACFL_CACHE_DIR" not in os.environ:
 
 TORCH_THREADS = 2  # every test computes with this many threads, whatever the machine or an earlier test set
 
-FRACATLAS = Path(os.environ.get("FRACATLAS_DIR", Path(__file__).resolve().parents[2] / "shared" / "datasets" / "fracatlas"))
+FRACATLAS = Path(
+    os.environ.get("FRACATLAS_DIR", Path(__file__).resolve().parents[2] / "shared" / "datasets" / "fracatlas")
+)
 SITES = ("general_hospital", "trauma_center", "rural_clinic")
 
 

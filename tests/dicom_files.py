@@ -14,8 +14,18 @@ from pydicom.uid import generate_uid
 # Unique strings, written without the '^' separator so highdicom's person-name check quotes them in a warning.
 PATIENT_NAME = "Quirinus Zabriskie-Vomacka"
 PHYSICIAN_NAME = "Doctor Ottoline Fernsby-Quade"
-OPTIONAL = ("PatientID", "PatientBirthDate", "PatientSex", "StudyID", "AccessionNumber", "ReferringPhysicianName",
-            "Laterality", "ImageLaterality", "StudyDate", "StudyTime")
+OPTIONAL = (
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyID",
+    "AccessionNumber",
+    "ReferringPhysicianName",
+    "Laterality",
+    "ImageLaterality",
+    "StudyDate",
+    "StudyTime",
+)
 
 
 def small_cr(size: int = 256) -> Dataset:

@@ -12,8 +12,9 @@ import shutil
 import subprocess
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from tests_support import free_port
 
@@ -37,8 +38,14 @@ end
 class Orthanc:
     """`with Orthanc(tmp, listener_ae, listener_port) as pacs:` a running Orthanc; REST helpers below."""
 
-    def __init__(self, workdir: Path, listener_ae: str, listener_port: int, route: bool = True,
-                 modalities: tuple[str, ...] = RADIOGRAPHS):
+    def __init__(
+        self,
+        workdir: Path,
+        listener_ae: str,
+        listener_port: int,
+        route: bool = True,
+        modalities: tuple[str, ...] = RADIOGRAPHS,
+    ):
         self.workdir = Path(workdir)
         self.http_port = free_port()
         self.dicom_port = free_port()
@@ -52,18 +59,27 @@ class Orthanc:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.http_port}"
 
-    def __enter__(self) -> "Orthanc":
+    def __enter__(self) -> Orthanc:
         self.workdir.mkdir(parents=True, exist_ok=True)
         lua = self.workdir / "route.lua"
         routed = ", ".join(f"{m} = true" for m in self.modalities)
         lua.write_text(ROUTE_LUA.replace("{listener_ae}", self.listener_ae).replace("{modalities}", routed))
         config = {
-            "Name": "fracfl-test", "StorageDirectory": str(self.workdir / "db"), "IndexDirectory": str(self.workdir / "db"),
-            "HttpPort": self.http_port, "DicomPort": self.dicom_port, "DicomAet": ORTHANC_AE,
-            "RemoteAccessAllowed": False, "AuthenticationEnabled": False, "Plugins": [],
-            "LuaScripts": [str(lua)] if self.route else [], "HttpServerEnabled": True, "SaveJobs": False,
+            "Name": "fracfl-test",
+            "StorageDirectory": str(self.workdir / "db"),
+            "IndexDirectory": str(self.workdir / "db"),
+            "HttpPort": self.http_port,
+            "DicomPort": self.dicom_port,
+            "DicomAet": ORTHANC_AE,
+            "RemoteAccessAllowed": False,
+            "AuthenticationEnabled": False,
+            "Plugins": [],
+            "LuaScripts": [str(lua)] if self.route else [],
+            "HttpServerEnabled": True,
+            "SaveJobs": False,
             "DicomModalities": {"fracfl": [self.listener_ae, "127.0.0.1", self.listener_port]},
-            "DicomScuTimeout": 10, "StableAge": 1,
+            "DicomScuTimeout": 10,
+            "StableAge": 1,
         }
         cfg = self.workdir / "orthanc.json"
         cfg.write_text(json.dumps(config, indent=1))

@@ -10,13 +10,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pydicom
+from dicom_files import PATIENT_NAME, PHYSICIAN_NAME
 
 from client.dicom.deid import Deidentifier, SiteKeys
 from client.feedback.accounts import Accounts
 from client.feedback.store import Box, FeedbackStore
 from common.synth import get_profile, render_radiograph
 from common.synth.dicom import fictional_identity, write_dicom
-from dicom_files import PATIENT_NAME, PHYSICIAN_NAME
 
 PASSWORD = "correct horse battery"
 # probability, model boxes, body part of the three cases (worklist order: highest probability first)
@@ -60,10 +60,18 @@ def make_site(root: Path, size: int = 256) -> Site:
         yy, xx = np.mgrid[0:size, 0:size]
         blob = np.exp(-((xx - 70) ** 2 + (yy - 90) ** 2) / (2 * 30.0**2))
         cv2.imwrite(str(heat), cv2.applyColorMap((blob * 255).astype(np.uint8), cv2.COLORMAP_JET))
-        ids.append(store.record_image(sop_uid=str(clean.SOPInstanceUID), image_ref=str(kept), model_version="demo/v0007",
-                                      probability=probability, boxes=boxes, heatmap_ref=str(heat),
-                                      body_part=str(clean.get("BodyPartExamined", "")) or None,
-                                      patient=str(clean.PatientID)))
+        ids.append(
+            store.record_image(
+                sop_uid=str(clean.SOPInstanceUID),
+                image_ref=str(kept),
+                model_version="demo/v0007",
+                probability=probability,
+                boxes=boxes,
+                heatmap_ref=str(heat),
+                body_part=str(clean.get("BodyPartExamined", "")) or None,
+                patient=str(clean.PatientID),
+            )
+        )
     accounts = Accounts(store)
     accounts.add_user("ada", PASSWORD, "reviewer")
     accounts.add_user("root", PASSWORD, "admin")

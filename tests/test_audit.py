@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 
+from client.privacy import report
 from common.cli import main
 from common.privacy.ledger import Ledger, verify
-from client.privacy import report
 from server.audit import read_all, render_html, verify_all
 from server.history import RoundRecord
 from server.privacy import append_site_reports
@@ -20,8 +20,9 @@ def _ledgers(tmp_path):
     e1 = site.append("round", {**SITE, "round": 1, "epsilon": 2.5})
     server = Ledger(tmp_path / "run" / "privacy-ledger.jsonl")
     server.append("site-report", {**SITE, "round": 1, "epsilon": 2.5, "ledger_head": e1["hash"], "status": "ok"})
-    server.append("site-report", {**SITE, "site": "north", "round": 1, "epsilon": 6.0, "ledger_head": "x",
-                                  "status": "ok"})  # above its ceiling: must be flagged
+    server.append(
+        "site-report", {**SITE, "site": "north", "round": 1, "epsilon": 6.0, "ledger_head": "x", "status": "ok"}
+    )  # above its ceiling: must be flagged
     return site, server
 
 
@@ -81,9 +82,11 @@ def test_a_consistently_rewritten_ledger_is_caught_by_the_heads_the_server_recor
     assert main(["audit", "verify", str(tmp_path / "site"), "--against", str(tmp_path / "run")]) == 0
     assert "matching all 3 heads the server recorded" in capsys.readouterr().out
     entries = site.entries()
-    cases = {"rewritten": _rechain(entries, epsilon=0.5), "rewritten plus one": _rechain(
-        [*entries, {**entries[-1], "seq": 4, "round": 4}], epsilon=0.5),
-        "rolled back": (older / "ledger.jsonl").read_text().splitlines()}
+    cases = {
+        "rewritten": _rechain(entries, epsilon=0.5),
+        "rewritten plus one": _rechain([*entries, {**entries[-1], "seq": 4, "round": 4}], epsilon=0.5),
+        "rolled back": (older / "ledger.jsonl").read_text().splitlines(),
+    }
     for case, lines in cases.items():
         _replace(site, lines)
         assert verify(site.path)[0].ok, case  # consistent on its own: only the server's heads can tell

@@ -10,23 +10,23 @@ import json
 import numpy as np
 import pytest
 import torch
+from omegaconf import OmegaConf
 from scipy import special, stats
+from tests_support import GROUP_NANO as GROUP
+from tests_support import NANO, save_nano, toy_dataset
 
 from common.config import ImbalanceConfig, TrainConfig
+from common.data.spec import load_spec
 from common.errors import ConfigError
 from common.nn.model import build_model
-from omegaconf import OmegaConf
-
 from common.privacy import canary_audit, one_run
 from common.privacy.accounting import Mechanism, epsilons
-from common.data.spec import load_spec
 from common.privacy.canary_audit import NO_AUGMENT, MiaConfig, draw_members, make_canaries, outcome, run_audit
 from common.privacy.dp_sgd import DPSGD
 from common.privacy.mia_report import NOT_A_PROOF, canaries_needed
 from server.commands.audit_mia import add_mia
 from server.job import compose
 from server.mia_setup import apply, site_setup
-from tests_support import GROUP_NANO as GROUP, NANO, save_nano, toy_dataset
 
 STEPS = 48  # the control and the DP runs train identically (same seeds, canaries and draw) but for DP-SGD
 # The site's run: a DP-SGD site of this toy size (augmentation off: see docs/privacy-audit-mia.md on its power).
@@ -91,8 +91,18 @@ def test_guesses_and_multiple_comparisons():
 
 
 def _train(**kw) -> TrainConfig:
-    return TrainConfig(imgsz=64, batch_size=16, optimizer="adamw", lr=0.01, schedule="constant", warmup_steps=0,
-                       device="cpu", augment=NO_AUGMENT, imbalance=ImbalanceConfig(mode="none"), **kw)
+    return TrainConfig(
+        imgsz=64,
+        batch_size=16,
+        optimizer="adamw",
+        lr=0.01,
+        schedule="constant",
+        warmup_steps=0,
+        device="cpu",
+        augment=NO_AUGMENT,
+        imbalance=ImbalanceConfig(mode="none"),
+        **kw,
+    )
 
 
 @pytest.fixture
@@ -128,8 +138,23 @@ def _audit(site, tmp_path, *extra: str) -> tuple[int, dict]:
     parser = argparse.ArgumentParser()
     add_mia(parser.add_subparsers(dest="command"))
     out = tmp_path / "audit"
-    args = parser.parse_args(["mia", "--model", str(weights), "--data", str(site), "--overrides", SITE,
-                              "--device", "cpu", "--out", str(out), "--quiet", *extra])
+    args = parser.parse_args(
+        [
+            "mia",
+            "--model",
+            str(weights),
+            "--data",
+            str(site),
+            "--overrides",
+            SITE,
+            "--device",
+            "cpu",
+            "--out",
+            str(out),
+            "--quiet",
+            *extra,
+        ]
+    )
     code = args.func(args)
     return code, json.loads((out / "mia_audit.json").read_text())
 
@@ -206,11 +231,14 @@ def test_bad_requests_are_refused_before_training(site):
     with pytest.raises(ConfigError, match="exactly one of --noise-multiplier or --epsilon"):
         run_audit(model, site, MiaConfig(canaries=8, train=_train(max_steps=1)), progress=False)
     with pytest.raises(ConfigError, match="fewer than --canaries 8"):
-        run_audit(model, site, MiaConfig(canaries=8, source="val", dp=False, train=_train(max_steps=1)),
-                  progress=False)
+        run_audit(model, site, MiaConfig(canaries=8, source="val", dp=False, train=_train(max_steps=1)), progress=False)
     with pytest.raises(ConfigError, match="model.norm=group"):
-        run_audit(build_model(NANO), site,
-                  MiaConfig(canaries=4, noise_multiplier=1.0, train=_train(max_steps=1)), progress=False)
+        run_audit(
+            build_model(NANO),
+            site,
+            MiaConfig(canaries=4, noise_multiplier=1.0, train=_train(max_steps=1)),
+            progress=False,
+        )
 
 
 def test_canaries_taken_from_the_training_split_leave_it(tmp_path):

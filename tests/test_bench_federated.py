@@ -16,7 +16,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
-import fracatlas_federated as bench  # noqa: E402
+import fracatlas_federated as bench  # noqa: E402 (bench/ is not a package: found through sys.path)
 import sizing  # noqa: E402
 
 
@@ -52,8 +52,9 @@ def test_shared_partition_covers_the_subset_once(synth_data: Path, tmp_path: Pat
     hold each chosen image exactly once; the pooled validation set is the centralised run's validation set."""
     meta = _meta(synth_data, tmp_path)
     data_yaml = bench.prepare_data(synth_data, 0.5, seed=0, out=tmp_path / "data")
-    sites = bench.prepare_sites(["partition=fracatlas_regions", f"partition.source={data_yaml}",
-                                f"+partition.meta={meta}"], tmp_path / "sites")
+    sites = bench.prepare_sites(
+        ["partition=fracatlas_regions", f"partition.source={data_yaml}", f"+partition.meta={meta}"], tmp_path / "sites"
+    )
     chosen = {s: set((tmp_path / "data" / f"{s}.txt").read_text().split()) for s in ("train", "val")}
     manifest = json.loads((sites / "sites.json").read_text())
     assert [m["name"] for m in manifest] == ["hand_clinic", "trauma_unit", "hip_shoulder"]
@@ -63,9 +64,14 @@ def test_shared_partition_covers_the_subset_once(synth_data: Path, tmp_path: Pat
 
 
 def test_ratios_state_goal_and_weak_denominators() -> None:
-    ok = lambda m, s: {"status": "ok", "map50": m, "sensitivity": s, "roc_auc": 0.7}  # noqa: E731
-    results = {"central": ok(0.40, 0.50), "fedavg": ok(0.39, 0.40), "fedprox": ok(0.30, 0.50),
-               "fedavg_gn": ok(0.02, 0.10), "fedavg_dp": {"status": "killed at --time-limit"}}
+    ok = lambda m, s: {"status": "ok", "map50": m, "sensitivity": s, "roc_auc": 0.7}
+    results = {
+        "central": ok(0.40, 0.50),
+        "fedavg": ok(0.39, 0.40),
+        "fedprox": ok(0.30, 0.50),
+        "fedavg_gn": ok(0.02, 0.10),
+        "fedavg_dp": {"status": "killed at --time-limit"},
+    }
     rows = {r["comparison"]: r for r in bench.ratios(results)}
     assert rows["fedavg / central"]["map50"] == 0.975 and rows["fedavg / central"]["met"] is True
     assert rows["fedprox / central"]["met"] is False and rows["fedprox / central"]["sensitivity"] == 1.0
@@ -126,19 +132,38 @@ def test_smoke_run_brings_back_what_a_device_call_can(synth_data: Path, tmp_path
     after its first round (as the time limit would) that still reports that round and returns its weights, all in a
     flat $OUT of at most 8 files of at most 16 MiB. (No DP arm: its probe and rounds would double the time; the
     probe reader is checked on the FedAvg arm's real round records, which have the same form.)"""
-    from common.nn.weights import load_model
     from safetensors import safe_open
+
+    from common.nn.weights import load_model
 
     out = tmp_path / "OUT"
     env = {**os.environ, "OUT": str(out), "PYTHON": sys.executable, "BUDGET": "600"}  # a busy machine cuts no arm
-    cmd = ["bash", str(REPO / "bench" / "gpu" / "run.sh"), "--smoke", "--data", str(synth_data), "--meta",
-           str(_meta(synth_data, tmp_path)), "--fraction", "1", "--arms", "central,fedavg", "--stop-early", "fedavg"]
+    cmd = [
+        "bash",
+        str(REPO / "bench" / "gpu" / "run.sh"),
+        "--smoke",
+        "--data",
+        str(synth_data),
+        "--meta",
+        str(_meta(synth_data, tmp_path)),
+        "--fraction",
+        "1",
+        "--arms",
+        "central,fedavg",
+        "--stop-early",
+        "fedavg",
+    ]
     run = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=700)
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
     files = {p.name: p.stat().st_size for p in out.iterdir()}
     assert all(p.is_file() for p in out.iterdir()) and len(files) <= 8 and max(files.values()) <= 16 * 2**20
-    assert set(files) == {"results.md", "results.tgz", "bench.log", "central.fp16.safetensors",
-                          "fedavg.fp16.safetensors"}
+    assert set(files) == {
+        "results.md",
+        "results.tgz",
+        "bench.log",
+        "central.fp16.safetensors",
+        "fedavg.fp16.safetensors",
+    }
     with tarfile.open(out / "results.tgz") as t:
         t.extractall(tmp_path / "tgz", filter="data")
     report = json.loads(next((tmp_path / "tgz").rglob("results.json")).read_text())
@@ -165,6 +190,7 @@ def test_smoke_run_brings_back_what_a_device_call_can(synth_data: Path, tmp_path
 def test_returned_weights_stay_within_the_device_limits(tmp_path: Path) -> None:
     """YOLOv7-tiny in fp16 fits one returned file (16 MiB); four fit the 64 MiB in all, the fifth is refused."""
     import outbox
+
     from common.nn.model import ModelSpec, build_model
     from common.nn.weights import load_model, save_weights
 

@@ -4,14 +4,14 @@ import json
 
 import numpy as np
 import pytest
+from tests_support import NANO
 
 from common.errors import ConfigError, DataError
 from common.nn.model import build_model
 from common.nn.weights import numpy_state
 from server.checkpoint import load_checkpoint, restore_strategy, save_checkpoint, save_strategy, strategy_snapshot
-from server.registry import Registry
 from server.publish import adopt_published
-from tests_support import NANO
+from server.registry import Registry
 
 
 class _Strategy:
@@ -29,7 +29,11 @@ def test_round_trip_and_only_the_latest_round_kept(tmp_path):
     fresh = type("S", (), {})()
     restore_strategy(fresh, ck.strategy_state)
     assert fresh.m_t["w"].tolist() == [1, 1, 1]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.json", "state-r0002.safetensors", "strategy-r0002.pkl"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "checkpoint.json",
+        "state-r0002.safetensors",
+        "strategy-r0002.pkl",
+    ]
 
 
 def test_other_config_refused_and_damage_reported(tmp_path):
@@ -48,9 +52,17 @@ SPEC = NANO
 
 
 def _publish(registry: Registry, state: dict, rnd: int):
-    card = {"run_id": "r", "round": rnd, "strategy": {"name": "fedavg", "params": {}}, "config_hash": "abc",
-            "model": {"arch": SPEC.arch}, "sites": [], "metrics": {"pooled": None, "per_site": {}}, "privacy": None,
-            "exports": []}
+    card = {
+        "run_id": "r",
+        "round": rnd,
+        "strategy": {"name": "fedavg", "params": {}},
+        "config_hash": "abc",
+        "model": {"arch": SPEC.arch},
+        "sites": [],
+        "metrics": {"pooled": None, "per_site": {}},
+        "privacy": None,
+        "exports": [],
+    }
     return registry.publish(state, SPEC, card)
 
 
@@ -62,8 +74,9 @@ def test_published_round_references_the_registry_copy_and_checks_its_hash(tmp_pa
     save_checkpoint(folder, 1, None, "abc", published=(pub.weights, pub.card["hashes"]["model.safetensors"]))
     assert sorted(p.name for p in folder.iterdir()) == ["checkpoint.json", "strategy-r0001.pkl"]  # no second copy
     ck = load_checkpoint(folder, "abc")
-    assert ck.round == 1 and all(np.array_equal(ck.state[k], v) and ck.state[k].shape == v.shape
-                                 for k, v in state.items())
+    assert ck.round == 1 and all(
+        np.array_equal(ck.state[k], v) and ck.state[k].shape == v.shape for k, v in state.items()
+    )
     pub.weights.write_bytes(pub.weights.read_bytes()[:-4] + b"\0\0\0\1")  # the registry file changed
     with pytest.raises(DataError, match="hash mismatch"):
         load_checkpoint(folder, "abc")

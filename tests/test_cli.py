@@ -23,8 +23,17 @@ def test_unknown_config_key_is_named(capsys, tmp_path):
 
 
 def test_bad_config_value_is_named(capsys, tmp_path, synth_data):
-    code = main(["train", "model=yolov7_nano", f"data.path={synth_data}", "train.optimizer=rmsprop",
-                 "train.imgsz=64", f"run_dir={tmp_path}/r", "progress=false"])
+    code = main(
+        [
+            "train",
+            "model=yolov7_nano",
+            f"data.path={synth_data}",
+            "train.optimizer=rmsprop",
+            "train.imgsz=64",
+            f"run_dir={tmp_path}/r",
+            "progress=false",
+        ]
+    )
     assert code == 2
     assert "train.optimizer" in capsys.readouterr().err
 
@@ -56,7 +65,20 @@ def test_model_info_and_import(capsys, tmp_path):
     out = capsys.readouterr().out
     assert "backbone" in out and "anchor-free" in out
     torch.save(build_model(ModelSpec(width=0.25)).state_dict(), tmp_path / "theirs.pth")
-    assert main(["model", "import", str(tmp_path / "theirs.pth"), "--width", "0.25", "--out", str(tmp_path / "w.safetensors")]) == 0
+    assert (
+        main(
+            [
+                "model",
+                "import",
+                str(tmp_path / "theirs.pth"),
+                "--width",
+                "0.25",
+                "--out",
+                str(tmp_path / "w.safetensors"),
+            ]
+        )
+        == 0
+    )
     assert "tensors loaded" in capsys.readouterr().out and (tmp_path / "w.safetensors").is_file()
 
 
@@ -88,12 +110,20 @@ def test_evaluate_takes_a_registry_version_folder_like_predict(capsys, tmp_path,
     version = tmp_path / "v0001"
     version.mkdir()
     (version / "model.safetensors").write_bytes(tiny_weights.read_bytes())
-    assert main(["evaluate", "--model", str(version), "--data", str(synth_data), "--quiet", "--out", str(tmp_path / "r")]) == 0
+    assert (
+        main(["evaluate", "--model", str(version), "--data", str(synth_data), "--quiet", "--out", str(tmp_path / "r")])
+        == 0
+    )
 
 
-@pytest.mark.parametrize("arch, expected", [("yolov7_nano", "yolov7-tiny (width 0.125, depth 0.5)"),
-                                            ("yolov7_tiny", "yolov7-tiny (width 1.0, depth 1.0)"),
-                                            ("yolov7-tiny", "yolov7-tiny (width 1.0, depth 1.0)")])
+@pytest.mark.parametrize(
+    "arch, expected",
+    [
+        ("yolov7_nano", "yolov7-tiny (width 0.125, depth 0.5)"),
+        ("yolov7_tiny", "yolov7-tiny (width 1.0, depth 1.0)"),
+        ("yolov7-tiny", "yolov7-tiny (width 1.0, depth 1.0)"),
+    ],
+)
 def test_arch_takes_the_model_config_names(capsys, arch, expected):
     assert main(["model", "info", "--arch", arch]) == 0
     assert capsys.readouterr().out.startswith(expected)
@@ -121,7 +151,9 @@ def test_listen_model_key_and_its_old_name(capsys):
     from common.config import CONF_DIR
 
     rest, taken = take_model(["model='registry/v0007'", "port=104"])
-    assert rest == ["port=104"] and taken == {"model": "registry/v0007"}  # `model` is also a config group: kept from Hydra
+    assert rest == ["port=104"] and taken == {
+        "model": "registry/v0007"
+    }  # `model` is also a config group: kept from Hydra
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
         cfg = compose("listen", overrides=rest)
     assert listen_config(cfg, taken).model == "registry/v0007" and listen_config(cfg, taken).port == 104

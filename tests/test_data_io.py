@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import FRACATLAS  # $FRACATLAS_DIR, else ../shared/datasets/fracatlas beside the checkout
 from PIL import Image, ImageFile, ImageOps
 
 from common.data import (
@@ -23,7 +24,6 @@ from common.data import (
 from common.data.images import TRUNCATED_NOTE
 from common.errors import DataError
 
-from conftest import FRACATLAS  # $FRACATLAS_DIR, else ../shared/datasets/fracatlas beside the checkout
 GOOD_ROW = "0 0.5 0.5 0.2 0.2\n"
 
 
@@ -282,7 +282,10 @@ def test_yaml_with_valid_alias_and_names_list(tmp_path):
 
 def test_yaml_path_key_list_of_dirs_and_names_dict(tmp_path):
     ds = _dataset(tmp_path / "ds", {"a": 2, "b": 3, "v": 1})
-    _write(tmp_path / "cfg" / "d.yaml", "path: ../ds\ntrain: [images/a, images/b]\nval: images/v\nnames: {0: fx, 1: other}\nnc: 2\n")
+    _write(
+        tmp_path / "cfg" / "d.yaml",
+        "path: ../ds\ntrain: [images/a, images/b]\nval: images/v\nnames: {0: fx, 1: other}\nnc: 2\n",
+    )
     spec = load_spec(tmp_path / "cfg" / "d.yaml")
     assert spec.root == ds and spec.nc == 2 and len(spec.images("train")) == 5
     assert spec.label_file(spec.images("val")[0]) == ds / "labels" / "v" / "v0.txt"
@@ -444,13 +447,20 @@ def test_ordinary_images_are_read_without_the_dicom_stack(tmp_path):
     img = (np.arange(64 * 48) % 251).astype(np.uint8).reshape(48, 64)
     for name in ("a.png", "b.jpg"):
         cv2.imwrite(str(tmp_path / name), img)
-    code = ("import sys; sys.modules['pydicom'] = None\n"
-            "from common.data.images import read_image\n"
-            f"print([read_image(p).shape for p in sys.argv[1:]])")
-    done = subprocess.run([sys.executable, "-c", code, str(tmp_path / "a.png"), str(tmp_path / "b.jpg")],
-                          capture_output=True, text=True, timeout=120)
+    code = (
+        "import sys; sys.modules['pydicom'] = None\n"
+        "from common.data.images import read_image\n"
+        "print([read_image(p).shape for p in sys.argv[1:]])"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "a.png"), str(tmp_path / "b.jpg")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0 and "(48, 64), (48, 64)" in done.stdout, done.stderr[-2000:]
     (tmp_path / "c.dcm").write_bytes((tmp_path / "a.png").read_bytes())
-    done = subprocess.run([sys.executable, "-c", code, str(tmp_path / "c.dcm")], capture_output=True, text=True,
-                          timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "c.dcm")], capture_output=True, text=True, timeout=120
+    )
     assert done.returncode != 0 and "pydicom" in done.stderr  # the DICOM name is not decided without the reader

@@ -21,23 +21,31 @@ from pathlib import Path
 
 import psutil
 import pytest
-
-from common.cli import main
-from common.errors import ConfigError
-from client.site_config import write_site_config
-from common.privacy.ledger import SECURE, Ledger
-from server.deploy.certs import make_node_key, make_superlink_certs
 from tests_support import free_port, toy_dataset
 
+from client.site_config import write_site_config
+from common.cli import main
+from common.errors import ConfigError
+from common.privacy.ledger import SECURE, Ledger
+from server.deploy.certs import make_node_key, make_superlink_certs
 
 REPO = Path(__file__).resolve().parents[1]
 SITES = ("st_marys", "county_general")
-NEEDED = ("flower-superlink", "flower-supernode", "flower-superexec", "flwr-serverapp", "flwr-clientapp", "flwr-simulation",
-          "flwr")
+NEEDED = (
+    "flower-superlink",
+    "flower-supernode",
+    "flower-superexec",
+    "flwr-serverapp",
+    "flwr-clientapp",
+    "flwr-simulation",
+    "flwr",
+)
 OFFLINE = {"FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1"}
-JOB = ("model=yolov7_nano federation.sites=2 federation.min_sites=2 federation.rounds=2 federation.fraction_evaluate=0 "
-       "tracking=disabled train.imgsz=64 train.batch_size=8 train.local_epochs=1 augment=none progress=false "
-       "export.enabled=false")  # sites train only: their evaluation is the same message path, tested in simulations
+JOB = (
+    "model=yolov7_nano federation.sites=2 federation.min_sites=2 federation.rounds=2 federation.fraction_evaluate=0 "
+    "tracking=disabled train.imgsz=64 train.batch_size=8 train.local_epochs=1 augment=none progress=false "
+    "export.enabled=false"
+)  # sites train only: their evaluation is the same message path, tested in simulations
 
 
 def _flower_bin(folder: Path) -> Path:
@@ -68,19 +76,35 @@ class Flower:
         self.files: list = []
 
     def env(self, name: str) -> dict[str, str]:
-        return {**os.environ, **OFFLINE, "FLWR_HOME": str(self.root / "home" / name),
-                "PATH": f"{self.bin}{os.pathsep}{os.environ.get('PATH', '')}"}
+        return {
+            **os.environ,
+            **OFFLINE,
+            "FLWR_HOME": str(self.root / "home" / name),
+            "PATH": f"{self.bin}{os.pathsep}{os.environ.get('PATH', '')}",
+        }
 
     def start(self, name: str, *args: str) -> subprocess.Popen:
         log = (self.root / f"{name}.log").open("w")
         self.files.append(log)
-        self.procs[name] = subprocess.Popen([str(self.bin / args[0]), *args[1:]], env=self.env(name), cwd=self.root,
-                                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.procs[name] = subprocess.Popen(
+            [str(self.bin / args[0]), *args[1:]],
+            env=self.env(name),
+            cwd=self.root,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         return self.procs[name]
 
     def cli(self, *args: str) -> str:
-        done = subprocess.run([str(self.bin / "flwr"), *args], env=self.env("coordinator"), cwd=REPO,
-                              capture_output=True, text=True, timeout=300)
+        done = subprocess.run(
+            [str(self.bin / "flwr"), *args],
+            env=self.env("coordinator"),
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert done.returncode == 0, f"flwr {' '.join(args)}:\n{done.stdout}\n{done.stderr}"
         return done.stdout
 
@@ -130,8 +154,10 @@ def _wait(cond, what: str, flower: Flower, timeout: float) -> None:
 
 def _tls_handshake(port: int, ca: Path) -> dict:
     ctx = ssl.create_default_context(cafile=str(ca))
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw, \
-            ctx.wrap_socket(raw, server_hostname="localhost") as tls:
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=10) as raw,
+        ctx.wrap_socket(raw, server_hostname="localhost") as tls,
+    ):
         return tls.getpeercert()
 
 
@@ -170,9 +196,20 @@ def test_tls_deployment_trains_resumes_publishes_and_refuses_outsiders(flower, t
     data = {site: toy_dataset(tmp_path / "hospitals" / site, n=8, positives=6, seed=i) for i, site in enumerate(SITES)}
     own = {site: write_site_config(tmp_path / "hospitals" / site / "fracfl") for site in SITES}  # `fracfl site init`
     port = free_port()
-    flower.start("superlink", "flower-superlink", "--ssl-ca-certfile", str(certs["ca"]), "--ssl-certfile",
-                 str(certs["cert"]), "--ssl-keyfile", str(certs["key"]), "--port", str(port), "--enable-supernode-auth",
-                 "--disable-runtime-dependency-installation")  # state in memory: see docs/deployment.md on --database
+    flower.start(
+        "superlink",
+        "flower-superlink",
+        "--ssl-ca-certfile",
+        str(certs["ca"]),
+        "--ssl-certfile",
+        str(certs["cert"]),
+        "--ssl-keyfile",
+        str(certs["key"]),
+        "--port",
+        str(port),
+        "--enable-supernode-auth",
+        "--disable-runtime-dependency-installation",
+    )  # state in memory: see docs/deployment.md on --database
     _wait(lambda: "Uvicorn running" in flower.log("superlink"), "the SuperLink to start", flower, 120)
 
     # TLS is on: the certificate verifies against our CA for `localhost`, not against another CA, and plain HTTP
@@ -187,47 +224,79 @@ def test_tls_deployment_trains_resumes_publishes_and_refuses_outsiders(flower, t
 
     home = tmp_path / "home" / "coordinator"
     home.mkdir(parents=True)
-    (home / "config.toml").write_text(f'[superlink]\ndefault = "hospitals"\n\n[superlink.hospitals]\n'
-                                      f'address = "127.0.0.1:{port}"\nroot-certificates = "{certs["ca"]}"\n')
+    (home / "config.toml").write_text(
+        f'[superlink]\ndefault = "hospitals"\n\n[superlink.hospitals]\n'
+        f'address = "127.0.0.1:{port}"\nroot-certificates = "{certs["ca"]}"\n'
+    )
     with ThreadPoolExecutor(len(SITES)) as pool:  # the coordinator registers each site's public key
-        list(pool.map(lambda s: flower.cli("supernode", "register", str(keys[s]["pub"]), "hospitals", "--name", s),
-                      SITES))
+        list(
+            pool.map(
+                lambda s: flower.cli("supernode", "register", str(keys[s]["pub"]), "hospitals", "--name", s), SITES
+            )
+        )
     node = ["flower-supernode", "--superlink", f"127.0.0.1:{port}"]
     for site in SITES:
-        flower.start(site, *node, "--root-certificates", str(certs["ca"]), "--auth-supernode-private-key",
-                     str(keys[site]["key"]), "--port", str(free_port()),
-                     "--node-config", f"site-name='{site}' data-dir='{data[site]}' site-config='{own[site]}'")
+        flower.start(
+            site,
+            *node,
+            "--root-certificates",
+            str(certs["ca"]),
+            "--auth-supernode-private-key",
+            str(keys[site]["key"]),
+            "--port",
+            str(free_port()),
+            "--node-config",
+            f"site-name='{site}' data-dir='{data[site]}' site-config='{own[site]}'",
+        )
     # A SuperNode that trusts another CA (with a registered key), and one whose key was never registered.
     outsiders = {"wrong_ca": (foreign_ca, keys[SITES[0]]["key"]), "intruder": (certs["ca"], keys["intruder"]["key"])}
     for name, (ca, key) in outsiders.items():
-        flower.start(name, *node, "--root-certificates", str(ca), "--auth-supernode-private-key", str(key),
-                     "--port", str(free_port()), "--max-retries", "0",
-                     "--node-config", f"site-name='{name}' data-dir='{tmp_path}'")
+        flower.start(
+            name,
+            *node,
+            "--root-certificates",
+            str(ca),
+            "--auth-supernode-private-key",
+            str(key),
+            "--port",
+            str(free_port()),
+            "--max-retries",
+            "0",
+            "--node-config",
+            f"site-name='{name}' data-dir='{tmp_path}'",
+        )
 
-    online = lambda: sum(n["status"] == "online" for n in json.loads(flower.cli("supernode", "ls", "--format",  # noqa: E731
-                                                                                "json"))["nodes"]) == len(SITES)
+    online = lambda: (
+        sum(n["status"] == "online" for n in json.loads(flower.cli("supernode", "ls", "--format", "json"))["nodes"])
+        == len(SITES)
+    )
     _wait(online, "both sites' SuperNodes to connect", flower, 120)
 
     # `flwr run` with the default `simulate = true` against real sites is refused before anything is built.
     run = tmp_path / "run"
     (tmp_path / "sim.toml").write_text(f'overrides = "{JOB} run_id=simulated run_dir={run}"\n')
-    sim = json.loads(flower.cli("run", str(REPO), "hospitals", "--run-config", str(tmp_path / "sim.toml"),
-                                "--format", "json"))
-    status = lambda: json.loads(flower.cli("ls", "--run-id", str(sim["run-id"]), "--format", "json"))["runs"][0]  # noqa: E731
+    sim = json.loads(
+        flower.cli("run", str(REPO), "hospitals", "--run-config", str(tmp_path / "sim.toml"), "--format", "json")
+    )
+    status = lambda: json.loads(flower.cli("ls", "--run-id", str(sim["run-id"]), "--format", "json"))["runs"][0]
     _wait(lambda: status()["status"].startswith("finished"), "the simulate=true run to end", flower, 300)
     assert status()["status"] == "finished:failed"
     assert "2 of 2 SuperNodes are real sites" in status()["status-details"]
     assert all(s in status()["status-details"] for s in SITES)
     assert not run.exists()  # no synthetic sites, records or registry
 
-    (tmp_path / "job.toml").write_text(f'simulate = false\noverrides = "{JOB} privacy=dp_sgd run_id=deployed '
-                                       f'run_dir={run}"\n')
+    (tmp_path / "job.toml").write_text(
+        f'simulate = false\noverrides = "{JOB} privacy=dp_sgd run_id=deployed run_dir={run}"\n'
+    )
     start = ["run", str(REPO), "hospitals", "--run-config", str(tmp_path / "job.toml"), "--format", "json"]
     assert json.loads(flower.cli(*start))["success"]
     pointer = run / "checkpoint" / "checkpoint.json"
     _wait(lambda: pointer.is_file() and json.loads(pointer.read_text())["round"] >= 1, "round 1", flower, 400)
-    server_app = [p for p in psutil.Process(flower.procs["superlink"].pid).children(recursive=True)
-                  if "flwr-serverapp" in " ".join(p.cmdline())]
+    server_app = [
+        p
+        for p in psutil.Process(flower.procs["superlink"].pid).children(recursive=True)
+        if "flwr-serverapp" in " ".join(p.cmdline())
+    ]
     assert len(server_app) == 1
     server_app[0].kill()  # the deployed server dies mid-run; the same `flwr run` again resumes it
     assert not (run / "outcome.json").exists(), "the run finished before it could be killed"
@@ -251,12 +320,17 @@ def test_tls_deployment_trains_resumes_publishes_and_refuses_outsiders(flower, t
     greedy, elsewhere = tmp_path / "greedy", tmp_path / "fresh-ledgers"
     (tmp_path / "greedy.toml").write_text(
         f'simulate = false\noverrides = "{JOB} privacy=dp_sgd privacy.ceiling_epsilon=20 '
-        f'privacy.ledger_dir={elsewhere} federation.rounds=1 run_id=greedy run_dir={greedy}"\n')
-    assert json.loads(flower.cli("run", str(REPO), "hospitals", "--run-config", str(tmp_path / "greedy.toml"),
-                                 "--format", "json"))["success"]
+        f'privacy.ledger_dir={elsewhere} federation.rounds=1 run_id=greedy run_dir={greedy}"\n'
+    )
+    assert json.loads(
+        flower.cli("run", str(REPO), "hospitals", "--run-config", str(tmp_path / "greedy.toml"), "--format", "json")
+    )["success"]
     _wait(lambda: (greedy / "outcome.json").is_file(), "the greedy run to finish", flower, 300)
-    statuses = {r["site"]: r["status"] for r in map(json.loads, (greedy / "records.jsonl").read_text().splitlines())
-                if r["phase"] == "train"}
+    statuses = {
+        r["site"]: r["status"]
+        for r in map(json.loads, (greedy / "records.jsonl").read_text().splitlines())
+        if r["phase"] == "train"
+    }
     assert set(statuses) == set(SITES)
     for status in statuses.values():
         assert status.startswith("refused: the run asks for ceiling_epsilon 20.00 above this site's 10.00")
@@ -265,7 +339,7 @@ def test_tls_deployment_trains_resumes_publishes_and_refuses_outsiders(flower, t
     assert all(Ledger(ledgers[s]).entries()[-1]["hash"] == spent[s][-1]["hash"] for s in SITES)  # nothing spent
 
     for name in outsiders:
-        _wait(lambda: flower.procs[name].poll() is not None, f"{name} to give up", flower, 120)
+        _wait(lambda name=name: flower.procs[name].poll() is not None, f"{name} to give up", flower, 120)
         assert flower.procs[name].returncode != 0
     assert "CERTIFICATE_VERIFY_FAILED" in flower.log("wrong_ca")
     assert "Failed to activate SuperNode" in flower.log("intruder")
@@ -279,19 +353,39 @@ def test_flwr_run_on_an_offline_simulation_superlink(flower, tmp_path):
     """The documented offline `flwr run .` path (docs/federated.md): a simulation SuperLink, the default
     `simulate = true`; the ServerApp finds virtual nodes (not real sites), builds the sites, trains and publishes."""
     port = free_port()
-    flower.start("superlink", "flower-superlink", "--simulation", "--insecure", "--port", str(port),
-                 "--disable-runtime-dependency-installation")
+    flower.start(
+        "superlink",
+        "flower-superlink",
+        "--simulation",
+        "--insecure",
+        "--port",
+        str(port),
+        "--disable-runtime-dependency-installation",
+    )
     home = tmp_path / "home" / "coordinator"
     home.mkdir(parents=True)
-    (home / "config.toml").write_text(f'[superlink]\ndefault = "localsim"\n\n[superlink.localsim]\n'
-                                      f'address = "127.0.0.1:{port}"\ninsecure = true\n')
+    (home / "config.toml").write_text(
+        f'[superlink]\ndefault = "localsim"\n\n[superlink.localsim]\naddress = "127.0.0.1:{port}"\ninsecure = true\n'
+    )
     run = tmp_path / "run"
-    (tmp_path / "sim.toml").write_text(f'overrides = "{JOB} partition.images_per_site=8 partition.size=96 '
-                                       f'run_id=localsim run_dir={run}"\n')
+    (tmp_path / "sim.toml").write_text(
+        f'overrides = "{JOB} partition.images_per_site=8 partition.size=96 run_id=localsim run_dir={run}"\n'
+    )
     _wait(lambda: _listening(port), "the SuperLink to start", flower, 120)
-    started = json.loads(flower.cli("run", str(REPO), "localsim", "--run-config", str(tmp_path / "sim.toml"),
-                                    "--federation-config", "num-supernodes=2", "--format", "json"))
-    status = lambda: json.loads(flower.cli("ls", "--run-id", str(started["run-id"]), "--format", "json"))["runs"][0]  # noqa: E731
+    started = json.loads(
+        flower.cli(
+            "run",
+            str(REPO),
+            "localsim",
+            "--run-config",
+            str(tmp_path / "sim.toml"),
+            "--federation-config",
+            "num-supernodes=2",
+            "--format",
+            "json",
+        )
+    )
+    status = lambda: json.loads(flower.cli("ls", "--run-id", str(started["run-id"]), "--format", "json"))["runs"][0]
     _wait(lambda: status()["status"].startswith("finished"), "the simulation to end", flower, 500)
     assert status()["status"] == "finished:completed", status()
     assert len(json.loads((run / "sites.json").read_text())) == 2  # the sites were built by the ServerApp

@@ -16,13 +16,28 @@ from client.dicom.deid_profile import BASIC_PROFILE, standard_action
 from client.dicom.deid_table import TABLE_E1_1, TABLE_E1_1_MASKED
 
 PHI = {
-    "PatientName": "DOE^JANE", "PatientID": "PID0012345", "PatientBirthDate": "19610203", "PatientSex": "F",
-    "PatientAge": "062Y", "PatientAddress": "1 Example Street", "OtherPatientIDs": "OTHER99",
-    "AccessionNumber": "ACC77777777", "ReferringPhysicianName": "WHO^DOCTOR", "PerformingPhysicianName": "STRANGE^DOC",
-    "OperatorsName": "OPERATOR^ONE", "InstitutionName": "Example General", "InstitutionAddress": "2 Example Road",
-    "StationName": "XRAY-ROOM-3", "DeviceSerialNumber": "SN-424242", "StudyDate": "20230405",
-    "StudyTime": "101112", "AcquisitionDate": "20230405", "StudyID": "STUDY5", "StudyDescription": "XR HAND DOE",
-    "ImageComments": "patient DOE fell", "RequestingPhysician": "REQ^DOC",
+    "PatientName": "DOE^JANE",
+    "PatientID": "PID0012345",
+    "PatientBirthDate": "19610203",
+    "PatientSex": "F",
+    "PatientAge": "062Y",
+    "PatientAddress": "1 Example Street",
+    "OtherPatientIDs": "OTHER99",
+    "AccessionNumber": "ACC77777777",
+    "ReferringPhysicianName": "WHO^DOCTOR",
+    "PerformingPhysicianName": "STRANGE^DOC",
+    "OperatorsName": "OPERATOR^ONE",
+    "InstitutionName": "Example General",
+    "InstitutionAddress": "2 Example Road",
+    "StationName": "XRAY-ROOM-3",
+    "DeviceSerialNumber": "SN-424242",
+    "StudyDate": "20230405",
+    "StudyTime": "101112",
+    "AcquisitionDate": "20230405",
+    "StudyID": "STUDY5",
+    "StudyDescription": "XR HAND DOE",
+    "ImageComments": "patient DOE fell",
+    "RequestingPhysician": "REQ^DOC",
 }
 
 
@@ -140,18 +155,32 @@ def test_basic_profile_choices_never_weaker_than_table_e1_1():
 def test_attributes_the_short_table_missed_are_now_handled(tmp_path):
     """Attributes of Table E.1-1 that fracfl's own table did not list and no safety net caught (they were kept)."""
     ds = _dataset()
-    extra = {"TimezoneOffsetFromUTC": "+0100", "PatientTelecomInformation": "+44 20 7946 0000",
-             "InsurancePlanIdentification": "PLAN-778899", "ClinicalTrialSubjectID": "SUBJ-445566",
-             "AcquisitionComments": "patient DOE moved", "ReasonForVisit": "fall from ladder DOE",
-             "StudyIDIssuer": "Example General", "IssuerOfAdmissionID": "ADM-ISSUER-9",
-             "CurrentPatientLocation": "WARD 7"}
+    extra = {
+        "TimezoneOffsetFromUTC": "+0100",
+        "PatientTelecomInformation": "+44 20 7946 0000",
+        "InsurancePlanIdentification": "PLAN-778899",
+        "ClinicalTrialSubjectID": "SUBJ-445566",
+        "AcquisitionComments": "patient DOE moved",
+        "ReasonForVisit": "fall from ladder DOE",
+        "StudyIDIssuer": "Example General",
+        "IssuerOfAdmissionID": "ADM-ISSUER-9",
+        "CurrentPatientLocation": "WARD 7",
+    }
     for keyword, value in extra.items():
         setattr(ds, keyword, value)
     ds.GPSLatitude = "51.5072"
     out = Deidentifier(SiteKeys(tmp_path / "keys"))(ds)
-    for keyword in ("TimezoneOffsetFromUTC", "PatientTelecomInformation", "InsurancePlanIdentification",
-                    "AcquisitionComments", "ReasonForVisit", "StudyIDIssuer", "IssuerOfAdmissionID",
-                    "CurrentPatientLocation", "GPSLatitude"):
+    for keyword in (
+        "TimezoneOffsetFromUTC",
+        "PatientTelecomInformation",
+        "InsurancePlanIdentification",
+        "AcquisitionComments",
+        "ReasonForVisit",
+        "StudyIDIssuer",
+        "IssuerOfAdmissionID",
+        "CurrentPatientLocation",
+        "GPSLatitude",
+    ):
         assert keyword not in out, keyword
     assert out.ClinicalTrialSubjectID == "ANONYMOUS"  # D: a dummy value
     text = str(out)

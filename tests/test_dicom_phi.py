@@ -12,13 +12,13 @@ from pathlib import Path
 
 import pydicom
 import pytest
+from dicom_files import names_in, without_patient_identity
+from tests_support import save_nano
 
 from client.dicom import DicomPipeline
 from common.cli import main
 from common.config import EvalConfig
 from common.synth import generate_dataset, get_profile
-from dicom_files import names_in, without_patient_identity
-from tests_support import save_nano
 
 pytestmark = pytest.mark.slow
 
@@ -33,8 +33,15 @@ def _identities(site: Path) -> set[bytes]:
         ds = pydicom.dcmread(site / record["dicom"], stop_before_pixels=True)
         family, given = record["dicom_patient_name"].split("^")
         birth = str(ds.PatientBirthDate)
-        needles |= {record["dicom_patient_name"], f"{family} {given}", f"{given} {family}", record["dicom_patient_id"],
-                    str(ds.AccessionNumber), birth, f"{birth[:4]}-{birth[4:6]}-{birth[6:]}"}
+        needles |= {
+            record["dicom_patient_name"],
+            f"{family} {given}",
+            f"{given} {family}",
+            record["dicom_patient_id"],
+            str(ds.AccessionNumber),
+            birth,
+            f"{birth[:4]}-{birth[4:6]}-{birth[6:]}",
+        }
     return {n.encode() for n in needles}
 
 
@@ -58,23 +65,81 @@ def test_no_patient_data_leaves_the_site_pipeline(tmp_path, caplog, capfd):
     weights = save_nano(work / "model.safetensors")
 
     # 1. The network listener's path: each received file through the pipeline, de-identified copies kept.
-    pipeline = DicomPipeline(weights, work / "results", work / "quarantine", eval_cfg=EvalConfig(conf=0.01, max_det=3),
-                             keep_dir=work / "kept", site_dir=work / "site_keys", burned_in="accept", heatmap=False)
+    pipeline = DicomPipeline(
+        weights,
+        work / "results",
+        work / "quarantine",
+        eval_cfg=EvalConfig(conf=0.01, max_det=3),
+        keep_dir=work / "kept",
+        site_dir=work / "site_keys",
+        burned_in="accept",
+        heatmap=False,
+    )
     results = [pipeline.process(p) for p in sorted((site / "dicom").glob("*.dcm"))]
     assert all(r.ok and r.kept is not None for r in results)
     # 2. fracfl predict with DICOM results, and ingest of de-identified DICOM + labels into a training set.
-    assert main(["predict", str(site / "dicom"), "--model", str(weights), "--out", str(work / "predict"), "--json",
-                 "--conf", "0.01", "--dicom-results"]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                str(site / "dicom"),
+                "--model",
+                str(weights),
+                "--out",
+                str(work / "predict"),
+                "--json",
+                "--conf",
+                "0.01",
+                "--dicom-results",
+            ]
+        )
+        == 0
+    )
     # Ingest splits by a keyed hash of the pseudonymous patient (a fresh random site secret here): with one patient
     # per image, 12 images at 0.5 leave a split empty with probability 2 * 0.5**12 (at 0.3 with 8 images: 6 %).
-    assert main(["ingest", str(site / "dicom"), "--labels", str(site / "labels"), "--out", str(work / "site_data"),
-                 "--keys", str(work / "site_keys"), "--burned-in", "accept", "--val-fraction", "0.5"]) == 0
+    assert (
+        main(
+            [
+                "ingest",
+                str(site / "dicom"),
+                "--labels",
+                str(site / "labels"),
+                "--out",
+                str(work / "site_data"),
+                "--keys",
+                str(work / "site_keys"),
+                "--burned-in",
+                "accept",
+                "--val-fraction",
+                "0.5",
+            ]
+        )
+        == 0
+    )
     assert len(list((work / "site_data" / "images").rglob("*.png"))) == 12
     # 3. A real federated round on the de-identified training set, with wandb tracking offline.
     run = work / "run"
-    assert main(["simulate", "model=yolov7_nano", "partition=iid", "federation.sites=2", "federation.min_sites=2",
-                 "tracking=offline", "train.imgsz=64", "train.batch_size=4", "train.local_epochs=1", "augment=none",
-                 "federation.rounds=1", "progress=false", f"partition.source={work / 'site_data'}", f"run_dir={run}"]) == 0
+    assert (
+        main(
+            [
+                "simulate",
+                "model=yolov7_nano",
+                "partition=iid",
+                "federation.sites=2",
+                "federation.min_sites=2",
+                "tracking=offline",
+                "train.imgsz=64",
+                "train.batch_size=4",
+                "train.local_epochs=1",
+                "augment=none",
+                "federation.rounds=1",
+                "progress=false",
+                f"partition.source={work / 'site_data'}",
+                f"run_dir={run}",
+            ]
+        )
+        == 0
+    )
     assert list((run / "registry").glob("v*/card.json")) and list(run.rglob("wandb/**/*.wandb"))
 
     # Results that go back to the PACS belong in the patient's record: they must carry the identity (this also
@@ -103,10 +168,35 @@ def test_names_from_library_warnings_never_reach_predict_or_ingest_output(tmp_pa
     weights = save_nano(tmp_path / "model.safetensors")
     fracfl = Path(sys.executable).parent / "fracfl"
     runs = [
-        [str(fracfl), "predict", str(inbox), "--model", str(weights), "--out", str(tmp_path / "pred"), "--json",
-         "--conf", "0.01", "--dicom-results", "--no-heatmap"],
-        [str(fracfl), "ingest", str(inbox), "--labels", str(labels), "--out", str(tmp_path / "site_data"),
-         "--keys", str(tmp_path / "keys"), "--burned-in", "accept", "--val-fraction", "0"],
+        [
+            str(fracfl),
+            "predict",
+            str(inbox),
+            "--model",
+            str(weights),
+            "--out",
+            str(tmp_path / "pred"),
+            "--json",
+            "--conf",
+            "0.01",
+            "--dicom-results",
+            "--no-heatmap",
+        ],
+        [
+            str(fracfl),
+            "ingest",
+            str(inbox),
+            "--labels",
+            str(labels),
+            "--out",
+            str(tmp_path / "site_data"),
+            "--keys",
+            str(tmp_path / "keys"),
+            "--burned-in",
+            "accept",
+            "--val-fraction",
+            "0",
+        ],
     ]
     console = b""
     for args in runs:
@@ -119,8 +209,9 @@ def test_names_from_library_warnings_never_reach_predict_or_ingest_output(tmp_pa
     assert records[0]["ok"] and len(records[0]["dicom_results"]) == 3  # results despite the missing PatientID
     to_pacs = {Path(p) for p in records[0]["dicom_results"]}
     assert all(names_in(p.read_bytes()) for p in to_pacs)  # results for the PACS carry the name: the search works
-    written = [p for p in tmp_path.rglob("*") if p.is_file() and p not in to_pacs and p != source
-               and inbox not in p.parents]
+    written = [
+        p for p in tmp_path.rglob("*") if p.is_file() and p not in to_pacs and p != source and inbox not in p.parents
+    ]
     assert len(written) > 8
     leaks = {str(p): names_in(p.read_bytes()) for p in written if names_in(p.read_bytes())}
     assert not leaks, leaks

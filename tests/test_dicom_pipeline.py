@@ -14,17 +14,17 @@ import highdicom as hd
 import numpy as np
 import pydicom
 import pytest
+from dicom_files import PATIENT_NAME, PHYSICIAN_NAME, raw_dataset, small_cr, without_patient_identity
 from pydicom.data import get_testdata_file
 from pydicom.encaps import encapsulate
 
 from client.dicom import DicomPipeline
-from client.dicom.results import UNPAIRED_BODY_PARTS
 from client.dicom.quarantine import REASON_SUFFIX
+from client.dicom.results import UNPAIRED_BODY_PARTS
 from client.inference.predict import summary_line
 from common.cli import main
 from common.config import EvalConfig
 from common.synth import generate_dataset, get_profile
-from dicom_files import PATIENT_NAME, PHYSICIAN_NAME, raw_dataset, small_cr, without_patient_identity
 
 DCIODVFY = Path("/usr/bin/dciodvfy")  # dicom3tools (Debian package), installed by .ci/run
 
@@ -35,8 +35,14 @@ CFG = EvalConfig(conf=0.01, max_det=3)  # an untrained model scores low: a low o
 def synth_dicom(tmp_path_factory) -> Path:
     """Synthetic DX: general_hospital writes MONOCHROME2, trauma_center MONOCHROME1."""
     out = tmp_path_factory.mktemp("synth") / "sites"
-    generate_dataset(out, [get_profile("general_hospital"), get_profile("trauma_center")], images_per_site=2, size=128,
-                     dicom=True, progress=False)
+    generate_dataset(
+        out,
+        [get_profile("general_hospital"), get_profile("trauma_center")],
+        images_per_site=2,
+        size=128,
+        dicom=True,
+        progress=False,
+    )
     return out
 
 
@@ -87,8 +93,9 @@ def test_results_validate_and_reference_the_source(pipeline, synth_dicom, tmp_pa
         objects = gsps.GraphicAnnotationSequence[0].GraphicObjectSequence
         assert len(objects) == len(findings) and objects[0].GraphicType == "POLYLINE"
         x1, y1, x2, y2 = findings[0]["box"]
-        np.testing.assert_allclose(np.asarray(objects[0].GraphicData, float).reshape(-1, 2)[:3],
-                                   [[x1, y1], [x2, y1], [x2, y2]], atol=0.01)
+        np.testing.assert_allclose(
+            np.asarray(objects[0].GraphicData, float).reshape(-1, 2)[:3], [[x1, y1], [x2, y1], [x2, y2]], atol=0.01
+        )
         assert result.model_version in gsps.SeriesDescription and gsps.SoftwareVersions == result.model_version
 
         sr = hd.sr.srread(io.BytesIO(result.outputs[1].read_bytes()))
@@ -106,11 +113,14 @@ def test_results_validate_and_reference_the_source(pipeline, synth_dicom, tmp_pa
         assert sc.StudyInstanceUID == source.StudyInstanceUID and sc.BurnedInAnnotation == "YES"
         assert sc.SourceImageSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID
         assert result.model_version in sc.SeriesDescription
-        assert len({gsps.SeriesInstanceUID, sr_file.SeriesInstanceUID, sc.SeriesInstanceUID, source.SeriesInstanceUID}) == 4
+        assert (
+            len({gsps.SeriesInstanceUID, sr_file.SeriesInstanceUID, sc.SeriesInstanceUID, source.SeriesInstanceUID})
+            == 4
+        )
 
         summary = json.loads((result.outputs[0].parent / "result.json").read_text())
         assert summary["model_version"] == result.model_version and summary["findings"] == findings
-        heat = (result.outputs[0].parent / "image.heatmap.png")
+        heat = result.outputs[0].parent / "image.heatmap.png"
         assert heat.is_file() and (result.outputs[0].parent / "image.annotated.png").is_file()
 
 
@@ -146,10 +156,19 @@ def _bad_inputs(folder: Path) -> dict[str, str]:
     del ds.SeriesInstanceUID  # results could not reference it
     ds.save_as(folder / "noseries.dcm")
     (folder / "photo.dcm").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(200))  # a PNG renamed .dcm
-    return {"notes.txt": "not_dicom", "report.dcm": "non_image", "colour.dcm": "colour", "multi.dcm": "multi_frame",
-            "truncated.dcm": "truncated_pixel_data", "nopixels.dcm": "no_pixel_data", "mpeg.dcm": "unsupported_codec",
-            "ct.dcm": "unsupported_modality", "halved.dcm": "dimension_mismatch", "noseries.dcm": "bad_header",
-            "photo.dcm": "not_dicom"}
+    return {
+        "notes.txt": "not_dicom",
+        "report.dcm": "non_image",
+        "colour.dcm": "colour",
+        "multi.dcm": "multi_frame",
+        "truncated.dcm": "truncated_pixel_data",
+        "nopixels.dcm": "no_pixel_data",
+        "mpeg.dcm": "unsupported_codec",
+        "ct.dcm": "unsupported_modality",
+        "halved.dcm": "dimension_mismatch",
+        "noseries.dcm": "bad_header",
+        "photo.dcm": "not_dicom",
+    }
 
 
 def test_bad_input_quarantined_with_reason(pipeline, tmp_path):
@@ -216,12 +235,20 @@ def test_every_result_type_passes_dciodvfy(pipeline, tmp_path):
 def test_kept_copy_is_deidentified_and_burned_in_respected(tiny_weights, synth_dicom, tmp_path):
     src = _sources(synth_dicom, tmp_path)[0]
     name = str(pydicom.dcmread(src).PatientName)
-    refusing = DicomPipeline(tiny_weights, tmp_path / "out", tmp_path / "q", eval_cfg=CFG, heatmap=False,
-                             keep_dir=tmp_path / "keep")
+    refusing = DicomPipeline(
+        tiny_weights, tmp_path / "out", tmp_path / "q", eval_cfg=CFG, heatmap=False, keep_dir=tmp_path / "keep"
+    )
     result = refusing.process(src)  # synthetic DX are flagged BurnedInAnnotation=YES
     assert result.ok and result.kept is None and any("BurnedInAnnotation" in n for n in result.notes)
-    accepting = DicomPipeline(tiny_weights, tmp_path / "out", tmp_path / "q", eval_cfg=CFG, heatmap=False,
-                              keep_dir=tmp_path / "keep", burned_in="accept")
+    accepting = DicomPipeline(
+        tiny_weights,
+        tmp_path / "out",
+        tmp_path / "q",
+        eval_cfg=CFG,
+        heatmap=False,
+        keep_dir=tmp_path / "keep",
+        burned_in="accept",
+    )
     kept = accepting.process(src).kept
     assert kept is not None and name.encode() not in kept.read_bytes()
     assert pydicom.dcmread(kept).PatientIdentityRemoved == "YES"
@@ -235,8 +262,22 @@ def test_predict_cli_png_and_dicom_folder(tiny_weights, synth_dicom, tmp_path):
     (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nbroken")
     buf = io.StringIO()
     with redirect_stdout(buf):
-        code = main(["predict", str(png_dir), str(dicom_dir), str(tmp_path / "broken.png"), "--model", str(tiny_weights),
-                     "--out", str(out), "--json", "--conf", "0.01", "--dicom-results"])
+        code = main(
+            [
+                "predict",
+                str(png_dir),
+                str(dicom_dir),
+                str(tmp_path / "broken.png"),
+                "--model",
+                str(tiny_weights),
+                "--out",
+                str(out),
+                "--json",
+                "--conf",
+                "0.01",
+                "--dicom-results",
+            ]
+        )
     records = json.loads(buf.getvalue())
     assert code == 1  # one file was skipped
     assert len(records) == 2 + 2 + 1
@@ -254,7 +295,10 @@ def test_predict_cli_png_and_dicom_folder(tiny_weights, synth_dicom, tmp_path):
     # People get one line per image (what the command prints without --json).
     lines = [summary_line(r) for r in records]
     assert lines[0].startswith(records[0]["file"] + ": ") and f"p={records[0]['probability']:.2f}" in lines[0]
-    assert lines[-1].endswith("cannot decode image (not a recognised image format)") or "skipped (unreadable_image)" in lines[-1]
+    assert (
+        lines[-1].endswith("cannot decode image (not a recognised image format)")
+        or "skipped (unreadable_image)" in lines[-1]
+    )
 
 
 def test_heatmap_matches_image(tiny_weights, synth_dicom):
@@ -266,4 +310,4 @@ def test_heatmap_matches_image(tiny_weights, synth_dicom):
     image = np.ascontiguousarray(image[:, 16:])  # not square: the letterbox padding must be cut away again
     heat = gradcam(load_backend(tiny_weights), image, conf=0.01)
     assert heat.shape == image.shape and heat.dtype == np.float32
-    assert 0.0 <= heat.min() and heat.max() == pytest.approx(1.0) and heat.std() > 0
+    assert heat.min() >= 0.0 and heat.max() == pytest.approx(1.0) and heat.std() > 0

@@ -9,13 +9,20 @@ import cv2
 import numpy as np
 import pydicom
 import pytest
+from dicom_files import raw_dataset
 from pydicom.data import get_testdata_file
 from pydicom.encaps import encapsulate, generate_frames
 
 from common.data.images import read_image
-from common.dicom import (RADIOGRAPH_MODALITIES, REASONS, DicomRejected, decode_pixels, dicom_kind, open_dataset,
-                          read_dicom_image)
-from dicom_files import raw_dataset
+from common.dicom import (
+    RADIOGRAPH_MODALITIES,
+    REASONS,
+    DicomRejected,
+    decode_pixels,
+    dicom_kind,
+    open_dataset,
+    read_dicom_image,
+)
 
 
 def _file(name: str) -> str:
@@ -31,8 +38,10 @@ def test_monochrome1_15bit_chest_shows_bone_bright():
     px = image.pixels
     h, w = px.shape
     assert px.dtype == np.uint8 and (h, w) == (1955, 1841)
-    mediastinum = px[int(0.35 * h): int(0.6 * h), int(0.47 * w): int(0.53 * w)].mean()
-    lungs = np.mean([px[int(0.3 * h): int(0.5 * h), int(a * w): int(b * w)].mean() for a, b in ((0.22, 0.32), (0.68, 0.78))])
+    mediastinum = px[int(0.35 * h) : int(0.6 * h), int(0.47 * w) : int(0.53 * w)].mean()
+    lungs = np.mean(
+        [px[int(0.3 * h) : int(0.5 * h), int(a * w) : int(b * w)].mean() for a, b in ((0.22, 0.32), (0.68, 0.78))]
+    )
     assert mediastinum > lungs + 20  # spine/heart bright, air-filled lungs dark: not a negative
     assert image.pixel_spacing_mm is None  # the file says 0\0: absent, not zero
     assert "MONOCHROME1 inverted" in image.notes
@@ -53,15 +62,18 @@ def test_jpeg2000_matches_uncompressed_copy():
     np.testing.assert_array_equal(raw, j2k)  # lossless JPEG 2000 decodes to the same display image
 
 
-@pytest.mark.parametrize("name,syntax", [
-    ("JPEG-LL.dcm", "1.2.840.10008.1.2.4.70"),  # JPEG lossless
-    ("JPGExtended.dcm", "1.2.840.10008.1.2.4.51"),  # JPEG extended, 12-bit
-    ("JPGLosslessP14SV1_1s_1f_8b.dcm", "1.2.840.10008.1.2.4.70"),
-    ("MR_small_jpeg_ls_lossless.dcm", "1.2.840.10008.1.2.4.80"),  # JPEG-LS
-    ("JPEGLSNearLossless_16.dcm", "1.2.840.10008.1.2.4.81"),
-    ("MR_small_RLE.dcm", "1.2.840.10008.1.2.5"),  # RLE
-    ("MR_small_jp2klossless.dcm", "1.2.840.10008.1.2.4.90"),
-])
+@pytest.mark.parametrize(
+    "name,syntax",
+    [
+        ("JPEG-LL.dcm", "1.2.840.10008.1.2.4.70"),  # JPEG lossless
+        ("JPGExtended.dcm", "1.2.840.10008.1.2.4.51"),  # JPEG extended, 12-bit
+        ("JPGLosslessP14SV1_1s_1f_8b.dcm", "1.2.840.10008.1.2.4.70"),
+        ("MR_small_jpeg_ls_lossless.dcm", "1.2.840.10008.1.2.4.80"),  # JPEG-LS
+        ("JPEGLSNearLossless_16.dcm", "1.2.840.10008.1.2.4.81"),
+        ("MR_small_RLE.dcm", "1.2.840.10008.1.2.5"),  # RLE
+        ("MR_small_jp2klossless.dcm", "1.2.840.10008.1.2.4.90"),
+    ],
+)
 def test_compressed_transfer_syntaxes_decode(name, syntax):
     path = _file(name)
     assert open_dataset(path).file_meta.TransferSyntaxUID == syntax
@@ -101,16 +113,19 @@ def test_pixel_spacing_kept():
     assert image.spacing_source == "PixelSpacing"
 
 
-@pytest.mark.parametrize("name,reason", [
-    ("SC_rgb.dcm", "colour"),
-    ("SC_rgb_jpeg.dcm", "colour"),
-    ("emri_small.dcm", "multi_frame"),
-    ("MR_truncated.dcm", "truncated_pixel_data"),
-    ("test-SR.dcm", "non_image"),
-    ("rtplan.dcm", "non_image"),
-    ("no_meta.dcm", "not_dicom"),
-    ("CT_small.dcm", "unsupported_modality"),
-])
+@pytest.mark.parametrize(
+    "name,reason",
+    [
+        ("SC_rgb.dcm", "colour"),
+        ("SC_rgb_jpeg.dcm", "colour"),
+        ("emri_small.dcm", "multi_frame"),
+        ("MR_truncated.dcm", "truncated_pixel_data"),
+        ("test-SR.dcm", "non_image"),
+        ("rtplan.dcm", "non_image"),
+        ("no_meta.dcm", "not_dicom"),
+        ("CT_small.dcm", "unsupported_modality"),
+    ],
+)
 def test_refusals_carry_reason(name, reason):
     with pytest.raises(DicomRejected) as e:  # any modality unless the modality is what is tested
         read_dicom_image(_file(name), modalities=RADIOGRAPH_MODALITIES if reason == "unsupported_modality" else None)
@@ -188,9 +203,9 @@ def test_a_halved_rows_is_a_dimension_mismatch_not_multi_frame(tmp_path):
 def test_every_reason_code_is_in_the_one_documented_table():
     """docs/dicom.md has one table of reason codes: exactly the codes fracfl can emit (common.dicom.REASONS)."""
     text = (Path(__file__).parents[1] / "docs" / "dicom.md").read_text()
-    section = text[text.index("## Reason codes"):]
+    section = text[text.index("## Reason codes") :]
     section = section[: section.index("\n## ", 1)]
-    documented = re.findall(r"^\| `([a-z_]+)` \|", section, flags=re.M)
+    documented = re.findall(r"^\| `([a-z_]+)` \|", section, flags=re.MULTILINE)
     assert sorted(documented) == sorted(REASONS) and len(documented) == len(set(documented))
 
 

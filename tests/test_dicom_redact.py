@@ -7,10 +7,10 @@ import warnings
 
 import highdicom as hd
 import pydicom
+from dicom_files import PATIENT_NAME, PHYSICIAN_NAME, names_in, without_patient_identity
 from pydicom.data import get_testdata_file
 
 from common.dicom import open_dataset, redact
-from dicom_files import PATIENT_NAME, PHYSICIAN_NAME, names_in, without_patient_identity
 
 
 def test_values_become_attribute_names_and_library_text_outside_a_file_is_withheld(tmp_path, caplog):
@@ -27,7 +27,9 @@ def test_values_become_attribute_names_and_library_text_outside_a_file_is_withhe
         except ValueError:
             logging.getLogger("pydicom.pixels").exception("decoder failed")
     logging.getLogger("pydicom").warning("outside any file: %s", PATIENT_NAME)
-    warnings.warn(f"stray {PHYSICIAN_NAME}")  # not a DICOM library: kept, as nothing is known to redact it
+    warnings.warn(
+        f"stray {PHYSICIAN_NAME}", stacklevel=1
+    )  # not a DICOM library: kept, as nothing is known to redact it
     text = caplog.text
     assert 'The string "<PatientName>" is unlikely' in text
     assert "bad referring physician '<ReferringPhysicianName>'" in text

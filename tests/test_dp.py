@@ -6,6 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from opacus.grad_sample.conv import compute_conv_grad_sample
+from test_loss import _alone, _batch
+from tests_support import GROUP_NANO as GROUP
+from tests_support import NANO, toy_dataset
 
 from common.config import AugmentConfig, ImbalanceConfig, TrainConfig
 from common.data.dataset import DetectionDataset
@@ -15,9 +19,7 @@ from common.nn.loss import PerImageDetectionLoss
 from common.nn.model import build_model
 from common.privacy.dp_sgd import DPSGD, MODES, grad_sample_module
 from common.privacy.grad_sample import conv2d_grad_sample
-from opacus.grad_sample.conv import compute_conv_grad_sample
-from tests_support import GROUP_NANO as GROUP, NANO, toy_dataset
-from test_loss import _alone, _batch
+
 PLAIN = AugmentConfig(hflip=0, degrees=0, translate=0, scale=0, brightness=0, contrast=0, gamma=0, noise=0)
 CONSTANT = ImbalanceConfig("constant")  # what conf/privacy/dp_sgd.yaml sets: weights fixed per class
 
@@ -44,10 +46,18 @@ def test_opacus_per_sample_gradients_equal_each_image_alone(mode):
         assert gap <= 1e-7 * max(scale, 1.0), f"image {i}: per-sample gradient differs by {gap}"
 
 
-@pytest.mark.parametrize("conv", [
-    dict(kernel_size=1), dict(kernel_size=1, bias=True, stride=2), dict(kernel_size=3, padding=1),
-    dict(kernel_size=3, stride=2, padding=1, bias=True), dict(kernel_size=(3, 5), padding=2, dilation=2, groups=2),
-    dict(kernel_size=3, padding="same"), dict(kernel_size=3, padding=1, padding_mode="reflect")])
+@pytest.mark.parametrize(
+    "conv",
+    [
+        dict(kernel_size=1),
+        dict(kernel_size=1, bias=True, stride=2),
+        dict(kernel_size=3, padding=1),
+        dict(kernel_size=3, stride=2, padding=1, bias=True),
+        dict(kernel_size=(3, 5), padding=2, dilation=2, groups=2),
+        dict(kernel_size=3, padding="same"),
+        dict(kernel_size=3, padding=1, padding_mode="reflect"),
+    ],
+)
 def test_lean_conv_grad_sampler_equals_opacus(conv):
     torch.manual_seed(0)
     layer = torch.nn.Conv2d(4, 6, **{"bias": False, **conv}).double()
@@ -103,7 +113,9 @@ def test_noise_alone_moves_weights_on_an_empty_batch(tmp_path):
     data = _data(tmp_path, n=8)
     model = build_model(GROUP)
     before = [p.detach().clone() for p in model.parameters()]
-    cfg = TrainConfig(imgsz=64, batch_size=8, max_steps=2, warmup_steps=0, device="cpu", augment=PLAIN, imbalance=CONSTANT)
+    cfg = TrainConfig(
+        imgsz=64, batch_size=8, max_steps=2, warmup_steps=0, device="cpu", augment=PLAIN, imbalance=CONSTANT
+    )
     hook = DPSGD(noise_multiplier=1.0, max_grad_norm=1.0, sample_rate=1e-9)
     result = train_local(model, data, cfg, privacy=hook, progress=False)
     assert result.metrics["images"] == 0 and result.metrics["steps"] == 2
@@ -122,8 +134,9 @@ def test_dp_refuses_batch_norm_mosaic_and_fedprox(tmp_path):
     with pytest.raises(ConfigError, match="mosaic"):
         train_local(build_model(GROUP), data, mosaic, privacy=hook, progress=False)
     for mode in ("reweight", "oversample"):  # weights or draws from the site's fracture share couple the images
-        coupled = TrainConfig(imgsz=64, batch_size=4, max_steps=1, device="cpu", augment=PLAIN,
-                              imbalance=ImbalanceConfig(mode))
+        coupled = TrainConfig(
+            imgsz=64, batch_size=4, max_steps=1, device="cpu", augment=PLAIN, imbalance=ImbalanceConfig(mode)
+        )
         with pytest.raises(ConfigError, match="imbalance.mode=constant"):
             train_local(build_model(GROUP), data, coupled, privacy=hook, progress=False)
 
@@ -145,7 +158,9 @@ def _released_update(data, noise_multiplier, hook_seed):
     torch.manual_seed(0)
     model = build_model(GROUP)
     before = torch.cat([p.detach().flatten().clone() for p in model.parameters()])
-    cfg = TrainConfig(imgsz=64, batch_size=8, max_steps=1, warmup_steps=0, device="cpu", augment=PLAIN, imbalance=CONSTANT)
+    cfg = TrainConfig(
+        imgsz=64, batch_size=8, max_steps=1, warmup_steps=0, device="cpu", augment=PLAIN, imbalance=CONSTANT
+    )
     hook = DPSGD(noise_multiplier, 1.0, 0.5, max_physical_batch=16, seed=hook_seed)
     train_local(model, data, cfg, privacy=hook, progress=False, seed=7)  # 7: the job seed, which the server sent
     return torch.cat([p.detach().flatten() for p in model.parameters()]) - before, hook.noise_source
@@ -157,8 +172,11 @@ def _regenerated_noise(seed_guess: int) -> torch.Tensor:
     torch.manual_seed(0)
     model = build_model(GROUP)
     g = torch.Generator().manual_seed(seed_guess)
-    drawn = {id(p): torch.normal(0.0, 1.0, size=p.shape, generator=g)
-             for group in _optimizer(model, TrainConfig()).param_groups for p in group["params"]}
+    drawn = {
+        id(p): torch.normal(0.0, 1.0, size=p.shape, generator=g)
+        for group in _optimizer(model, TrainConfig()).param_groups
+        for p in group["params"]
+    }
     return torch.cat([drawn.get(id(p), torch.zeros_like(p)).flatten() for p in model.parameters()])
 
 

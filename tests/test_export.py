@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tests_support import GROUP_NANO, toy_dataset
+from tests_support import NANO as SPEC
 
 from common.config import EvalConfig
 from common.data.dataset import DetectionDataset
@@ -21,10 +23,18 @@ from server.export.background import BackgroundExports
 from server.export.config import ExportConfig
 from server.export.version import export_version
 from server.registry import Registry, sha256_file
-from tests_support import GROUP_NANO, NANO as SPEC, toy_dataset
+
 IMGSZ = 64
-CARD = {"run_id": "edge", "round": 1, "strategy": {"name": "fedavg", "params": {}}, "model": {}, "sites": [],
-        "metrics": {}, "privacy": None, "exports": []}
+CARD = {
+    "run_id": "edge",
+    "round": 1,
+    "strategy": {"name": "fedavg", "params": {}},
+    "model": {},
+    "sites": [],
+    "metrics": {},
+    "privacy": None,
+    "exports": [],
+}
 
 
 def _publish(root: Path, seed: int = 0):
@@ -42,8 +52,9 @@ def exported(tmp_path_factory, toy):
     """One version exported to fp32, fp16 and int8 (calibrated on the toy set), compared with PyTorch on it."""
     root = tmp_path_factory.mktemp("registry")
     p = _publish(root)
-    entries = export_version(Registry(root), p.version, ExportConfig(variants=["fp32", "fp16", "int8"]),
-                             str(toy / "data.yaml"), EvalConfig())
+    entries = export_version(
+        Registry(root), p.version, ExportConfig(variants=["fp32", "fp16", "int8"]), str(toy / "data.yaml"), EvalConfig()
+    )
     return Registry(root), p.version, entries
 
 
@@ -121,9 +132,12 @@ def test_one_environment_trains_federated_and_exports(exported):
 
 def test_failed_export_is_recorded_with_its_reason(tmp_path, toy):
     p = _publish(tmp_path / "registry")
-    entries = export_version(Registry(p.path.parent), p.version,
-                             ExportConfig(variants=["int8"], calibration=str(tmp_path / "no-such-data")),
-                             str(toy / "data.yaml"))
+    entries = export_version(
+        Registry(p.path.parent),
+        p.version,
+        ExportConfig(variants=["int8"], calibration=str(tmp_path / "no-such-data")),
+        str(toy / "data.yaml"),
+    )
     assert len(entries) == 1 and entries[0]["status"].startswith("failed: calibration data unusable")
     assert "dataset path does not exist" in entries[0]["status"] and "no-such-data" not in entries[0]["status"]
     assert not list(p.path.glob("exports/*.tflite"))  # nothing half-made left beside the card
@@ -138,8 +152,13 @@ def test_background_export_never_holds_up_publishing(tmp_path, toy):
     """A real worker process; an export that needs longer than export.timeout is stopped and recorded."""
     reg = Registry(tmp_path / "registry")
     v1 = _publish(reg.root).version
-    exports = BackgroundExports(reg.root, ExportConfig(variants=["fp32"], timeout=2.0), str(toy / "data.yaml"),
-                                EvalConfig(), tmp_path / "exports.log")
+    exports = BackgroundExports(
+        reg.root,
+        ExportConfig(variants=["fp32"], timeout=2.0),
+        str(toy / "data.yaml"),
+        EvalConfig(),
+        tmp_path / "exports.log",
+    )
     assert exports.submit(v1, final=True)
     assert _card_exports(reg, v1) == []  # submit returned while the export is still running
     v2 = _publish(reg.root, seed=1).version  # the next round publishes meanwhile
@@ -166,8 +185,13 @@ def test_background_worker_failure_is_on_the_card(tmp_path, toy):
 def test_run_end_stops_outstanding_exports(tmp_path, toy):
     reg = Registry(tmp_path / "registry")
     v1, v2 = _publish(reg.root).version, _publish(reg.root, seed=1).version
-    exports = BackgroundExports(reg.root, ExportConfig(variants=["fp32", "int8"]), str(toy / "data.yaml"),
-                                EvalConfig(), tmp_path / "exports.log")
+    exports = BackgroundExports(
+        reg.root,
+        ExportConfig(variants=["fp32", "int8"]),
+        str(toy / "data.yaml"),
+        EvalConfig(),
+        tmp_path / "exports.log",
+    )
     exports.submit(v1)
     exports.submit(v2, final=True)
     outcomes = exports.close(wait=0.5)
@@ -214,8 +238,24 @@ def test_predict_command_runs_the_edge_build_like_the_torch_model(exported, toy,
     inputs = [str(DetectionDataset.from_data(toy, "val", IMGSZ).images[0]), get_testdata_file("RG3_UNCR.dcm")]
     runs = {}
     for backend in ("torch", "tflite"):
-        assert main(["predict", *inputs, "--model", str(folder), "--backend", backend, "--conf", "0.0",
-                     "--out", str(tmp_path / backend), "--json"]) == 0
+        assert (
+            main(
+                [
+                    "predict",
+                    *inputs,
+                    "--model",
+                    str(folder),
+                    "--backend",
+                    backend,
+                    "--conf",
+                    "0.0",
+                    "--out",
+                    str(tmp_path / backend),
+                    "--json",
+                ]
+            )
+            == 0
+        )
         runs[backend] = json.loads(capsys.readouterr().out)
     for t, e in zip(runs["torch"], runs["tflite"]):
         assert e["ok"] and t["probability"] == pytest.approx(e["probability"], abs=1e-3)

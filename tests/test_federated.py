@@ -11,16 +11,25 @@ import time
 from pathlib import Path
 
 import pytest
+from tests_support import toy_dataset
 
 from common.cli import main
-from tests_support import toy_dataset
 
 pytestmark = pytest.mark.slow
 
 BASE = [
-    "model=yolov7_nano", "partition=iid", "federation.sites=3", "federation.min_sites=3", "tracking=disabled",
-    "train.imgsz=64", "train.batch_size=8", "train.optimizer=adamw", "train.lr=0.004", "train.grad_clip=null",
-    "augment=none", "progress=false",
+    "model=yolov7_nano",
+    "partition=iid",
+    "federation.sites=3",
+    "federation.min_sites=3",
+    "tracking=disabled",
+    "train.imgsz=64",
+    "train.batch_size=8",
+    "train.optimizer=adamw",
+    "train.lr=0.004",
+    "train.grad_clip=null",
+    "augment=none",
+    "progress=false",
 ]
 NO_EXPORT = ["export.enabled=false"]  # edge exports are tested once, in the first run, and in test_export.py
 
@@ -40,8 +49,21 @@ def toy(tmp_path_factory) -> Path:
 
 def test_three_sites_learn_and_publish(toy, tmp_path):
     run = tmp_path / "run"
-    assert main(["simulate", *BASE, f"partition.source={toy}", "federation.rounds=3", "train.local_epochs=50",
-                 "export.every_k=3", "export.variants=[fp32,int8]", f"run_dir={run}"]) == 0
+    assert (
+        main(
+            [
+                "simulate",
+                *BASE,
+                f"partition.source={toy}",
+                "federation.rounds=3",
+                "train.local_epochs=50",
+                "export.every_k=3",
+                "export.variants=[fp32,int8]",
+                f"run_dir={run}",
+            ]
+        )
+        == 0
+    )
     records = _records(run)
     assert {r["round"] for r in records} == {0, 1, 2, 3}
     trained = [r for r in records if r["phase"] == "train"]
@@ -71,8 +93,21 @@ def test_three_sites_learn_and_publish(toy, tmp_path):
 @pytest.mark.parametrize("fault,reason", [("nan", "non-finite"), ("shape", "wrong shape")])
 def test_broken_update_is_rejected_and_round_completes(toy, tmp_path, fault, reason):
     run = tmp_path / "run"
-    assert main(["simulate", *BASE, f"partition.source={toy}", "federation.rounds=1", "train.local_epochs=2",
-                 f"federation.faults={{site_1: '{fault}'}}", *NO_EXPORT, f"run_dir={run}"]) == 0
+    assert (
+        main(
+            [
+                "simulate",
+                *BASE,
+                f"partition.source={toy}",
+                "federation.rounds=1",
+                "train.local_epochs=2",
+                f"federation.faults={{site_1: '{fault}'}}",
+                *NO_EXPORT,
+                f"run_dir={run}",
+            ]
+        )
+        == 0
+    )
     train = {r["site"]: r for r in _records(run) if r["phase"] == "train"}
     assert train["site_1"]["status"].startswith("rejected:") and reason in train["site_1"]["status"]
     assert train["site_0"]["status"] == "ok" and train["site_2"]["status"] == "ok"
@@ -82,8 +117,18 @@ def test_broken_update_is_rejected_and_round_completes(toy, tmp_path, fault, rea
 
 def test_killed_server_resumes_without_repeating_or_losing_a_round(toy, tmp_path):
     run = tmp_path / "run"
-    args = [sys.executable, "-m", "common.cli", "simulate", *BASE, f"partition.source={toy}", "federation.rounds=3",
-            "train.local_epochs=1", *NO_EXPORT, f"run_dir={run}"]
+    args = [
+        sys.executable,
+        "-m",
+        "common.cli",
+        "simulate",
+        *BASE,
+        f"partition.source={toy}",
+        "federation.rounds=3",
+        "train.local_epochs=1",
+        *NO_EXPORT,
+        f"run_dir={run}",
+    ]
     proc = subprocess.Popen(args, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     pointer = run / "checkpoint" / "checkpoint.json"
     deadline = time.time() + 300
@@ -116,15 +161,30 @@ def test_dp_run_publishes_each_sites_epsilon_and_an_exhausted_site_is_refused(to
     goes on with the other two."""
     ledgers = tmp_path / "ledgers"
     args = [*BASE, *DP, f"partition.source={toy}", f"privacy.ledger_dir={ledgers}"]
-    assert main(["simulate", *args, "privacy.target_epsilon=3", "privacy.ceiling_epsilon=4",
-                 f"run_dir={tmp_path / 'run1'}"]) == 0
+    assert (
+        main(
+            ["simulate", *args, "privacy.target_epsilon=3", "privacy.ceiling_epsilon=4", f"run_dir={tmp_path / 'run1'}"]
+        )
+        == 0
+    )
     card1 = json.loads(next((tmp_path / "run1" / "registry").glob("v*/card.json")).read_text())
     spent = {s: f["epsilon"] for s, f in card1["privacy"]["sites"].items()}
     assert set(spent) == {"site_0", "site_1", "site_2"} and all(2.0 < e <= 3.0 * 1.01 for e in spent.values())
 
     run2 = tmp_path / "run2"
-    assert main(["simulate", *args, "privacy.target_epsilon=6", "privacy.ceiling_epsilon=8",
-                 "+privacy.sites.site_2={target_epsilon: 2.5, ceiling_epsilon: 4}", f"run_dir={run2}"]) == 0
+    assert (
+        main(
+            [
+                "simulate",
+                *args,
+                "privacy.target_epsilon=6",
+                "privacy.ceiling_epsilon=8",
+                "+privacy.sites.site_2={target_epsilon: 2.5, ceiling_epsilon: 4}",
+                f"run_dir={run2}",
+            ]
+        )
+        == 0
+    )
     train = {r["site"]: r for r in _records(run2) if r["phase"] == "train"}
     assert train["site_2"]["status"].startswith("refused: privacy budget exhausted")
     assert train["site_0"]["status"] == "ok" and train["site_1"]["status"] == "ok"
@@ -151,12 +211,29 @@ def test_client_dp_clips_each_site_and_noises_the_aggregate(toy, tmp_path):
 
     run = tmp_path / "run"
     sigma, clip = 0.05, 0.01
-    assert main(["simulate", *BASE, *NO_EXPORT, "privacy=client_dp", f"privacy.max_grad_norm={clip}",
-                 f"privacy.noise_multiplier={sigma}", "privacy.ceiling_epsilon=1e9", "federation.rounds=2",
-                 "train.local_epochs=2", "federation.fraction_evaluate=0", f"partition.source={toy}",
-                 f"run_dir={run}"]) == 0
-    v1, v2 = ({k: t.numpy() for k, t in read_weights(run / "registry" / v / "model.safetensors")[0].items()}
-              for v in ("v0001", "v0002"))
+    assert (
+        main(
+            [
+                "simulate",
+                *BASE,
+                *NO_EXPORT,
+                "privacy=client_dp",
+                f"privacy.max_grad_norm={clip}",
+                f"privacy.noise_multiplier={sigma}",
+                "privacy.ceiling_epsilon=1e9",
+                "federation.rounds=2",
+                "train.local_epochs=2",
+                "federation.fraction_evaluate=0",
+                f"partition.source={toy}",
+                f"run_dir={run}",
+            ]
+        )
+        == 0
+    )
+    v1, v2 = (
+        {k: t.numpy() for k, t in read_weights(run / "registry" / v / "model.safetensors")[0].items()}
+        for v in ("v0001", "v0002")
+    )
     params, fixed = split_state(v1)
     change = np.sqrt(sum(float(((v2[k] - v1[k]).astype(np.float64) ** 2).sum()) for k in params))
     size = sum(v.size for v in params.values())
@@ -165,19 +242,27 @@ def test_client_dp_clips_each_site_and_noises_the_aggregate(toy, tmp_path):
     assert all(np.array_equal(v1[k], v2[k]) for k in fixed)  # the fixed DFL projection is never noised
     card = json.loads((run / "registry" / "v0002" / "card.json").read_text())
     assert card["privacy"]["mode"] == "client_dp" and card["privacy"]["releases"] == 2
-    assert card["privacy"]["epsilon"] > json.loads((run / "registry" / "v0001" / "card.json").read_text()
-                                                   )["privacy"]["epsilon"] > 0
+    assert (
+        card["privacy"]["epsilon"]
+        > json.loads((run / "registry" / "v0001" / "card.json").read_text())["privacy"]["epsilon"]
+        > 0
+    )
 
 
 def test_best_round_falls_back_to_the_sites_weighted_validation():
     from server.history import RoundRecord
     from server.run import best_round
 
-    rec = lambda rnd, site, phase, m, n=10, status="ok": RoundRecord(rnd, site, phase, n, status,  # noqa: E731
-                                                                     {"map50": m})
-    records = [rec(0, "pooled", "server", 0.9), rec(1, "pooled", "server", None), rec(1, "a", "evaluate", 0.2, 30),
-               rec(1, "b", "evaluate", 0.8, 10), rec(2, "a", "evaluate", 0.4, 30), rec(2, "b", "evaluate", 0.1, 10),
-               rec(2, "c", "evaluate", 0.99, 10, "failed: x")]
+    rec = lambda rnd, site, phase, m, n=10, status="ok": RoundRecord(rnd, site, phase, n, status, {"map50": m})
+    records = [
+        rec(0, "pooled", "server", 0.9),
+        rec(1, "pooled", "server", None),
+        rec(1, "a", "evaluate", 0.2, 30),
+        rec(1, "b", "evaluate", 0.8, 10),
+        rec(2, "a", "evaluate", 0.4, 30),
+        rec(2, "b", "evaluate", 0.1, 10),
+        rec(2, "c", "evaluate", 0.99, 10, "failed: x"),
+    ]
     best = best_round(records)
     assert best["round"] == 1 and best["map50"] == pytest.approx(0.35) and best["by"].startswith("sites'")
     assert best_round([rec(0, "pooled", "server", 0.5)]) is None  # the initial model is no round's result

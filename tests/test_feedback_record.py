@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pydicom
 import pytest
+from dicom_files import PATIENT_NAME
+from tests_support import NANO
 
 from client.dicom import DicomPipeline
 from client.feedback.store import FeedbackStore
@@ -18,8 +20,6 @@ from common.errors import ConfigError
 from common.nn.model import build_model
 from common.nn.weights import save_weights
 from common.synth import generate_dataset, get_profile
-from dicom_files import PATIENT_NAME
-from tests_support import NANO
 
 CFG = EvalConfig(conf=0.01, max_det=3)  # an untrained model scores low: a low operating point still yields boxes
 
@@ -53,8 +53,14 @@ def _assert_clean(db: Path, sources: list[Path]) -> None:
 
 def test_listener_records_each_kept_image_once(weights, sources, tmp_path):
     store = FeedbackStore(tmp_path / "feedback.db")
-    pipeline = DicomPipeline(weights, tmp_path / "results", tmp_path / "quarantine", eval_cfg=CFG,
-                             keep_dir=tmp_path / "keep", burned_in="accept")
+    pipeline = DicomPipeline(
+        weights,
+        tmp_path / "results",
+        tmp_path / "quarantine",
+        eval_cfg=CFG,
+        keep_dir=tmp_path / "keep",
+        burned_in="accept",
+    )
     process = PipelineProcessor(pipeline, store)
     for src in sources:
         assert len(process(src)) == 3
@@ -65,7 +71,9 @@ def test_listener_records_each_kept_image_once(weights, sources, tmp_path):
         kept = Path(row.image_ref)
         assert kept.parent == tmp_path / "keep" and kept.stem == row.sop_uid
         assert pydicom.dcmread(kept).PatientIdentityRemoved == "YES"
-        assert row.patient.startswith("ANON-") and row.origin == "listen" and row.model_version == pipeline.model_version
+        assert (
+            row.patient.startswith("ANON-") and row.origin == "listen" and row.model_version == pipeline.model_version
+        )
         assert row.heatmap_ref and Path(row.heatmap_ref).is_file()
         assert len(row.boxes) >= 1 and all(b.box.score >= CFG.conf and b.status == "proposed" for b in row.boxes)
         assert row.probability == pytest.approx(max(b.box.score for b in row.boxes), abs=1e-3)
@@ -75,8 +83,9 @@ def test_listener_records_each_kept_image_once(weights, sources, tmp_path):
 
 def test_images_not_kept_are_not_recorded(weights, sources, tmp_path):
     store = FeedbackStore(tmp_path / "feedback.db")
-    refusing = DicomPipeline(weights, tmp_path / "results", tmp_path / "quarantine", eval_cfg=CFG, heatmap=False,
-                             keep_dir=tmp_path / "keep")  # synthetic DX are flagged BurnedInAnnotation=YES
+    refusing = DicomPipeline(
+        weights, tmp_path / "results", tmp_path / "quarantine", eval_cfg=CFG, heatmap=False, keep_dir=tmp_path / "keep"
+    )  # synthetic DX are flagged BurnedInAnnotation=YES
     assert len(PipelineProcessor(refusing, store)(sources[0])) == 3  # results still go to the PACS
     assert store.worklist() == []
 
@@ -91,8 +100,27 @@ def test_predict_records_dicom_inputs(weights, sources, tmp_path, capsys):
     db = tmp_path / "site" / "feedback.db"
     png = tmp_path / "plain.png"
     png.write_bytes(next((sources[0].parent.parent / "images").rglob("*.png")).read_bytes())
-    assert main(["predict", str(sources[0]), str(png), "--model", str(weights), "--out", str(tmp_path / "pred"),
-                 "--conf", "0.01", "--no-heatmap", "--feedback-db", str(db), "--burned-in", "accept"]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                str(sources[0]),
+                str(png),
+                "--model",
+                str(weights),
+                "--out",
+                str(tmp_path / "pred"),
+                "--conf",
+                "0.01",
+                "--no-heatmap",
+                "--feedback-db",
+                str(db),
+                "--burned-in",
+                "accept",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "recorded as feedback image 1" in out and "not recorded: only DICOM inputs" in out
     (row,) = FeedbackStore(db).worklist()

@@ -21,8 +21,15 @@ def _store(tmp_path: Path) -> FeedbackStore:
 
 def _image(store: FeedbackStore, uid: str = "2.25.1", p: float = 0.9, n_boxes: int = 2, **kw) -> int:
     boxes = [Box(10 + 40 * k, 10, 40 + 40 * k, 50, score=0.8 - 0.1 * k) for k in range(n_boxes)]
-    return store.record_image(sop_uid=uid, image_ref=f"/keep/{uid}.dcm", model_version="v3", probability=p,
-                              boxes=boxes, heatmap_ref=f"/keep/{uid}.heatmap.png", **kw)
+    return store.record_image(
+        sop_uid=uid,
+        image_ref=f"/keep/{uid}.dcm",
+        model_version="v3",
+        probability=p,
+        boxes=boxes,
+        heatmap_ref=f"/keep/{uid}.heatmap.png",
+        **kw,
+    )
 
 
 def test_record_and_read_back(tmp_path):
@@ -47,13 +54,13 @@ def test_every_verdict_kind_keeps_the_previous_value(tmp_path):
     b1, b2 = store.image(image_id).boxes
     store.add_verdict(image_id=image_id, reviewer="rev-a", kind="confirm", box_id=b1.id, expected_version=1)
     store.add_verdict(image_id=image_id, reviewer="rev-a", kind="reject", box_id=b2.id)
-    store.add_verdict(image_id=image_id, reviewer="rev-b", kind="move", box_id=b1.id, box=Box(12, 12, 44, 52),
-                      expected_version=2)
+    store.add_verdict(
+        image_id=image_id, reviewer="rev-b", kind="move", box_id=b1.id, box=Box(12, 12, 44, 52), expected_version=2
+    )
     store.add_verdict(image_id=image_id, reviewer="rev-b", kind="set_class", box_id=b1.id, class_name="avulsion")
     store.add_verdict(image_id=image_id, reviewer="rev-b", kind="add", box=Box(100, 100, 130, 140))
     store.add_verdict(image_id=image_id, reviewer="rev-b", kind="note", note="old healed fracture too")
-    store.add_verdict(image_id=image_id, reviewer="rev-c", kind="no_fracture", source="pacs-kos",
-                      source_ref="2.25.99")
+    store.add_verdict(image_id=image_id, reviewer="rev-c", kind="no_fracture", source="pacs-kos", source_ref="2.25.99")
     v = store.verdicts(image_id)
     assert [x.kind for x in v] == ["confirm", "reject", "move", "set_class", "add", "note", "no_fracture"]
     assert v[0].previous == {"box": [10, 10, 40, 50], "cls": 0, "status": "proposed", "version": 1}
@@ -95,18 +102,26 @@ def test_stale_edit_of_the_same_box_is_a_conflict(tmp_path):
     store = _store(tmp_path)
     image_id = _image(store)
     box = store.image(image_id).boxes[0]
-    store.add_verdict(image_id=image_id, reviewer="rev-a", kind="move", box_id=box.id, box=Box(11, 11, 41, 51),
-                      expected_version=box.version)
+    store.add_verdict(
+        image_id=image_id,
+        reviewer="rev-a",
+        kind="move",
+        box_id=box.id,
+        box=Box(11, 11, 41, 51),
+        expected_version=box.version,
+    )
     with pytest.raises(ConflictError, match="changed since version 1") as e:
-        store.add_verdict(image_id=image_id, reviewer="rev-b", kind="reject", box_id=box.id,
-                          expected_version=box.version)
+        store.add_verdict(
+            image_id=image_id, reviewer="rev-b", kind="reject", box_id=box.id, expected_version=box.version
+        )
     assert e.value.current_version == 2
     assert [v.reviewer for v in store.verdicts()] == ["rev-a"]  # the loser wrote nothing
     version = store.image(image_id).version
     store.add_verdict(image_id=image_id, reviewer="rev-a", kind="no_fracture", expected_version=version)
     with pytest.raises(ConflictError):
-        store.add_verdict(image_id=image_id, reviewer="rev-b", kind="add", box=Box(1, 1, 5, 5),
-                          expected_version=version)
+        store.add_verdict(
+            image_id=image_id, reviewer="rev-b", kind="add", box=Box(1, 1, 5, 5), expected_version=version
+        )
 
 
 def _write_verdicts(path: str, image_ids: list[int], reviewer: str, rounds: int) -> None:
@@ -151,8 +166,14 @@ def test_concurrent_edits_of_one_box_with_the_same_version_one_wins(tmp_path):
     def edit(k: int) -> None:
         barrier.wait()
         try:
-            store.add_verdict(image_id=image_id, reviewer=f"rev-{k}", kind="move", box_id=box.id,
-                              box=Box(10 + k, 10, 40 + k, 50), expected_version=box.version)
+            store.add_verdict(
+                image_id=image_id,
+                reviewer=f"rev-{k}",
+                kind="move",
+                box_id=box.id,
+                box=Box(10 + k, 10, 40 + k, 50),
+                expected_version=box.version,
+            )
             outcomes.append("ok")
         except ConflictError:
             outcomes.append("conflict")
@@ -185,8 +206,12 @@ def test_worklist_order_and_filters(tmp_path):
 
 def test_set_aside_is_kept(tmp_path):
     store = _store(tmp_path)
-    store.set_aside(object_uid="2.25.77", reason="references an image fracfl never analysed", source="pacs-gsps",
-                    detail="referenced 2.25.5")
+    store.set_aside(
+        object_uid="2.25.77",
+        reason="references an image fracfl never analysed",
+        source="pacs-gsps",
+        detail="referenced 2.25.5",
+    )
     (item,) = store.set_aside_items()
     assert (item.object_uid, item.source, item.detail) == ("2.25.77", "pacs-gsps", "referenced 2.25.5")
     assert FeedbackStore(tmp_path / "feedback.db").set_aside_items() == [item]
@@ -196,8 +221,10 @@ def test_old_schema_migrates_and_a_newer_one_is_refused(tmp_path):
     path = tmp_path / "old.db"
     con = connect(path)
     assert migrate(con, path, upto=1) == 1
-    con.execute("INSERT INTO images (sop_uid, image_ref, model_version, probability, origin, recorded_at)"
-                " VALUES ('2.25.8', '/k/8.dcm', 'v1', 0.7, 'listen', 'then')")
+    con.execute(
+        "INSERT INTO images (sop_uid, image_ref, model_version, probability, origin, recorded_at)"
+        " VALUES ('2.25.8', '/k/8.dcm', 'v1', 0.7, 'listen', 'then')"
+    )
     con.close()
     store = FeedbackStore(path)
     assert store.image_by_sop_uid("2.25.8").probability == 0.7

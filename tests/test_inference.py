@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from tests_support import NANO
 
 from common.config import EvalConfig
 from common.data.dataset import DetectionDataset
@@ -12,7 +13,6 @@ from common.data.images import read_image
 from common.engine.evaluate import predict_dataset
 from common.inference import Predictor, TorchBackend
 from common.nn.model import build_model
-from tests_support import NANO
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +41,9 @@ def test_operating_point_decides_findings_and_verdict(model, synth_data):
     top = float(everything.scores.max())
     above = Predictor(backend, EvalConfig(conf=top)).predict(img)
     below = Predictor(backend, EvalConfig(conf=min(1.0, top + 1e-3))).predict(img)
-    assert above.positive and len(above.findings()) >= 1 and above.findings()[0]["score"] == pytest.approx(top, abs=1e-4)
+    assert (
+        above.positive and len(above.findings()) >= 1 and above.findings()[0]["score"] == pytest.approx(top, abs=1e-4)
+    )
     assert not below.positive and below.findings() == []
     assert all(0 <= f["box"][0] <= img.shape[1] and 0 <= f["box"][3] <= img.shape[0] for f in everything.findings())
 
@@ -81,4 +83,3 @@ def test_boxes_past_the_edge_are_clipped_before_nms_not_after():
     det = to_original(decode(raw, cfg, nc=1, bounds=bounds)[0].numpy(), 1.0, (0.0, 0.0), (100, 100))
     assert len(det) == 1 and det[0, 4] == pytest.approx(0.9)
     np.testing.assert_allclose(det[0, :4], [0, 0, 100, 100])
-

@@ -7,13 +7,13 @@ import shutil
 
 import pydicom
 import pytest
+from dicom_files import PATIENT_NAME, names_in, small_cr, without_patient_identity
 
 from client.dicom.deid import SiteKeys
 from common.cli import main
 from common.privacy.patients import PATIENTS_FILE, read_patients
 from common.synth import generate_dataset, get_profile
 from common.utils.staged import recover, staged_folder
-from dicom_files import PATIENT_NAME, names_in, small_cr, without_patient_identity
 
 SITE = "general_hospital"
 
@@ -28,8 +28,22 @@ def site(tmp_path_factory):
 def _ingest(site, out, keys, fraction: str, labels=None) -> int:
     """Ingest `site/dicom` (or the folder `site` itself when `labels` is given)."""
     dicom, labels = (site / "dicom", site / "labels") if labels is None else (site, labels)
-    return main(["ingest", str(dicom), "--labels", str(labels), "--out", str(out), "--keys", str(keys),
-                 "--burned-in", "accept", "--val-fraction", fraction])
+    return main(
+        [
+            "ingest",
+            str(dicom),
+            "--labels",
+            str(labels),
+            "--out",
+            str(out),
+            "--keys",
+            str(keys),
+            "--burned-in",
+            "accept",
+            "--val-fraction",
+            fraction,
+        ]
+    )
 
 
 def test_an_empty_validation_split_is_reported(site, tmp_path, capsys):
@@ -101,18 +115,16 @@ def test_the_output_folder_is_complete_or_absent(tmp_path):
     """Built beside the output and swapped in: an error leaves the old folder (or none), a crash between the two
     renames is undone at the next run."""
     out = tmp_path / "data"
-    with pytest.raises(RuntimeError):
-        with staged_folder(out) as stage:
-            (stage / "images").mkdir()
-            (stage / "images" / "a.png").write_bytes(b"half")
-            raise RuntimeError("disk full")
+    with pytest.raises(RuntimeError), staged_folder(out) as stage:
+        (stage / "images").mkdir()
+        (stage / "images" / "a.png").write_bytes(b"half")
+        raise RuntimeError("disk full")
     assert not out.exists() and list(tmp_path.iterdir()) == []
     with staged_folder(out) as stage:
         (stage / "data.yaml").write_text("v1")
-    with pytest.raises(RuntimeError):
-        with staged_folder(out) as stage:
-            (stage / "new.png").write_bytes(b"x")
-            raise RuntimeError("interrupted")
+    with pytest.raises(RuntimeError), staged_folder(out) as stage:
+        (stage / "new.png").write_bytes(b"x")
+        raise RuntimeError("interrupted")
     assert sorted(p.name for p in out.iterdir()) == ["data.yaml"] and (out / "data.yaml").read_text() == "v1"
     # A crash after `out` was renamed away but before the new version took its place:
     out.rename(tmp_path / ".data.previous")

@@ -9,8 +9,12 @@ from itertools import pairwise
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-FORBIDDEN = {"common": {"client", "server", "simulations", "bench"}, "client": {"server", "simulations", "bench"},
-             "server": {"client", "simulations", "bench"}, "simulations": {"bench"}}
+FORBIDDEN = {
+    "common": {"client", "server", "simulations", "bench"},
+    "client": {"server", "simulations", "bench"},
+    "server": {"client", "simulations", "bench"},
+    "simulations": {"bench"},
+}
 
 
 def _imports(path: Path) -> set[tuple[int, str]]:
@@ -25,9 +29,13 @@ def _imports(path: Path) -> set[tuple[int, str]]:
 
 
 def test_no_import_points_up_or_sideways():
-    bad = [f"{f.relative_to(REPO)}:{line} imports {name}"
-           for layer, banned in FORBIDDEN.items() for f in sorted((REPO / layer).rglob("*.py"))
-           for line, name in sorted(_imports(f)) if name.split(".")[0] in banned]
+    bad = [
+        f"{f.relative_to(REPO)}:{line} imports {name}"
+        for layer, banned in FORBIDDEN.items()
+        for f in sorted((REPO / layer).rglob("*.py"))
+        for line, name in sorted(_imports(f))
+        if name.split(".")[0] in banned
+    ]
     assert not bad, "\n".join(bad)
 
 
@@ -54,7 +62,7 @@ def find_cycle(graph: dict[str, dict[str, str]]) -> list[str] | None:
 
     def visit(node: str, path: list[str]) -> list[str] | None:
         if node in path:
-            return path[path.index(node):] + [node]
+            return path[path.index(node) :] + [node]
         if node in done:
             return None
         for nxt in graph.get(node, {}):

@@ -11,13 +11,20 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from dicom_files import names_in, without_patient_identity
+from orthanc_support import DCMTK_STORESCU, ORTHANC_AE, Orthanc, have_dcmtk, have_orthanc, referenced_uids
 from pydicom import dcmread
 from pydicom.data import get_testdata_file
 from pydicom.encaps import encapsulate
 from pydicom.uid import JPEG2000Lossless, generate_uid
 from pynetdicom import AE
-from pynetdicom.sop_class import (ComputedRadiographyImageStorage, DigitalXRayImageStorageForPresentation, RTPlanStorage,
-                                   Verification)
+from pynetdicom.sop_class import (
+    ComputedRadiographyImageStorage,
+    DigitalXRayImageStorageForPresentation,
+    RTPlanStorage,
+    Verification,
+)
+from tests_support import free_port
 
 from client.dicom.results import result_uid
 from client.inference.version import model_version
@@ -26,9 +33,6 @@ from client.listener.inference import build_processor
 from client.listener.queue import DurableQueue, pseudonym
 from client.listener.service import ListenerService
 from common.errors import ConfigError
-from dicom_files import names_in, without_patient_identity
-from orthanc_support import DCMTK_STORESCU, ORTHANC_AE, Orthanc, have_dcmtk, have_orthanc, referenced_uids
-from tests_support import free_port
 
 RG1 = Path(get_testdata_file("RG1_UNCR.dcm"))
 RG3 = Path(get_testdata_file("RG3_UNCR.dcm"))
@@ -77,8 +81,17 @@ def service(tmp_path, tiny_weights):
     started = []
 
     def start(processor=None, **overrides) -> ListenerService:
-        cfg = ListenConfig(host="127.0.0.1", port=0, queue_dir=str(tmp_path / "queue"), destination=None,
-                           retry_delay=0.2, status_every=0.5, model=str(tiny_weights), threads=1, **overrides)
+        cfg = ListenConfig(
+            host="127.0.0.1",
+            port=0,
+            queue_dir=str(tmp_path / "queue"),
+            destination=None,
+            retry_delay=0.2,
+            status_every=0.5,
+            model=str(tiny_weights),
+            threads=1,
+            **overrides,
+        )
         svc = ListenerService(cfg, processor or build_processor(cfg))
         svc.start()
         started.append(svc)
@@ -114,14 +127,34 @@ def test_store_from_dcmtk_storescu(service):
     """The guide's plain storescu line (uncompressed), and its profile for compressed files (JPEG 2000 here, which
     the plain line cannot send: storescu would have to decompress it)."""
     svc = service(allowed_peers=[PeerConfig(ae_title="DCMTK")])
-    done = subprocess.run([str(DCMTK_STORESCU), "-aet", "DCMTK", "-aec", "FRACFL", "127.0.0.1", str(svc.port), str(RG3)],
-                          capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [str(DCMTK_STORESCU), "-aet", "DCMTK", "-aec", "FRACFL", "127.0.0.1", str(svc.port), str(RG3)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 0, done.stderr
     wait_for(lambda: svc.queue.count("outbox") == 1, what="results of the dcmtk upload")
     assert journal(svc.queue.root)[0]["calling_ae"] == "DCMTK"
     profile = Path(__file__).parents[1] / "conf" / "storescu-radiographs.cfg"
-    done = subprocess.run([str(DCMTK_STORESCU), "-xf", str(profile), "Radiographs", "-aet", "DCMTK", "-aec", "FRACFL",
-                           "127.0.0.1", str(svc.port), str(RG1_J2K)], capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [
+            str(DCMTK_STORESCU),
+            "-xf",
+            str(profile),
+            "Radiographs",
+            "-aet",
+            "DCMTK",
+            "-aec",
+            "FRACFL",
+            "127.0.0.1",
+            str(svc.port),
+            str(RG1_J2K),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 0 and "Failed" not in done.stdout + done.stderr, done.stdout + done.stderr
     wait_for(lambda: svc.queue.count("outbox") == 2, timeout=60, what="results of the JPEG 2000 upload")
 
@@ -141,8 +174,12 @@ def test_peers_not_allowed_are_refused(service):
 @needs_dcmtk
 def test_dcmtk_echo_refused_with_association_rejection(service):
     svc = service(allowed_peers=[PeerConfig(ae_title="PACS")])
-    done = subprocess.run(["/usr/bin/echoscu", "-aet", "INTRUDER", "-aec", "FRACFL", "127.0.0.1", str(svc.port)],
-                          capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        ["/usr/bin/echoscu", "-aet", "INTRUDER", "-aec", "FRACFL", "127.0.0.1", str(svc.port)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode != 0 and "Association Rejected" in done.stdout + done.stderr
 
 
@@ -169,8 +206,10 @@ def test_bad_objects_are_quarantined_and_the_service_keeps_going(service, tmp_pa
     assoc.release()
     expected = {"received": 4, "processed": 1, "failed": 3}
     wait_for(lambda: Counter(row["event"] for row in journal(svc.queue.root)) == expected, timeout=60, what="outcomes")
-    reasons = {json.loads((p / "meta.json").read_text())["ref"]: (p / "reason.txt").read_text()
-               for p in svc.queue.dir("failed").iterdir()}
+    reasons = {
+        json.loads((p / "meta.json").read_text())["ref"]: (p / "reason.txt").read_text()
+        for p in svc.queue.dir("failed").iterdir()
+    }
     plan_ref = pseudonym(dcmread(get_testdata_file("rtplan.dcm"), stop_before_pixels=True).SOPInstanceUID)
     broken_ref = pseudonym(dcmread(broken, stop_before_pixels=True).SOPInstanceUID)
     damaged_ref = pseudonym(dcmread(damaged, stop_before_pixels=True).SOPInstanceUID)
@@ -182,8 +221,9 @@ def test_bad_objects_are_quarantined_and_the_service_keeps_going(service, tmp_pa
     assert svc.queue.count("failed") == 3 and svc.queue.count("outbox") == 1
     about_damaged = [r.getMessage() for r in caplog.records if damaged_ref in r.getMessage()]
     assert len(about_damaged) == 2 and "received" in about_damaged[0]  # received, then one line: code and syntax
-    assert about_damaged[1].endswith(": undecodable (JPEG 2000 Image Compression (Lossless Only) "
-                                     "(1.2.840.10008.1.2.4.90))")
+    assert about_damaged[1].endswith(
+        ": undecodable (JPEG 2000 Image Compression (Lossless Only) (1.2.840.10008.1.2.4.90))"
+    )
     assert "Traceback" not in caplog.text and not any(r.exc_info for r in caplog.records)
     assert not any(r.name.startswith("pydicom") and r.levelno >= logging.ERROR for r in caplog.records)
     assoc = scu().associate("127.0.0.1", svc.port, ae_title="FRACFL")  # still serving
@@ -250,9 +290,17 @@ def test_outbox_survives_an_unreachable_pacs(tmp_path, tiny_weights):
     """Results wait in outbox/ while the PACS is down and are delivered once it is up (and only then removed)."""
     lport = free_port()
     pacs = Orthanc(tmp_path / "orthanc", "FRACFL", lport, route=False)
-    cfg = ListenConfig(host="127.0.0.1", port=lport, queue_dir=str(tmp_path / "queue"), retry_delay=0.2,
-                       max_retry_delay=0.5, send_timeout=5, model=str(tiny_weights), threads=1,
-                       destination=DestinationConfig(ORTHANC_AE, "127.0.0.1", pacs.dicom_port))
+    cfg = ListenConfig(
+        host="127.0.0.1",
+        port=lport,
+        queue_dir=str(tmp_path / "queue"),
+        retry_delay=0.2,
+        max_retry_delay=0.5,
+        send_timeout=5,
+        model=str(tiny_weights),
+        threads=1,
+        destination=DestinationConfig(ORTHANC_AE, "127.0.0.1", pacs.dicom_port),
+    )
     svc = ListenerService(cfg, build_processor(cfg))
     svc.start()
     try:
@@ -298,9 +346,15 @@ def test_orthanc_routes_radiographs_and_receives_gsps_sr_sc(tmp_path, tiny_weigh
     lport = free_port()
     sources = [RG1, RG3, synthetic_dx[0]]
     with Orthanc(tmp_path / "orthanc", "FRACFL", lport) as pacs:
-        cfg = ListenConfig(host="127.0.0.1", port=lport, queue_dir=str(tmp_path / "queue"), model=str(tiny_weights),
-                           allowed_peers=[PeerConfig(ae_title=ORTHANC_AE, host="127.0.0.1")], threads=1,
-                           destination=DestinationConfig(ORTHANC_AE, "127.0.0.1", pacs.dicom_port))
+        cfg = ListenConfig(
+            host="127.0.0.1",
+            port=lport,
+            queue_dir=str(tmp_path / "queue"),
+            model=str(tiny_weights),
+            allowed_peers=[PeerConfig(ae_title=ORTHANC_AE, host="127.0.0.1")],
+            threads=1,
+            destination=DestinationConfig(ORTHANC_AE, "127.0.0.1", pacs.dicom_port),
+        )
         svc = ListenerService(cfg, build_processor(cfg))
         svc.start()
         try:
@@ -322,7 +376,7 @@ def test_orthanc_routes_radiographs_and_receives_gsps_sr_sc(tmp_path, tiny_weigh
 
 def start_listener(args: list[str], port: int, log: Path) -> subprocess.Popen:
     fracfl = Path(sys.executable).parent / "fracfl"
-    proc = subprocess.Popen([str(fracfl), "listen", *args], stdout=open(log, "ab"), stderr=subprocess.STDOUT)
+    proc = subprocess.Popen([str(fracfl), "listen", *args], stdout=open(log, "ab"), stderr=subprocess.STDOUT)  # noqa: SIM115 (the child keeps it)
     ae = scu("MODALITY", Verification)
 
     def echo() -> bool:
@@ -347,8 +401,16 @@ def test_killed_listener_loses_nothing_acknowledged(tmp_path, tiny_weights, synt
     noid = without_patient_identity(tmp_path / "noid.dcm")
     sources = [*synthetic_dx, noid, RG3]  # the slow one last: work is left when the first item is done
     with Orthanc(tmp_path / "orthanc", "FRACFL", lport, route=False) as pacs:
-        args = ["host=127.0.0.1", f"port={lport}", f"queue_dir={queue}", f"model={tiny_weights}", "threads=1",
-                f"destination.port={pacs.dicom_port}", "retry_delay=0.2", "status_every=1"]
+        args = [
+            "host=127.0.0.1",
+            f"port={lport}",
+            f"queue_dir={queue}",
+            f"model={tiny_weights}",
+            "threads=1",
+            f"destination.port={pacs.dicom_port}",
+            "retry_delay=0.2",
+            "status_every=1",
+        ]
         proc = start_listener(args, lport, log)
         assoc = scu().associate("127.0.0.1", lport, ae_title="FRACFL")
         statuses = [assoc.send_c_store(f).Status for f in sources]
@@ -362,8 +424,11 @@ def test_killed_listener_loses_nothing_acknowledged(tmp_path, tiny_weights, synt
 
         proc = start_listener(args, lport, log)
         try:
-            wait_for(lambda: sum(r["event"] == "sent" for r in journal(queue)) == len(sources), timeout=90,
-                     what="results of every acknowledged object")
+            wait_for(
+                lambda: sum(r["event"] == "sent" for r in journal(queue)) == len(sources),
+                timeout=90,
+                what="results of every acknowledged object",
+            )
         finally:
             proc.terminate()  # SIGTERM: graceful stop, exit code 0
             assert proc.wait(30) == 0, log.read_text()[-2000:]

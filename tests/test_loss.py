@@ -4,12 +4,12 @@ from dataclasses import replace
 
 import pytest
 import torch
+from tests_support import NANO
 from torch import nn
+from ultralytics.utils.loss import v8DetectionLoss
 
 from common.nn.loss import PerImageDetectionLoss
 from common.nn.model import build_model
-from tests_support import NANO
-from ultralytics.utils.loss import v8DetectionLoss
 
 
 def _batch():
@@ -18,7 +18,9 @@ def _batch():
     batch = {  # image 1 has no fracture; image 0 has two
         "batch_idx": torch.tensor([0.0, 0.0, 2.0, 3.0]),
         "cls": torch.zeros(4, 1),
-        "bboxes": torch.tensor([[0.5, 0.5, 0.3, 0.3], [0.25, 0.3, 0.2, 0.15], [0.6, 0.4, 0.35, 0.25], [0.4, 0.6, 0.3, 0.4]]),
+        "bboxes": torch.tensor(
+            [[0.5, 0.5, 0.3, 0.3], [0.25, 0.3, 0.2, 0.15], [0.6, 0.4, 0.35, 0.25], [0.4, 0.6, 0.3, 0.4]]
+        ),
     }
     return imgs, batch
 

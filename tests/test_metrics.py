@@ -34,12 +34,20 @@ def perfect_set() -> list[ImageResult]:
 def counting_set() -> list[ImageResult]:
     """5 GT, 7 predictions; at conf 0.25 / IoU 0.5: TP 3, FP 3, FN 2 (see each line)."""
     return [
-        img("A", [[0, 0, 100, 100, 0.9, 0],  # TP
-                  [0, 0, 100, 100, 0.8, 0],  # FP: duplicate, best IoU 1
-                  [200, 200, 300, 300, 0.1, 0]],  # below conf: its GT is an FN with best score 0.1
-            [[0, 0, 0, 100, 100], [0, 200, 200, 300, 300]]),
-        img("B", [[50, 50, 150, 150, 0.7, 0], [300, 300, 400, 400, 0.95, 0]],  # 2 TP
-            [[0, 50, 50, 150, 150], [0, 300, 300, 400, 400]]),
+        img(
+            "A",
+            [
+                [0, 0, 100, 100, 0.9, 0],  # TP
+                [0, 0, 100, 100, 0.8, 0],  # FP: duplicate, best IoU 1
+                [200, 200, 300, 300, 0.1, 0],
+            ],  # below conf: its GT is an FN with best score 0.1
+            [[0, 0, 0, 100, 100], [0, 200, 200, 300, 300]],
+        ),
+        img(
+            "B",
+            [[50, 50, 150, 150, 0.7, 0], [300, 300, 400, 400, 0.95, 0]],  # 2 TP
+            [[0, 50, 50, 150, 150], [0, 300, 300, 400, 400]],
+        ),
         img("C", [[10, 10, 60, 60, 0.6, 0], [500, 500, 550, 550, 0.3, 0]]),  # 2 FP on a negative image
         img("D", [], [[0, 0, 0, 50, 50]]),  # FN, nothing nearby: best score 0
         img("E"),  # true negative
@@ -97,7 +105,9 @@ def test_error_lists_exact_and_worst_first() -> None:
         ("A", (200.0, 200.0, 300.0, 300.0), 0.1),  # found below conf
     ]
     assert [(e.image_id, e.score, round(e.best_iou, 6)) for e in r.false_positives] == [
-        ("A", 0.8, 1.0), ("C", 0.6, 0.0), ("C", 0.3, 0.0)
+        ("A", 0.8, 1.0),
+        ("C", 0.6, 0.0),
+        ("C", 0.3, 0.0),
     ]
     assert [(e.image_id, e.score, e.n_gt, e.n_pred) for e in r.missed_fractures] == [("D", 0.0, 1, 0)]
     assert [(e.image_id, e.score, e.n_gt, e.n_pred) for e in r.false_alarms] == [("C", 0.6, 0, 2)]
@@ -153,8 +163,16 @@ def random_set(seed: int, nc: int, n: int = 40) -> list[ImageResult]:
             gt.append([c, x, y, x + w, y + h])
             for _ in range(rng.integers(0, 3)):  # 0-2 jittered predictions per object, sometimes wrong class
                 j = rng.normal(0, 0.15 * w, 4)
-                pred.append([x + j[0], y + j[1], x + w + j[2], y + h + j[3], rng.random(),
-                             c if rng.random() < 0.8 else int(rng.integers(nc))])
+                pred.append(
+                    [
+                        x + j[0],
+                        y + j[1],
+                        x + w + j[2],
+                        y + h + j[3],
+                        rng.random(),
+                        c if rng.random() < 0.8 else int(rng.integers(nc)),
+                    ]
+                )
         for _ in range(rng.integers(0, 2)):
             (x, y) = rng.uniform(0, 500, 2)
             pred.append([x, y, x + 40, y + 40, rng.random(), int(rng.integers(nc))])
@@ -171,10 +189,12 @@ def test_matching_and_map_agree_with_ultralytics() -> None:
         theirs = np.zeros((len(x.pred), 10), dtype=bool)
         if len(x.pred) and len(x.gt):
             iou = box_iou(torch.from_numpy(x.gt_boxes), torch.from_numpy(x.pred_boxes))
-            theirs = BaseValidator.match_predictions(fake, torch.from_numpy(x.pred[:, 5]),
-                                                     torch.from_numpy(x.gt[:, 0]), iou).numpy()
-        ours, _ = greedy_match(iou_matrix(x.gt_boxes, x.pred_boxes), x.pred_scores, x.pred_cls, x.gt_cls,
-                               IOU_THRESHOLDS)
+            theirs = BaseValidator.match_predictions(
+                fake, torch.from_numpy(x.pred[:, 5]), torch.from_numpy(x.gt[:, 0]), iou
+            ).numpy()
+        ours, _ = greedy_match(
+            iou_matrix(x.gt_boxes, x.pred_boxes), x.pred_scores, x.pred_cls, x.gt_cls, IOU_THRESHOLDS
+        )
         np.testing.assert_array_equal(ours, theirs, err_msg=x.image_id)
         tps.append(theirs), confs.append(x.pred_scores), pcls.append(x.pred_cls), tcls.append(x.gt_cls)
     ap = ap_per_class(np.concatenate(tps), np.concatenate(confs), np.concatenate(pcls), np.concatenate(tcls))[5]
@@ -190,14 +210,22 @@ def test_confusion_matrix_agrees_with_ultralytics() -> None:
     conf, iou = 0.3, 0.45  # random floats never sit exactly on a threshold, so >= and > agree
     theirs = ConfusionMatrix(names=names)
     for x in data:
-        det = {"bboxes": torch.from_numpy(x.pred_boxes).float(), "conf": torch.from_numpy(x.pred_scores).float(),
-               "cls": torch.from_numpy(x.pred[:, 5]).float()}
-        theirs.process_batch(det, {"bboxes": torch.from_numpy(x.gt_boxes).float(),
-                                   "cls": torch.from_numpy(x.gt[:, 0]).float()}, conf=conf, iou_thres=iou)
+        det = {
+            "bboxes": torch.from_numpy(x.pred_boxes).float(),
+            "conf": torch.from_numpy(x.pred_scores).float(),
+            "cls": torch.from_numpy(x.pred[:, 5]).float(),
+        }
+        theirs.process_batch(
+            det,
+            {"bboxes": torch.from_numpy(x.gt_boxes).float(), "cls": torch.from_numpy(x.gt[:, 0]).float()},
+            conf=conf,
+            iou_thres=iou,
+        )
     r = evaluate_detections(data, names, conf=conf, iou=iou)
     np.testing.assert_array_equal(r.confusion_matrix, theirs.matrix)
     assert r.confusion_matrix[:3, 3].sum() + r.confusion_matrix[:3, :3].sum() == sum(
-        int((x.pred_scores >= conf).sum()) for x in data)
+        int((x.pred_scores >= conf).sum()) for x in data
+    )
 
 
 def test_wrong_class_is_off_diagonal_and_in_both_error_lists() -> None:
@@ -248,12 +276,23 @@ def test_rejects_malformed_input() -> None:
 @pytest.mark.parametrize("case", ["counts", "empty", "nc2"])
 def test_write_report_writes_every_file(tmp_path, monkeypatch, case: str) -> None:
     monkeypatch.setattr("common.metrics.plots.DPI", 40)  # same drawing code, a quarter of the pixels
-    data, names = {"counts": (counting_set(), ONE), "empty": ([], ONE),
-                   "nc2": (random_set(3, nc=2, n=12), {0: "fracture", 1: "implant"})}[case]
+    data, names = {
+        "counts": (counting_set(), ONE),
+        "empty": ([], ONE),
+        "nc2": (random_set(3, nc=2, n=12), {0: "fracture", 1: "implant"}),
+    }[case]
     r = evaluate_detections(data, names)
     paths = write_report(r, tmp_path / "out", prefix="val_")
-    assert set(paths) == {"metrics", "false_negatives", "false_positives", "images",
-                          "pr_curve", "roc_curve", "confusion_matrix", "f1_curve"}
+    assert set(paths) == {
+        "metrics",
+        "false_negatives",
+        "false_positives",
+        "images",
+        "pr_curve",
+        "roc_curve",
+        "confusion_matrix",
+        "f1_curve",
+    }
     for p in paths.values():
         assert p.name.startswith("val_") and p.stat().st_size > 0
         if p.suffix == ".png":

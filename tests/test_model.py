@@ -2,10 +2,10 @@
 
 import pytest
 import torch
+from tests_support import NANO
 from torch import nn
 
 from common.nn.model import ModelSpec, build_model, layer_parts
-from tests_support import NANO
 
 
 def _params(model: nn.Module, layers: list[int]) -> int:
@@ -31,7 +31,9 @@ def test_output_shapes(arch, channels):
         y, raw = model(torch.zeros(2, 3, 128, 128))
     anchors = sum((128 // s) ** 2 for s in (8, 16, 32))
     assert y.shape == (2, 4 + 1, anchors)
-    assert [tuple(f.shape[1:]) for f in raw["feats"]] == [(c, 128 // s, 128 // s) for c, s in zip(channels, (8, 16, 32))]
+    assert [tuple(f.shape[1:]) for f in raw["feats"]] == [
+        (c, 128 // s, 128 // s) for c, s in zip(channels, (8, 16, 32))
+    ]
     assert model.stride.tolist() == [8.0, 16.0, 32.0]
 
 
@@ -39,7 +41,9 @@ def test_full_yolov7_size_and_activation():
     model = build_model(ModelSpec(arch="yolov7"))
     parts = layer_parts(model)
     assert _params(model, parts["backbone"] + parts["neck"]) == pytest.approx(36.5e6, rel=0.02)
-    assert {type(m.act).__name__ for m in model.modules() if hasattr(m, "act") and isinstance(m.act, nn.Module)} == {"SiLU"}
+    assert {type(m.act).__name__ for m in model.modules() if hasattr(m, "act") and isinstance(m.act, nn.Module)} == {
+        "SiLU"
+    }
 
 
 def test_width_and_depth_scale_down():

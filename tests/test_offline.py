@@ -55,8 +55,13 @@ def test_train_and_evaluate_offline_write_only_their_folders(tmp_path):
     work.mkdir()
     home.mkdir()
     log = tmp_path / "net.log"
-    env = {**os.environ, "PYTHONPATH": str(guard), "FRACFL_NET_LOG": str(log), "HOME": str(home),
-           "FRACFL_CACHE_DIR": str(tmp_path / "cache")}
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(guard),
+        "FRACFL_NET_LOG": str(log),
+        "HOME": str(home),
+        "FRACFL_CACHE_DIR": str(tmp_path / "cache"),
+    }
     env.pop("MPLCONFIGDIR", None)
     env.pop("YOLO_CONFIG_DIR", None)
     fracfl = [sys.executable, "-m", "common.cli"]
@@ -66,15 +71,28 @@ def test_train_and_evaluate_offline_write_only_their_folders(tmp_path):
         assert r.returncode == 0, r.stderr[-3000:]
         return r
 
-    probe = subprocess.run([sys.executable, "-c", "import socket; socket.getaddrinfo('example.org', 80)"],
-                           env=env, capture_output=True, text=True)
+    probe = subprocess.run(
+        [sys.executable, "-c", "import socket; socket.getaddrinfo('example.org', 80)"],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert probe.returncode != 0 and log.read_text()  # the guard is active in child interpreters
     log.unlink()
 
     run("data", "synth", "data", "--sites", "general_hospital,rural_clinic", "--images", "8", "--size", "96", "--quiet")
     data_files = _files(work / "data")
-    run("train", "model=yolov7_nano", "data.path=data", "data.synth=null", "train.epochs=1", "train.imgsz=64",
-        "train.batch_size=4", "run_dir=run", "progress=false")
+    run(
+        "train",
+        "model=yolov7_nano",
+        "data.path=data",
+        "data.synth=null",
+        "train.epochs=1",
+        "train.imgsz=64",
+        "train.batch_size=4",
+        "run_dir=run",
+        "progress=false",
+    )
     weights = work / "run" / "weights" / "model.safetensors"
     r = run("evaluate", "--model", str(weights), "--data", "data", "--out", "run/eval2", "--quiet")
     assert "mAP50" in r.stdout
@@ -90,8 +108,10 @@ def test_train_and_evaluate_offline_write_only_their_folders(tmp_path):
 
 def test_flower_telemetry_and_update_check_are_off_unless_asked_for():
     env = {k: v for k, v in os.environ.items() if not k.startswith("FLWR_")}
-    code = ("import common, flwr.supercore.telemetry as t, os; "
-            "print(t.FLWR_TELEMETRY_ENABLED, os.environ['FLWR_DISABLE_UPDATE_CHECK'])")
+    code = (
+        "import common, flwr.supercore.telemetry as t, os; "
+        "print(t.FLWR_TELEMETRY_ENABLED, os.environ['FLWR_DISABLE_UPDATE_CHECK'])"
+    )
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["0", "1"]
     env["FLWR_TELEMETRY_ENABLED"] = "1"  # an explicit choice is the user's

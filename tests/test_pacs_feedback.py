@@ -11,11 +11,11 @@ import highdicom as hd
 import numpy as np
 import pytest
 from dicom_files import small_cr
-from tests_support import NANO
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
+from tests_support import NANO
 
 from client.dicom.deid import SiteKeys
 from client.feedback.annotations.apply import UNKNOWN_OBSERVER, PacsFeedback
@@ -40,12 +40,22 @@ def gsps(images: list[Dataset], graphics: list[tuple[str, np.ndarray, str]], cre
     layer = hd.pr.GraphicLayer(layer_name="READING", order=1)
     objects = [hd.pr.GraphicObject(graphic_type=kind, graphic_data=data, units=units) for kind, data, units in graphics]
     ps = hd.pr.GrayscaleSoftcopyPresentationState(
-        referenced_images=images, series_instance_uid=generate_uid(), series_number=77, sop_instance_uid=generate_uid(),
-        instance_number=1, manufacturer="ViewerCo", manufacturer_model_name="Reader", software_versions="9",
-        device_serial_number="1", content_label="READING", content_creator_name=creator,
-        graphic_annotations=[hd.pr.GraphicAnnotation(referenced_images=images, graphic_layer=layer,
-                                                     graphic_objects=objects)],
-        graphic_layers=[layer])
+        referenced_images=images,
+        series_instance_uid=generate_uid(),
+        series_number=77,
+        sop_instance_uid=generate_uid(),
+        instance_number=1,
+        manufacturer="ViewerCo",
+        manufacturer_model_name="Reader",
+        software_versions="9",
+        device_serial_number="1",
+        content_label="READING",
+        content_creator_name=creator,
+        graphic_annotations=[
+            hd.pr.GraphicAnnotation(referenced_images=images, graphic_layer=layer, graphic_objects=objects)
+        ],
+        graphic_layers=[layer],
+    )
     return ps
 
 
@@ -53,38 +63,61 @@ def measurement_sr(groups: list, evidence: list[Dataset], observer: str = RADIOL
     """A TID 1500 report signed by `observer` (Person Observer Name in the observation context)."""
     person = hd.sr.ObserverContext(
         observer_type=codes.DCM.Person,
-        observer_identifying_attributes=hd.sr.PersonObserverIdentifyingAttributes(name=observer))
-    report = hd.sr.MeasurementReport(observation_context=hd.sr.ObservationContext(observer_person_context=person),
-                                     procedure_reported=codes.LN.CTUnspecifiedBodyRegion, imaging_measurements=groups)
-    return hd.sr.Comprehensive3DSR(evidence=evidence, content=report, series_instance_uid=generate_uid(),
-                                   series_number=78, sop_instance_uid=generate_uid(), instance_number=1,
-                                   manufacturer="ViewerCo")
+        observer_identifying_attributes=hd.sr.PersonObserverIdentifyingAttributes(name=observer),
+    )
+    report = hd.sr.MeasurementReport(
+        observation_context=hd.sr.ObservationContext(observer_person_context=person),
+        procedure_reported=codes.LN.CTUnspecifiedBodyRegion,
+        imaging_measurements=groups,
+    )
+    return hd.sr.Comprehensive3DSR(
+        evidence=evidence,
+        content=report,
+        series_instance_uid=generate_uid(),
+        series_number=78,
+        sop_instance_uid=generate_uid(),
+        instance_number=1,
+        manufacturer="ViewerCo",
+    )
 
 
 def outlined(image: Dataset, points: np.ndarray, finding=FRACTURE, name: str = "fracture") -> object:
     return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(identifier=name),
-        referenced_region=hd.sr.ImageRegion(graphic_type=hd.sr.GraphicTypeValues.POLYLINE, graphic_data=points,
-                                            source_image=hd.sr.SourceImageForRegion.from_source_image(image)),
-        finding_type=finding)
+        referenced_region=hd.sr.ImageRegion(
+            graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
+            graphic_data=points,
+            source_image=hd.sr.SourceImageForRegion.from_source_image(image),
+        ),
+        finding_type=finding,
+    )
 
 
 def no_fracture(image: Dataset) -> object:
     """An image-level group: finding Fracture, evaluated Absent (the SR way of saying 'no fracture' here)."""
     return hd.sr.MeasurementsAndQualitativeEvaluations(
-        tracking_identifier=hd.sr.TrackingIdentifier(identifier="image"), finding_type=FRACTURE,
+        tracking_identifier=hd.sr.TrackingIdentifier(identifier="image"),
+        finding_type=FRACTURE,
         qualitative_evaluations=[hd.sr.QualitativeEvaluation(name=FRACTURE, value=codes.SCT.Absent)],
-        source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(image)])
+        source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(image)],
+    )
 
 
 def kos(images: list[Dataset], title=REJECTED_QUALITY) -> Dataset:
     person = hd.sr.ObserverContext(
         observer_type=codes.DCM.Person,
-        observer_identifying_attributes=hd.sr.PersonObserverIdentifyingAttributes(name=RADIOLOGIST))
+        observer_identifying_attributes=hd.sr.PersonObserverIdentifyingAttributes(name=RADIOLOGIST),
+    )
     content = hd.ko.KeyObjectSelection(document_title=title, referenced_objects=images, observer_person_context=person)
-    return hd.ko.KeyObjectSelectionDocument(evidence=images, content=content, series_instance_uid=generate_uid(),
-                                            series_number=79, sop_instance_uid=generate_uid(), instance_number=1,
-                                            manufacturer="ViewerCo")
+    return hd.ko.KeyObjectSelectionDocument(
+        evidence=images,
+        content=content,
+        series_instance_uid=generate_uid(),
+        series_number=79,
+        sop_instance_uid=generate_uid(),
+        instance_number=1,
+        manufacturer="ViewerCo",
+    )
 
 
 def radiograph(rows: int = 200, columns: int = 300) -> Dataset:
@@ -101,8 +134,14 @@ def verdict_summary(store: FeedbackStore) -> list[tuple]:
     out = []
     for v in store.verdicts():
         box = (v.value or {}).get("box")
-        out.append((v.image_id, v.kind, v.box_id if v.kind not in ("add",) else None,
-                    tuple(round(c, 1) for c in box) if box else None))
+        out.append(
+            (
+                v.image_id,
+                v.kind,
+                v.box_id if v.kind not in ("add",) else None,
+                tuple(round(c, 1) for c in box) if box else None,
+            )
+        )
     return out
 
 
@@ -117,8 +156,12 @@ def test_shapes_become_boxes_and_lines_do_not():
     box = shape_box("ELLIPSE", [100 - a, 100 - a, 100 + a, 100 + a, 100 - b, 100 + b, 100 + b, 100 - b])
     half = math.sqrt(250)
     assert box == pytest.approx((100 - half, 100 - half, 100 + half, 100 + half))
-    for kind, points in (("POLYLINE", [0, 0, 10, 10]), ("POLYLINE", [0, 0, 10, 10, 20, 0]), ("POINT", [5, 5]),
-                         ("CIRCLE", [5, 5, 5, 5])):
+    for kind, points in (
+        ("POLYLINE", [0, 0, 10, 10]),
+        ("POLYLINE", [0, 0, 10, 10, 20, 0]),
+        ("POINT", [5, 5]),
+        ("CIRCLE", [5, 5, 5, 5]),
+    ):
         with pytest.raises(NotARegion):
             shape_box(kind, points)
     with pytest.raises(ValueError, match="CIRCLE needs 2 points"):
@@ -127,13 +170,19 @@ def test_shapes_become_boxes_and_lines_do_not():
 
 def test_matching_confirms_moves_adds_and_leaves_the_rest_unreviewed():
     boxes = [(10, 10, 50, 50), (100, 100, 140, 140), (200, 10, 240, 50)]
-    annotations = [(12, 12, 52, 52),  # IoU 0.82 with box 0: confirm
-                   (120, 120, 170, 170),  # overlaps box 1 a little: move it
-                   (300, 300, 320, 320),  # touches nothing: a missed fracture
-                   (20, 20, 45, 45)]  # inside box 0, which the better match takes: a second fracture
+    annotations = [
+        (12, 12, 52, 52),  # IoU 0.82 with box 0: confirm
+        (120, 120, 170, 170),  # overlaps box 1 a little: move it
+        (300, 300, 320, 320),  # touches nothing: a missed fracture
+        (20, 20, 45, 45),
+    ]  # inside box 0, which the better match takes: a second fracture
     got = match(annotations, boxes)
-    assert [(m.kind, m.annotation, m.target) for m in got] == [("confirm", 0, 0), ("move", 1, 1), ("add", 2, None),
-                                                               ("add", 3, None)]
+    assert [(m.kind, m.annotation, m.target) for m in got] == [
+        ("confirm", 0, 0),
+        ("move", 1, 1),
+        ("add", 2, None),
+        ("add", 3, None),
+    ]
     assert iou(boxes[1], annotations[1]) < 0.5 and 2 not in {m.target for m in got}  # box 2: no verdict at all
 
 
@@ -148,8 +197,13 @@ def site(tmp_path):
 def record(store: FeedbackStore, keys: SiteKeys, image: Dataset, boxes: list[tuple[float, float, float, float]]) -> int:
     """What the listener records after analysing `image`: its kept copy's pseudonymous UID and the model's boxes."""
     pseudonym = keys.uid(str(image.SOPInstanceUID))
-    return store.record_image(sop_uid=pseudonym, image_ref=f"kept/{pseudonym}.dcm", model_version="v-test",
-                              probability=0.9, boxes=[Box(*b, cls=0, score=0.8) for b in boxes])
+    return store.record_image(
+        sop_uid=pseudonym,
+        image_ref=f"kept/{pseudonym}.dcm",
+        model_version="v-test",
+        probability=0.9,
+        boxes=[Box(*b, cls=0, score=0.8) for b in boxes],
+    )
 
 
 def test_gsps_sr_and_kos_become_exactly_these_verdicts(site, tmp_path):
@@ -161,14 +215,21 @@ def test_gsps_sr_and_kos_become_exactly_these_verdicts(site, tmp_path):
     box_a = [bx.id for bx in store.image(ia).boxes]
     box_b = store.image(ib).boxes[0].id
 
-    ps = gsps([a], [("POLYLINE", rect(12, 12, 52, 52), "PIXEL"),  # confirms box a0
-                    # an ellipse over box a1 but shifted: moves it
-                    ("ELLIPSE", np.array([[120, 150], [180, 150], [150, 125], [150, 175]], np.float32), "PIXEL"),
-                    # display units: a tenth of the 300 x 200 image from (0.9, 0.8): a box the model missed
-                    ("CIRCLE", np.array([[0.9, 0.8], [0.9, 0.85]], np.float32), "DISPLAY"),
-                    ("POINT", np.array([[5, 5]], np.float32), "PIXEL")])  # marks no area: set aside
-    report = measurement_sr([outlined(b, rect(32, 28, 88, 92)), outlined(never, rect(1, 1, 9, 9), name="elsewhere"),
-                             no_fracture(c)], evidence=[b, c, never])
+    ps = gsps(
+        [a],
+        [
+            ("POLYLINE", rect(12, 12, 52, 52), "PIXEL"),  # confirms box a0
+            # an ellipse over box a1 but shifted: moves it
+            ("ELLIPSE", np.array([[120, 150], [180, 150], [150, 125], [150, 175]], np.float32), "PIXEL"),
+            # display units: a tenth of the 300 x 200 image from (0.9, 0.8): a box the model missed
+            ("CIRCLE", np.array([[0.9, 0.8], [0.9, 0.85]], np.float32), "DISPLAY"),
+            ("POINT", np.array([[5, 5]], np.float32), "PIXEL"),
+        ],
+    )  # marks no area: set aside
+    report = measurement_sr(
+        [outlined(b, rect(32, 28, 88, 92)), outlined(never, rect(1, 1, 9, 9), name="elsewhere"), no_fracture(c)],
+        evidence=[b, c, never],
+    )
     rejection = kos([c])
     outcomes = [feedback.apply(ds) for ds in (ps, report, rejection)]
 
@@ -190,8 +251,10 @@ def test_gsps_sr_and_kos_become_exactly_these_verdicts(site, tmp_path):
     statuses = {bx.id: bx.status for bx in store.image(ia).boxes}
     assert statuses[box_a[2]] == "proposed"  # no annotation near it: unreviewed, not rejected
     aside = [(i.reason, i.source, i.object_uid) for i in store.set_aside_items()]
-    assert aside == [("not_a_region", "pacs-gsps", keys.uid(str(ps.SOPInstanceUID))),
-                     ("unknown_image", "pacs-sr", keys.uid(str(report.SOPInstanceUID)))]
+    assert aside == [
+        ("not_a_region", "pacs-gsps", keys.uid(str(ps.SOPInstanceUID))),
+        ("unknown_image", "pacs-sr", keys.uid(str(report.SOPInstanceUID))),
+    ]
     assert keys.uid(str(never.SOPInstanceUID)) in store.set_aside_items()[1].detail
 
     # The PACS sends everything again: nothing is recorded twice.
@@ -233,8 +296,14 @@ def test_a_reviewer_editing_the_same_box_meanwhile_wins_a_conflict_then_the_retr
     image = radiograph()
     image_id = record(store, keys, image, [(10, 10, 50, 50)])
     stale = store.image(image_id)
-    store.add_verdict(image_id=image_id, reviewer="rev-1", kind="move", box_id=stale.boxes[0].id,
-                      box=Box(100, 100, 140, 140), expected_version=stale.boxes[0].version)
+    store.add_verdict(
+        image_id=image_id,
+        reviewer="rev-1",
+        kind="move",
+        box_id=stale.boxes[0].id,
+        box=Box(100, 100, 140, 140),
+        expected_version=stale.boxes[0].version,
+    )
     ps = gsps([image], [("POLYLINE", rect(12, 12, 52, 52), "PIXEL")])
     with monkeypatch.context() as m:  # the race: the listener read the image just before the reviewer's edit
         m.setattr(store, "image_by_sop_uid", lambda uid: stale)
@@ -287,11 +356,18 @@ def fracfl_gsps_box(pacs, image: Dataset) -> tuple[float, ...]:
     from test_listener import GSPS, wait_for
 
     def find():
-        return next((tags for _, tags in pacs.received_from("FRACFL") if tags["SOPClassUID"] == GSPS
-                     and str(image.SOPInstanceUID) in referenced_uids(tags)), None)
+        return next(
+            (
+                tags
+                for _, tags in pacs.received_from("FRACFL")
+                if tags["SOPClassUID"] == GSPS and str(image.SOPInstanceUID) in referenced_uids(tags)
+            ),
+            None,
+        )
 
     data = wait_for(find, timeout=60, what="fracfl's GSPS in the PACS")["GraphicAnnotationSequence"][0][
-        "GraphicObjectSequence"][0]["GraphicData"]
+        "GraphicObjectSequence"
+    ][0]["GraphicData"]
     values = [float(v) for v in (data.split("\\") if isinstance(data, str) else data)]
     return (min(values[0::2]), min(values[1::2]), max(values[0::2]), max(values[1::2]))
 
@@ -324,18 +400,30 @@ def test_annotations_sent_through_orthanc_become_verdicts(tmp_path, seeded_model
     keep, db = tmp_path / "site" / "kept", tmp_path / "site" / "feedback.db"
     lport = free_port()
     with Orthanc(tmp_path / "orthanc", "FRACFL", lport, modalities=RADIOGRAPHS + ANNOTATIONS) as pacs:
-        cfg = ListenConfig(host="127.0.0.1", port=lport, queue_dir=str(tmp_path / "queue"), model=str(seeded_model),
-                           allowed_peers=[PeerConfig(ae_title=ORTHANC_AE, host="127.0.0.1")], threads=1, heatmap=False,
-                           destination=DestinationConfig(ORTHANC_AE, "127.0.0.1", pacs.dicom_port),
-                           keep_dir=str(keep), feedback_db=str(db), eval=EvalConfig(conf=0.0001, max_det=1))
+        cfg = ListenConfig(
+            host="127.0.0.1",
+            port=lport,
+            queue_dir=str(tmp_path / "queue"),
+            model=str(seeded_model),
+            allowed_peers=[PeerConfig(ae_title=ORTHANC_AE, host="127.0.0.1")],
+            threads=1,
+            heatmap=False,
+            destination=DestinationConfig(ORTHANC_AE, "127.0.0.1", pacs.dicom_port),
+            keep_dir=str(keep),
+            feedback_db=str(db),
+            eval=EvalConfig(conf=0.0001, max_det=1),
+        )
         svc = ListenerService(cfg, build_processor(cfg))
         svc.start()
         try:
             store, keys = FeedbackStore(db), SiteKeys(tmp_path / "site" / "deid")
             for name in ("a.dcm", "b.dcm"):
                 pacs.upload(tmp_path / name)
-            wait_for(lambda: all(store.image_by_sop_uid(keys.uid(str(d.SOPInstanceUID))) for d in (a, b)),
-                     timeout=90, what="both radiographs analysed and recorded")
+            wait_for(
+                lambda: all(store.image_by_sop_uid(keys.uid(str(d.SOPInstanceUID))) for d in (a, b)),
+                timeout=90,
+                what="both radiographs analysed and recorded",
+            )
             row_a, row_b = (store.image_by_sop_uid(keys.uid(str(d.SOPInstanceUID))) for d in (a, b))
             assert len(row_a.boxes) == len(row_b.boxes) == 1, "the operating point should give one box per image"
             box_a, box_b = row_a.boxes[0], row_b.boxes[0]
@@ -349,8 +437,13 @@ def test_annotations_sent_through_orthanc_become_verdicts(tmp_path, seeded_model
             # a quarter of the model's box (IoU 0.25): a correction, not a confirmation
             half_b = (bx1, by1, bx1 + (bx2 - bx1) / 2, by1 + (by2 - by1) / 2)
             objects = {
-                "gsps": gsps([a], [("POLYLINE", rect(ax1, ay1, ax2, ay2), "PIXEL"),  # the model's box: confirmed
-                                   ("CIRCLE", np.array([[20, 20], [20, 28]], np.float32), "PIXEL")]),  # a second one
+                "gsps": gsps(
+                    [a],
+                    [
+                        ("POLYLINE", rect(ax1, ay1, ax2, ay2), "PIXEL"),  # the model's box: confirmed
+                        ("CIRCLE", np.array([[20, 20], [20, 28]], np.float32), "PIXEL"),
+                    ],
+                ),  # a second one
                 "sr": measurement_sr([outlined(b, rect(*half_b))], evidence=[b]),
                 "kos": kos([b]),
                 "unknown": gsps([never], [("POLYLINE", rect(10, 10, 60, 60), "PIXEL")]),
@@ -358,8 +451,11 @@ def test_annotations_sent_through_orthanc_become_verdicts(tmp_path, seeded_model
             before = sum(r["event"] == "received" for r in journal(svc.queue.root))
             for name, ds in objects.items():
                 pacs.upload(save(ds, tmp_path / f"{name}.dcm"))
-            wait_for(lambda: sum(r["event"] in ("processed", "failed") for r in journal(svc.queue.root)) == before + 4,
-                     timeout=90, what="the four annotation objects handled")
+            wait_for(
+                lambda: sum(r["event"] in ("processed", "failed") for r in journal(svc.queue.root)) == before + 4,
+                timeout=90,
+                what="the four annotation objects handled",
+            )
         finally:
             svc.stop(timeout=10)
     events = journal(svc.queue.root)
@@ -371,11 +467,15 @@ def test_annotations_sent_through_orthanc_become_verdicts(tmp_path, seeded_model
         (row_b.id, "note", None, None),
     ]
     reviewer = keys.person(PSEUDONYMISED_AS)
-    assert {(v.reviewer, v.source) for v in store.verdicts()} == {(reviewer, "pacs-gsps"), (reviewer, "pacs-sr"),
-                                                                   (reviewer, "pacs-kos")}
+    assert {(v.reviewer, v.source) for v in store.verdicts()} == {
+        (reviewer, "pacs-gsps"),
+        (reviewer, "pacs-sr"),
+        (reviewer, "pacs-kos"),
+    }
     aside = store.set_aside_items()
     assert [(i.reason, i.source, i.object_uid) for i in aside] == [
-        ("unknown_image", "pacs-gsps", keys.uid(str(objects["unknown"].SOPInstanceUID)))]
+        ("unknown_image", "pacs-gsps", keys.uid(str(objects["unknown"].SOPInstanceUID)))
+    ]
     failed = list(svc.queue.dir("failed").iterdir())
     assert len(failed) == 1
     assert (failed[0] / "reason.txt").read_text().startswith("quarantined: annotation set aside: unknown_image")
@@ -383,6 +483,15 @@ def test_annotations_sent_through_orthanc_become_verdicts(tmp_path, seeded_model
     assert kept_aside.SOPInstanceUID == objects["unknown"].SOPInstanceUID
     data = b"".join(p.read_bytes() for p in db.parent.glob("feedback.db*")) + caplog.text.encode()
     originals = [str(d.SOPInstanceUID) for d in (a, b, never, *objects.values())]
-    for value in (RADIOLOGIST, "QUAXLEY", "Quaxley", "Wilhelmina", "Abernathy", "Brambleworth", "Sentwhere",
-                  "PID-", *originals):
+    for value in (
+        RADIOLOGIST,
+        "QUAXLEY",
+        "Quaxley",
+        "Wilhelmina",
+        "Abernathy",
+        "Brambleworth",
+        "Sentwhere",
+        "PID-",
+        *originals,
+    ):
         assert value.encode() not in data, value

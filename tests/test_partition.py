@@ -26,7 +26,9 @@ def _png_1px() -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
     ihdr = struct.pack(">IIBBBBB", 1, 1, 8, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00\x80")) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00\x80")) + chunk(b"IEND", b"")
+    )
 
 
 def _regions(k: int) -> tuple[str, ...]:
@@ -110,7 +112,9 @@ def test_column_meta_joined_by_stem_and_shared_off(tiny: Path, tmp_path: Path) -
     meta = tmp_path / "meta_stem.csv"
     lines = (tiny.parent / "meta.csv").read_text().splitlines()
     meta.write_text("\n".join([lines[0]] + [line.replace(".png,", ",", 1) for line in lines[1:]]) + "\n")
-    cfg = PartitionConfig(kind="column", source=str(tiny), column_groups=REGION_GROUPS, meta=str(meta), shared_column=None)
+    cfg = PartitionConfig(
+        kind="column", source=str(tiny), column_groups=REGION_GROUPS, meta=str(meta), shared_column=None
+    )
     sites = make_sites(cfg, tmp_path / "out", False)
     where = {p.name: s.name for s in sites for p in _listed(s, "train")}
     # without a shared column, hand+shoulder images stay with the two sites whose regions they show
@@ -135,7 +139,9 @@ def test_dirichlet_skew_follows_alpha(tiny: Path, tmp_path: Path) -> None:
 
 
 def test_dirichlet_every_site_gets_training_images(tiny: Path, tmp_path: Path) -> None:
-    sites = make_sites(PartitionConfig(kind="dirichlet", source=str(tiny), sites=6, alpha=0.01, seed=3), tmp_path, False)
+    sites = make_sites(
+        PartitionConfig(kind="dirichlet", source=str(tiny), sites=6, alpha=0.01, seed=3), tmp_path, False
+    )
     assert all(s.n_train >= 4 for s in sites) and all(s.n_val >= 1 for s in sites)
     assert sum(s.n_train for s in sites) == 36
 
@@ -178,7 +184,10 @@ def test_same_config_same_files(tiny: Path, tmp_path: Path, kind: str) -> None:
         (dict(kind="column", column_groups={"../up": ["hand"]}), r"column_groups: site name '../up'"),
         (dict(kind="column", column_groups={"a": ["hand"], "b": ["elbow"]}), r"column_groups\['b'\]: column 'elbow'"),
         (dict(kind="column", column_groups=REGION_GROUPS, shared_column="both"), r"shared_column: column 'both'"),
-        (dict(kind="column", column_groups={"a": ["hand"], "b": ["fractured"], "c": ["split"]}), r"expected a 0/1 flag"),
+        (
+            dict(kind="column", column_groups={"a": ["hand"], "b": ["fractured"], "c": ["split"]}),
+            r"expected a 0/1 flag",
+        ),
         (dict(kind="synthetic", profiles=[]), r"profiles must be"),
         (dict(kind="iid", seed=-1), r"seed must be"),
     ],
@@ -211,8 +220,9 @@ def test_column_data_errors(tiny: Path, tmp_path: Path) -> None:
 
 
 def test_synthetic_sites(tmp_path: Path) -> None:
-    cfg = PartitionConfig(kind="synthetic", profiles=["general_hospital", "rural_clinic"], sites=3, images_per_site=4,
-                          size=96)
+    cfg = PartitionConfig(
+        kind="synthetic", profiles=["general_hospital", "rural_clinic"], sites=3, images_per_site=4, size=96
+    )
     sites = make_sites(cfg, tmp_path, False)
     assert [s.name for s in sites] == ["general_hospital", "rural_clinic", "general_hospital_2"]  # profiles in turn
     for s in sites:

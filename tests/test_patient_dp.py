@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from test_dp import CONSTANT, PLAIN
+from tests_support import GROUP_NANO, toy_dataset
 from torch import nn
 
 from client.privacy import Budget, PrivacyRefused, guard_round, privacy_groups
@@ -17,10 +19,16 @@ from common.engine.trainer import train_local
 from common.nn.model import build_model
 from common.privacy.accounting import Mechanism, default_delta, epsilon_rdp
 from common.privacy.dp_sgd import DPSGD, _DPOptimizer, _PatientDPOptimizer, grad_sample_module
-from common.privacy.patients import (IMAGE_UNIT, PATIENT_UNIT, PATIENTS_FILE, PatientPoissonSampler, PatientSplittingSampler,
-                                     patient_groups, read_patients, write_patients)
-from test_dp import CONSTANT, PLAIN
-from tests_support import GROUP_NANO, toy_dataset
+from common.privacy.patients import (
+    IMAGE_UNIT,
+    PATIENT_UNIT,
+    PATIENTS_FILE,
+    PatientPoissonSampler,
+    PatientSplittingSampler,
+    patient_groups,
+    read_patients,
+    write_patients,
+)
 
 CLIP = 1.0
 
@@ -31,8 +39,14 @@ def _update(optimizer_cls: type, rows: list[int], groups: torch.Tensor, x: torch
     model = nn.Linear(3, 1, bias=False)
     gsm = grad_sample_module(model, "hooks")
     extra = {"groups": groups} if optimizer_cls is _PatientDPOptimizer else {}
-    opt = optimizer_cls(torch.optim.SGD(model.parameters(), lr=0.0), noise_multiplier=0.0, max_grad_norm=CLIP,
-                        expected_batch_size=1, loss_reduction="mean", **extra)
+    opt = optimizer_cls(
+        torch.optim.SGD(model.parameters(), lr=0.0),
+        noise_multiplier=0.0,
+        max_grad_norm=CLIP,
+        expected_batch_size=1,
+        loss_reduction="mean",
+        **extra,
+    )
     opt.rows = torch.tensor(rows)
     gsm(x[rows]).pow(2).mean().backward()
     opt.pre_step()
@@ -45,7 +59,7 @@ def test_a_patient_with_many_images_moves_the_update_by_at_most_the_clipping_nor
     groups = torch.tensor([0, 0, 0, 0, 0, 0, 1, 2, 3])  # patient 0 has six radiographs
     x = torch.ones(9, 3) * 10.0  # every image's gradient points the same way and is far above the clip
     everyone, without = list(range(9)), [6, 7, 8]
-    patient = (_update(_PatientDPOptimizer, everyone, groups, x) - _update(_PatientDPOptimizer, without, groups, x))
+    patient = _update(_PatientDPOptimizer, everyone, groups, x) - _update(_PatientDPOptimizer, without, groups, x)
     assert patient.norm() <= CLIP + 1e-6
     # per-image clipping lets the same patient move it six times as far: the test above can fail
     image = _update(_DPOptimizer, everyone, groups, x) - _update(_DPOptimizer, without, groups, x)
@@ -54,8 +68,9 @@ def test_a_patient_with_many_images_moves_the_update_by_at_most_the_clipping_nor
 
 def _optimizer() -> _DPOptimizer:
     model = nn.Linear(2, 1)
-    return _DPOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), noise_multiplier=1.0, max_grad_norm=1.0,
-                        expected_batch_size=1)
+    return _DPOptimizer(
+        torch.optim.SGD(model.parameters(), lr=0.1), noise_multiplier=1.0, max_grad_norm=1.0, expected_batch_size=1
+    )
 
 
 def test_physical_batches_keep_each_patient_whole_and_cap_its_images():
@@ -90,9 +105,21 @@ def test_the_accountant_runs_on_the_patient_count(tmp_path):
     images = _images(tmp_path, 12)
     groups = np.repeat(np.arange(4), 3)  # 4 patients of 3 images
     budget = Budget(8.0, 10.0, None, tmp_path / "ledger")
-    guard = guard_round("site_a", budget, PrivacyConfig(mode="dp_sgd"), run_id="r", rnd=1, planned_rounds=2,
-                        images=images, batch_size=2, local_epochs=1, max_steps=None, model_version="v", seed=0,
-                        groups=groups)
+    guard = guard_round(
+        "site_a",
+        budget,
+        PrivacyConfig(mode="dp_sgd"),
+        run_id="r",
+        rnd=1,
+        planned_rounds=2,
+        images=images,
+        batch_size=2,
+        local_epochs=1,
+        max_steps=None,
+        model_version="v",
+        seed=0,
+        groups=groups,
+    )
     assert guard.hook.sample_rate == pytest.approx(2 / 4)  # 2 patients of 4 a step, not 2 images of 12
     report = guard.commit(steps=2)
     assert report["unit"] == PATIENT_UNIT and report["patients"] == 4 and report["images"] == 12
@@ -121,8 +148,7 @@ def test_patient_level_training_runs_and_counts_logical_steps(tmp_path):
     before = {k: v.clone() for k, v in model.state_dict().items()}
     cfg = TrainConfig(imgsz=64, batch_size=2, epochs=1, warmup_steps=0, device="cpu", augment=PLAIN, imbalance=CONSTANT)
     patients = int(groups.max()) + 1
-    hook = DPSGD(noise_multiplier=1.0, max_grad_norm=1.0, sample_rate=2 / patients, max_physical_batch=2,
-                 groups=groups)
+    hook = DPSGD(noise_multiplier=1.0, max_grad_norm=1.0, sample_rate=2 / patients, max_physical_batch=2, groups=groups)
     result = train_local(model, data, cfg, privacy=hook, progress=False)
     assert result.metrics["steps"] == int(patients / 2)
     assert any(not torch.equal(before[k], v) for k, v in result.state.items())
@@ -132,8 +158,10 @@ def test_patient_level_training_runs_and_counts_logical_steps(tmp_path):
 def test_audit_show_names_the_unit_of_each_site():
     from server.audit import budgets
 
-    entries = [{"site": "a", "kind": "round", "epsilon": 1.0, "unit": PATIENT_UNIT},
-               {"site": "b", "kind": "round", "epsilon": 1.0, "unit": IMAGE_UNIT},
-               {"site": "b", "kind": "round", "epsilon": 2.0, "unit": PATIENT_UNIT}]
+    entries = [
+        {"site": "a", "kind": "round", "epsilon": 1.0, "unit": PATIENT_UNIT},
+        {"site": "b", "kind": "round", "epsilon": 1.0, "unit": IMAGE_UNIT},
+        {"site": "b", "kind": "round", "epsilon": 2.0, "unit": PATIENT_UNIT},
+    ]
     sites = budgets(entries)
     assert sites["a"].unit == "patient" and sites["b"].unit == "image + patient"

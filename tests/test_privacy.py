@@ -7,6 +7,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from opacus.accountants import PRVAccountant, RDPAccountant
 
 from client.privacy import PrivacyRefused, guard_round, site_budget
 from client.site_config import load_site_privacy, write_site_config
@@ -14,7 +15,6 @@ from common.config import PrivacyConfig
 from common.errors import ConfigError
 from common.privacy.accounting import Mechanism, calibrate, epsilons
 from common.privacy.ledger import Ledger, LedgerError, entry_hash, verify
-from opacus.accountants import PRVAccountant, RDPAccountant
 
 
 def _images(root: Path, n: int, start: int = 0) -> list[Path]:
@@ -28,8 +28,20 @@ def _images(root: Path, n: int, start: int = 0) -> list[Path]:
 
 
 def _guard(budget, cfg, images, rnd, run_id="run-a", rounds=3):
-    return guard_round("site_a", budget, cfg, run_id=run_id, rnd=rnd, planned_rounds=rounds, images=images,
-                       batch_size=4, local_epochs=1, max_steps=None, model_version="initial", seed=0)
+    return guard_round(
+        "site_a",
+        budget,
+        cfg,
+        run_id=run_id,
+        rnd=rnd,
+        planned_rounds=rounds,
+        images=images,
+        batch_size=4,
+        local_epochs=1,
+        max_steps=None,
+        model_version="initial",
+        seed=0,
+    )
 
 
 def test_ledger_chain_detects_edit_delete_reorder_and_truncation(tmp_path):
@@ -133,20 +145,28 @@ def test_a_real_site_takes_its_limits_and_ledger_from_its_own_file(tmp_path):
     b = site_budget("site_a", node, PrivacyConfig(mode="dp_sgd", target_epsilon=3.0, ceiling_epsilon=5.0))
     assert (b.target, b.ceiling, b.delta) == (3.0, 5.0, 1e-6)  # the server may ask for less
     assert b.ledger_dir == (tmp_path / "site" / "privacy").resolve() and b.ledger_dir.is_absolute()
-    same = site_budget("site_a", node, PrivacyConfig(mode="dp_sgd", target_epsilon=4.0, ceiling_epsilon=6.0,
-                                                     delta=1e-3))
+    same = site_budget(
+        "site_a", node, PrivacyConfig(mode="dp_sgd", target_epsilon=4.0, ceiling_epsilon=6.0, delta=1e-3)
+    )
     assert (same.target, same.ceiling, same.delta) == (4.0, 6.0, 1e-6)  # a looser delta is ignored
-    sim = site_budget("site_a", {}, PrivacyConfig(mode="dp_sgd", ledger_dir=str(tmp_path / "l"),
-                                                  sites={"site_a": {"target_epsilon": 6.0}}))
+    sim = site_budget(
+        "site_a",
+        {},
+        PrivacyConfig(mode="dp_sgd", ledger_dir=str(tmp_path / "l"), sites={"site_a": {"target_epsilon": 6.0}}),
+    )
     assert (sim.target, sim.ledger_dir) == (6.0, tmp_path / "l" / "site_a")  # simulated: the run's own values
 
 
-@pytest.mark.parametrize("asked, why", [
-    (dict(ceiling_epsilon=20.0), "ceiling_epsilon 20.00 above this site's 10.00"),
-    (dict(target_epsilon=9.0), "target_epsilon 9.00 above this site's 8.00"),
-    (dict(sites={"site_a": {"ceiling_epsilon": 11.0}}), "ceiling_epsilon 11.00 above"),
-    (dict(ledger_dir="/tmp/fresh-ledger"), "another ledger folder"),
-    (dict(reproducible_noise=True), "does not allow research mode")])
+@pytest.mark.parametrize(
+    "asked, why",
+    [
+        (dict(ceiling_epsilon=20.0), "ceiling_epsilon 20.00 above this site's 10.00"),
+        (dict(target_epsilon=9.0), "target_epsilon 9.00 above this site's 8.00"),
+        (dict(sites={"site_a": {"ceiling_epsilon": 11.0}}), "ceiling_epsilon 11.00 above"),
+        (dict(ledger_dir="/tmp/fresh-ledger"), "another ledger folder"),
+        (dict(reproducible_noise=True), "does not allow research mode"),
+    ],
+)
 def test_a_real_site_refuses_a_run_that_asks_for_more(tmp_path, asked, why):
     node = _real_site(tmp_path)
     with pytest.raises(PrivacyRefused, match=why) as e:
@@ -160,12 +180,18 @@ def test_a_real_site_without_a_usable_configuration_refuses(tmp_path, caplog):
         site_budget("site_a", {"data-dir": str(tmp_path)}, cfg)
     assert "fracfl site init" in caplog.text
     bad = tmp_path / "site.toml"
-    for text, field in [("[privacy]\nceiling_epsilon = 10.0\nledger_dir = '/x'\n", "target_epsilon is missing"),
-                        ("[privacy]\ntarget_epsilon = 8\nceiling_epsilon = -1\nledger_dir = '/x'\n",
-                         "ceiling_epsilon must be a positive number"),
-                        ("[privacy]\ntarget_epsilon = 8\nceiling_epsilon = 10\nledger_dir = 'rel'\n",
-                         "ledger_dir must be an absolute folder"),
-                        ("[privacy\n", "cannot read")]:
+    for text, field in [
+        ("[privacy]\nceiling_epsilon = 10.0\nledger_dir = '/x'\n", "target_epsilon is missing"),
+        (
+            "[privacy]\ntarget_epsilon = 8\nceiling_epsilon = -1\nledger_dir = '/x'\n",
+            "ceiling_epsilon must be a positive number",
+        ),
+        (
+            "[privacy]\ntarget_epsilon = 8\nceiling_epsilon = 10\nledger_dir = 'rel'\n",
+            "ledger_dir must be an absolute folder",
+        ),
+        ("[privacy\n", "cannot read"),
+    ]:
         bad.write_text(text)
         with pytest.raises(ConfigError, match=field):
             load_site_privacy(bad)
@@ -269,14 +295,17 @@ def test_the_card_lists_a_site_refused_without_a_report_and_why(tmp_path):
     with pytest.raises(PrivacyRefused) as refused:  # a real site asked for a higher ceiling: no report
         site_budget("site_b", _real_site(tmp_path), PrivacyConfig(mode="dp_sgd", ceiling_epsilon=20.0))
     assert refused.value.report is None
-    records = [RoundRecord(1, "site_a", "train", privacy=first),
-               RoundRecord(1, "site_b", "train", status=f"refused: {refused.value}"),
-               RoundRecord(1, "site_b", "evaluate")]
+    records = [
+        RoundRecord(1, "site_a", "train", privacy=first),
+        RoundRecord(1, "site_b", "train", status=f"refused: {refused.value}"),
+        RoundRecord(1, "site_b", "evaluate"),
+    ]
     sites = dp_sgd_section(latest_reports(records))["sites"]
     assert set(sites) == {"site_a", "site_b"} and sites["site_a"]["status"] == "trained"
     assert sites["site_b"] == {"status": f"refused: {refused.value}"[:120]}
-    later = latest_reports([RoundRecord(2, "site_a", "train", status="failed: internal error")],
-                           latest_reports(records))
+    later = latest_reports(
+        [RoundRecord(2, "site_a", "train", status="failed: internal error")], latest_reports(records)
+    )
     assert later["site_a"]["epsilon"] == first["epsilon"]  # what it spent stays on the card beside why it stopped
     assert later["site_a"]["status"] == "failed: internal error"
 

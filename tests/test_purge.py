@@ -33,7 +33,8 @@ def site(tmp_path):
     """A listener's places with one old and one recent thing in each, and a ledger inside the quarantine folder."""
     keep, queue = tmp_path / "keep", tmp_path / "var" / "listener"
     files = {
-        "old_copy": _write(keep / "2.25.1.dcm", mtime=OLD), "new_copy": _write(keep / "2.25.2.dcm"),
+        "old_copy": _write(keep / "2.25.1.dcm", mtime=OLD),
+        "new_copy": _write(keep / "2.25.2.dcm"),
         "old_q": _write(queue / "quarantine" / "undecodable" / "20240101T_a.dcm", mtime=OLD),
         "old_q_reason": _write(queue / "quarantine" / "undecodable" / "20240101T_a.dcm.reason.json", mtime=OLD),
         "new_q": _write(queue / "quarantine" / "undecodable" / "20990101T_b.dcm"),
@@ -61,10 +62,16 @@ def _links(root):
 def test_dry_run_reports_and_removes_nothing(site):
     root, keep, queue, files, _ = site
     journal = root / "purge.jsonl"
-    r = purge(30, keep_dir=keep, quarantine_dir=queue / "quarantine", queue_dir=queue, deid_dir=root / "deid",
-              journal=journal)
-    assert r.counts == {"kept copies": 1, "quarantined files": 2, "queue failed items": 1, "queue done items": 0,
-                        "linking-table rows": 1}
+    r = purge(
+        30, keep_dir=keep, quarantine_dir=queue / "quarantine", queue_dir=queue, deid_dir=root / "deid", journal=journal
+    )
+    assert r.counts == {
+        "kept copies": 1,
+        "quarantined files": 2,
+        "queue failed items": 1,
+        "queue done items": 0,
+        "linking-table rows": 1,
+    }
     assert r.undated_links == 1 and r.protected == 2 and not r.applied  # ledger.jsonl and its head
     assert all(p.exists() for p in files.values()) and _links(root) == {"2.25.9", "ANON-OLD", "2.25.8"}
     line = json.loads(journal.read_text())
@@ -76,8 +83,9 @@ def test_yes_removes_only_what_is_older_and_never_the_ledger(site):
     root, keep, queue, files, ledger = site
     before = ledger.path.read_bytes()
     secret = (root / "deid" / "site_secret.key").read_bytes()
-    r = purge(30, keep_dir=keep, quarantine_dir=queue / "quarantine", queue_dir=queue, deid_dir=root / "deid",
-              apply=True)
+    r = purge(
+        30, keep_dir=keep, quarantine_dir=queue / "quarantine", queue_dir=queue, deid_dir=root / "deid", apply=True
+    )
     assert r.applied and r.bytes > 0
     gone = {"old_copy", "old_q", "old_q_reason", "old_failed"}
     assert {k for k, p in files.items() if not p.exists()} == gone
@@ -119,15 +127,17 @@ def test_bad_requests_and_the_command(site, capsys):
     with pytest.raises(ConfigError, match="none of the places given exists"):
         args.func(args)
     assert not (queue / "nowhere").exists()  # a purge of nothing creates nothing
-    args = parser.parse_args(["site", "purge", "--older-than", "30", "--queue-dir", str(queue),
-                              "--keep-dir", str(keep)])
+    args = parser.parse_args(
+        ["site", "purge", "--older-than", "30", "--queue-dir", str(queue), "--keep-dir", str(keep)]
+    )
     assert args.func(args) == 0
     out = capsys.readouterr().out
     assert "would remove 1 kept copies" in out and "would remove 1 linking-table rows" in out
     assert "dry run: nothing was removed" in out and files["old_copy"].exists()
     assert (queue / "purge-log.jsonl").exists()
-    args = parser.parse_args(["site", "purge", "--older-than", "30", "--queue-dir", str(queue), "--keep-dir", str(keep),
-                              "--yes"])
+    args = parser.parse_args(
+        ["site", "purge", "--older-than", "30", "--queue-dir", str(queue), "--keep-dir", str(keep), "--yes"]
+    )
     assert args.func(args) == 0 and not files["old_copy"].exists() and not files["old_q"].exists()
     assert "removed 1 kept copies" in capsys.readouterr().out
     assert len((queue / "purge-log.jsonl").read_text().splitlines()) == 2

@@ -8,12 +8,12 @@ import os
 
 import pytest
 import torch
+from tests_support import NANO as SPEC
 
 from common.errors import DataError, FracflError
 from common.nn.model import build_model
 from server.registry import CardError, Registry
 from server.registry import store as store_mod
-from tests_support import NANO as SPEC
 
 
 @pytest.fixture(scope="module")
@@ -33,14 +33,23 @@ def make_card(run_id="run-a", rnd=1, **over):
         "strategy": {"name": "FedAvg", "params": {"fraction_fit": 1.0, "min_fit_clients": 2}},
         "config_hash": "3f2a9c",
         "sites": [
-            {"name": "general_hospital", "examples": 120, "status": "trained",
-             "metrics": {"loss": 1.25, "map50": 0.31}},
-            {"name": "rural_clinic", "examples": 40, "status": "rejected: update norm 12.3 exceeds bound 5",
-             "metrics": {}},
+            {
+                "name": "general_hospital",
+                "examples": 120,
+                "status": "trained",
+                "metrics": {"loss": 1.25, "map50": 0.31},
+            },
+            {
+                "name": "rural_clinic",
+                "examples": 40,
+                "status": "rejected: update norm 12.3 exceeds bound 5",
+                "metrics": {},
+            },
         ],
-        "metrics": {"pooled": {"map50": 0.41, "map50_95": 0.2, "sensitivity": 0.9, "specificity": 0.8,
-                               "roc_auc": 0.85},
-                    "per_site": {"general_hospital": {"map50": 0.44, "sensitivity": 0.92}}},
+        "metrics": {
+            "pooled": {"map50": 0.41, "map50_95": 0.2, "sensitivity": 0.9, "specificity": 0.8, "roc_auc": 0.85},
+            "per_site": {"general_hospital": {"map50": 0.44, "sensitivity": 0.92}},
+        },
         "privacy": None,
         "exports": [],
     }
@@ -62,7 +71,10 @@ def test_versions_parents_and_latest(reg):
     listed = reg.list()
     assert [p.version for p in listed] == ["v0001", "v0002", "v0003"]
     assert [(p.run_id, p.round, p.card["parent"]) for p in listed] == [
-        ("run-a", 1, None), ("run-a", 2, "v0001"), ("run-b", 1, None)]
+        ("run-a", 1, None),
+        ("run-a", 2, "v0001"),
+        ("run-b", 1, None),
+    ]
     assert json.loads((reg.root / "latest.json").read_text()) == {"version": "v0003", "run_id": "run-b", "round": 1}
     assert reg.latest().version == "v0003"
     assert reg.latest("run-a").version == "v0002"
@@ -83,8 +95,12 @@ def test_weights_round_trip_bit_exact(reg, model):
         assert torch.equal(ours[k].float() if ours[k].is_floating_point() else ours[k], theirs[k]), k
     from common.nn.weights import read_weights
 
-    assert read_weights(reg.get(1).weights)[2] == {"registry_version": "v0001", "run_id": "run-a", "round": 1,
-                                                   "imgsz": 320}
+    assert read_weights(reg.get(1).weights)[2] == {
+        "registry_version": "v0001",
+        "run_id": "run-a",
+        "round": 1,
+        "imgsz": 320,
+    }
 
 
 def test_verify_catches_changed_and_missing_files(reg):
@@ -139,8 +155,12 @@ def test_crash_mid_publish_leaves_nothing_visible(reg, model, monkeypatch):
 def test_update_card_adds_section_and_keeps_hash(reg):
     before = reg.get("v0002")
     weights = before.weights.read_bytes()
-    export = {"variant": "int8", "file": "exports/model_int8.tflite", "status": "failed: converter crashed",
-              "seconds": 3.5}
+    export = {
+        "variant": "int8",
+        "file": "exports/model_int8.tflite",
+        "status": "failed: converter crashed",
+        "seconds": 3.5,
+    }
     after = reg.update_card("v0002", "exports", [export])
     assert after.card["exports"] == [export] and after.card["updated"]
     assert after.card["hashes"] == before.card["hashes"] and before.weights.read_bytes() == weights
@@ -153,9 +173,12 @@ def test_update_card_adds_section_and_keeps_hash(reg):
     for section in ("hashes", "run_id", "version"):
         with pytest.raises(CardError, match=section):
             reg.update_card("v0002", section, "x")
-    for bad, field in [({**export, "file": "../v0001/model.safetensors"}, "file"),
-                       ({**export, "status": "ok"}, "sha256"), ({**export, "size_mb": 1}, "unknown field"),
-                       ({**export, "status": "done"}, "status")]:
+    for bad, field in [
+        ({**export, "file": "../v0001/model.safetensors"}, "file"),
+        ({**export, "status": "ok"}, "sha256"),
+        ({**export, "size_mb": 1}, "unknown field"),
+        ({**export, "status": "done"}, "status"),
+    ]:
         with pytest.raises(CardError, match=rf"exports\[0\].*{field}|{field}.*exports\[0\]"):
             reg.update_card("v0002", "exports", [bad])
 
@@ -178,8 +201,14 @@ def test_card_md_is_readable_and_honest(reg):
 
 def test_card_keeps_only_documented_fields_and_numbers(tmp_path, model):
     r = Registry(tmp_path / "r")
-    pooled = {"map50": 0.4, "roc_auc": float("nan"), "n_images": 32,
-              "false_negatives": [{"image": "site/img_001.png"}], "curves": {"pr": [0.1, 0.2]}, "note": "x"}
+    pooled = {
+        "map50": 0.4,
+        "roc_auc": float("nan"),
+        "n_images": 32,
+        "false_negatives": [{"image": "site/img_001.png"}],
+        "curves": {"pr": [0.1, 0.2]},
+        "note": "x",
+    }
     p = r.publish(model, SPEC, make_card(metrics={"pooled": pooled, "per_site": {}}))
     assert p.card["metrics"]["pooled"] == {"map50": 0.4, "roc_auc": None, "n_images": 32}
     assert "img_001" not in (p.path / "card.json").read_text() + (p.path / "card.md").read_text()
@@ -271,22 +300,31 @@ def test_every_card_states_intended_use_and_limitations(tmp_path, model):
 
     from server.registry.render import render_markdown
 
-    pooled = {"map50": 0.41, "sensitivity": 0.9, "specificity": 0.8, "roc_auc": 0.85, "n_images": 100,
-              "n-positive": 40}
+    pooled = {"map50": 0.41, "sensitivity": 0.9, "specificity": 0.8, "roc_auc": 0.85, "n_images": 100, "n-positive": 40}
     per_site = {"general_hospital": {"sensitivity": 1.0, "specificity": 0.5, "n_images": 12, "n-positive": 2}}
-    card = make_card(metrics={"pooled": pooled, "per_site": per_site},
-                     limitations={"intended_use": "cleared for diagnosis"})
+    card = make_card(
+        metrics={"pooled": pooled, "per_site": per_site}, limitations={"intended_use": "cleared for diagnosis"}
+    )
     p = Registry(tmp_path / "r").publish(model, SPEC, card)
     lim = p.card["limitations"]
     assert list(p.card)[-6:] == ["limitations", "version", "parent", "created", "updated", "hashes"]
     assert "NOT a medical device" in lim["intended_use"]
     assert lim["data"] == [
         {"site": "general_hospital", "training_images": 120, "status": "trained", "validation_images": 12},
-        {"site": "rural_clinic", "training_images": 40, "status": "rejected: update norm 12.3 exceeds bound 5",
-         "validation_images": None}]
+        {
+            "site": "rural_clinic",
+            "training_images": 40,
+            "status": "rejected: update norm 12.3 exceeds bound 5",
+            "validation_images": None,
+        },
+    ]
     rows = {r["scope"]: r for r in lim["performance"]}
-    for scope, key, k, n in [("pooled", "sensitivity", 36, 40), ("pooled", "specificity", 48, 60),
-                             ("general_hospital", "sensitivity", 2, 2), ("general_hospital", "specificity", 5, 10)]:
+    for scope, key, k, n in [
+        ("pooled", "sensitivity", 36, 40),
+        ("pooled", "specificity", 48, 60),
+        ("general_hospital", "sensitivity", 2, 2),
+        ("general_hospital", "specificity", 5, 10),
+    ]:
         ci = binomtest(k, n).proportion_ci(0.95, method="wilson")
         assert rows[scope][key]["n"] == n
         assert rows[scope][key]["ci95"] == pytest.approx([ci.low, ci.high], abs=1e-4)

@@ -22,46 +22,114 @@ def synthetic_records() -> list[RoundRecord]:
 
 def synthetic_dicts() -> list[dict]:
     pooled_map = {0: 0.05, 1: 0.22, 2: 0.31, 3: 0.44, 4: 0.41}  # best round: 3
-    recs = [{"round": 0, "site": "pooled", "phase": "server", "examples": 120, "status": "ok",
-             "metrics": {"map50": 0.05, "map50_95": 0.02, "sensitivity": 0.3, "specificity": 0.6, "roc_auc": 0.52}}]
+    recs = [
+        {
+            "round": 0,
+            "site": "pooled",
+            "phase": "server",
+            "examples": 120,
+            "status": "ok",
+            "metrics": {"map50": 0.05, "map50_95": 0.02, "sensitivity": 0.3, "specificity": 0.6, "roc_auc": 0.52},
+        }
+    ]
     for rnd in range(1, ROUNDS + 1):
         for i, site in enumerate(SITES):
             if site == EXHAUSTED[1] and rnd >= EXHAUSTED[0]:
-                recs.append({"round": rnd, "site": site, "phase": "train", "examples": 0,
-                             "status": "budget exhausted", "metrics": {}})
+                recs.append(
+                    {
+                        "round": rnd,
+                        "site": site,
+                        "phase": "train",
+                        "examples": 0,
+                        "status": "budget exhausted",
+                        "metrics": {},
+                    }
+                )
                 continue
             status = "rejected: non-finite values" if (rnd, site) == REJECTED else "ok"
             loss = math.inf if status != "ok" else 2.0 / (rnd + i * 0.3)
-            recs.append({"round": rnd, "site": site, "phase": "train", "examples": 40 + 10 * i, "status": status,
-                         "metrics": {"loss": loss}})
+            recs.append(
+                {
+                    "round": rnd,
+                    "site": site,
+                    "phase": "train",
+                    "examples": 40 + 10 * i,
+                    "status": status,
+                    "metrics": {"loss": loss},
+                }
+            )
         for i, site in enumerate(SITES):
             m = pooled_map[rnd] + 0.06 * (i - 1) + 0.02 * (i == 1) * (-1) ** rnd
-            recs.append({"round": rnd, "site": site, "phase": "evaluate", "examples": 12 + 4 * i, "status": "ok",
-                         "metrics": {"map50": m, "map50_95": m / 2.2, "sensitivity": 0.53 + 0.08 * rnd - 0.06 * i,
-                                     "specificity": 0.72 + 0.03 * rnd - 0.05 * (i - 1) * (-1) ** rnd,
-                                     "roc_auc": 0.6 + 0.06 * rnd - 0.04 * i}})
+            recs.append(
+                {
+                    "round": rnd,
+                    "site": site,
+                    "phase": "evaluate",
+                    "examples": 12 + 4 * i,
+                    "status": "ok",
+                    "metrics": {
+                        "map50": m,
+                        "map50_95": m / 2.2,
+                        "sensitivity": 0.53 + 0.08 * rnd - 0.06 * i,
+                        "specificity": 0.72 + 0.03 * rnd - 0.05 * (i - 1) * (-1) ** rnd,
+                        "roc_auc": 0.6 + 0.06 * rnd - 0.04 * i,
+                    },
+                }
+            )
         m = pooled_map[rnd]
-        recs.append({"round": rnd, "site": "pooled", "phase": "server", "examples": 120, "status": "ok",
-                     "metrics": {"map50": m, "map50_95": m / 2, "sensitivity": 0.5 + 0.08 * rnd,
-                                 "specificity": 0.7 + 0.04 * rnd, "roc_auc": 0.6 + 0.06 * rnd}})
+        recs.append(
+            {
+                "round": rnd,
+                "site": "pooled",
+                "phase": "server",
+                "examples": 120,
+                "status": "ok",
+                "metrics": {
+                    "map50": m,
+                    "map50_95": m / 2,
+                    "sensitivity": 0.5 + 0.08 * rnd,
+                    "specificity": 0.7 + 0.04 * rnd,
+                    "roc_auc": 0.6 + 0.06 * rnd,
+                },
+            }
+        )
     return recs
 
 
 def test_write_report(tmp_path):
     recs = synthetic_records()
-    paths = write_report(recs, tmp_path / "report", "Demo federation",
-                         {"strategy": "fedavg", "rounds": ROUNDS, "dp": {"epsilon": 8.0, "delta": 1e-5}})
+    paths = write_report(
+        recs,
+        tmp_path / "report",
+        "Demo federation",
+        {"strategy": "fedavg", "rounds": ROUNDS, "dp": {"epsilon": 8.0, "delta": 1e-5}},
+    )
     assert set(paths) == {"rounds_csv", "curves_png", "summary_md", "facts_json"}
     assert paths["facts_json"].name == "facts.json"
 
     with paths["rounds_csv"].open() as f:
         rows = list(csv.DictReader(f))
-    assert list(rows[0]) == ["round", "site", "phase", "examples", "status",
-                             "map50", "map50_95", "sensitivity", "specificity", "roc_auc", "loss"]
+    assert list(rows[0]) == [
+        "round",
+        "site",
+        "phase",
+        "examples",
+        "status",
+        "map50",
+        "map50_95",
+        "sensitivity",
+        "specificity",
+        "roc_auc",
+        "loss",
+    ]
     assert len(rows) == len(recs)
     rejected = next(r for r in rows if r["status"].startswith("rejected"))
-    assert (int(rejected["round"]), rejected["site"], rejected["loss"], rejected["map50"]) == (2, "trauma_center",
-                                                                                               "inf", "")
+    assert (int(rejected["round"]), rejected["site"], rejected["loss"], rejected["map50"]) == (
+        2,
+        "trauma_center",
+        "inf",
+        "",
+    )
     assert sum(r["status"] == "budget exhausted" for r in rows) == 2
 
     assert paths["curves_png"].stat().st_size > 10_000

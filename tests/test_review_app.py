@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
+from review_support import PASSWORD, Site, make_site
 
 from client.review.app import ReviewSettings, create_app
 from common.cli import main
-from review_support import PASSWORD, Site, make_site
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +69,9 @@ def test_verdicts_need_csrf_are_audited_and_conflicts_answer_409(site, tmp_path)
     box = state["boxes"][0]
     body = {"kind": "confirm", "box_id": box["id"], "expected_version": box["version"]}
     assert client.post(f"/api/case/{image_id}/verdict", json=body).status_code == 403
-    assert client.post(f"/api/case/{image_id}/verdict", json=body, headers={"X-CSRF-Token": "x" * 43}).status_code == 403
+    assert (
+        client.post(f"/api/case/{image_id}/verdict", json=body, headers={"X-CSRF-Token": "x" * 43}).status_code == 403
+    )
     r = client.post(f"/api/case/{image_id}/verdict", json=body, headers={"X-CSRF-Token": csrf})
     assert r.status_code == 200 and r.json()["boxes"][0]["status"] == "confirmed"
     assert r.json()["next"] == local.image_ids[1]
@@ -79,8 +81,11 @@ def test_verdicts_need_csrf_are_audited_and_conflicts_answer_409(site, tmp_path)
     r = other.post(f"/api/case/{image_id}/verdict", json=stale, headers={"X-CSRF-Token": other_csrf})
     assert r.status_code == 409 and "someone else changed it" in r.json()["detail"]
     assert r.json()["case"]["boxes"][0]["version"] == 2
-    bad = other.post(f"/api/case/{image_id}/verdict", json={"kind": "move", "box_id": box["id"], "box": [5, 5, 1, 1]},
-                     headers={"X-CSRF-Token": other_csrf})
+    bad = other.post(
+        f"/api/case/{image_id}/verdict",
+        json={"kind": "move", "box_id": box["id"], "box": [5, 5, 1, 1]},
+        headers={"X-CSRF-Token": other_csrf},
+    )
     assert bad.status_code == 400 and "x1 < x2" in bad.json()["detail"]
     (v,) = local.store.verdicts()
     ada = local.accounts.user("ada")
@@ -123,8 +128,9 @@ def test_phi_appears_nowhere_in_the_store_or_the_pages(site):
     client, csrf = _signed_in(site, "root")
     image_id = site.image_ids[0]
     box = client.get(f"/api/case/{image_id}").json()["boxes"][1]
-    client.post(f"/api/case/{image_id}/verdict", json={"kind": "reject", "box_id": box["id"]},
-                headers={"X-CSRF-Token": csrf})
+    client.post(
+        f"/api/case/{image_id}/verdict", json={"kind": "reject", "box_id": box["id"]}, headers={"X-CSRF-Token": csrf}
+    )
     paths = ["/login", "/", "/?unreviewed=1", "/?disagreements=1", "/?body_part=HAND", "/admin"]
     for i in site.image_ids:
         paths += [f"/case/{i}", f"/api/case/{i}", f"/image/{i}.png", f"/heatmap/{i}.png"]

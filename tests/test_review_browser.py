@@ -12,14 +12,20 @@ from pathlib import Path
 
 import pytest
 import uvicorn
+from review_support import PASSWORD, Site, make_site
 
 from client.review.app import ReviewSettings, create_app
-from review_support import PASSWORD, Site, make_site
 
 CHROMIUM = Path("/usr/bin/chromium")
 pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's chromium is not installed (/usr/bin/chromium)")
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-        "--disable-sync", "--no-first-run"]
+ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 
 
 @pytest.fixture
@@ -106,8 +112,13 @@ def test_review_in_chromium(served, tmp_path):
 
     ada = site.accounts.user("ada").reviewer_id
     got = [(v.image_id, v.kind, v.reviewer) for v in site.store.verdicts()]
-    assert got == [(a_id, "confirm", ada), (a_id, "reject", ada), (b_id, "add", ada), (b_id, "confirm", "rev-other"),
-                   (b_id, "move", ada)]
+    assert got == [
+        (a_id, "confirm", ada),
+        (a_id, "reject", ada),
+        (b_id, "add", ada),
+        (b_id, "confirm", "rev-other"),
+        (b_id, "move", ada),
+    ]
     a_boxes = site.store.image(a_id).boxes
     assert [b.status for b in a_boxes] == ["confirmed", "rejected"]
     b_boxes = {b.origin: b for b in site.store.image(b_id).boxes}

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import torch
+from tests_support import NANO, toy_dataset
 
 from client.task import train_site
 from common.config import LocalTrainConfig
 from common.nn.model import build_model
 from common.protocol import SiteJob
-from tests_support import NANO, toy_dataset
 
 
 def test_a_parsed_job_is_shared_and_training_leaves_it_unchanged(tmp_path):

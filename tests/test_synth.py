@@ -90,11 +90,18 @@ def test_fracture_is_visible_inside_its_box(kind):
         if kind == "displaced":
             assert diff[inside].mean() > 0.02 * per_att, seed
         else:
-            assert diff[inside].mean() > 5 * diff[~inside].mean(), (kind, seed, diff[inside].mean(), diff[~inside].mean())
+            assert diff[inside].mean() > 5 * diff[~inside].mean(), (
+                kind,
+                seed,
+                diff[inside].mean(),
+                diff[~inside].mean(),
+            )
 
 
 def test_displacement_and_angulation_follow_the_profile():
-    profile = dataclasses.replace(GENERAL, name="limits", max_displacement_mm=12.0, max_angulation_deg=20.0, multi_fracture_rate=0.0)
+    profile = dataclasses.replace(
+        GENERAL, name="limits", max_displacement_mm=12.0, max_angulation_deg=20.0, multi_fracture_rate=0.0
+    )
     seen = set()
     for seed in range(40):
         kind = FRACTURE_TYPES[seed % len(FRACTURE_TYPES)]
@@ -120,8 +127,16 @@ def _read_jsonl(path: Path) -> list[dict]:
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("synth") / "data"
-    generate_dataset(out, sites=["general_hospital", "trauma_center"], images_per_site=8, size=128, val_fraction=0.25, seed=3,
-                     dicom=True, progress=False)
+    generate_dataset(
+        out,
+        sites=["general_hospital", "trauma_center"],
+        images_per_site=8,
+        size=128,
+        val_fraction=0.25,
+        seed=3,
+        dicom=True,
+        progress=False,
+    )
     return out
 
 
@@ -134,12 +149,27 @@ def test_layout_and_yaml_files(dataset):
     }
     with open(dataset / "meta.csv") as f:
         meta = list(csv.DictReader(f))
-    assert list(meta[0]) == ["image_id", "site", "split", "body_part", "fractured", "boxes", "laterality", "width", "height",
-                             "pixel_spacing_mm", "bit_depth"]
+    assert list(meta[0]) == [
+        "image_id",
+        "site",
+        "split",
+        "body_part",
+        "fractured",
+        "boxes",
+        "laterality",
+        "width",
+        "height",
+        "pixel_spacing_mm",
+        "bit_depth",
+    ]
     assert len(meta) == 16 and len({m["image_id"] for m in meta}) == 16
     for site in ("general_hospital", "trauma_center"):
         root = dataset / site
-        assert yaml.safe_load((root / "data.yaml").read_text()) == {"train": "images/train", "val": "images/val", "names": {0: "fracture"}}
+        assert yaml.safe_load((root / "data.yaml").read_text()) == {
+            "train": "images/train",
+            "val": "images/val",
+            "names": {0: "fracture"},
+        }
         records = _read_jsonl(root / "ground_truth.jsonl")
         assert len(records) == 8 and sum(r["split"] == "val" for r in records) == 2
         for r in records:
@@ -162,7 +192,7 @@ def test_yolo_labels_match_ground_truth(dataset):
             for row, fracture in zip(rows, r["fractures"]):
                 cls, cx, cy, w, h = row[0], *map(float, row[1:])
                 assert cls == "0" and 0 < w <= 1 and 0 < h <= 1
-                assert 0 <= cx - w / 2 and cx + w / 2 <= 1 + 1e-6 and 0 <= cy - h / 2 and cy + h / 2 <= 1 + 1e-6
+                assert cx - w / 2 >= 0 and cx + w / 2 <= 1 + 1e-6 and cy - h / 2 >= 0 and cy + h / 2 <= 1 + 1e-6
                 x0, y0, x1, y1 = fracture["box_xyxy"]
                 assert cx == pytest.approx((x0 + x1) / 256, abs=1e-5) and w == pytest.approx((x1 - x0) / 128, abs=1e-5)
 
@@ -200,7 +230,9 @@ def test_monochrome1_stores_bone_dark(tmp_path):
     mono2 = dataclasses.replace(GENERAL, name="site", photometric="MONOCHROME2")
     mono1 = dataclasses.replace(GENERAL, name="site", photometric="MONOCHROME1")
     for profile in (mono1, mono2):
-        generate_dataset(tmp_path / profile.photometric, sites=[profile], images_per_site=2, size=96, dicom=True, progress=False)
+        generate_dataset(
+            tmp_path / profile.photometric, sites=[profile], images_per_site=2, size=96, dicom=True, progress=False
+        )
     for index in range(2):
         name = f"site/dicom/site_{index:05d}.dcm"
         a = pydicom.dcmread(tmp_path / "MONOCHROME1" / name).pixel_array.astype(int)

@@ -13,8 +13,7 @@ import numpy as np
 import pytest
 
 from common.errors import ConfigError
-from server.tracking import (DisabledTracker, make_tracker, sanitize_config, sanitize_metrics,
-                             sanitize_summary)
+from server.tracking import DisabledTracker, make_tracker, sanitize_config, sanitize_metrics, sanitize_summary
 
 PATIENT = "DOE^JANE"
 PATIENT_BYTES = [PATIENT.encode(), b"DOE", b"JANE"]
@@ -31,21 +30,46 @@ def all_bytes(root: Path) -> list[tuple[Path, bytes]]:
 
 def test_sanitize_rules():
     cfg, dropped = sanitize_config(CONFIG)
-    assert cfg == {"data.path": "site.yaml", "data.imgsz": [640, 640], "train.lr": 0.01, "train.epochs": 2,
-                   "train.amp": True, "train.device": "cpu", "train.sites": ["general_hospital", "rural_clinic"],
-                   "seed": 0}
+    assert cfg == {
+        "data.path": "site.yaml",
+        "data.imgsz": [640, 640],
+        "train.lr": 0.01,
+        "train.epochs": 2,
+        "train.amp": True,
+        "train.device": "cpu",
+        "train.sites": ["general_hospital", "rural_clinic"],
+        "seed": 0,
+    }
     assert dropped == ["config 'data.note' (str value not allowed)"]
-    assert sanitize_config({"w": "C:\\scans\\site_b\\data.yaml", "p": Path("/x/y.pt"), "n": None,
-                            "mixed": [1, "a b"], "bad key!": 1, "empty": "", "none": []})[0] == {
-        "w": "data.yaml", "p": "y.pt", "empty": "", "none": []}
+    assert sanitize_config(
+        {
+            "w": "C:\\scans\\site_b\\data.yaml",
+            "p": Path("/x/y.pt"),
+            "n": None,
+            "mixed": [1, "a b"],
+            "bad key!": 1,
+            "empty": "",
+            "none": [],
+        }
+    )[0] == {"w": "data.yaml", "p": "y.pt", "empty": "", "none": []}
 
-    kept, dropped = sanitize_metrics({"a/map50": np.float32(0.5), "b": 3, "c": float("inf"), "d": PATIENT,
-                                      "e": np.nan, f"site/{PATIENT}/map50": 0.3, "f": True})
+    kept, dropped = sanitize_metrics(
+        {
+            "a/map50": np.float32(0.5),
+            "b": 3,
+            "c": float("inf"),
+            "d": PATIENT,
+            "e": np.nan,
+            f"site/{PATIENT}/map50": 0.3,
+            "f": True,
+        }
+    )
     assert kept == {"a/map50": 0.5, "b": 3, "f": 1}
     assert len(dropped) == 4 and not any(PATIENT in d for d in dropped)  # warnings never quote the value or key
 
-    kept, dropped = sanitize_summary({"best_site": "trauma_center", "who": f"{PATIENT}", "note": "two words",
-                                      "best_map50": 0.4})
+    kept, dropped = sanitize_summary(
+        {"best_site": "trauma_center", "who": f"{PATIENT}", "note": "two words", "best_map50": 0.4}
+    )
     assert kept == {"best_site": "trauma_center", "best_map50": 0.4}
     assert len(dropped) == 2 and not any(PATIENT in d for d in dropped)
 
@@ -134,8 +158,15 @@ def test_offline_run_is_local_and_private(tmp_path, monkeypatch, caplog):
         with caplog.at_level(logging.WARNING, logger="fracfl.tracking"):
             with make_tracker("offline", run_dir, "fracfl", "test-run", CONFIG) as t:
                 for step in range(3):
-                    t.log(step, {key: 0.1 * step, "site/trauma_center/loss": 1.0 / (step + 1),
-                                 "note": f"patient {PATIENT}", "bad": math.nan})
+                    t.log(
+                        step,
+                        {
+                            key: 0.1 * step,
+                            "site/trauma_center/loss": 1.0 / (step + 1),
+                            "note": f"patient {PATIENT}",
+                            "bad": math.nan,
+                        },
+                    )
                 t.log(1, {key: 0.9})  # going back a step: dropped, wandb would reject it
                 t.summary({"best_round": 2, "best_site": "trauma_center", "who": PATIENT})
                 offline_run = t.run_dir

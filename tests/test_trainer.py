@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from tests_support import NANO, toy_dataset
 
 from common.config import AugmentConfig, EvalConfig, ImbalanceConfig, TrainConfig
 from common.data.dataset import DetectionDataset
@@ -12,7 +13,6 @@ from common.engine.evaluate import evaluate_model
 from common.engine.trainer import TrainingDiverged, image_weights, train_local
 from common.errors import ConfigError
 from common.nn.model import build_model, layer_parts
-from tests_support import NANO, toy_dataset
 
 FAST = TrainConfig(imgsz=128, batch_size=8, epochs=1, warmup_steps=0, device="cpu")
 
@@ -35,8 +35,18 @@ def test_training_fits_the_data(tmp_path, deterministic, record_property):
     cfg = EvalConfig(conf=0.25)
     before = evaluate_model(model, data, cfg, torch.device("cpu"), progress=False)
     plain = AugmentConfig(hflip=0, degrees=0, translate=0, scale=0, brightness=0, contrast=0, gamma=0, noise=0)
-    train = TrainConfig(imgsz=64, batch_size=8, epochs=300, optimizer="adamw", lr=0.004, warmup_steps=0,
-                        schedule="constant", grad_clip=None, device="cpu", augment=plain)
+    train = TrainConfig(
+        imgsz=64,
+        batch_size=8,
+        epochs=300,
+        optimizer="adamw",
+        lr=0.004,
+        warmup_steps=0,
+        schedule="constant",
+        grad_clip=None,
+        device="cpu",
+        augment=plain,
+    )
     train_local(model, data, train, seed=0, progress=False)
     after = evaluate_model(model, data, cfg, torch.device("cpu"), progress=False)
     for name, value in (("map50_before", before.map50), ("map50", after.map50), ("best_f1", after.best_f1)):
@@ -116,11 +126,18 @@ def test_privacy_hook_wraps_the_same_path(synth_data):
     hook = _PoissonLikeHook()
     model = build_model(NANO)
     private = {**FAST.__dict__, "imbalance": ImbalanceConfig("constant")}  # reweight is refused with a privacy hook
-    res = train_local(model, _data(synth_data), TrainConfig(**{**private, "max_steps": 3}), privacy=hook, progress=False)
+    res = train_local(
+        model, _data(synth_data), TrainConfig(**{**private, "max_steps": 3}), privacy=hook, progress=False
+    )
     assert hook.steps == 3 and res.metrics["images"] == 16 and hook.released
     with pytest.raises(ConfigError, match="mosaic"):
-        train_local(model, _data(synth_data), TrainConfig(**{**private, "augment": AugmentConfig(mosaic=0.5)}),
-                    privacy=hook, progress=False)
+        train_local(
+            model,
+            _data(synth_data),
+            TrainConfig(**{**private, "augment": AugmentConfig(mosaic=0.5)}),
+            privacy=hook,
+            progress=False,
+        )
 
 
 def test_evaluation_moves_a_cached_model_outside_inference_mode(synth_data):
@@ -160,10 +177,16 @@ def test_ema_weights_are_validated_and_returned(synth_data):
         torch.manual_seed(0)
         model = build_model(NANO)
         cfg = TrainConfig(**{**FAST.__dict__, "epochs": 1, "ema_decay": ema, "ema_tau": 1.0})
-        runs[ema] = train_local(model, _data(synth_data), cfg, progress=False,
-                                on_epoch_end=lambda e, m, w: seen.append((w, {k: v.clone() for k, v in w.state_dict().items()})))
-        assert all(torch.equal(v.float(), runs[ema].state[k]) for k, v in model.state_dict().items()
-                   if v.is_floating_point())  # the model ends holding what is returned
+        runs[ema] = train_local(
+            model,
+            _data(synth_data),
+            cfg,
+            progress=False,
+            on_epoch_end=lambda e, m, w: seen.append((w, {k: v.clone() for k, v in w.state_dict().items()})),
+        )
+        assert all(
+            torch.equal(v.float(), runs[ema].state[k]) for k, v in model.state_dict().items() if v.is_floating_point()
+        )  # the model ends holding what is returned
     (plain, _), (averaged, at_epoch_end) = seen
     assert averaged is not plain and not averaged.training  # validation saw the EMA copy
     assert any(not torch.equal(v, runs[0.9].state[k]) for k, v in runs[None].state.items())
@@ -174,8 +197,9 @@ def test_bf16_autocast_on_the_cpu_is_an_option_and_dp_stays_fp32(synth_data):
     from common.engine.precision import step_format
 
     model = build_model(NANO)
-    res = train_local(model, _data(synth_data), TrainConfig(**{**FAST.__dict__, "max_steps": 2, "precision": "bf16"}),
-                      progress=False)
+    res = train_local(
+        model, _data(synth_data), TrainConfig(**{**FAST.__dict__, "max_steps": 2, "precision": "bf16"}), progress=False
+    )
     assert res.metrics["format"] == "bf16 autocast" and np.isfinite(res.metrics["loss"])
     assert all(v.dtype != torch.bfloat16 for v in res.state.values())  # weights stay fp32
     cpu, gpu = torch.device("cpu"), torch.device("cuda")
@@ -196,8 +220,12 @@ def test_best_epoch_is_kept_and_patience_stops_training(synth_data, tmp_path):
     from common.engine.centralised import run_training
     from common.nn.weights import read_weights
 
-    job = TrainJob(model=ModelConfig(width=0.125, depth=0.5), data=DataConfig(path=str(synth_data)),
-                   train=TrainConfig(**{**FAST.__dict__, "epochs": 6, "patience": 1, "lr": 0.0}), progress=False)
+    job = TrainJob(
+        model=ModelConfig(width=0.125, depth=0.5),
+        data=DataConfig(path=str(synth_data)),
+        train=TrainConfig(**{**FAST.__dict__, "epochs": 6, "patience": 1, "lr": 0.0}),
+        progress=False,
+    )
     summary = run_training(job, tmp_path / "run")  # lr 0: nothing improves after the first epoch
     sel = summary["selection"]
     assert sel["selected_epoch"] == 1 and sel["stopped_early"] and sel["epochs_run"] == 2

@@ -9,12 +9,18 @@ import numpy as np
 import pytest
 import torch
 from safetensors import safe_open
+from tests_support import NANO as SPEC
 
 from common.errors import DataError
 from common.nn.model import build_model
-from common.nn.weights import (init_from_checkpoint, load_model, model_from_config, read_weights, save_weights,
-                               write_state)
-from tests_support import NANO as SPEC
+from common.nn.weights import (
+    init_from_checkpoint,
+    load_model,
+    model_from_config,
+    read_weights,
+    save_weights,
+    write_state,
+)
 
 
 def _perturbed_model():
@@ -41,9 +47,12 @@ def test_round_trip_is_bit_exact(tmp_path):
 
 
 def test_written_state_is_what_safetensors_reads_and_its_hash_is_the_files(tmp_path):
-    state = {"a.weight": np.asfortranarray(np.random.rand(3, 5)),  # float64, Fortran order: stored as C-order fp32
-             "b.num_batches_tracked": np.array(7, dtype=np.int64), "c.empty": np.zeros((0, 4), np.float32),
-             "d.bias": np.random.rand(5).astype(np.float32)[::2]}  # a strided view
+    state = {
+        "a.weight": np.asfortranarray(np.random.rand(3, 5)),  # float64, Fortran order: stored as C-order fp32
+        "b.num_batches_tracked": np.array(7, dtype=np.int64),
+        "c.empty": np.zeros((0, 4), np.float32),
+        "d.bias": np.random.rand(5).astype(np.float32)[::2],
+    }  # a strided view
     digest = write_state(tmp_path / "w.safetensors", state, SPEC, {"round": 3})
     assert digest == hashlib.sha256((tmp_path / "w.safetensors").read_bytes()).hexdigest()
     with safe_open(tmp_path / "w.safetensors", framework="np") as f:  # safetensors' own reader checks the layout
@@ -71,13 +80,15 @@ def test_foreign_pickled_model_loads_without_its_code(tmp_path, monkeypatch):
     pkg = tmp_path / "foreignrepo"
     (pkg / "models").mkdir(parents=True)
     (pkg / "models" / "__init__.py").write_text("")
-    (pkg / "models" / "yolo.py").write_text(textwrap.dedent("""
+    (pkg / "models" / "yolo.py").write_text(
+        textwrap.dedent("""
         import torch.nn as nn
         class Model(nn.Module):
             def __init__(self, inner):
                 super().__init__()
                 self.model = inner.model
-    """))
+    """)
+    )
     monkeypatch.syspath_prepend(str(pkg))
     import models.yolo  # noqa: F401  (the foreign code, importable only while saving)
 
@@ -99,7 +110,9 @@ def test_foreign_pickled_model_loads_without_its_code(tmp_path, monkeypatch):
 def test_shape_mismatch_and_missing_are_reported(tmp_path):
     coco = build_model(replace(SPEC, names={i: str(i) for i in range(80)}))
     torch.save(coco.state_dict(), tmp_path / "coco.pth")
-    model, _, report = model_from_config("yolov7-tiny", {0: "fracture"}, 0.125, 0.5, "batch", str(tmp_path / "coco.pth"))
+    model, _, report = model_from_config(
+        "yolov7-tiny", {0: "fracture"}, 0.125, 0.5, "batch", str(tmp_path / "coco.pth")
+    )
     assert report.shape_mismatch and all(".cv3." in k for k, _, _ in report.shape_mismatch)  # class outputs only
     assert any(k.startswith("model.0.") for k in report.matched)
     assert "tensors loaded" in report.summary()

@@ -21,8 +21,12 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def test_records_round_trip_exactly_with_every_shape():
-    state = {"w": np.arange(24, dtype=np.float32).reshape(2, 3, 4), "t": np.asfortranarray(np.eye(3)),
-             "bn.num_batches_tracked": np.array(7, dtype=np.int64), "e": np.zeros((0, 5), np.float32)}
+    state = {
+        "w": np.arange(24, dtype=np.float32).reshape(2, 3, 4),
+        "t": np.asfortranarray(np.eye(3)),
+        "bn.num_batches_tracked": np.array(7, dtype=np.int64),
+        "e": np.zeros((0, 5), np.float32),
+    }
     back = from_record(to_record(state))
     for k, v in state.items():
         assert back[k].shape == v.shape and back[k].dtype == v.dtype and np.array_equal(back[k], v), k
@@ -32,14 +36,22 @@ def test_records_round_trip_exactly_with_every_shape():
 
 
 def test_written_bytes_are_flowers_and_tensors_read_back_exactly():
-    state = {"w": np.random.rand(4, 3).astype(np.float32), "n": np.array(3, np.int64), "e": np.zeros((0, 2), np.float32),
-             "f": np.asfortranarray(np.random.rand(3, 2))}
-    ours, flowers = to_record(state), ArrayRecord({k: Array.from_numpy_ndarray(np.require(v, requirements="C"))
-                                                   for k, v in state.items()})
+    state = {
+        "w": np.random.rand(4, 3).astype(np.float32),
+        "n": np.array(3, np.int64),
+        "e": np.zeros((0, 2), np.float32),
+        "f": np.asfortranarray(np.random.rand(3, 2)),
+    }
+    ours, flowers = (
+        to_record(state),
+        ArrayRecord({k: Array.from_numpy_ndarray(np.require(v, requirements="C")) for k, v in state.items()}),
+    )
     assert all(ours[k].data == flowers[k].data and ours[k].shape == flowers[k].shape for k in state)
     tensors = torch_state(ours)
-    assert all(tensors[k].shape == v.shape and torch.equal(tensors[k], torch.from_numpy(np.require(v, requirements="C")))
-               for k, v in state.items())
+    assert all(
+        tensors[k].shape == v.shape and torch.equal(tensors[k], torch.from_numpy(np.require(v, requirements="C")))
+        for k, v in state.items()
+    )
     model = torch.nn.Linear(3, 4)
     model.load_state_dict(torch_state(to_record({"weight": state["w"], "bias": np.ones(4, np.float32)})))
     assert torch.equal(model.weight.detach(), torch.from_numpy(state["w"]))
@@ -66,6 +78,7 @@ def test_commits_run_one_at_a_time_and_a_failure_stops_the_run():
             assert running.acquire(blocking=False), "two commits at once"
             order.append(i)
             running.release()
+
         return run
 
     with Committer() as c:
@@ -86,10 +99,13 @@ def test_message_keys_are_spelt_only_in_the_protocol():
     """A key written as a literal on one side drifts from the other side's: server/ and client/ use the names."""
     keys = {v for k, v in vars(protocol).items() if k.isupper() and isinstance(v, str) and "-" in v}
     assert {"num-examples", "sites-manifest", "model-version", "server-round", "real-site"} <= keys
-    found = [f"{f.relative_to(REPO)}:{node.lineno} {node.value!r}"
-             for layer in ("server", "client") for f in sorted((REPO / layer).rglob("*.py"))
-             for node in ast.walk(ast.parse(f.read_text(encoding="utf-8")))
-             if isinstance(node, ast.Constant) and node.value in keys]
+    found = [
+        f"{f.relative_to(REPO)}:{node.lineno} {node.value!r}"
+        for layer in ("server", "client")
+        for f in sorted((REPO / layer).rglob("*.py"))
+        for node in ast.walk(ast.parse(f.read_text(encoding="utf-8")))
+        if isinstance(node, ast.Constant) and node.value in keys
+    ]
     assert not found, "\n".join(found)
 
 

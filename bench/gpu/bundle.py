@@ -30,19 +30,61 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from _common import FRACATLAS, REPO  # noqa: E402
+from _common import FRACATLAS, REPO
 
 OUT = REPO / ".gpu"
 LIMIT = 64 * 2**20  # the device tool's carry limit, working tree included
 # What the benchmark's processes import (bench, `fracfl train`, `fracfl simulate`, the sites on Ray workers).
-ENTRY_MODULES = ["common.cli", "common.commands.train", "simulations.commands", "simulations.runner",
-                 "client.client_app", "server.server_app", "server.run", "common.engine.centralised",
-                 "common.privacy.dp_sgd", "flwr.simulation", "ray", "ray._private.workers.default_worker", "hydra"]
+ENTRY_MODULES = [
+    "common.cli",
+    "common.commands.train",
+    "simulations.commands",
+    "simulations.runner",
+    "client.client_app",
+    "server.server_app",
+    "server.run",
+    "common.engine.centralised",
+    "common.privacy.dp_sgd",
+    "flwr.simulation",
+    "ray",
+    "ray._private.workers.default_worker",
+    "hydra",
+]
 # On the GPU image already (its package list, read 2026-11-17); binary ones must come from there.
-ON_DEVICE = {"torch", "numpy", "scipy", "matplotlib", "kiwisolver", "fonttools", "contourpy", "cycler", "pyparsing",
-             "python-dateutil", "pillow", "opencv-python", "sympy", "mpmath", "setuptools", "cuda-bindings",
-             "cuda-pathfinder", "nvidia-ml-py", "grpcio", "psutil", "pyyaml", "msgpack", "markupsafe",
-             "charset-normalizer", "uvloop", "safetensors", "six", "jinja2", "networkx", "fsspec", "triton", "fracfl"}
+ON_DEVICE = {
+    "torch",
+    "numpy",
+    "scipy",
+    "matplotlib",
+    "kiwisolver",
+    "fonttools",
+    "contourpy",
+    "cycler",
+    "pyparsing",
+    "python-dateutil",
+    "pillow",
+    "opencv-python",
+    "sympy",
+    "mpmath",
+    "setuptools",
+    "cuda-bindings",
+    "cuda-pathfinder",
+    "nvidia-ml-py",
+    "grpcio",
+    "psutil",
+    "pyyaml",
+    "msgpack",
+    "markupsafe",
+    "charset-normalizer",
+    "uvloop",
+    "safetensors",
+    "six",
+    "jinja2",
+    "networkx",
+    "fsspec",
+    "triton",
+    "fracfl",
+}
 RAY_DROP = ["jars", "rllib", "data", "serve", "tune", "train", "llm", "workflow", "dashboard/client"]
 RAY_BINARIES = ["core/src/ray/raylet/raylet", "core/src/ray/gcs/gcs_server"]
 
@@ -82,13 +124,32 @@ def copy_dist(dist: md.Distribution, site: Path) -> None:
 
 def py312_wheel(name: str, version: str, site: Path, tmp: Path) -> None:
     """The Python 3.12 manylinux wheel of `name==version` from PyPI, unpacked into `site`."""
-    platforms = [x for p in ("manylinux_2_28_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64")
-                 for x in ("--platform", p)]
-    subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:",
-                    "--python-version", "3.12", "--implementation", "cp", *platforms, "-d", str(tmp),
-                    f"{name}=={version}"], check=True)
+    platforms = [
+        x for p in ("manylinux_2_28_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64") for x in ("--platform", p)
+    ]
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "-q",
+            "--no-deps",
+            "--only-binary=:all:",
+            "--python-version",
+            "3.12",
+            "--implementation",
+            "cp",
+            *platforms,
+            "-d",
+            str(tmp),
+            f"{name}=={version}",
+        ],
+        check=True,
+    )
     wheel = next(tmp.glob(f"{norm(name).replace('-', '_')}-{version}-*.whl"), None) or next(
-        w for w in tmp.glob("*.whl") if norm(w.name.split("-")[0]) == norm(name))
+        w for w in tmp.glob("*.whl") if norm(w.name.split("-")[0]) == norm(name)
+    )
     shutil.unpack_archive(wheel, site, "zip")
 
 
@@ -154,10 +215,12 @@ def build_data(src: Path, dst: Path, max_side: int, quality: int) -> None:
         (root / "labels" / split).mkdir(parents=True, exist_ok=True)
         shutil.copy2(src / "labels" / split / label, root / "labels" / split / label)
     with open(root / "README.md", "a") as f:
-        f.write(f"\n## This copy\nMade by bench/gpu/bundle.py for a GPU machine: every image decoded as fracfl's "
-                f"loader "
-                f"does (grey, EXIF orientation applied), long side at most {max_side} px, JPEG quality {quality}. "
-                "meta.csv width/height still give the original sizes; labels are normalised, so they still hold.\n")
+        f.write(
+            f"\n## This copy\nMade by bench/gpu/bundle.py for a GPU machine: every image decoded as fracfl's "
+            f"loader "
+            f"does (grey, EXIF orientation applied), long side at most {max_side} px, JPEG quality {quality}. "
+            "meta.csv width/height still give the original sizes; labels are normalised, so they still hold.\n"
+        )
 
 
 def tracked_bytes() -> int:

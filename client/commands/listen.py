@@ -71,9 +71,15 @@ def _run(a: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    register_hydra_command(sub, "listen", "listen", help="DICOM listener: receive radiographs, send results to a PACS",
-                           description="A DICOM Storage SCP (C-ECHO, C-STORE): queues received radiographs on disk, "
-                           "runs fracture detection and stores GSPS, SR and Secondary Capture results at the "
-                           "configured PACS. Arguments are Hydra overrides of conf/listen.yaml, e.g. "
-                           "`model=registry/v0007 port=104`.", job=partial(_job, taken={}))
+    register_hydra_command(
+        sub,
+        "listen",
+        "listen",
+        help="DICOM listener: receive radiographs, send results to a PACS",
+        description="A DICOM Storage SCP (C-ECHO, C-STORE): queues received radiographs on disk, "
+        "runs fracture detection and stores GSPS, SR and Secondary Capture results at the "
+        "configured PACS. Arguments are Hydra overrides of conf/listen.yaml, e.g. "
+        "`model=registry/v0007 port=104`.",
+        job=partial(_job, taken={}),
+    )
     sub.choices["listen"].set_defaults(func=_run)  # takes `model=` out of the overrides before Hydra sees them

@@ -58,9 +58,12 @@ def _users_disable(a: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("review", help="the site's review page: radiologists confirm, reject, correct findings",
-                       description="A web page (127.0.0.1 by default) where the site's radiologists give verdicts on "
-                       "fracfl's findings, stored in the site's feedback database; and its local accounts.")
+    p = sub.add_parser(
+        "review",
+        help="the site's review page: radiologists confirm, reject, correct findings",
+        description="A web page (127.0.0.1 by default) where the site's radiologists give verdicts on "
+        "fracfl's findings, stored in the site's feedback database; and its local accounts.",
+    )
     rsub = p.add_subparsers(dest="review_command", metavar="ACTION", required=True)
 
     def with_db(q: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -70,16 +73,23 @@ def register(sub: argparse._SubParsersAction) -> None:
     s = with_db(rsub.add_parser("serve", help="serve the review page"))
     s.add_argument("--host", default="127.0.0.1", help="address to bind (default %(default)s: this machine only)")
     s.add_argument("--port", type=int, default=8321, help="port (default %(default)s)")
-    s.add_argument("--secure-cookies", action="store_true",
-                   help="mark cookies Secure: set this when a TLS reverse proxy serves the page")
+    s.add_argument(
+        "--secure-cookies",
+        action="store_true",
+        help="mark cookies Secure: set this when a TLS reverse proxy serves the page",
+    )
     s.set_defaults(func=_serve)
 
     users = rsub.add_parser("users", help="local accounts: add, list, disable")
     usub = users.add_subparsers(dest="users_command", metavar="ACTION", required=True)
     add = with_db(usub.add_parser("add", help="add an account (asks for the password twice)"))
     add.add_argument("name", help="user name to sign in with")
-    add.add_argument("--role", choices=["reviewer", "admin"], default="reviewer",
-                     help="reviewer: gives verdicts; admin: also reads the audit log (default %(default)s)")
+    add.add_argument(
+        "--role",
+        choices=["reviewer", "admin"],
+        default="reviewer",
+        help="reviewer: gives verdicts; admin: also reads the audit log (default %(default)s)",
+    )
     add.add_argument("--password-stdin", action="store_true", help="read the password from one line of stdin")
     add.set_defaults(func=_users_add)
     with_db(usub.add_parser("list", help="accounts with role, pseudonym and state")).set_defaults(func=_users_list)

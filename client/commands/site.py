@@ -10,13 +10,17 @@ from pathlib import Path
 def _init(a: argparse.Namespace) -> int:
     from client.site_config import NODE_KEY, write_site_config
 
-    path = write_site_config(Path(a.dir), target_epsilon=a.target_epsilon, ceiling_epsilon=a.ceiling_epsilon,
-                             delta=a.delta)
+    path = write_site_config(
+        Path(a.dir), target_epsilon=a.target_epsilon, ceiling_epsilon=a.ceiling_epsilon, delta=a.delta
+    )
     print(f"wrote {path} (ledger: {path.parent / 'privacy'}; back it up)")
-    print(f"ledger signing key: {path.parent / 'privacy' / 'ledger-key.pem'} (owner-only: let only the SuperNode's "
-          "account read it; keep a copy offline, a lost key stops training until restored)")
-    print(f"SuperNode: flower-supernode ... --node-config \"site-name='NAME' data-dir='/data/...' "
-          f"{NODE_KEY}='{path}'\"")
+    print(
+        f"ledger signing key: {path.parent / 'privacy' / 'ledger-key.pem'} (owner-only: let only the SuperNode's "
+        "account read it; keep a copy offline, a lost key stops training until restored)"
+    )
+    print(
+        f"SuperNode: flower-supernode ... --node-config \"site-name='NAME' data-dir='/data/...' {NODE_KEY}='{path}'\""
+    )
     return 0
 
 
@@ -38,15 +42,24 @@ def _purge(a: argparse.Namespace) -> int:
     if not any(path is not None and Path(path).is_dir() for path in places.values()):
         raise ConfigError("site purge: none of the places given exists; nothing to purge")
     journal = a.journal or ((queue or keep or Path(deid)) / "purge-log.jsonl")
-    result = purge(a.older_than, keep_dir=keep, quarantine_dir=quarantine, queue_dir=queue, deid_dir=deid,
-                   apply=a.yes, journal=journal)
+    result = purge(
+        a.older_than,
+        keep_dir=keep,
+        quarantine_dir=quarantine,
+        queue_dir=queue,
+        deid_dir=deid,
+        apply=a.yes,
+        journal=journal,
+    )
     verb = "removed" if a.yes else "would remove"
     for place, n in result.counts.items():
         print(f"{verb} {n} {place}")
     print(f"{verb} {result.bytes:,} bytes of files; journal: {journal}")
     if result.undated_links:
-        print(f"kept {result.undated_links} linking-table rows with no date (written before retention was "
-              "recorded; they are dated from their next use)")
+        print(
+            f"kept {result.undated_links} linking-table rows with no date (written before retention was "
+            "recorded; they are dated from their next use)"
+        )
     if result.protected:
         print(f"left {result.protected} privacy-ledger file(s) alone: the ledger is never purged")
     if not a.yes:
@@ -55,29 +68,48 @@ def _purge(a: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("site", help="a hospital site's own settings (privacy limits and ledger)",
-                       description="Settings that belong to the site, not the server; see docs/deployment.md.")
+    p = sub.add_parser(
+        "site",
+        help="a hospital site's own settings (privacy limits and ledger)",
+        description="Settings that belong to the site, not the server; see docs/deployment.md.",
+    )
     ssub = p.add_subparsers(dest="site_command", metavar="ACTION", required=True)
     q = ssub.add_parser("init", help="write DIR/site.toml: the site's privacy target, ceiling and ledger folder")
     q.add_argument("dir", help="folder for site.toml and the privacy ledger (durable, backed-up storage)")
-    q.add_argument("--target-epsilon", type=float, default=8.0,
-                   help="lifetime epsilon the noise is planned for (default %(default)s)")
-    q.add_argument("--ceiling-epsilon", type=float, default=10.0,
-                   help="lifetime epsilon never crossed: rounds beyond it are refused (default %(default)s)")
+    q.add_argument(
+        "--target-epsilon",
+        type=float,
+        default=8.0,
+        help="lifetime epsilon the noise is planned for (default %(default)s)",
+    )
+    q.add_argument(
+        "--ceiling-epsilon",
+        type=float,
+        default=10.0,
+        help="lifetime epsilon never crossed: rounds beyond it are refused (default %(default)s)",
+    )
     q.add_argument("--delta", type=float, default=None, help="delta (default: min(1e-5, 0.1/N) for N images)")
     q.set_defaults(func=_init)
-    r = ssub.add_parser("purge", help="remove kept copies, quarantined files and linking-table rows older than DAYS "
-                                      "(a dry run unless --yes)",
-                        description="Retention: finds what the site keeps about patients that is older than "
-                                    "--older-than days and, with --yes, removes it. Never touches the privacy ledger. Each run "
-                                    "appends its counts (no names) to a journal. See docs/governance.md.")
+    r = ssub.add_parser(
+        "purge",
+        help="remove kept copies, quarantined files and linking-table rows older than DAYS (a dry run unless --yes)",
+        description="Retention: finds what the site keeps about patients that is older than "
+        "--older-than days and, with --yes, removes it. Never touches the privacy ledger. Each run "
+        "appends its counts (no names) to a journal. See docs/governance.md.",
+    )
     r.add_argument("--older-than", type=float, required=True, metavar="DAYS", help="retention period in days")
-    r.add_argument("--queue-dir", default="var/listener",
-                   help="the listener's queue_dir (failed/, done/ and quarantine/ under it; default %(default)s)")
+    r.add_argument(
+        "--queue-dir",
+        default="var/listener",
+        help="the listener's queue_dir (failed/, done/ and quarantine/ under it; default %(default)s)",
+    )
     r.add_argument("--keep-dir", default=None, help="the listener's keep_dir (de-identified copies)")
     r.add_argument("--quarantine-dir", default=None, help="quarantine folder (default QUEUE_DIR/quarantine)")
-    r.add_argument("--deid-dir", default=None,
-                   help="folder of the linking table links.sqlite (default KEEP_DIR/../deid, as the listener uses)")
+    r.add_argument(
+        "--deid-dir",
+        default=None,
+        help="folder of the linking table links.sqlite (default KEEP_DIR/../deid, as the listener uses)",
+    )
     r.add_argument("--journal", default=None, help="append the counts here (default QUEUE_DIR/purge-log.jsonl)")
     r.add_argument("--yes", action="store_true", help="remove; without it, only report what would go")
     r.set_defaults(func=_purge)

@@ -31,8 +31,18 @@ from common.errors import FracflError
 SECRET_FILE = "site_secret.key"
 LINKS_FILE = "links.sqlite"
 _PRIVATE = 0o600
-_DUMMY = {"PN": "ANONYMOUS", "LO": "ANONYMOUS", "SH": "ANON", "DA": DUMMY_DATE, "TM": "", "DT": "", "CS": "", "AS": "",
-          "DS": "0", "IS": "0"}
+_DUMMY = {
+    "PN": "ANONYMOUS",
+    "LO": "ANONYMOUS",
+    "SH": "ANON",
+    "DA": DUMMY_DATE,
+    "TM": "",
+    "DT": "",
+    "CS": "",
+    "AS": "",
+    "DS": "0",
+    "IS": "0",
+}
 
 
 class BurnedInAnnotation(FracflError):
@@ -49,9 +59,13 @@ class SiteKeys:
         self.links_path = self.root / LINKS_FILE
         os.close(os.open(self.links_path, os.O_WRONLY | os.O_CREAT, _PRIVATE))  # owner-only before SQLite writes a byte
         with closing(self._connect()) as db, db:
-            db.execute("CREATE TABLE IF NOT EXISTS links (pseudonym TEXT PRIMARY KEY, kind TEXT NOT NULL, "
-                       "original TEXT NOT NULL, seen REAL)")
-            if "seen" not in {row[1] for row in db.execute("PRAGMA table_info(links)")}:  # a table from before retention
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS links (pseudonym TEXT PRIMARY KEY, kind TEXT NOT NULL, "
+                "original TEXT NOT NULL, seen REAL)"
+            )
+            if "seen" not in {
+                row[1] for row in db.execute("PRAGMA table_info(links)")
+            }:  # a table from before retention
                 db.execute("ALTER TABLE links ADD COLUMN seen REAL")
 
     def _connect(self) -> sqlite3.Connection:
@@ -77,8 +91,10 @@ class SiteKeys:
         if pairs:
             now = time.time()
             with closing(self._connect()) as db, db:
-                db.executemany("INSERT INTO links VALUES (?, ?, ?, ?) ON CONFLICT(pseudonym) DO UPDATE SET seen = "
-                               "excluded.seen", [(*p, now) for p in pairs])
+                db.executemany(
+                    "INSERT INTO links VALUES (?, ?, ?, ?) ON CONFLICT(pseudonym) DO UPDATE SET seen = excluded.seen",
+                    [(*p, now) for p in pairs],
+                )
 
     def original(self, pseudonym: str) -> tuple[str, str] | None:
         """(kind, original value) behind a pseudonym made at this site, or None."""
@@ -94,7 +110,9 @@ def _load_or_create_secret(path: Path) -> bytes:
     except FileExistsError:
         text = path.read_text().strip()
         if len(text) < 64:
-            raise FracflError(f"{path}: site secret is damaged (expected 64 hex digits); restore it from backup") from None
+            raise FracflError(
+                f"{path}: site secret is damaged (expected 64 hex digits); restore it from backup"
+            ) from None
         return bytes.fromhex(text)
     with os.fdopen(fd, "w") as f:
         f.write(secrets.token_hex(32) + "\n")
@@ -119,8 +137,10 @@ class Deidentifier:
 
     def __call__(self, ds: Dataset) -> Dataset:
         if self.burned_in == "refuse" and str(ds.get("BurnedInAnnotation", "")).upper() == "YES":
-            raise BurnedInAnnotation("image is flagged BurnedInAnnotation=YES: pixels may carry identifying text "
-                                     "(set burned_in=accept only after checking this source's images)")
+            raise BurnedInAnnotation(
+                "image is flagged BurnedInAnnotation=YES: pixels may carry identifying text "
+                "(set burned_in=accept only after checking this source's images)"
+            )
         out = copy.deepcopy(ds)
         run = _Run(*patient_identity(ds))
         self._walk(out, run)

@@ -394,7 +394,7 @@ TABLE_E1_1: dict[int, str] = {
     0x00404008: "X",  # Scheduled Procedure Step Expiration DateTime
     0x00404010: "X",  # Scheduled Procedure Step Modification DateTime
     0x00404011: "X",  # Expected Completion DateTime
-    0x00404023: "U",  # 
+    0x00404023: "U",
     0x00404025: "X",  # Scheduled Station Name Code Sequence
     0x00404027: "X",  # Scheduled Station Geographic Location Code Sequence
     0x00404028: "X",  # Performed Station Name Code Sequence

@@ -33,25 +33,44 @@ DEFAULT_NAMES = {0: "fracture"}
 @dataclass
 class IngestReport:
     added: int = 0
-    skipped: list[tuple[Path, str, str]] = field(default_factory=list)  # (file, reason code, problem): shown locally only
+    skipped: list[tuple[Path, str, str]] = field(
+        default_factory=list
+    )  # (file, reason code, problem): shown locally only
     splits: dict[str, int] = field(default_factory=dict)  # images in each split of the whole folder after this ingest
     val_fraction: float = 0.25
 
     def counts(self) -> dict:
         """Counts by reason, the only part written into the training folder (file names may identify patients)."""
-        return {"added": self.added, "skipped": dict(Counter(r for _, r, _ in self.skipped)), "splits": self.splits,
-                "val_fraction": self.val_fraction}
+        return {
+            "added": self.added,
+            "skipped": dict(Counter(r for _, r, _ in self.skipped)),
+            "splits": self.splits,
+            "val_fraction": self.val_fraction,
+        }
 
     def warnings(self) -> list[str]:
         """Why the folder cannot serve a federated run yet: a site trains on `train` and reports on `val`."""
-        why = {"train": "the site has nothing to train on",
-               "val": "the site cannot report validation metrics (its evaluation in a federated run fails)"}
-        return [f"the {split} split is empty: {why[split]}; ingest more patients or change --val-fraction"
-                for split in ("train", "val") if not self.splits.get(split)]
+        why = {
+            "train": "the site has nothing to train on",
+            "val": "the site cannot report validation metrics (its evaluation in a federated run fails)",
+        }
+        return [
+            f"the {split} split is empty: {why[split]}; ingest more patients or change --val-fraction"
+            for split in ("train", "val")
+            if not self.splits.get(split)
+        ]
 
 
-def ingest(dicom: str | Path, labels: str | Path, out: str | Path, keys_dir: str | Path, *, burned_in: str = "refuse",
-           val_fraction: float = 0.25, names: dict[int, str] | None = None) -> IngestReport:
+def ingest(
+    dicom: str | Path,
+    labels: str | Path,
+    out: str | Path,
+    keys_dir: str | Path,
+    *,
+    burned_in: str = "refuse",
+    val_fraction: float = 0.25,
+    names: dict[int, str] | None = None,
+) -> IngestReport:
     """Add every readable DICOM radiograph under `dicom` that has a YOLO label file (same stem, anywhere under
     `labels`; an empty file means no fracture) to the training folder `out`, de-identified.
 
@@ -59,8 +78,9 @@ def ingest(dicom: str | Path, labels: str | Path, out: str | Path, keys_dir: str
     rebuilt beside `out` and swapped in at the end (common.utils.staged), so it is always complete: the old version
     or the new one, never images without `data.yaml` and `ingest.json`."""
     if not 0.0 <= val_fraction < 1.0:
-        raise ConfigError(f"--val-fraction {val_fraction}: the share of patients put in validation must be at least 0 "
-                          "and below 1")
+        raise ConfigError(
+            f"--val-fraction {val_fraction}: the share of patients put in validation must be at least 0 and below 1"
+        )
     redact.install()  # no DICOM value in any log line or warning (common.dicom.redact)
     out = Path(out)
     recover(out)
@@ -82,15 +102,18 @@ def ingest(dicom: str | Path, labels: str | Path, out: str | Path, keys_dir: str
                 patients[image] = patient
                 report.added += 1
         atomic_write(stage / PATIENTS_FILE, write_patients(patients))
-        atomic_write(stage / "data.yaml", yaml.safe_dump({"train": "images/train", "val": "images/val",
-                                                          "names": names}, sort_keys=False).encode())
+        atomic_write(
+            stage / "data.yaml",
+            yaml.safe_dump({"train": "images/train", "val": "images/val", "names": names}, sort_keys=False).encode(),
+        )
         report.splits = {split: sum(1 for _ in (stage / "images" / split).glob("*.png")) for split in ("train", "val")}
         atomic_json(stage / "ingest.json", report.counts())
     return report
 
 
-def _prepare(path: Path, label: Path | None, deid: Deidentifier, names: dict[int, str], val_fraction: float,
-             report: IngestReport) -> tuple[dict[str, bytes], tuple[str, str]] | None:
+def _prepare(
+    path: Path, label: Path | None, deid: Deidentifier, names: dict[int, str], val_fraction: float, report: IngestReport
+) -> tuple[dict[str, bytes], tuple[str, str]] | None:
     """The files one input adds (relative path -> bytes), all made in memory before any is written, and its (image,
     pseudonymous patient); None, with the reason in `report.skipped`, when the input cannot be used."""
     if label is None:
@@ -107,8 +130,9 @@ def _prepare(path: Path, label: Path | None, deid: Deidentifier, names: dict[int
             raise RuntimeError("PNG encoding failed")
         return {
             f"images/{split}/{uid}.png": png.tobytes(),
-            f"labels/{split}/{uid}.txt": "".join(f"{int(c)} {cx:.6f} {cy:.6f} {w:.6f} {h:.6f}\n"
-                                                 for c, cx, cy, w, h in boxes.tolist()).encode(),
+            f"labels/{split}/{uid}.txt": "".join(
+                f"{int(c)} {cx:.6f} {cy:.6f} {w:.6f} {h:.6f}\n" for c, cx, cy, w, h in boxes.tolist()
+            ).encode(),
             f"dicom/{uid}.dcm": _encode(clean),
         }, (uid, str(clean.PatientID))
     except DicomRejected as e:
@@ -137,5 +161,7 @@ def _check_same_split(record: Path, val_fraction: float) -> None:
     except (OSError, ValueError, AttributeError) as e:
         raise DataError(record, f"unreadable ingest record ({e}); it says how this folder was split") from e
     if before is not None and float(before) != val_fraction:
-        raise ConfigError(f"--val-fraction {val_fraction}: this folder was split with {before} ({record}); "
-                          "another share would move patients between train and val")
+        raise ConfigError(
+            f"--val-fraction {val_fraction}: this folder was split with {before} ({record}); "
+            "another share would move patients between train and val"
+        )

@@ -64,17 +64,29 @@ class DicomPipeline:
     the pseudonymisation secret and linking table live in site_dir (default: keep_dir/../deid).
     """
 
-    def __init__(self, model_ref: str | Path, out_dir: str | Path, quarantine_dir: str | Path, backend: str = "torch",
-                 eval_cfg: EvalConfig | None = None, *, keep_dir: str | Path | None = None,
-                 site_dir: str | Path | None = None, burned_in: str = "refuse", heatmap: bool = True,
-                 modalities: frozenset[str] = RADIOGRAPH_MODALITIES, variant: str = "fp32"):
+    def __init__(
+        self,
+        model_ref: str | Path,
+        out_dir: str | Path,
+        quarantine_dir: str | Path,
+        backend: str = "torch",
+        eval_cfg: EvalConfig | None = None,
+        *,
+        keep_dir: str | Path | None = None,
+        site_dir: str | Path | None = None,
+        burned_in: str = "refuse",
+        heatmap: bool = True,
+        modalities: frozenset[str] = RADIOGRAPH_MODALITIES,
+        variant: str = "fp32",
+    ):
         redact.install()  # no DICOM value reaches a log line or warning of this process
         self.out_dir = Path(out_dir)
         self.quarantine_dir = Path(quarantine_dir)
         self.modalities = modalities
         self.model_version = model_version(model_ref)
-        self.analyser = Analyser(load_backend(model_ref, backend, variant=variant), eval_cfg or EvalConfig(),
-                                 self.model_version, heatmap)
+        self.analyser = Analyser(
+            load_backend(model_ref, backend, variant=variant), eval_cfg or EvalConfig(), self.model_version, heatmap
+        )
         self.keep_dir = Path(keep_dir) if keep_dir is not None else None
         self.deidentify: Deidentifier | None = None
         if self.keep_dir is not None:
@@ -102,14 +114,19 @@ class DicomPipeline:
         except DicomRejected as e:
             result.transfer_syntax = e.transfer_syntax or result.transfer_syntax
             return self._quarantine(result, e.reason, redact.redact(e.problem))
-        except Exception as e:  # a bug, a malformed LUT or a full disk must not lose the file: set aside with the reason
+        except (
+            Exception
+        ) as e:  # a bug, a malformed LUT or a full disk must not lose the file: set aside with the reason
             result.outputs = []
             return self._quarantine(result, PROCESSING_ERROR, processing_problem(e))
         result.notes = list(image.notes)
         if self.deidentify is not None:
             self._keep(image.dataset, analysis, result)
-        log.info("processed: %d finding(s), verdict %s", len(analysis.prediction.findings()),
-                 "positive" if analysis.prediction.positive else "negative")
+        log.info(
+            "processed: %d finding(s), verdict %s",
+            len(analysis.prediction.findings()),
+            "positive" if analysis.prediction.positive else "negative",
+        )
         return result
 
     def _keep(self, ds: Dataset, analysis: Analysis, result: PipelineResult) -> None:
@@ -158,9 +175,16 @@ def write_results(image: DicomImage, analysis: Analysis, folder: Path, version: 
     }
     outputs = [atomic_write(folder / RESULT_FILES[k], _encode(obj)) for k, obj in objects.items()]
     write_pictures(analysis, folder, "image")
-    atomic_json(folder / "result.json", {"model_version": version, **analysis.summary(),
-                                         "pixel_spacing_mm": image.pixel_spacing_mm, "notes": image.notes,
-                                         "outputs": [p.name for p in outputs]})
+    atomic_json(
+        folder / "result.json",
+        {
+            "model_version": version,
+            **analysis.summary(),
+            "pixel_spacing_mm": image.pixel_spacing_mm,
+            "notes": image.notes,
+            "outputs": [p.name for p in outputs],
+        },
+    )
     return outputs
 
 

@@ -21,14 +21,16 @@ def quarantine(path: str | Path, root: str | Path, reason: str, problem: str, mo
     path = Path(path)
     folder = Path(root) / reason
     folder.mkdir(parents=True, exist_ok=True)
-    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S%fZ")
     target = folder / f"{stamp}_{path.name}"
     n = 1
     while target.exists():
         target = folder / f"{stamp}_{n}_{path.name}"
         n += 1
-    atomic_json(target.with_name(target.name + REASON_SUFFIX),
-                {"reason": reason, "problem": problem, "original_name": path.name, "quarantined_at": stamp})
+    atomic_json(
+        target.with_name(target.name + REASON_SUFFIX),
+        {"reason": reason, "problem": problem, "original_name": path.name, "quarantined_at": stamp},
+    )
     if path.exists():
         (shutil.move if move else shutil.copy2)(str(path), str(target))
     return target

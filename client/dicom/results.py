@@ -41,8 +41,17 @@ SERIES_NUMBERS = {"gsps": 9001, "sr": 9002, "sc": 9003}  # high, fixed numbers k
 
 
 # Type 2 patient/study attributes highdicom copies from the source into every result (PS3.3 C.7.1.1, C.7.2.1).
-TYPE2_COPIED = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
-                "AccessionNumber", "StudyID", "ReferringPhysicianName")
+TYPE2_COPIED = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyDate",
+    "StudyTime",
+    "AccessionNumber",
+    "StudyID",
+    "ReferringPhysicianName",
+)
 _SEXES = frozenset({"M", "F", "O"})
 
 
@@ -78,11 +87,33 @@ def _valid_or_empty(keyword: str, value: object) -> object:
 
 # BodyPartExamined defined terms of unpaired structures (PS3.16 Annex L), as dciodvfy checks them: for these the
 # General Series Laterality must be absent; for any other (or no) body part it is present, empty when unknown.
-UNPAIRED_BODY_PARTS = frozenset({
-    "ABDOMEN", "ABDOMENPELVIS", "CHEST", "CHESTABDOMEN", "COCCYX", "CSPINE", "FACE", "HEAD", "HEADNECK", "HEART", "JAW",
-    "LSPINE", "LSSPINE", "NECK", "NOSE", "PELVIS", "SKULL", "SPINE", "SSPINE", "STERNUM", "TLSPINE", "TSPINE",
-    "WHOLEBODY",
-})
+UNPAIRED_BODY_PARTS = frozenset(
+    {
+        "ABDOMEN",
+        "ABDOMENPELVIS",
+        "CHEST",
+        "CHESTABDOMEN",
+        "COCCYX",
+        "CSPINE",
+        "FACE",
+        "HEAD",
+        "HEADNECK",
+        "HEART",
+        "JAW",
+        "LSPINE",
+        "LSSPINE",
+        "NECK",
+        "NOSE",
+        "PELVIS",
+        "SKULL",
+        "SPINE",
+        "SSPINE",
+        "STERNUM",
+        "TLSPINE",
+        "TSPINE",
+        "WHOLEBODY",
+    }
+)
 
 
 def laterality(source: Dataset) -> str | None:
@@ -123,13 +154,32 @@ def presentation_state(source: Dataset, prediction: Prediction, model_version: s
     for i, f in enumerate(prediction.findings(), 1):
         x1, y1, x2, y2 = f["box"]
         outline = np.array([[x1, y1], [x2, y1], [x2, y2], [x1, y2], [x1, y1]], dtype=np.float32)
-        graphics.append(hd.pr.GraphicObject(graphic_type=hd.pr.GraphicTypeValues.POLYLINE, graphic_data=outline,
-                                            units=hd.pr.AnnotationUnitsValues.PIXEL, tracking_id=f"finding {i}",
-                                            tracking_uid=result_uid(source, model_version, "gsps", f"finding {i}")))
-        texts.append(hd.pr.TextObject(text_value=f"{f['class_name']} {f['score']:.2f}", units=hd.pr.AnnotationUnitsValues.PIXEL,
-                                      anchor_point=(max(float(x1), 1.0), max(float(y1), 1.0)), anchor_point_visible=False))
-    annotations = [hd.pr.GraphicAnnotation(referenced_images=[source], graphic_layer=layer,
-                                           graphic_objects=graphics, text_objects=texts)] if graphics else []
+        graphics.append(
+            hd.pr.GraphicObject(
+                graphic_type=hd.pr.GraphicTypeValues.POLYLINE,
+                graphic_data=outline,
+                units=hd.pr.AnnotationUnitsValues.PIXEL,
+                tracking_id=f"finding {i}",
+                tracking_uid=result_uid(source, model_version, "gsps", f"finding {i}"),
+            )
+        )
+        texts.append(
+            hd.pr.TextObject(
+                text_value=f"{f['class_name']} {f['score']:.2f}",
+                units=hd.pr.AnnotationUnitsValues.PIXEL,
+                anchor_point=(max(float(x1), 1.0), max(float(y1), 1.0)),
+                anchor_point_visible=False,
+            )
+        )
+    annotations = (
+        [
+            hd.pr.GraphicAnnotation(
+                referenced_images=[source], graphic_layer=layer, graphic_objects=graphics, text_objects=texts
+            )
+        ]
+        if graphics
+        else []
+    )
     inverse = str(source.PhotometricInterpretation).upper() == "MONOCHROME1"
     shape = hd.PresentationLUTShapeValues.INVERSE if inverse else hd.PresentationLUTShapeValues.IDENTITY
     gsps = hd.pr.GrayscaleSoftcopyPresentationState(
@@ -154,50 +204,86 @@ def presentation_state(source: Dataset, prediction: Prediction, model_version: s
     return gsps
 
 
-def measurement_report(source: Dataset, prediction: Prediction, model_version: str,
-                       pixel_spacing_mm: tuple[float, float] | None = None) -> hd.sr.Comprehensive3DSR:
+def measurement_report(
+    source: Dataset, prediction: Prediction, model_version: str, pixel_spacing_mm: tuple[float, float] | None = None
+) -> hd.sr.Comprehensive3DSR:
     """TID 1500 report: one planar ROI group per finding (fracture code, box as POLYLINE on the source image,
     score, width/height in mm when the spacing is known) plus the image-level probability and verdict."""
     source = reference_dataset(source)
     algorithm = hd.sr.AlgorithmIdentification(name="fracfl", version=model_version[:64])
-    device = hd.sr.DeviceObserverIdentifyingAttributes(uid=generate_uid(entropy_srcs=["fracfl-device", model_version]),
-                                                        name="fracfl", model_name=model_version[:64])
-    context = hd.sr.ObservationContext(observer_device_context=hd.sr.ObserverContext(
-        observer_type=codes.DCM.Device, observer_identifying_attributes=device))
+    device = hd.sr.DeviceObserverIdentifyingAttributes(
+        uid=generate_uid(entropy_srcs=["fracfl-device", model_version]), name="fracfl", model_name=model_version[:64]
+    )
+    context = hd.sr.ObservationContext(
+        observer_device_context=hd.sr.ObserverContext(
+            observer_type=codes.DCM.Device, observer_identifying_attributes=device
+        )
+    )
     groups: list = []
     for i, f in enumerate(prediction.findings(), 1):
         x1, y1, x2, y2 = f["box"]
         region = hd.sr.ImageRegion(
             graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
             graphic_data=np.array([[x1, y1], [x2, y1], [x2, y2], [x1, y2], [x1, y1]], dtype=np.float32),
-            source_image=hd.sr.SourceImageForRegion.from_source_image(source))
+            source_image=hd.sr.SourceImageForRegion.from_source_image(source),
+        )
         measurements = [hd.sr.Measurement(name=SCORE, value=float(f["score"]), unit=NO_UNITS, algorithm_id=algorithm)]
         if pixel_spacing_mm is not None:
             row_mm, col_mm = pixel_spacing_mm
-            measurements += [hd.sr.Measurement(name=WIDTH, value=round((x2 - x1) * col_mm, 2), unit=codes.UCUM.Millimeter),
-                             hd.sr.Measurement(name=HEIGHT, value=round((y2 - y1) * row_mm, 2), unit=codes.UCUM.Millimeter)]
-        groups.append(hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
-            tracking_identifier=hd.sr.TrackingIdentifier(identifier=f"fracture {i}",
-                                                         uid=result_uid(source, model_version, "sr", f"finding {i}")),
-            referenced_region=region, finding_type=FRACTURE, algorithm_id=algorithm, measurements=measurements,
-            qualitative_evaluations=[hd.sr.QualitativeEvaluation(
-                name=hd.sr.CodedConcept("TYPE", "99FRACFL", "Fracture type"),
-                value=hd.sr.CodedConcept(f"C{f['class_id']}", "99FRACFL", str(f["class_name"])[:64]))]))
-    groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
-        tracking_identifier=hd.sr.TrackingIdentifier(identifier="image",
-                                                     uid=result_uid(source, model_version, "sr", "image")),
-        finding_type=FRACTURE, algorithm_id=algorithm,
-        measurements=[hd.sr.Measurement(name=PROBABILITY, value=round(prediction.probability, 4), unit=NO_UNITS,
-                                        algorithm_id=algorithm)],
-        qualitative_evaluations=[hd.sr.QualitativeEvaluation(name=VERDICT,
-                                                             value=codes.SCT.Present if prediction.positive else codes.SCT.Absent)]))
-    report = hd.sr.MeasurementReport(observation_context=context, procedure_reported=RADIOGRAPHY,
-                                     imaging_measurements=groups)
+            measurements += [
+                hd.sr.Measurement(name=WIDTH, value=round((x2 - x1) * col_mm, 2), unit=codes.UCUM.Millimeter),
+                hd.sr.Measurement(name=HEIGHT, value=round((y2 - y1) * row_mm, 2), unit=codes.UCUM.Millimeter),
+            ]
+        groups.append(
+            hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+                tracking_identifier=hd.sr.TrackingIdentifier(
+                    identifier=f"fracture {i}", uid=result_uid(source, model_version, "sr", f"finding {i}")
+                ),
+                referenced_region=region,
+                finding_type=FRACTURE,
+                algorithm_id=algorithm,
+                measurements=measurements,
+                qualitative_evaluations=[
+                    hd.sr.QualitativeEvaluation(
+                        name=hd.sr.CodedConcept("TYPE", "99FRACFL", "Fracture type"),
+                        value=hd.sr.CodedConcept(f"C{f['class_id']}", "99FRACFL", str(f["class_name"])[:64]),
+                    )
+                ],
+            )
+        )
+    groups.append(
+        hd.sr.MeasurementsAndQualitativeEvaluations(
+            tracking_identifier=hd.sr.TrackingIdentifier(
+                identifier="image", uid=result_uid(source, model_version, "sr", "image")
+            ),
+            finding_type=FRACTURE,
+            algorithm_id=algorithm,
+            measurements=[
+                hd.sr.Measurement(
+                    name=PROBABILITY, value=round(prediction.probability, 4), unit=NO_UNITS, algorithm_id=algorithm
+                )
+            ],
+            qualitative_evaluations=[
+                hd.sr.QualitativeEvaluation(
+                    name=VERDICT, value=codes.SCT.Present if prediction.positive else codes.SCT.Absent
+                )
+            ],
+        )
+    )
+    report = hd.sr.MeasurementReport(
+        observation_context=context, procedure_reported=RADIOGRAPHY, imaging_measurements=groups
+    )
     sr = hd.sr.Comprehensive3DSR(
-        evidence=[source], content=report,
-        series_instance_uid=result_uid(source, model_version, "sr", "series"), series_number=SERIES_NUMBERS["sr"],
-        sop_instance_uid=result_uid(source, model_version, "sr"), instance_number=1,
-        manufacturer=MANUFACTURER, is_complete=True, is_final=False, is_verified=False,
+        evidence=[source],
+        content=report,
+        series_instance_uid=result_uid(source, model_version, "sr", "series"),
+        series_number=SERIES_NUMBERS["sr"],
+        sop_instance_uid=result_uid(source, model_version, "sr"),
+        instance_number=1,
+        manufacturer=MANUFACTURER,
+        is_complete=True,
+        is_final=False,
+        is_verified=False,
     )
     sr.SeriesDescription = _series_description("report", model_version)
     sr.SoftwareVersions = model_version[:64]
@@ -210,10 +296,16 @@ def secondary_capture(source: Dataset, picture: np.ndarray, model_version: str) 
     orientation = tuple(source.get("PatientOrientation") or ())
     known = len(orientation) == 2 and all(orientation)
     sc = hd.sc.SCImage.from_ref_dataset(
-        ref_dataset=source, pixel_array=picture, photometric_interpretation=hd.PhotometricInterpretationValues.RGB,
-        bits_allocated=8, coordinate_system=hd.CoordinateSystemNames.PATIENT,
-        series_instance_uid=result_uid(source, model_version, "sc", "series"), series_number=SERIES_NUMBERS["sc"],
-        sop_instance_uid=result_uid(source, model_version, "sc"), instance_number=1, manufacturer=MANUFACTURER,
+        ref_dataset=source,
+        pixel_array=picture,
+        photometric_interpretation=hd.PhotometricInterpretationValues.RGB,
+        bits_allocated=8,
+        coordinate_system=hd.CoordinateSystemNames.PATIENT,
+        series_instance_uid=result_uid(source, model_version, "sc", "series"),
+        series_number=SERIES_NUMBERS["sc"],
+        sop_instance_uid=result_uid(source, model_version, "sc"),
+        instance_number=1,
+        manufacturer=MANUFACTURER,
         # highdicom insists on an orientation; when the source has none, a placeholder is emptied below (Type 2).
         patient_orientation=orientation if known else ("L", "F"),
         transfer_syntax_uid="1.2.840.10008.1.2.1",
@@ -224,7 +316,9 @@ def secondary_capture(source: Dataset, picture: np.ndarray, model_version: str) 
     sc.SoftwareVersions = model_version[:64]
     sc.BurnedInAnnotation = "YES"  # labels and boxes are in the pixels
     _copy_series_anatomy(source, sc)
-    sc.DerivationDescription = f"fracfl findings and Grad-CAM heatmap over the source image, model {model_version}"[:1024]
+    sc.DerivationDescription = f"fracfl findings and Grad-CAM heatmap over the source image, model {model_version}"[
+        :1024
+    ]
     ref = Dataset()  # which image this picture was derived from, as a PACS viewer links them
     ref.ReferencedSOPClassUID, ref.ReferencedSOPInstanceUID = source.SOPClassUID, source.SOPInstanceUID
     sc.SourceImageSequence = [ref]

@@ -48,8 +48,15 @@ class Throttled(FracflError):
 class Accounts:
     """Users and sessions of one feedback database."""
 
-    def __init__(self, store: FeedbackStore, *, session_minutes: float = 480, max_failures: int = 5,
-                 lockout_minutes: float = 15, hasher: PasswordHasher | None = None):
+    def __init__(
+        self,
+        store: FeedbackStore,
+        *,
+        session_minutes: float = 480,
+        max_failures: int = 5,
+        lockout_minutes: float = 15,
+        hasher: PasswordHasher | None = None,
+    ):
         self.store = store
         self.session_ttl = timedelta(minutes=session_minutes)
         self.max_failures = max_failures
@@ -71,8 +78,10 @@ class Accounts:
             if con.execute("SELECT 1 FROM users WHERE username = ?", (username,)).fetchone():
                 raise FracflError(f"user {username!r} already exists")
             reviewer_id = f"rev-{secrets.token_hex(4)}"
-            con.execute("INSERT INTO users (username, reviewer_id, password_hash, role, created_at)"
-                        " VALUES (?, ?, ?, ?, ?)", (username, reviewer_id, digest, role, now()))
+            con.execute(
+                "INSERT INTO users (username, reviewer_id, password_hash, role, created_at) VALUES (?, ?, ?, ?, ?)",
+                (username, reviewer_id, digest, role, now()),
+            )
             audit_row(con, actor, "user_add", reviewer_id, {"role": role})
         user = self.user(username)
         assert user is not None
@@ -107,9 +116,12 @@ class Accounts:
         failures for this name within the lockout window (checked before the password, so guessing stops)."""
         since = (datetime.now(UTC) - self.lockout).isoformat(timespec="microseconds")
         with self.store.reading() as con:
-            failures = con.execute("SELECT COUNT(*) FROM login_attempts WHERE username = ? AND ok = 0 AND at > ? AND"
-                                   " at > COALESCE((SELECT MAX(at) FROM login_attempts WHERE username = ? AND ok = 1),"
-                                   " '')", (username, since, username)).fetchone()[0]
+            failures = con.execute(
+                "SELECT COUNT(*) FROM login_attempts WHERE username = ? AND ok = 0 AND at > ? AND"
+                " at > COALESCE((SELECT MAX(at) FROM login_attempts WHERE username = ? AND ok = 1),"
+                " '')",
+                (username, since, username),
+            ).fetchone()[0]
             row = con.execute("SELECT * FROM users WHERE username = ?", (username,)).fetchone()
         if failures >= self.max_failures:
             self.store.audit("anonymous", "login_throttled", None, None)
@@ -123,8 +135,10 @@ class Accounts:
             token, csrf = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
             expires = (datetime.now(UTC) + self.session_ttl).isoformat(timespec="microseconds")
             con.execute("DELETE FROM sessions WHERE expires_at <= ?", (now(),))
-            con.execute("INSERT INTO sessions (token_hash, user_id, csrf, created_at, expires_at)"
-                        " VALUES (?, ?, ?, ?, ?)", (_digest(token), row["id"], csrf, now(), expires))
+            con.execute(
+                "INSERT INTO sessions (token_hash, user_id, csrf, created_at, expires_at) VALUES (?, ?, ?, ?, ?)",
+                (_digest(token), row["id"], csrf, now(), expires),
+            )
             audit_row(con, row["reviewer_id"], "login", None, None)
         return Session(token, csrf, _user(row), expires)
 
@@ -133,8 +147,11 @@ class Accounts:
         if not token:
             return None
         with self.store.reading() as con:
-            row = con.execute("SELECT s.csrf, s.expires_at, u.* FROM sessions s JOIN users u ON u.id = s.user_id"
-                              " WHERE s.token_hash = ?", (_digest(token),)).fetchone()
+            row = con.execute(
+                "SELECT s.csrf, s.expires_at, u.* FROM sessions s JOIN users u ON u.id = s.user_id"
+                " WHERE s.token_hash = ?",
+                (_digest(token),),
+            ).fetchone()
         if row is None or row["disabled"] or row["expires_at"] <= now():
             return None
         return Session(token, row["csrf"], _user(row), row["expires_at"])
@@ -156,6 +173,11 @@ def _digest(token: str) -> str:
 
 
 def _user(row) -> User:
-    return User(id=row["id"], username=row["username"], reviewer_id=row["reviewer_id"], role=row["role"],
-                disabled=bool(row["disabled"]), created_at=row["created_at"])
-
+    return User(
+        id=row["id"],
+        username=row["username"],
+        reviewer_id=row["reviewer_id"],
+        role=row["role"],
+        disabled=bool(row["disabled"]),
+        created_at=row["created_at"],
+    )

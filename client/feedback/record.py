@@ -16,19 +16,30 @@ from common.dicom import DicomImage
 from common.inference import Prediction
 
 
-def record_finding(store: FeedbackStore, *, kept: Path, prediction: Prediction, model_version: str,
-                   heatmap: Path | None, origin: str) -> int:
+def record_finding(
+    store: FeedbackStore, *, kept: Path, prediction: Prediction, model_version: str, heatmap: Path | None, origin: str
+) -> int:
     """Record what the reader was shown for one kept image (boxes at the operating point); returns the image id."""
     ds = pydicom.dcmread(kept, stop_before_pixels=True)
     if not store.class_names() and prediction.names:
         store.set_class_names([prediction.names.get(k, str(k)) for k in range(max(prediction.names) + 1)])
-    boxes = [Box(x1, y1, x2, y2, cls=f["class_id"], score=f["score"])
-             for f in prediction.findings() for x1, y1, x2, y2 in [f["box"]] if x1 < x2 and y1 < y2]
-    return store.record_image(sop_uid=str(ds.SOPInstanceUID), image_ref=str(kept), model_version=model_version,
-                              probability=prediction.probability, boxes=boxes,
-                              heatmap_ref=str(heatmap) if heatmap is not None else None,
-                              body_part=str(ds.get("BodyPartExamined", "")) or None,
-                              patient=str(ds.get("PatientID", "")) or None, origin=origin)
+    boxes = [
+        Box(x1, y1, x2, y2, cls=f["class_id"], score=f["score"])
+        for f in prediction.findings()
+        for x1, y1, x2, y2 in [f["box"]]
+        if x1 < x2 and y1 < y2
+    ]
+    return store.record_image(
+        sop_uid=str(ds.SOPInstanceUID),
+        image_ref=str(kept),
+        model_version=model_version,
+        probability=prediction.probability,
+        boxes=boxes,
+        heatmap_ref=str(heatmap) if heatmap is not None else None,
+        body_part=str(ds.get("BodyPartExamined", "")) or None,
+        patient=str(ds.get("PatientID", "")) or None,
+        origin=origin,
+    )
 
 
 class PredictFeedback:
@@ -53,6 +64,12 @@ class PredictFeedback:
             kept, heatmap = keep_copy(self.deidentify, self.keep_dir, image.dataset, analysis)
         except BurnedInAnnotation as e:
             return f"not recorded: {e}"
-        image_id = record_finding(self.store, kept=kept, prediction=analysis.prediction, model_version=model_version,
-                                  heatmap=heatmap, origin="predict")
+        image_id = record_finding(
+            self.store,
+            kept=kept,
+            prediction=analysis.prediction,
+            model_version=model_version,
+            heatmap=heatmap,
+            origin="predict",
+        )
         return f"recorded as feedback image {image_id}"

@@ -119,8 +119,10 @@ def migrate(con: sqlite3.Connection, path: Path, upto: int = len(MIGRATIONS)) ->
     try:
         have = con.execute("PRAGMA user_version").fetchone()[0]
         if have > len(MIGRATIONS):
-            raise FracflError(f"{path}: feedback database schema version {have} is newer than this fracfl knows "
-                              f"({len(MIGRATIONS)}); upgrade fracfl rather than risk the site's verdicts")
+            raise FracflError(
+                f"{path}: feedback database schema version {have} is newer than this fracfl knows "
+                f"({len(MIGRATIONS)}); upgrade fracfl rather than risk the site's verdicts"
+            )
         for version in range(have, upto):
             _run_script(con, MIGRATIONS[version])
             con.execute(f"PRAGMA user_version = {version + 1}")

@@ -166,8 +166,11 @@ class FeedbackStore:
         if not names or len(set(names)) != len(names):
             raise FracflError(f"{self.path}: class names must be non-empty and unique, got {names}")
         with self.transaction() as con:
-            con.execute("INSERT INTO meta (key, value) VALUES ('class_names', ?) "
-                        "ON CONFLICT (key) DO UPDATE SET value = excluded.value", (json.dumps(names),))
+            con.execute(
+                "INSERT INTO meta (key, value) VALUES ('class_names', ?) "
+                "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (json.dumps(names),),
+            )
             audit_row(con, "system", "set_class_names", None, {"class_names": names})
 
     def class_names(self) -> list[str]:
@@ -177,9 +180,19 @@ class FeedbackStore:
 
     # -- findings ----------------------------------------------------------------------------------------------------
 
-    def record_image(self, *, sop_uid: str, image_ref: str, model_version: str, probability: float,
-                     boxes: Sequence[Box], heatmap_ref: str | None = None, body_part: str | None = None,
-                     patient: str | None = None, origin: str = "listen") -> int:
+    def record_image(
+        self,
+        *,
+        sop_uid: str,
+        image_ref: str,
+        model_version: str,
+        probability: float,
+        boxes: Sequence[Box],
+        heatmap_ref: str | None = None,
+        body_part: str | None = None,
+        patient: str | None = None,
+        origin: str = "listen",
+    ) -> int:
         """One analysed image and the boxes the model showed; returns its id.
 
         Recording the same (sop_uid, model_version) again returns the first id unchanged: a listener that
@@ -190,22 +203,36 @@ class FeedbackStore:
         if not 0.0 <= probability <= 1.0:
             raise FracflError(f"record_image: probability {probability} is outside [0, 1]")
         with self.transaction() as con:
-            row = con.execute("SELECT id FROM images WHERE sop_uid = ? AND model_version = ?",
-                              (sop_uid, model_version)).fetchone()
+            row = con.execute(
+                "SELECT id FROM images WHERE sop_uid = ? AND model_version = ?", (sop_uid, model_version)
+            ).fetchone()
             if row:
                 return int(row[0])
             image_id = con.execute(
                 "INSERT INTO images (sop_uid, image_ref, model_version, probability, heatmap_ref, body_part, patient,"
                 " origin, recorded_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (sop_uid, str(image_ref), model_version, float(probability), heatmap_ref, body_part, patient, origin,
-                 now())).lastrowid
+                (
+                    sop_uid,
+                    str(image_ref),
+                    model_version,
+                    float(probability),
+                    heatmap_ref,
+                    body_part,
+                    patient,
+                    origin,
+                    now(),
+                ),
+            ).lastrowid
             assert image_id is not None
             for b in boxes:
-                con.execute("INSERT INTO boxes (image_id, x1, y1, x2, y2, cls, model_cls, score, origin, status)"
-                            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'model', 'proposed')",
-                            (image_id, b.x1, b.y1, b.x2, b.y2, b.cls, b.cls, b.score))
-            audit_row(con, origin, "record_image", f"image:{image_id}",
-                   {"model_version": model_version, "boxes": len(boxes)})
+                con.execute(
+                    "INSERT INTO boxes (image_id, x1, y1, x2, y2, cls, model_cls, score, origin, status)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'model', 'proposed')",
+                    (image_id, b.x1, b.y1, b.x2, b.y2, b.cls, b.cls, b.score),
+                )
+            audit_row(
+                con, origin, "record_image", f"image:{image_id}", {"model_version": model_version, "boxes": len(boxes)}
+            )
             return int(image_id)
 
     def image(self, image_id: int) -> ImageRow | None:
@@ -216,12 +243,18 @@ class FeedbackStore:
     def image_by_sop_uid(self, sop_uid: str) -> ImageRow | None:
         """The latest analysis of that (pseudonymous) SOP Instance UID, or None when fracfl never analysed it."""
         with self.reading() as con:
-            row = con.execute(f"{_IMAGE_SELECT} WHERE i.sop_uid = ? ORDER BY i.id DESC LIMIT 1",
-                              (sop_uid,)).fetchone()
+            row = con.execute(f"{_IMAGE_SELECT} WHERE i.sop_uid = ? ORDER BY i.id DESC LIMIT 1", (sop_uid,)).fetchone()
             return _image_row(con, row) if row else None
 
-    def worklist(self, *, unreviewed: bool = False, disagreements: bool = False, model_version: str | None = None,
-                 body_part: str | None = None, limit: int | None = None) -> list[ImageRow]:
+    def worklist(
+        self,
+        *,
+        unreviewed: bool = False,
+        disagreements: bool = False,
+        model_version: str | None = None,
+        body_part: str | None = None,
+        limit: int | None = None,
+    ) -> list[ImageRow]:
         """Images ordered by suspicion (highest fracture probability first), optionally filtered; boxes included."""
         where, args = _where(unreviewed, disagreements, model_version, body_part)
         sql = f"{_IMAGE_SELECT} WHERE {where} ORDER BY i.probability DESC, i.id"
@@ -230,14 +263,27 @@ class FeedbackStore:
         with self.reading() as con:
             return [_image_row(con, r) for r in con.execute(sql, args).fetchall()]
 
-    def count(self, *, unreviewed: bool = False, disagreements: bool = False, model_version: str | None = None,
-              body_part: str | None = None) -> int:
+    def count(
+        self,
+        *,
+        unreviewed: bool = False,
+        disagreements: bool = False,
+        model_version: str | None = None,
+        body_part: str | None = None,
+    ) -> int:
         where, args = _where(unreviewed, disagreements, model_version, body_part)
         with self._connection() as con:
             return int(con.execute(f"SELECT COUNT(*) FROM images i WHERE {where}", args).fetchone()[0])
 
-    def neighbours(self, image_id: int, *, unreviewed: bool = False, disagreements: bool = False,
-                   model_version: str | None = None, body_part: str | None = None) -> tuple[int | None, int | None]:
+    def neighbours(
+        self,
+        image_id: int,
+        *,
+        unreviewed: bool = False,
+        disagreements: bool = False,
+        model_version: str | None = None,
+        body_part: str | None = None,
+    ) -> tuple[int | None, int | None]:
         """The cases just before and just after `image_id` in the worklist's order under these filters (the image
         itself need not match them: a case just reviewed has left the unreviewed list, its next case has not)."""
         where, args = _where(unreviewed, disagreements, model_version, body_part)
@@ -246,12 +292,16 @@ class FeedbackStore:
             if row is None:
                 return None, None
             p = row[0]
-            before = con.execute(f"SELECT i.id FROM images i WHERE {where} AND (i.probability > ? OR"
-                                 " (i.probability = ? AND i.id < ?)) ORDER BY i.probability, i.id DESC LIMIT 1",
-                                 [*args, p, p, image_id]).fetchone()
-            after = con.execute(f"SELECT i.id FROM images i WHERE {where} AND (i.probability < ? OR"
-                                " (i.probability = ? AND i.id > ?)) ORDER BY i.probability DESC, i.id LIMIT 1",
-                                [*args, p, p, image_id]).fetchone()
+            before = con.execute(
+                f"SELECT i.id FROM images i WHERE {where} AND (i.probability > ? OR"
+                " (i.probability = ? AND i.id < ?)) ORDER BY i.probability, i.id DESC LIMIT 1",
+                [*args, p, p, image_id],
+            ).fetchone()
+            after = con.execute(
+                f"SELECT i.id FROM images i WHERE {where} AND (i.probability < ? OR"
+                " (i.probability = ? AND i.id > ?)) ORDER BY i.probability DESC, i.id LIMIT 1",
+                [*args, p, p, image_id],
+            ).fetchone()
         return (before[0] if before else None), (after[0] if after else None)
 
     def facets(self) -> dict[str, list[str]]:
@@ -259,16 +309,28 @@ class FeedbackStore:
         with self.reading() as con:
             return {
                 "model_version": [r[0] for r in con.execute("SELECT DISTINCT model_version FROM images ORDER BY 1")],
-                "body_part": [r[0] for r in con.execute(
-                    "SELECT DISTINCT body_part FROM images WHERE body_part IS NOT NULL ORDER BY 1")],
+                "body_part": [
+                    r[0]
+                    for r in con.execute("SELECT DISTINCT body_part FROM images WHERE body_part IS NOT NULL ORDER BY 1")
+                ],
             }
 
     # -- verdicts ----------------------------------------------------------------------------------------------------
 
-    def add_verdict(self, *, image_id: int, reviewer: str, kind: str, box_id: int | None = None,
-                    box: Box | None = None, class_name: str | None = None, note: str | None = None,
-                    source: str = "review", source_ref: str | None = None,
-                    expected_version: int | None = None) -> int:
+    def add_verdict(
+        self,
+        *,
+        image_id: int,
+        reviewer: str,
+        kind: str,
+        box_id: int | None = None,
+        box: Box | None = None,
+        class_name: str | None = None,
+        note: str | None = None,
+        source: str = "review",
+        source_ref: str | None = None,
+        expected_version: int | None = None,
+    ) -> int:
         """Record one verdict and apply it to its box or image; returns the verdict's id.
 
         expected_version is the version of the target the reviewer saw: the box's for confirm/reject/move/set_class,
@@ -298,12 +360,15 @@ class FeedbackStore:
                 raise FracflError(f"no image {image_id} in the feedback store")
             value: dict[str, Any] | None = None
             if kind in BOX_KINDS:
-                value, previous, new_box_id = _apply_box(con, image_id, box_id, kind, box, class_name, names,
-                                                         expected_version)
+                value, previous, new_box_id = _apply_box(
+                    con, image_id, box_id, kind, box, class_name, names, expected_version
+                )
             else:
                 if expected_version is not None and expected_version != img["version"]:
-                    raise ConflictError(f"image {image_id} changed since version {expected_version} "
-                                        f"(now {img['version']})", img["version"])
+                    raise ConflictError(
+                        f"image {image_id} changed since version {expected_version} (now {img['version']})",
+                        img["version"],
+                    )
                 previous = {"version": img["version"], "no_fracture": bool(img["no_fracture"])}
                 new_box_id = box_id
                 if kind == "add":
@@ -311,7 +376,8 @@ class FeedbackStore:
                     new_box_id = con.execute(
                         "INSERT INTO boxes (image_id, x1, y1, x2, y2, cls, score, origin, status)"
                         " VALUES (?, ?, ?, ?, ?, ?, NULL, 'reviewer', 'added')",
-                        (image_id, box.x1, box.y1, box.x2, box.y2, box.cls)).lastrowid
+                        (image_id, box.x1, box.y1, box.x2, box.y2, box.cls),
+                    ).lastrowid
                     value = {"box": box.as_list(), "cls": box.cls}
                 elif kind == "no_fracture":
                     con.execute("UPDATE images SET no_fracture = 1 WHERE id = ?", (image_id,))
@@ -325,20 +391,37 @@ class FeedbackStore:
             verdict_id = con.execute(
                 "INSERT INTO verdicts (image_id, box_id, reviewer, kind, value, previous, source, source_ref,"
                 " created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (image_id, new_box_id, reviewer, kind, _json(value), _json(previous), source, source_ref,
-                 now())).lastrowid
+                (image_id, new_box_id, reviewer, kind, _json(value), _json(previous), source, source_ref, now()),
+            ).lastrowid
             assert verdict_id is not None
-            audit_row(con, reviewer, f"verdict:{kind}", f"image:{image_id}" + (f"/box:{new_box_id}" if new_box_id else ""),
-                   {"verdict": verdict_id, "source": source})
+            audit_row(
+                con,
+                reviewer,
+                f"verdict:{kind}",
+                f"image:{image_id}" + (f"/box:{new_box_id}" if new_box_id else ""),
+                {"verdict": verdict_id, "source": source},
+            )
             return int(verdict_id)
 
     def verdicts(self, image_id: int | None = None) -> list[VerdictRow]:
         sql = "SELECT * FROM verdicts" + (" WHERE image_id = ?" if image_id is not None else "") + " ORDER BY id"
         with self._connection() as con:
             rows = con.execute(sql, () if image_id is None else (image_id,)).fetchall()
-        return [VerdictRow(id=r["id"], image_id=r["image_id"], box_id=r["box_id"], reviewer=r["reviewer"],
-                           kind=r["kind"], value=_unjson(r["value"]), previous=_unjson(r["previous"]),
-                           source=r["source"], source_ref=r["source_ref"], created_at=r["created_at"]) for r in rows]
+        return [
+            VerdictRow(
+                id=r["id"],
+                image_id=r["image_id"],
+                box_id=r["box_id"],
+                reviewer=r["reviewer"],
+                kind=r["kind"],
+                value=_unjson(r["value"]),
+                previous=_unjson(r["previous"]),
+                source=r["source"],
+                source_ref=r["source_ref"],
+                created_at=r["created_at"],
+            )
+            for r in rows
+        ]
 
     # -- annotations that could not be applied -----------------------------------------------------------------------
 
@@ -347,8 +430,10 @@ class FeedbackStore:
         if not object_uid or not reason:
             raise FracflError("set_aside: object_uid and reason are required")
         with self.transaction() as con:
-            row_id = con.execute("INSERT INTO set_aside (object_uid, reason, source, detail, created_at)"
-                                 " VALUES (?, ?, ?, ?, ?)", (object_uid, reason, source, detail, now())).lastrowid
+            row_id = con.execute(
+                "INSERT INTO set_aside (object_uid, reason, source, detail, created_at) VALUES (?, ?, ?, ?, ?)",
+                (object_uid, reason, source, detail, now()),
+            ).lastrowid
             assert row_id is not None
             audit_row(con, source, "set_aside", f"object:{object_uid}", {"reason": reason})
             return int(row_id)
@@ -381,16 +466,24 @@ def _write(con: sqlite3.Connection) -> Iterator[None]:
     con.execute("COMMIT")
 
 
-def _apply_box(con: sqlite3.Connection, image_id: int, box_id: int | None, kind: str, box: Box | None,
-               class_name: str | None, names: list[str], expected_version: int | None
-               ) -> tuple[dict[str, Any] | None, dict[str, Any], int | None]:
+def _apply_box(
+    con: sqlite3.Connection,
+    image_id: int,
+    box_id: int | None,
+    kind: str,
+    box: Box | None,
+    class_name: str | None,
+    names: list[str],
+    expected_version: int | None,
+) -> tuple[dict[str, Any] | None, dict[str, Any], int | None]:
     """Change one box for a confirm/reject/move/set_class verdict; returns (new value, previous value, box id)."""
     row = con.execute("SELECT * FROM boxes WHERE id = ? AND image_id = ?", (box_id, image_id)).fetchone()
     if row is None:
         raise FracflError(f"image {image_id} has no box {box_id}")
     if expected_version is not None and expected_version != row["version"]:
-        raise ConflictError(f"box {box_id} changed since version {expected_version} (now {row['version']})",
-                            row["version"])
+        raise ConflictError(
+            f"box {box_id} changed since version {expected_version} (now {row['version']})", row["version"]
+        )
     coords = [row["x1"], row["y1"], row["x2"], row["y2"]]
     previous = {"box": coords, "cls": row["cls"], "status": row["status"], "version": row["version"]}
     cls, status = row["cls"], _STATUS_AFTER.get(kind, row["status"])
@@ -401,26 +494,31 @@ def _apply_box(con: sqlite3.Connection, image_id: int, box_id: int | None, kind:
     elif kind == "set_class":
         cls = names.index(str(class_name))
         value = {"class_name": class_name, "cls": cls}
-    con.execute("UPDATE boxes SET x1 = ?, y1 = ?, x2 = ?, y2 = ?, cls = ?, status = ?, version = version + 1"
-                " WHERE id = ?", (*coords, cls, status, box_id))
+    con.execute(
+        "UPDATE boxes SET x1 = ?, y1 = ?, x2 = ?, y2 = ?, cls = ?, status = ?, version = version + 1 WHERE id = ?",
+        (*coords, cls, status, box_id),
+    )
     return value, previous, box_id
 
 
 def audit_row(con: sqlite3.Connection, actor: str, action: str, target: str | None, detail: dict | None) -> None:
     """One audit line, written inside the caller's transaction so the write and its record commit together."""
-    con.execute("INSERT INTO audit (at, actor, action, target, detail) VALUES (?, ?, ?, ?, ?)",
-                (now(), actor, action, target, _json(detail)))
+    con.execute(
+        "INSERT INTO audit (at, actor, action, target, detail) VALUES (?, ?, ?, ?, ?)",
+        (now(), actor, action, target, _json(detail)),
+    )
 
 
-def _where(unreviewed: bool, disagreements: bool, model_version: str | None, body_part: str | None
-           ) -> tuple[str, list[Any]]:
+def _where(
+    unreviewed: bool, disagreements: bool, model_version: str | None, body_part: str | None
+) -> tuple[str, list[Any]]:
     """The worklist filters as an SQL condition on `images i` and its arguments."""
     where, args = ["1"], []  # type: list[str], list[Any]
     if unreviewed:
         where.append("NOT EXISTS (SELECT 1 FROM verdicts v WHERE v.image_id = i.id)")
     if disagreements:
         where.append(f"""(EXISTS (SELECT 1 FROM boxes b WHERE b.image_id = i.id AND (b.status IN
-                          ({','.join('?' * len(DISAGREEING))}) OR b.cls != b.model_cls))
+                          ({",".join("?" * len(DISAGREEING))}) OR b.cls != b.model_cls))
                           OR (i.no_fracture = 1 AND EXISTS (SELECT 1 FROM boxes b WHERE b.image_id = i.id
                                                             AND b.origin = 'model')))""")
         args.extend(DISAGREEING)
@@ -437,14 +535,34 @@ _IMAGE_SELECT = "SELECT i.*, (SELECT COUNT(*) FROM verdicts v WHERE v.image_id =
 
 
 def _image_row(con: sqlite3.Connection, r: sqlite3.Row) -> ImageRow:
-    boxes = [BoxRow(id=b["id"], image_id=b["image_id"],
-                    box=Box(b["x1"], b["y1"], b["x2"], b["y2"], cls=b["cls"], score=b["score"]),
-                    version=b["version"], status=b["status"], origin=b["origin"], model_cls=b["model_cls"])
-             for b in con.execute("SELECT * FROM boxes WHERE image_id = ? ORDER BY id", (r["id"],))]
-    return ImageRow(id=r["id"], sop_uid=r["sop_uid"], image_ref=r["image_ref"], model_version=r["model_version"],
-                    probability=r["probability"], heatmap_ref=r["heatmap_ref"], body_part=r["body_part"],
-                    patient=r["patient"], origin=r["origin"], recorded_at=r["recorded_at"],
-                    no_fracture=bool(r["no_fracture"]), version=r["version"], n_verdicts=r["n_verdicts"], boxes=boxes)
+    boxes = [
+        BoxRow(
+            id=b["id"],
+            image_id=b["image_id"],
+            box=Box(b["x1"], b["y1"], b["x2"], b["y2"], cls=b["cls"], score=b["score"]),
+            version=b["version"],
+            status=b["status"],
+            origin=b["origin"],
+            model_cls=b["model_cls"],
+        )
+        for b in con.execute("SELECT * FROM boxes WHERE image_id = ? ORDER BY id", (r["id"],))
+    ]
+    return ImageRow(
+        id=r["id"],
+        sop_uid=r["sop_uid"],
+        image_ref=r["image_ref"],
+        model_version=r["model_version"],
+        probability=r["probability"],
+        heatmap_ref=r["heatmap_ref"],
+        body_part=r["body_part"],
+        patient=r["patient"],
+        origin=r["origin"],
+        recorded_at=r["recorded_at"],
+        no_fracture=bool(r["no_fracture"]),
+        version=r["version"],
+        n_verdicts=r["n_verdicts"],
+        boxes=boxes,
+    )
 
 
 def _json(obj: Any) -> str | None:

@@ -10,10 +10,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from common.config import EvalConfig
-from common.inference import Backend, Prediction, Predictor
 from client.inference.explain import can_explain, gradcam
 from client.inference.render import annotate
+from common.config import EvalConfig
+from common.inference import Backend, Prediction, Predictor
 
 
 @dataclass
@@ -25,8 +25,13 @@ class Analysis:
     def summary(self) -> dict:
         """JSON-ready verdict and findings (boxes in original pixels, x1 y1 x2 y2)."""
         p = self.prediction
-        return {"probability": round(p.probability, 4), "positive": p.positive, "operating_point": p.conf,
-                "findings": p.findings(), "heatmap": self.heatmap is not None}
+        return {
+            "probability": round(p.probability, 4),
+            "positive": p.positive,
+            "operating_point": p.conf,
+            "findings": p.findings(),
+            "heatmap": self.heatmap is not None,
+        }
 
 
 class Analyser:

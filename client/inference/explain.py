@@ -63,7 +63,7 @@ def _unletterbox(cam: np.ndarray, gain: float, pad: tuple[float, float], orig_hw
 
     h, w = orig_hw
     x0, y0 = int(round(pad[0])), int(round(pad[1]))
-    crop = cam[y0: y0 + max(1, int(round(h * gain))), x0: x0 + max(1, int(round(w * gain)))]
+    crop = cam[y0 : y0 + max(1, int(round(h * gain))), x0 : x0 + max(1, int(round(w * gain)))]
     out = cv2.resize(crop, (w, h), interpolation=cv2.INTER_LINEAR)
     top = float(out.max())
     return (out / top).astype(np.float32) if top > 0 else np.zeros((h, w), np.float32)

@@ -25,7 +25,11 @@ def collect(paths: list[str | Path]) -> list[Path]:
     out: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
-            out += sorted(f for f in p.rglob("*") if f.is_file() and not f.name.startswith(".") and (is_image_file(f) or _is_dicom(f)))
+            out += sorted(
+                f
+                for f in p.rglob("*")
+                if f.is_file() and not f.name.startswith(".") and (is_image_file(f) or _is_dicom(f))
+            )
         elif p.exists():
             out.append(p)
         else:
@@ -33,9 +37,18 @@ def collect(paths: list[str | Path]) -> list[Path]:
     return out
 
 
-def predict_files(paths: list[str | Path], model_ref: str | Path, out: Path, *, backend: str = "torch",
-                  variant: str = "fp32", cfg: EvalConfig | None = None, dicom_results: bool = False,
-                  heatmap: bool = True, feedback: PredictFeedback | None = None) -> Iterator[dict]:
+def predict_files(
+    paths: list[str | Path],
+    model_ref: str | Path,
+    out: Path,
+    *,
+    backend: str = "torch",
+    variant: str = "fp32",
+    cfg: EvalConfig | None = None,
+    dicom_results: bool = False,
+    heatmap: bool = True,
+    feedback: PredictFeedback | None = None,
+) -> Iterator[dict]:
     """Analyse each file, write its annotated (and heatmap) PNG to `out`, yield its record; bad files yield a
     record with `ok: False` and the reason instead of stopping the run. Writes `out/predictions.json` at the end.
     With `feedback`, each DICOM input's findings also go to the site's feedback store (its `feedback` line says how)."""
@@ -53,8 +66,15 @@ def predict_files(paths: list[str | Path], model_ref: str | Path, out: Path, *, 
     atomic_json(out / "predictions.json", {"model_version": version, "images": records})
 
 
-def _predict_one(path: Path, stem: str, analyser: Analyser, out: Path, version: str, dicom_results: bool,
-                 feedback: PredictFeedback | None) -> dict:
+def _predict_one(
+    path: Path,
+    stem: str,
+    analyser: Analyser,
+    out: Path,
+    version: str,
+    dicom_results: bool,
+    feedback: PredictFeedback | None,
+) -> dict:
     """One file's record; every failure becomes `ok: False` with a reason code (common.dicom.REASONS)."""
     from client.dicom.pipeline import processing_problem, write_results  # the DICOM side only when it is used
 
@@ -65,9 +85,13 @@ def _predict_one(path: Path, stem: str, analyser: Analyser, out: Path, version: 
         pixels = image.pixels if image is not None else read_image(path)
         analysis = analyser(pixels)
         pictures = write_pictures(analysis, out, stem)
-        record.update(ok=True, **analysis.summary(), annotated=str(pictures[0]),
-                      heatmap_png=str(pictures[1]) if len(pictures) > 1 else None,
-                      pixel_spacing_mm=image.pixel_spacing_mm if image is not None else None)
+        record.update(
+            ok=True,
+            **analysis.summary(),
+            annotated=str(pictures[0]),
+            heatmap_png=str(pictures[1]) if len(pictures) > 1 else None,
+            pixel_spacing_mm=image.pixel_spacing_mm if image is not None else None,
+        )
         if dicom_results and image is not None:
             check_referenceable(image.dataset, path)
             record["dicom_results"] = [str(p) for p in write_results(image, analysis, out / stem, version)]
@@ -87,7 +111,9 @@ def summary_line(record: dict) -> str:
     if not record["ok"]:
         return f"{record['file']}: skipped ({record['reason']}): {record['problem']}"
     verdict = "FRACTURE" if record["positive"] else "no fracture"
-    finds = ", ".join(f"{f['class_name']} {f['score']:.2f} at {[round(v) for v in f['box']]}" for f in record["findings"])
+    finds = ", ".join(
+        f"{f['class_name']} {f['score']:.2f} at {[round(v) for v in f['box']]}" for f in record["findings"]
+    )
     line = f"{record['file']}: {verdict} p={record['probability']:.2f}" + (f" ({finds})" if finds else "")
     return line + (f"; {record['feedback']}" if "feedback" in record else "")
 

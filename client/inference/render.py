@@ -9,7 +9,9 @@ BOX_COLOUR = (255, 200, 0)  # RGB: amber reads well over both the grey image and
 HEAT_ALPHA = 0.35
 
 
-def annotate(image: np.ndarray, findings: list[dict], heatmap: np.ndarray | None = None, header: str | None = None) -> np.ndarray:
+def annotate(
+    image: np.ndarray, findings: list[dict], heatmap: np.ndarray | None = None, header: str | None = None
+) -> np.ndarray:
     """RGB uint8 (H, W, 3): grey `image` with the heatmap blended in, a box and 'type score' label per finding."""
     rgb = cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
     if heatmap is not None:
@@ -25,5 +27,14 @@ def annotate(image: np.ndarray, findings: list[dict], heatmap: np.ndarray | None
         label = f"{f['class_name']} {f['score']:.2f}"
         cv2.putText(rgb, label, (x1, max(12, y1 - 4)), cv2.FONT_HERSHEY_SIMPLEX, scale, BOX_COLOUR, thick, cv2.LINE_AA)
     if header:
-        cv2.putText(rgb, header, (4, max(12, int(18 * scale))), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), thick, cv2.LINE_AA)
+        cv2.putText(
+            rgb,
+            header,
+            (4, max(12, int(18 * scale))),
+            cv2.FONT_HERSHEY_SIMPLEX,
+            scale,
+            (255, 255, 255),
+            thick,
+            cv2.LINE_AA,
+        )
     return np.ascontiguousarray(rgb)

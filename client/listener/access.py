@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
-from typing import Sequence
+from collections.abc import Sequence
 
 from client.listener.config import PeerConfig
 from common.errors import ConfigError
@@ -23,8 +23,10 @@ def check_rules(peers: Sequence[PeerConfig]) -> None:
             try:
                 ipaddress.ip_network(peer.host, strict=False)
             except ValueError:
-                raise ConfigError(f"config key allowed_peers[{i}].host: {peer.host!r} is not an IP address or "
-                                  "network (e.g. 10.1.2.3 or 10.1.2.0/24)") from None
+                raise ConfigError(
+                    f"config key allowed_peers[{i}].host: {peer.host!r} is not an IP address or "
+                    "network (e.g. 10.1.2.3 or 10.1.2.0/24)"
+                ) from None
 
 
 def peer_allowed(peers: Sequence[PeerConfig], ae_title: str, host: str) -> bool:
@@ -32,5 +34,7 @@ def peer_allowed(peers: Sequence[PeerConfig], ae_title: str, host: str) -> bool:
     if not peers:
         return True
     ae_title = ae_title.strip()
-    return any((p.ae_title is None or p.ae_title.strip() == ae_title) and (p.host is None or _host_matches(p.host, host))
-               for p in peers)
+    return any(
+        (p.ae_title is None or p.ae_title.strip() == ae_title) and (p.host is None or _host_matches(p.host, host))
+        for p in peers
+    )

@@ -48,14 +48,21 @@ class ListenConfig:
     keep_done: bool = False  # keep received images in done/ after processing (they hold patient data)
     heatmap: bool = True  # Grad-CAM heatmap in the Secondary Capture (a backward pass: roughly doubles inference)
     keep_dir: str | None = None  # the pipeline keeps de-identified copies here (training, feedback); null: none
-    feedback_db: str | None = None  # the site's feedback store (`fracfl review`): each kept image's findings; needs keep_dir
+    feedback_db: str | None = (
+        None  # the site's feedback store (`fracfl review`): each kept image's findings; needs keep_dir
+    )
     eval: EvalConfig = field(default_factory=EvalConfig)
 
     def check(self) -> None:
         """Refuse values that would only fail later, naming the key."""
-        for key, value in (("ae_title", self.ae_title), ("destination.ae_title", self.destination and self.destination.ae_title)):
+        for key, value in (
+            ("ae_title", self.ae_title),
+            ("destination.ae_title", self.destination and self.destination.ae_title),
+        ):
             if value is not None and not (0 < len(value.strip()) <= 16 and value.isascii() and "\\" not in value):
-                raise ConfigError(f"config key {key}: {value!r} is not a DICOM AE title (1-16 ASCII characters, no backslash)")
+                raise ConfigError(
+                    f"config key {key}: {value!r} is not a DICOM AE title (1-16 ASCII characters, no backslash)"
+                )
         if not 0 <= self.port < 65536:  # 0: any free port (tests)
             raise ConfigError(f"config key port: {self.port} is not a TCP port")
         if self.destination is not None and not 0 < self.destination.port < 65536:
@@ -65,8 +72,10 @@ class ListenConfig:
         if self.workers < 1 or self.max_attempts < 1:
             raise ConfigError("config keys workers and max_attempts must be at least 1")
         if self.feedback_db and not self.keep_dir:
-            raise ConfigError("config key feedback_db: set keep_dir too; the feedback store references only the "
-                              "de-identified copies kept there")
+            raise ConfigError(
+                "config key feedback_db: set keep_dir too; the feedback store references only the "
+                "de-identified copies kept there"
+            )
         for i, peer in enumerate(self.allowed_peers):
             if peer.ae_title is None and peer.host is None:
                 raise ConfigError(f"config key allowed_peers[{i}]: give an ae_title, a host, or both")

@@ -33,8 +33,14 @@ class PipelineProcessor:
             if result.kept is None or result.prediction is None:
                 log.info("not in the feedback store: no de-identified copy was kept (see the result notes)")
             else:  # a failure here is transient (disk, lock): the item is retried and recording is idempotent
-                record_finding(self.feedback, kept=result.kept, prediction=result.prediction,
-                               model_version=result.model_version, heatmap=result.kept_heatmap, origin="listen")
+                record_finding(
+                    self.feedback,
+                    kept=result.kept,
+                    prediction=result.prediction,
+                    model_version=result.model_version,
+                    heatmap=result.kept_heatmap,
+                    origin="listen",
+                )
         return list(result.outputs)
 
 
@@ -46,9 +52,20 @@ def build_processor(cfg: ListenConfig) -> Processor:
         raise ConfigError("config key model: give the model (a weights file or a registry version folder)")
     root = Path(cfg.queue_dir)
     feedback = FeedbackStore(cfg.feedback_db) if cfg.feedback_db else None  # opened first: a bad path fails now
-    pipeline = DicomPipeline(cfg.model, root / "results", root / "quarantine", backend=cfg.backend,
-                             variant=cfg.variant, eval_cfg=cfg.eval, keep_dir=cfg.keep_dir, heatmap=cfg.heatmap)
+    pipeline = DicomPipeline(
+        cfg.model,
+        root / "results",
+        root / "quarantine",
+        backend=cfg.backend,
+        variant=cfg.variant,
+        eval_cfg=cfg.eval,
+        keep_dir=cfg.keep_dir,
+        heatmap=cfg.heatmap,
+    )
     # Radiologists' annotations are matched through the same site keys that named the kept copies.
-    annotations = (AnnotationProcessor(PacsFeedback(feedback, pipeline.deidentify.keys))
-                   if feedback is not None and pipeline.deidentify is not None else None)
+    annotations = (
+        AnnotationProcessor(PacsFeedback(feedback, pipeline.deidentify.keys))
+        if feedback is not None and pipeline.deidentify is not None
+        else None
+    )
     return RoutingProcessor(PipelineProcessor(pipeline, feedback), annotations)

@@ -6,8 +6,9 @@ the network layer do not depend on the model.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Protocol, Sequence
+from typing import Protocol
 
 
 class Quarantine(Exception):

@@ -25,9 +25,10 @@ import shutil
 import threading
 import time
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from common.utils.durable import fsync_dir, write_durable
 
@@ -74,8 +75,14 @@ def _load(path: Path) -> Item:
 class DurableQueue:
     """The folders above plus the moves between them; safe for several worker threads in one process."""
 
-    def __init__(self, root: str | Path, max_attempts: int = 3, retry_delay: float = 5.0, max_retry_delay: float = 300.0,
-                 keep_done: bool = False):
+    def __init__(
+        self,
+        root: str | Path,
+        max_attempts: int = 3,
+        retry_delay: float = 5.0,
+        max_retry_delay: float = 300.0,
+        keep_done: bool = False,
+    ):
         self.root = Path(root)
         self.max_attempts = max_attempts
         self.retry_delay = retry_delay
@@ -108,8 +115,17 @@ class DurableQueue:
         staging = self.dir("tmp") / item_id
         staging.mkdir()
         write_durable(staging / OBJECT, data)
-        item = Item(staging, {"received": received, "ref": pseudonym(sop_instance_uid), "sop_class": sop_class_uid,
-                              "calling_ae": calling_ae, "attempts": 0, "not_before": 0.0})
+        item = Item(
+            staging,
+            {
+                "received": received,
+                "ref": pseudonym(sop_instance_uid),
+                "sop_class": sop_class_uid,
+                "calling_ae": calling_ae,
+                "attempts": 0,
+                "not_before": 0.0,
+            },
+        )
         item.save_meta()
         fsync_dir(staging)
         item = self._move(item, "incoming")
@@ -152,7 +168,12 @@ class DurableQueue:
         out.save_meta()
         fsync_dir(staging)
         self._rename(staging, self.dir("outbox") / item.id)
-        self.journal("processed", item, outputs=len(names), seconds=round(out.meta["processed"] - item.meta.get("received", 0), 3))
+        self.journal(
+            "processed",
+            item,
+            outputs=len(names),
+            seconds=round(out.meta["processed"] - item.meta.get("received", 0), 3),
+        )
         self._finish(item)
         return Item(self.dir("outbox") / item.id, out.meta)
 

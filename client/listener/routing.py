@@ -37,11 +37,19 @@ class AnnotationProcessor:
         if outcome.own_result:
             log.info("ignored %s: fracfl's own result came back from the PACS", outcome.source)
             return []
-        log.info("%s: %d verdict(s), %d already recorded, %d part(s) set aside%s", outcome.source, outcome.verdicts,
-                 outcome.already, outcome.set_aside, f" ({', '.join(outcome.reasons)})" if outcome.reasons else "")
+        log.info(
+            "%s: %d verdict(s), %d already recorded, %d part(s) set aside%s",
+            outcome.source,
+            outcome.verdicts,
+            outcome.already,
+            outcome.set_aside,
+            f" ({', '.join(outcome.reasons)})" if outcome.reasons else "",
+        )
         if outcome.wholly_set_aside:
-            raise Quarantine(f"annotation set aside: {', '.join(outcome.reasons)}",
-                             "nothing in this object could be applied; the feedback store lists why (set aside)")
+            raise Quarantine(
+                f"annotation set aside: {', '.join(outcome.reasons)}",
+                "nothing in this object could be applied; the feedback store lists why (set aside)",
+            )
         return []
 
 
@@ -57,6 +65,8 @@ class RoutingProcessor:
         if sop_class_of(path) not in ANNOTATION_SOP_CLASSES:
             return list(self.images(path))
         if self.annotations is None:
-            raise Quarantine("annotation without feedback store",
-                             "a radiologist's annotation object arrived, but feedback_db (and keep_dir) are not set")
+            raise Quarantine(
+                "annotation without feedback store",
+                "a radiologist's annotation object arrived, but feedback_db (and keep_dir) are not set",
+            )
         return list(self.annotations(path))

@@ -10,7 +10,7 @@ requestor's proposals; an acceptor may support any number.)
 from __future__ import annotations
 
 import logging
-from typing import Callable
+from collections.abc import Callable
 
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, _config, evt
 from pynetdicom.sop_class import Verification
@@ -58,8 +58,12 @@ def handlers(cfg: ListenConfig, queue: DurableQueue, on_received: Callable[[], N
     def store(event: evt.Event) -> int:
         rq = event.request
         try:
-            item = queue.put(event.encoded_dataset(), str(rq.AffectedSOPInstanceUID), str(rq.AffectedSOPClassUID),
-                             event.assoc.requestor.ae_title.strip())
+            item = queue.put(
+                event.encoded_dataset(),
+                str(rq.AffectedSOPInstanceUID),
+                str(rq.AffectedSOPClassUID),
+                event.assoc.requestor.ae_title.strip(),
+            )
         except OSError as e:  # disk full or unwritable: the sender must keep the object
             log.error("could not queue a received object (%s): answering 'out of resources'", type(e).__name__)
             return STATUS_OUT_OF_RESOURCES

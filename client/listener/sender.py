@@ -23,7 +23,8 @@ def _contexts(files: list[Path]) -> dict[str, set[str]]:
     for f in files:
         meta = dcmread(f, stop_before_pixels=True).file_meta
         wanted.setdefault(str(meta.MediaStorageSOPClassUID), {ExplicitVRLittleEndian, ImplicitVRLittleEndian}).add(
-            str(meta.TransferSyntaxUID))
+            str(meta.TransferSyntaxUID)
+        )
     return wanted
 
 

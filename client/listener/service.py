@@ -52,16 +52,23 @@ class ListenerService:
         if any(recovered.values()):
             log.info("recovered queue after restart: %s", recovered)
         ae = build_ae(self.cfg)
-        self._server = ae.start_server((self.cfg.host, self.cfg.port), block=False,
-                                       evt_handlers=handlers(self.cfg, self.queue, self._notify_work))
+        self._server = ae.start_server(
+            (self.cfg.host, self.cfg.port), block=False, evt_handlers=handlers(self.cfg, self.queue, self._notify_work)
+        )
         names = [f"worker-{i}" for i in range(self.cfg.workers)] + ["sender", "status"]
         targets = [self._worker_loop] * self.cfg.workers + [self._sender_loop, self._status_loop]
         self._threads = [threading.Thread(target=t, name=n, daemon=True) for t, n in zip(targets, names)]
         for t in self._threads:
             t.start()
         dest = self.cfg.destination
-        log.info("listening as %s on %s:%d; results to %s; queue %s", self.cfg.ae_title, self.cfg.host, self.port,
-                 f"{dest.ae_title}@{dest.host}:{dest.port}" if dest else "nowhere (kept in outbox/)", self.queue.root)
+        log.info(
+            "listening as %s on %s:%d; results to %s; queue %s",
+            self.cfg.ae_title,
+            self.cfg.host,
+            self.port,
+            f"{dest.ae_title}@{dest.host}:{dest.port}" if dest else "nowhere (kept in outbox/)",
+            self.queue.root,
+        )
 
     def stop(self, timeout: float = 30.0) -> None:
         """Stop accepting, then let workers finish their current item; unfinished ones resume at the next start."""
@@ -78,6 +85,7 @@ class ListenerService:
 
     def serve_forever(self) -> None:
         """Run until SIGTERM or SIGINT."""
+
         def on_signal(signum, _frame):
             log.info("%s received: shutting down", signal.Signals(signum).name)
             self._stop.set()
@@ -108,8 +116,13 @@ class ListenerService:
         try:
             outputs = list(self.processor(item.object))
         except Quarantine as e:
-            log.warning("quarantined %s ref %s: %s (%s)", item.id, item.meta.get("ref"), e.reason,
-                        e.transfer_syntax or "transfer syntax unknown")
+            log.warning(
+                "quarantined %s ref %s: %s (%s)",
+                item.id,
+                item.meta.get("ref"),
+                e.reason,
+                e.transfer_syntax or "transfer syntax unknown",
+            )
             self.queue.fail(item, f"quarantined: {e.reason}", e.detail)
             return
         except Exception as e:  # noqa: BLE001 - a service survives whatever one object does
@@ -119,8 +132,13 @@ class ListenerService:
             self.queue.retry(item, f"processing error {type(e).__name__}", traceback.format_exc())
             return
         out = self.queue.complete(item, outputs)
-        log.info("processed %s ref %s in %.2f s: %d result object(s)", item.id, item.meta.get("ref"),
-                 time.perf_counter() - t0, len(out.meta["files"]) if out else 0)
+        log.info(
+            "processed %s ref %s in %.2f s: %d result object(s)",
+            item.id,
+            item.meta.get("ref"),
+            time.perf_counter() - t0,
+            len(out.meta["files"]) if out else 0,
+        )
         if out is not None:
             self._send_wake.set()
 
@@ -136,8 +154,13 @@ class ListenerService:
                     return
                 try:
                     files = self.queue.result_files(item)
-                    send_files(files, dest, self.cfg.ae_title, self.cfg.send_timeout,
-                               on_stored=lambda f, it=item: self.queue.sent(it, f))
+                    send_files(
+                        files,
+                        dest,
+                        self.cfg.ae_title,
+                        self.cfg.send_timeout,
+                        on_stored=lambda f, it=item: self.queue.sent(it, f),
+                    )
                     log.info("sent results of %s ref %s to %s", item.id, item.meta.get("ref"), dest.ae_title)
                 except (SendError, OSError) as e:
                     wait = self.queue.send_failed(item, str(e))
@@ -155,9 +178,13 @@ class ListenerService:
 
     def _write_status(self) -> dict:
         """status.json for monitoring: counts per folder and uptime (rewritten atomically)."""
-        status = {"ae_title": self.cfg.ae_title, "time": time.time(), "uptime_s": round(time.time() - self.started),
-                  "queue": {s: self.queue.count(s) for s in ("incoming", "processing", "outbox", "failed")},
-                  "running": not self._stop.is_set()}
+        status = {
+            "ae_title": self.cfg.ae_title,
+            "time": time.time(),
+            "uptime_s": round(time.time() - self.started),
+            "queue": {s: self.queue.count(s) for s in ("incoming", "processing", "outbox", "failed")},
+            "running": not self._stop.is_set(),
+        }
         tmp = Path(self.queue.root) / "status.json.tmp"
         tmp.write_text(json.dumps(status))
         os.replace(tmp, Path(self.queue.root) / "status.json")

@@ -58,8 +58,9 @@ def create_app(store: FeedbackStore, accounts: Accounts, settings: ReviewSetting
             raise HTTPException(401, "sign in first")
         return s
 
-    def writer(s: Annotated[Session, Depends(session)],
-               x_csrf_token: Annotated[str | None, Header()] = None) -> Session:
+    def writer(
+        s: Annotated[Session, Depends(session)], x_csrf_token: Annotated[str | None, Header()] = None
+    ) -> Session:
         if not x_csrf_token or not secrets.compare_digest(x_csrf_token, s.csrf):
             raise HTTPException(403, "missing or wrong CSRF token")
         return s
@@ -78,8 +79,9 @@ def create_app(store: FeedbackStore, accounts: Accounts, settings: ReviewSetting
         return response
 
     def cookie(response: Response, name: str, value: str, max_age: int | None = None) -> None:
-        response.set_cookie(name, value, max_age=max_age, httponly=True, samesite="strict",
-                            secure=settings.secure_cookies, path="/")
+        response.set_cookie(
+            name, value, max_age=max_age, httponly=True, samesite="strict", secure=settings.secure_cookies, path="/"
+        )
 
     @app.get("/login", response_class=HTMLResponse)
     def login_form(request: Request, error: str = "") -> Response:
@@ -89,8 +91,12 @@ def create_app(store: FeedbackStore, accounts: Accounts, settings: ReviewSetting
         return response
 
     @app.post("/login")
-    def login(request: Request, username: Annotated[str, Form()], password: Annotated[str, Form()],
-              csrf: Annotated[str, Form()]) -> Response:
+    def login(
+        request: Request,
+        username: Annotated[str, Form()],
+        password: Annotated[str, Form()],
+        csrf: Annotated[str, Form()],
+    ) -> Response:
         expected = request.cookies.get(LOGIN_CSRF_COOKIE)
         if not expected or not secrets.compare_digest(expected, csrf):
             raise HTTPException(403, "sign-in form expired: reload the page")
@@ -119,9 +125,18 @@ def create_app(store: FeedbackStore, accounts: Accounts, settings: ReviewSetting
     def worklist(request: Request, s: Annotated[Session, Depends(session)]) -> Response:
         filters = _filters(request)
         rows = store.worklist(**filters, limit=WORKLIST_ROWS)
-        return page(request, "worklist.html", user=s.user, csrf=s.csrf, rows=rows, filters=filters,
-                    facets=store.facets(), query=_query(filters), matching=store.count(**filters),
-                    total=store.count())
+        return page(
+            request,
+            "worklist.html",
+            user=s.user,
+            csrf=s.csrf,
+            rows=rows,
+            filters=filters,
+            facets=store.facets(),
+            query=_query(filters),
+            matching=store.count(**filters),
+            total=store.count(),
+        )
 
     @app.get("/case/{image_id}", response_class=HTMLResponse)
     def case(request: Request, image_id: int, s: Annotated[Session, Depends(session)]) -> Response:
@@ -129,8 +144,17 @@ def create_app(store: FeedbackStore, accounts: Accounts, settings: ReviewSetting
         if row is None:
             raise HTTPException(404, "no such case")
         filters = _filters(request)
-        return page(request, "case.html", user=s.user, csrf=s.csrf, row=row, filters=filters,
-                    query=_query(filters), state=_case_json(store, row, filters), settings=settings)
+        return page(
+            request,
+            "case.html",
+            user=s.user,
+            csrf=s.csrf,
+            row=row,
+            filters=filters,
+            query=_query(filters),
+            state=_case_json(store, row, filters),
+            settings=settings,
+        )
 
     @app.get("/api/case/{image_id}")
     def case_state(request: Request, image_id: int, s: Annotated[Session, Depends(session)]) -> dict:
@@ -146,14 +170,26 @@ def create_app(store: FeedbackStore, accounts: Accounts, settings: ReviewSetting
             if body.box is not None and len(body.box) != 4:
                 raise FracflError("box: give x1, y1, x2, y2")
             box = Box(body.box[0], body.box[1], body.box[2], body.box[3], cls=body.cls) if body.box else None
-            store.add_verdict(image_id=image_id, reviewer=s.user.reviewer_id, kind=body.kind, box_id=body.box_id,
-                              box=box, class_name=body.class_name, note=body.note,
-                              expected_version=body.expected_version)
+            store.add_verdict(
+                image_id=image_id,
+                reviewer=s.user.reviewer_id,
+                kind=body.kind,
+                box_id=body.box_id,
+                box=box,
+                class_name=body.class_name,
+                note=body.note,
+                expected_version=body.expected_version,
+            )
         except ConflictError as e:
             current = store.image(image_id)
             assert current is not None
-            return JSONResponse({"detail": f"{e}: someone else changed it; the page now shows their version",
-                                 "case": _case_json(store, current, filters)}, 409)
+            return JSONResponse(
+                {
+                    "detail": f"{e}: someone else changed it; the page now shows their version",
+                    "case": _case_json(store, current, filters),
+                },
+                409,
+            )
         except FracflError as e:
             raise HTTPException(400, str(e)) from None
         row = store.image(image_id)
@@ -175,23 +211,35 @@ def create_app(store: FeedbackStore, accounts: Accounts, settings: ReviewSetting
         row = store.image(image_id)
         if row is None or not row.heatmap_ref or not Path(row.heatmap_ref).is_file():
             raise HTTPException(404, "no heatmap for this case")
-        return Response(Path(row.heatmap_ref).read_bytes(), media_type="image/png",
-                        headers={"Cache-Control": "no-store"})
+        return Response(
+            Path(row.heatmap_ref).read_bytes(), media_type="image/png", headers={"Cache-Control": "no-store"}
+        )
 
     @app.get("/admin", response_class=HTMLResponse)
     def admin(request: Request, s: Annotated[Session, Depends(session)]) -> Response:
         if s.user.role != "admin":
             raise HTTPException(403, "admins only")
-        return page(request, "admin.html", user=s.user, csrf=s.csrf, audit=store.audit_log()[-500:][::-1],
-                    set_aside=store.set_aside_items(), users=accounts.users())
+        return page(
+            request,
+            "admin.html",
+            user=s.user,
+            csrf=s.csrf,
+            audit=store.audit_log()[-500:][::-1],
+            set_aside=store.set_aside_items(),
+            users=accounts.users(),
+        )
 
     return app
 
 
 def _filters(request: Request) -> dict[str, Any]:
     q = request.query_params
-    return {"unreviewed": q.get("unreviewed") == "1", "disagreements": q.get("disagreements") == "1",
-            "model_version": q.get("model_version") or None, "body_part": q.get("body_part") or None}
+    return {
+        "unreviewed": q.get("unreviewed") == "1",
+        "disagreements": q.get("disagreements") == "1",
+        "model_version": q.get("model_version") or None,
+        "body_part": q.get("body_part") or None,
+    }
 
 
 def _query(filters: dict[str, Any]) -> str:
@@ -205,8 +253,23 @@ def _case_json(store: FeedbackStore, row: ImageRow, filters: dict[str, Any]) -> 
     (next: still matching the filters; previous: also cases already reviewed, to go back and check them)."""
     _, later = store.neighbours(row.id, **filters)
     earlier, _ = store.neighbours(row.id, **{**filters, "unreviewed": False})
-    return {"id": row.id, "version": row.version, "no_fracture": row.no_fracture, "model_version": row.model_version,
-            "probability": row.probability, "class_names": store.class_names() or ["fracture"],
-            "boxes": [{"id": b.id, "version": b.version, "status": b.status, "origin": b.origin,
-                       **{k: v for k, v in asdict(b.box).items()}} for b in row.boxes],
-            "next": later, "previous": earlier}
+    return {
+        "id": row.id,
+        "version": row.version,
+        "no_fracture": row.no_fracture,
+        "model_version": row.model_version,
+        "probability": row.probability,
+        "class_names": store.class_names() or ["fracture"],
+        "boxes": [
+            {
+                "id": b.id,
+                "version": b.version,
+                "status": b.status,
+                "origin": b.origin,
+                **{k: v for k, v in asdict(b.box).items()},
+            }
+            for b in row.boxes
+        ],
+        "next": later,
+        "previous": earlier,
+    }

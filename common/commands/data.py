@@ -21,8 +21,16 @@ def _synth(a: argparse.Namespace) -> int:
     from common.synth import generate_dataset, get_profile
 
     sites = [get_profile(s.strip()) for s in a.sites.split(",") if s.strip()]
-    yaml_path = generate_dataset(Path(a.out), sites, images_per_site=a.images, size=a.size,
-                                 val_fraction=a.val_fraction, seed=a.seed, dicom=a.dicom, progress=not a.quiet)
+    yaml_path = generate_dataset(
+        Path(a.out),
+        sites,
+        images_per_site=a.images,
+        size=a.size,
+        val_fraction=a.val_fraction,
+        seed=a.seed,
+        dicom=a.dicom,
+        progress=not a.quiet,
+    )
     print(f"wrote {yaml_path}")
     return 0
 
@@ -37,8 +45,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.set_defaults(func=_check)
     s = dsub.add_parser("synth", help="generate synthetic radiographs for several simulated hospitals")
     s.add_argument("out", help="output folder")
-    s.add_argument("--sites", default="general_hospital,trauma_center,rural_clinic",
-                   help="comma-separated site profiles")
+    s.add_argument(
+        "--sites", default="general_hospital,trauma_center,rural_clinic", help="comma-separated site profiles"
+    )
     s.add_argument("--images", type=int, default=60, help="images per site")
     s.add_argument("--size", type=int, default=512, help="image side in pixels")
     s.add_argument("--val-fraction", type=float, default=0.25)

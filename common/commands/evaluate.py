@@ -31,9 +31,12 @@ def _run(a: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:
     d = EvalConfig()
-    p = sub.add_parser("evaluate", help="evaluate saved weights on a dataset split",
-                       description="Box-level mAP/P/R/F1 and image-level sensitivity/specificity/AUC, with plots "
-                       "and per-image error lists, for a fracfl weights file on an Ultralytics-format dataset.")
+    p = sub.add_parser(
+        "evaluate",
+        help="evaluate saved weights on a dataset split",
+        description="Box-level mAP/P/R/F1 and image-level sensitivity/specificity/AUC, with plots "
+        "and per-image error lists, for a fracfl weights file on an Ultralytics-format dataset.",
+    )
     p.add_argument("--model", required=True, help="weights file (.safetensors) or registry version folder")
     p.add_argument("--data", required=True, help="data.yaml or dataset folder")
     p.add_argument("--split", default="val", help="split to evaluate (default: val)")

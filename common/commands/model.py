@@ -16,8 +16,10 @@ def _info(a: argparse.Namespace) -> int:
     model = build_model(ModelSpec(arch=arch, width=width, depth=depth))
     parts = layer_parts(model)
     count = {k: sum(p.numel() for i in v for p in model.model[i].parameters()) for k, v in parts.items()}
-    print(f"{arch} (width {width}, depth {depth}): YOLOv7 backbone and neck with Ultralytics' anchor-free "
-          f"Detect head; {len(model.model)} layers")
+    print(
+        f"{arch} (width {width}, depth {depth}): YOLOv7 backbone and neck with Ultralytics' anchor-free "
+        f"Detect head; {len(model.model)} layers"
+    )
     for k, v in count.items():
         print(f"  {k:9s} layers {parts[k][0]:3d}-{parts[k][-1]:3d}  {v / 1e6:7.3f} M parameters")
     print(f"  total                      {sum(count.values()) / 1e6:7.3f} M parameters")
@@ -40,8 +42,10 @@ def _import(a: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("model", help="model architectures and checkpoint import")
     msub = p.add_subparsers(dest="model_command", metavar="ACTION", required=True)
-    for name, fn, helptext in (("info", _info, "parameter counts per part"),
-                               ("import", _import, "convert a checkpoint (YOLOv7, Ultralytics, state dict)")):
+    for name, fn, helptext in (
+        ("info", _info, "parameter counts per part"),
+        ("import", _import, "convert a checkpoint (YOLOv7, Ultralytics, state dict)"),
+    ):
         q = msub.add_parser(name, help=helptext)
         add_arch(q)
         q.set_defaults(func=fn)

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from common.config import CONF_DIR
 
@@ -27,8 +28,13 @@ class _Renamed(argparse.Action):
         self.new = new
         super().__init__(option_strings, dest, **kwargs)
 
-    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
-                 option_string: str | None = None) -> None:
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
         deprecated(option_string or self.option_strings[0], self.new)
         setattr(namespace, self.dest, values)
 
@@ -36,14 +42,22 @@ class _Renamed(argparse.Action):
 def add_renamed(p: argparse.ArgumentParser, old: str, new: str) -> None:
     """Accept `old` as a hidden alias of the already added flag `new` (same destination, same type)."""
     target = next(a for a in p._actions if new in a.option_strings)
-    p.add_argument(old, dest=target.dest, action=_Renamed, new=new, type=target.type, default=argparse.SUPPRESS,
-                   help=argparse.SUPPRESS)
+    p.add_argument(
+        old,
+        dest=target.dest,
+        action=_Renamed,
+        new=new,
+        type=target.type,
+        default=argparse.SUPPRESS,
+        help=argparse.SUPPRESS,
+    )
 
 
 def add_registry(p: argparse.ArgumentParser) -> None:
     """`--registry DIR`, the registry folder (`--root` before it was given one name across subcommands)."""
-    p.add_argument("--registry", default=None, metavar="DIR",
-                   help="registry folder (default: $FRACFL_REGISTRY, else ./registry)")
+    p.add_argument(
+        "--registry", default=None, metavar="DIR", help="registry folder (default: $FRACFL_REGISTRY, else ./registry)"
+    )
     add_renamed(p, "--root", "--registry")
 
 
@@ -65,9 +79,14 @@ def add_arch(p: argparse.ArgumentParser) -> None:
     `--width`/`--depth` default to that option's values."""
     groups = model_groups()
     raw = sorted({str(g["arch"]) for g in groups.values()} - set(groups))
-    p.add_argument("--arch", default="yolov7_tiny", choices=[*groups, *raw], metavar="ARCH",
-                   help=f"a model config, as `model=NAME` picks in train: {', '.join(groups)}; or an arch as model "
-                   f"cards spell it: {', '.join(raw)} (default %(default)s)")
+    p.add_argument(
+        "--arch",
+        default="yolov7_tiny",
+        choices=[*groups, *raw],
+        metavar="ARCH",
+        help=f"a model config, as `model=NAME` picks in train: {', '.join(groups)}; or an arch as model "
+        f"cards spell it: {', '.join(raw)} (default %(default)s)",
+    )
     p.add_argument("--width", type=float, default=None, help="width multiple (default: the model config's)")
     p.add_argument("--depth", type=float, default=None, help="depth multiple (default: the model config's)")
 

@@ -20,7 +20,9 @@ def _job(cfg: DictConfig) -> None:
 
 def register(sub: argparse._SubParsersAction) -> None:
     register_hydra_command(
-        sub, "train", "train",
+        sub,
+        "train",
+        "train",
         help="centralised training and validation (Hydra overrides, e.g. train.epochs=5 data.path=D)",
         description="Train on one dataset with the engine every site uses. Arguments are Hydra overrides of "
         "conf/train.yaml, e.g. `experiment=train_demo`, `model=yolov7`, `train.epochs=5`, `data.path=/data/fracatlas`; "

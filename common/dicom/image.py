@@ -9,8 +9,14 @@ import numpy as np
 from pydicom.dataset import Dataset
 
 from common.dicom.pixels import to_grey_u8
-from common.dicom.read import (RADIOGRAPH_MODALITIES, DicomRejected, check_image, decode_pixels, open_dataset,
-                               transfer_syntax_name)
+from common.dicom.read import (
+    RADIOGRAPH_MODALITIES,
+    DicomRejected,
+    check_image,
+    decode_pixels,
+    open_dataset,
+    transfer_syntax_name,
+)
 
 
 @dataclass
@@ -28,8 +34,9 @@ class DicomImage:
         return str(self.dataset.PhotometricInterpretation).upper() == "MONOCHROME1"
 
 
-def read_dicom_image(path: str | Path, modalities: frozenset[str] | None = RADIOGRAPH_MODALITIES,
-                     data: bytes | None = None) -> DicomImage:
+def read_dicom_image(
+    path: str | Path, modalities: frozenset[str] | None = RADIOGRAPH_MODALITIES, data: bytes | None = None
+) -> DicomImage:
     """Read, validate and convert one file (or its bytes, `data`); raises DicomRejected (with a reason code) for
     anything unusable. `modalities=None` accepts any greyscale single-frame image."""
     ds = open_dataset(path, data)

@@ -17,7 +17,7 @@ from __future__ import annotations
 from pydicom import uid
 from pydicom.pixels import decoders
 from pydicom.pixels.decoders import JPEGExtended12BitDecoder
-from pydicom.pixels.decoders.base import DecodeRunner, Decoder
+from pydicom.pixels.decoders.base import Decoder, DecodeRunner
 
 LABEL = "fracfl-gdcm-12bit"
 DECODER_DEPENDENCIES = {uid.JPEGExtended12Bit: ("gdcm",)}
@@ -53,8 +53,9 @@ def _decode_frame(src: bytes, runner: DecodeRunner) -> bytes:
     img.SetPhotometricInterpretation(gdcm.PhotometricInterpretation(pi))
     img.SetTransferSyntax(gdcm.TransferSyntax(gdcm.TransferSyntax.GetTSType(str(runner.transfer_syntax))))
     bits = runner.bits_stored
-    img.SetPixelFormat(gdcm.PixelFormat(runner.samples_per_pixel, runner.bits_allocated, bits, bits - 1,
-                                        runner.pixel_representation))
+    img.SetPixelFormat(
+        gdcm.PixelFormat(runner.samples_per_pixel, runner.bits_allocated, bits, bits - 1, runner.pixel_representation)
+    )
     frame = img.GetBuffer()
     if not frame:
         raise RuntimeError("GDCM could not decode the 12-bit JPEG Extended frame")

@@ -112,8 +112,11 @@ def open_dataset(path: str | Path, data: bytes | None = None) -> Dataset:
         raise DicomRejected(path, "unreadable", f"cannot read the file ({type(e).__name__})") from None
     kind = dicom_kind(head)
     if kind is None:
-        raise DicomRejected(path, "not_dicom", "not a DICOM file (no 'DICM' prefix after the 128-byte preamble, "
-                            "and not a raw DICOM dataset)")
+        raise DicomRejected(
+            path,
+            "not_dicom",
+            "not a DICOM file (no 'DICM' prefix after the 128-byte preamble, and not a raw DICOM dataset)",
+        )
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # pydicom warns on harmless VR oddities; the checks below decide
@@ -123,7 +126,9 @@ def open_dataset(path: str | Path, data: bytes | None = None) -> Dataset:
     except DicomRejected:
         raise
     except InvalidDicomError:
-        raise DicomRejected(path, "not_dicom", "not a DICOM file (no 'DICM' prefix after the 128-byte preamble)") from None
+        raise DicomRejected(
+            path, "not_dicom", "not a DICOM file (no 'DICM' prefix after the 128-byte preamble)"
+        ) from None
     except (FileNotFoundError, IsADirectoryError, PermissionError) as e:
         raise DicomRejected(path, "unreadable", f"cannot read the file ({type(e).__name__})") from None
     except Exception as e:  # any parser failure is a damaged header, whichever element tripped it
@@ -141,8 +146,9 @@ def _check_raw(ds: Dataset, path: Path) -> None:
     except Exception:
         valid = False
     if not valid:
-        raise DicomRejected(path, "not_dicom", "no DICOM preamble, and read as a raw dataset it names no valid "
-                            "SOP Class UID")
+        raise DicomRejected(
+            path, "not_dicom", "no DICOM preamble, and read as a raw dataset it names no valid SOP Class UID"
+        )
     meta = ds.file_meta
     if "TransferSyntaxUID" not in meta:
         implicit = getattr(ds, "original_encoding", (True, True))[0]
@@ -163,8 +169,12 @@ def check_image(ds: Dataset, path: str | Path, modalities: frozenset[str] | None
         raise DicomRejected(path, "no_pixel_data", f"image header ({_sop_name(ds)}) without pixel data")
     photometric = str(ds.get("PhotometricInterpretation", "")).upper()
     if int(ds.get("SamplesPerPixel", 1) or 1) != 1 or photometric not in GREY:
-        raise DicomRejected(path, "colour", f"colour image ({photometric or 'no photometric interpretation'}, "
-                            f"{ds.get('SamplesPerPixel', '?')} samples per pixel); radiographs must be greyscale")
+        raise DicomRejected(
+            path,
+            "colour",
+            f"colour image ({photometric or 'no photometric interpretation'}, "
+            f"{ds.get('SamplesPerPixel', '?')} samples per pixel); radiographs must be greyscale",
+        )
     frames = int(ds.get("NumberOfFrames", 1) or 1)
     if frames > 1:
         raise DicomRejected(path, "multi_frame", f"{frames} frames; one radiograph per file is expected")
@@ -172,8 +182,11 @@ def check_image(ds: Dataset, path: str | Path, modalities: frozenset[str] | None
     if not 1 <= bits <= 16:
         raise DicomRejected(path, "unsupported_bits", f"bits stored {bits} (1 to 16 supported)")
     if modalities is not None and modality not in modalities:
-        raise DicomRejected(path, "unsupported_modality",
-                            f"modality {modality or 'none'} is not a radiograph (handled: {', '.join(sorted(modalities))})")
+        raise DicomRejected(
+            path,
+            "unsupported_modality",
+            f"modality {modality or 'none'} is not a radiograph (handled: {', '.join(sorted(modalities))})",
+        )
 
 
 def check_referenceable(ds: Dataset, path: str | Path) -> None:
@@ -181,8 +194,12 @@ def check_referenceable(ds: Dataset, path: str | Path) -> None:
     any work, instead of a failure while writing results."""
     missing = [k for k in REQUIRED_UIDS if not str(ds.get(k, "") or "").strip()]
     if missing:
-        raise DicomRejected(path, "bad_header", f"missing {', '.join(missing)} (required in every image; results "
-                            "could not reference it)", transfer_syntax_name(ds))
+        raise DicomRejected(
+            path,
+            "bad_header",
+            f"missing {', '.join(missing)} (required in every image; results could not reference it)",
+            transfer_syntax_name(ds),
+        )
 
 
 def decode_pixels(ds: Dataset, path: str | Path) -> np.ndarray:
@@ -207,9 +224,12 @@ def decode_pixels(ds: Dataset, path: str | Path) -> np.ndarray:
             raise DicomRejected(path, "undecodable", f"cannot decode {name} pixel data ({_short(e)})") from None
         raise DicomRejected(path, "truncated_pixel_data", f"unreadable pixel data ({name}; {_short(e)})") from None
     if arr.ndim != 2:  # header said one grey frame but the data disagrees
-        raise DicomRejected(path, "colour" if arr.ndim == 3 and arr.shape[-1] in (3, 4) else "dimension_mismatch",
-                            f"decoded pixel array has shape {arr.shape}, expected one greyscale frame of "
-                            f"{ds.get('Rows')} x {ds.get('Columns')}")
+        raise DicomRejected(
+            path,
+            "colour" if arr.ndim == 3 and arr.shape[-1] in (3, 4) else "dimension_mismatch",
+            f"decoded pixel array has shape {arr.shape}, expected one greyscale frame of "
+            f"{ds.get('Rows')} x {ds.get('Columns')}",
+        )
     return arr
 
 
@@ -234,12 +254,18 @@ def _check_native_size(ds: Dataset, path: str | Path) -> None:
         return
     expected = (rows * cols * bits + 7) // 8
     if len(data) < expected:
-        raise DicomRejected(path, "truncated_pixel_data",
-                            f"truncated pixel data: {len(data)} bytes, {rows} x {cols} at {bits} bits need {expected}")
+        raise DicomRejected(
+            path,
+            "truncated_pixel_data",
+            f"truncated pixel data: {len(data)} bytes, {rows} x {cols} at {bits} bits need {expected}",
+        )
     if len(data) > expected + 1:  # one padding byte keeps the value length even
-        raise DicomRejected(path, "dimension_mismatch",
-                            f"pixel data holds {len(data)} bytes but Rows x Columns x BitsAllocated ({rows} x {cols} "
-                            f"x {bits}) announce {expected}: the image size in the header is wrong")
+        raise DicomRejected(
+            path,
+            "dimension_mismatch",
+            f"pixel data holds {len(data)} bytes but Rows x Columns x BitsAllocated ({rows} x {cols} "
+            f"x {bits}) announce {expected}: the image size in the header is wrong",
+        )
 
 
 def _sop_name(ds: Dataset) -> str:

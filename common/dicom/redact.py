@@ -179,5 +179,5 @@ def _module(filename: str) -> str:
     parts = Path(filename).with_suffix("").parts
     for i, part in enumerate(parts):
         if part in ("site-packages", "dist-packages"):
-            return ".".join(parts[i + 1:])
+            return ".".join(parts[i + 1 :])
     return Path(filename).stem

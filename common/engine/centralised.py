@@ -15,17 +15,16 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
+import torch
 
-import torch  # noqa: E402
-
-from common.config import DataConfig, TrainJob  # noqa: E402
-from common.data.dataset import DetectionDataset  # noqa: E402
-from common.engine.device import select_device  # noqa: E402
-from common.engine.evaluate import evaluate_model  # noqa: E402
-from common.engine.trainer import train_local  # noqa: E402
-from common.metrics import write_report  # noqa: E402
-from common.nn.weights import model_from_config, save_weights  # noqa: E402
+from common.config import DataConfig, TrainJob
+from common.data.dataset import DetectionDataset
+from common.engine.device import select_device
+from common.engine.evaluate import evaluate_model
+from common.engine.trainer import train_local
+from common.metrics import write_report
+from common.nn.weights import model_from_config, save_weights
 
 log = logging.getLogger("fracfl.train")
 
@@ -38,8 +37,16 @@ def ensure_data(cfg: DataConfig, seed: int, progress: bool = True) -> Path:
 
         s = cfg.synth
         log.info("generating synthetic radiographs in %s", path)
-        generate_dataset(path, [get_profile(n) for n in s.sites], images_per_site=s.images_per_site, size=s.size,
-                         val_fraction=s.val_fraction, seed=seed, dicom=s.dicom, progress=progress)
+        generate_dataset(
+            path,
+            [get_profile(n) for n in s.sites],
+            images_per_site=s.images_per_site,
+            size=s.size,
+            val_fraction=s.val_fraction,
+            seed=seed,
+            dicom=s.dicom,
+            progress=progress,
+        )
     return path
 
 
@@ -55,45 +62,78 @@ def run_training(job: TrainJob, run_dir: Path) -> dict:
         log.info("initialised from %s", report.summary())
         (run_dir / "init_report.json").write_text(json.dumps(asdict(report), indent=1, default=list))
     t = job.train
-    train_set = DetectionDataset.from_data(data, job.data.train_split, t.imgsz, augment=t.augment,
-                                           cache=job.data.cache_images, seed=job.seed)
+    train_set = DetectionDataset.from_data(
+        data, job.data.train_split, t.imgsz, augment=t.augment, cache=job.data.cache_images, seed=job.seed
+    )
     val_set = DetectionDataset.from_data(data, job.data.val_split, t.imgsz, cache=job.data.cache_images)
     device = select_device(t.device)
-    log.info("training %s (%.2f M parameters) on %d images, validating on %d, device %s", spec.arch,
-             sum(p.numel() for p in model.parameters()) / 1e6, len(train_set), len(val_set), device)
+    log.info(
+        "training %s (%.2f M parameters) on %d images, validating on %d, device %s",
+        spec.arch,
+        sum(p.numel() for p in model.parameters()) / 1e6,
+        len(train_set),
+        len(val_set),
+        device,
+    )
 
     history: list[dict] = []
     best = _Best(t.patience)
 
     def after_epoch(epoch: int, train_metrics: dict, weights: torch.nn.Module) -> bool:
         rep = evaluate_model(weights, val_set, job.eval, device, job.progress)
-        row = {"epoch": epoch + 1, **{k: train_metrics[k] for k in ("loss", "box_loss", "cls_loss", "dfl_loss")},
-               "map50": rep.map50, "map50_95": rep.map50_95, "sensitivity": rep.sensitivity,
-               "specificity": rep.specificity, "roc_auc": rep.roc_auc}
+        row = {
+            "epoch": epoch + 1,
+            **{k: train_metrics[k] for k in ("loss", "box_loss", "cls_loss", "dfl_loss")},
+            "map50": rep.map50,
+            "map50_95": rep.map50_95,
+            "sensitivity": rep.sensitivity,
+            "specificity": rep.specificity,
+            "roc_auc": rep.roc_auc,
+        }
         history.append(row)
         log.info("epoch %d: %s", epoch + 1, rep.summary_line())
         _write_history(history, run_dir)  # after every epoch: a run stopped early still shows its curve
         return best.offer(epoch + 1, rep, weights)
 
     result = train_local(model, train_set, t, seed=job.seed, progress=job.progress, on_epoch_end=after_epoch)
-    last = save_weights(model, spec, run_dir / "weights" / "last.safetensors",
-                        {"imgsz": t.imgsz, "epochs": result.metrics["epochs"], "source": "fracfl train (last epoch)"})
+    last = save_weights(
+        model,
+        spec,
+        run_dir / "weights" / "last.safetensors",
+        {"imgsz": t.imgsz, "epochs": result.metrics["epochs"], "source": "fracfl train (last epoch)"},
+    )
     if best.report is None:  # no full epoch (max_steps inside the first): the last weights, evaluated now
-        best.offer(int(result.metrics["epochs"]), evaluate_model(model, val_set, job.eval, device, job.progress),
-                   model)
+        best.offer(int(result.metrics["epochs"]), evaluate_model(model, val_set, job.eval, device, job.progress), model)
     model.load_state_dict(best.state)
-    selection = {"selected_epoch": best.epoch, "epochs_run": result.metrics["epochs"], "selection":
-                 "highest validation mAP50 (then mAP50-95) over the epochs run", "patience": t.patience,
-                 "stopped_early": best.stopped}
-    weights = save_weights(model, spec, run_dir / "weights" / "model.safetensors",
-                           {"imgsz": t.imgsz, "epochs": best.epoch, "source": "fracfl train", **selection})
+    selection = {
+        "selected_epoch": best.epoch,
+        "epochs_run": result.metrics["epochs"],
+        "selection": "highest validation mAP50 (then mAP50-95) over the epochs run",
+        "patience": t.patience,
+        "stopped_early": best.stopped,
+    }
+    weights = save_weights(
+        model,
+        spec,
+        run_dir / "weights" / "model.safetensors",
+        {"imgsz": t.imgsz, "epochs": best.epoch, "source": "fracfl train", **selection},
+    )
     write_report(best.report, run_dir / "eval")
-    summary = {"weights": str(weights), "last_weights": str(last), "selection": selection, "train": result.metrics,
-               "val": best.report.to_dict()}
+    summary = {
+        "weights": str(weights),
+        "last_weights": str(last),
+        "selection": selection,
+        "train": result.metrics,
+        "val": best.report.to_dict(),
+    }
     (run_dir / "metrics.json").write_text(json.dumps(summary, indent=1, default=str))
-    log.info("selected epoch %d of %d%s: %s", best.epoch, result.metrics["epochs"],
-             " (stopped early: no better validation mAP50 for train.patience epochs)" if best.stopped else "",
-             best.report.summary_line())
+    log.info(
+        "selected epoch %d of %d%s: %s",
+        best.epoch,
+        result.metrics["epochs"],
+        " (stopped early: no better validation mAP50 for train.patience epochs)" if best.stopped else "",
+        best.report.summary_line(),
+    )
     log.info("weights: %s", weights)
     return summary
 

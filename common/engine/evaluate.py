@@ -10,9 +10,9 @@ from common import offline  # noqa: F401
 from common.config import EvalConfig
 from common.data.augment import boxes_to_pixels
 from common.data.dataset import DetectionDataset, collate, model_input
-from common.metrics import DetectionReport, ImageResult, evaluate_detections
 from common.inference.backend import Backend, as_backend
 from common.inference.postprocess import decode, image_bounds, to_original
+from common.metrics import DetectionReport, ImageResult, evaluate_detections
 from common.utils.progress import progress_bar
 
 

@@ -47,14 +47,21 @@ def loader_options(workers: int, device: torch.device) -> dict[str, Any]:
 
 def same_options(loader: DataLoader) -> dict[str, Any]:
     """The options of an existing loader, for another loader over the same data (DP-SGD's Poisson batches)."""
-    opts: dict[str, Any] = {"num_workers": loader.num_workers, "collate_fn": loader.collate_fn,
-                            "pin_memory": loader.pin_memory}
+    opts: dict[str, Any] = {
+        "num_workers": loader.num_workers,
+        "collate_fn": loader.collate_fn,
+        "pin_memory": loader.pin_memory,
+    }
     if loader.num_workers > 0:
-        opts.update(persistent_workers=loader.persistent_workers, prefetch_factor=loader.prefetch_factor,
-                    worker_init_fn=loader.worker_init_fn)
+        opts.update(
+            persistent_workers=loader.persistent_workers,
+            prefetch_factor=loader.prefetch_factor,
+            worker_init_fn=loader.worker_init_fn,
+        )
     return opts
 
 
-def make_loader(data: Dataset, batch_size: int, sampler: Sampler | None, workers: int, device: torch.device
-                ) -> DataLoader:
+def make_loader(
+    data: Dataset, batch_size: int, sampler: Sampler | None, workers: int, device: torch.device
+) -> DataLoader:
     return DataLoader(data, batch_size=batch_size, sampler=sampler, **loader_options(workers, device))

@@ -35,8 +35,9 @@ class StepFormat:
         return f"{'bf16 autocast' if self.autocast else 'fp32'}{', channels-last' if self.channels_last else ''}"
 
 
-def step_format(precision: str, channels_last: bool | None, device: torch.device, private: bool,
-                group_norm: bool = False) -> StepFormat:
+def step_format(
+    precision: str, channels_last: bool | None, device: torch.device, private: bool, group_norm: bool = False
+) -> StepFormat:
     """`auto`: bf16 on CUDA, fp32 on the CPU (bf16 there is an option: see docs/training.md). Channels-last by
     default on CUDA, where cuDNN's bf16 convolutions want it, except for GroupNorm models: on the H200 a GroupNorm
     FedAvg round took 24 s in bf16 channels-last against 5.4 s for BatchNorm and 14 s for the fp32 contiguous DP

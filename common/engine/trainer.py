@@ -10,9 +10,9 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from collections.abc import Iterable, Iterator
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -25,11 +25,11 @@ from common.data.dataset import DetectionDataset, model_input
 from common.engine.device import seed_everything, select_device
 from common.engine.loader import auto_workers, available_cores, make_loader
 from common.engine.precision import StepFormat, memory_format, step_format, to_fp32
-from common.utils.progress import progress_bar
 from common.errors import ConfigError, FracflError
 from common.nn.loss import PerImageDetectionLoss
 from common.nn.model import layer_parts
 from common.nn.weights import state_to_save
+from common.utils.progress import progress_bar
 
 CHECK_EVERY = 25  # steps between divergence checks and progress updates (each waits for the device)
 
@@ -81,8 +81,9 @@ def _loader(data: DetectionDataset, cfg: TrainConfig, seed: int, device: torch.d
     elif cfg.imbalance.mode in ("none", "reweight", "constant"):
         sampler = RandomSampler(data, generator=gen)
     else:
-        raise ConfigError("train.imbalance.mode: expected none, oversample, reweight or constant, got "
-                          f"{cfg.imbalance.mode!r}")
+        raise ConfigError(
+            f"train.imbalance.mode: expected none, oversample, reweight or constant, got {cfg.imbalance.mode!r}"
+        )
     workers = auto_workers(device) if cfg.workers is None else cfg.workers
     data.warm_cache(cfg.cache_mb * 2**20, threads=available_cores())  # before the workers fork: they share it
     return make_loader(data, cfg.batch_size, sampler, workers, device)
@@ -160,26 +161,39 @@ def train_local(
     if privacy is not None and cfg.augment.mixes_images:
         raise ConfigError("train.augment.mosaic: mosaic mixes images, which breaks DP-SGD's per-image guarantee")
     if privacy is not None and cfg.imbalance.mode in ("reweight", "oversample"):
-        raise ConfigError(f"train.imbalance.mode={cfg.imbalance.mode} with DP-SGD: it derives each image's weight or "
-                          "draw from the site's fracture share, so removing one image changes the others' and the "
-                          "sensitivity is no longer the clipping norm; use train.imbalance.mode=constant (a fixed "
-                          "weight per class) or none")
+        raise ConfigError(
+            f"train.imbalance.mode={cfg.imbalance.mode} with DP-SGD: it derives each image's weight or "
+            "draw from the site's fracture share, so removing one image changes the others' and the "
+            "sensitivity is no longer the clipping norm; use train.imbalance.mode=constant (a fixed "
+            "weight per class) or none"
+        )
     if privacy is not None and proximal_mu > 0:
-        raise ConfigError("strategy=fedprox with privacy=dp_sgd: the DP optimiser does not apply the proximal term; "
-                          "use fedavg or another strategy without a site-side term")
+        raise ConfigError(
+            "strategy=fedprox with privacy=dp_sgd: the DP optimiser does not apply the proximal term; "
+            "use fedavg or another strategy without a site-side term"
+        )
     seed_everything(seed)
     device = select_device(cfg.device)
     model.to(device).train()
     freeze_parts(model, cfg.freeze)
-    fmt = step_format(cfg.precision, cfg.channels_last, device, private=privacy is not None,
-                      group_norm=any(isinstance(m, nn.GroupNorm) for m in model.modules()))
+    fmt = step_format(
+        cfg.precision,
+        cfg.channels_last,
+        device,
+        private=privacy is not None,
+        group_norm=any(isinstance(m, nn.GroupNorm) for m in model.modules()),
+    )
     criterion = PerImageDetectionLoss(model)
-    weights = torch.as_tensor(image_weights(data.positive, cfg.imbalance) if cfg.imbalance.mode != "oversample"
-                              else np.ones(len(data)), dtype=torch.float32).to(device)
+    weights = torch.as_tensor(
+        image_weights(data.positive, cfg.imbalance) if cfg.imbalance.mode != "oversample" else np.ones(len(data)),
+        dtype=torch.float32,
+    ).to(device)
     optimizer = _optimizer(model, cfg)
     loader = _loader(data, cfg, seed, device)
     anchors = [p.detach().clone() for p in model.parameters()] if proximal_mu > 0 else []
-    ema = ModelEMA(model, cfg.ema_decay, cfg.ema_tau) if cfg.ema_decay else None  # post-processing: no extra privacy cost
+    ema = (
+        ModelEMA(model, cfg.ema_decay, cfg.ema_tau) if cfg.ema_decay else None
+    )  # post-processing: no extra privacy cost
     net, batches = model, loader
     if privacy is not None:
         net, optimizer, loader = privacy.wrap(model, optimizer, loader)
@@ -228,8 +242,11 @@ def train_local(
                 steps += 1
                 if steps % CHECK_EVERY == 0:
                     _check(finite, description, steps)
-                    bar.update(task, completed=steps,
-                               description=f"{description} loss {float(sums[0]) / max(epoch_images, 1):.3f}")
+                    bar.update(
+                        task,
+                        completed=steps,
+                        description=f"{description} loss {float(sums[0]) / max(epoch_images, 1):.3f}",
+                    )
             epoch += 1
             _check(finite, description, steps)
             bar.update(task, completed=steps)
@@ -248,8 +265,9 @@ def train_local(
     return TrainResult(state=state_to_save(model), metrics=metrics)
 
 
-def _forward(net: nn.Module, criterion: PerImageDetectionLoss, batch: dict, device: torch.device, fmt: StepFormat
-             ) -> tuple[torch.Tensor, torch.Tensor]:
+def _forward(
+    net: nn.Module, criterion: PerImageDetectionLoss, batch: dict, device: torch.device, fmt: StepFormat
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The network under the step's autocast, the loss in fp32."""
     with fmt.context(device):
         preds = net(model_input(batch["img"], device, fmt.channels_last))
@@ -258,8 +276,9 @@ def _forward(net: nn.Module, criterion: PerImageDetectionLoss, batch: dict, devi
 
 def _check(finite: torch.Tensor, description: str, steps: int) -> None:
     if not bool(finite):
-        raise TrainingDiverged(f"{description}: the loss became NaN or infinite before step {steps}; "
-                               "lower train.lr or check the data")
+        raise TrainingDiverged(
+            f"{description}: the loss became NaN or infinite before step {steps}; lower train.lr or check the data"
+        )
 
 
 @contextlib.contextmanager
@@ -272,11 +291,22 @@ def _released(privacy: PrivacyHook | None) -> Iterator[None]:
             privacy.release()
 
 
-def _metrics(sums: torch.Tensor, epoch_images: int, images: int, steps: int, epochs: int, seconds: float) -> dict[str, Any]:
+def _metrics(
+    sums: torch.Tensor, epoch_images: int, images: int, steps: int, epochs: int, seconds: float
+) -> dict[str, Any]:
     """Loss parts are means over the last epoch's images; counts and speed cover the whole call."""
     mean = (sums / max(epoch_images, 1)).cpu().tolist()
-    return {"loss": mean[0], "box_loss": mean[1], "cls_loss": mean[2], "dfl_loss": mean[3], "steps": steps,
-            "images": images, "epochs": epochs, "seconds": seconds, "images_per_s": images / max(seconds, 1e-9)}
+    return {
+        "loss": mean[0],
+        "box_loss": mean[1],
+        "cls_loss": mean[2],
+        "dfl_loss": mean[3],
+        "steps": steps,
+        "images": images,
+        "epochs": epochs,
+        "seconds": seconds,
+        "images_per_s": images / max(seconds, 1e-9),
+    }
 
 
 def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:

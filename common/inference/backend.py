@@ -40,4 +40,6 @@ class TorchBackend:
 
 def as_backend(model: nn.Module | Backend, device: torch.device | None = None, imgsz: int = 640) -> Backend:
     """A backend for `model`: modules are wrapped, backends pass through."""
-    return model if isinstance(model, Backend) and not isinstance(model, nn.Module) else TorchBackend(model, device, imgsz)
+    return (
+        model if isinstance(model, Backend) and not isinstance(model, nn.Module) else TorchBackend(model, device, imgsz)
+    )

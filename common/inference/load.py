@@ -41,14 +41,24 @@ def tflite_path(ref: str | Path, variant: str = "fp32") -> Path:
         if f.is_file():
             return f
         have = sorted(x.stem.removeprefix("model_") for x in (p / EXPORTS_DIR).glob("model_*.tflite"))
-        listing = f"exported variants: {', '.join(have)}" if have else "this version has no TFLite exports yet " \
-                  "(`fracfl export --model ...` makes them)"
+        listing = (
+            f"exported variants: {', '.join(have)}"
+            if have
+            else "this version has no TFLite exports yet (`fracfl export --model ...` makes them)"
+        )
         raise DataError(ref, f"no {variant} TFLite export here; {listing}")
     raise DataError(ref, "no TFLite model here (expected a .tflite file or a registry version folder)")
 
 
-def load_backend(ref: str | Path, backend: str = "torch", *, variant: str = "fp32", threads: int | None = None,
-                 device: torch.device | None = None, imgsz: int | None = None) -> Backend:
+def load_backend(
+    ref: str | Path,
+    backend: str = "torch",
+    *,
+    variant: str = "fp32",
+    threads: int | None = None,
+    device: torch.device | None = None,
+    imgsz: int | None = None,
+) -> Backend:
     """A ready backend for the model at `ref`.
 
     torch: `imgsz` defaults to the size the model was trained at. tflite: the size is fixed by the export (a

@@ -6,15 +6,16 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+from ultralytics.utils.nms import non_max_suppression
 
 from common.config import EvalConfig
-from ultralytics.utils.nms import non_max_suppression
 
 LOW_CONF = 0.001  # keep low-scoring boxes: mAP and ROC need the whole score range, the operating point filters later
 
 
-def decode(raw: torch.Tensor, cfg: EvalConfig, nc: int,
-           bounds: Sequence[tuple[float, float, float, float]] | None = None) -> list[torch.Tensor]:
+def decode(
+    raw: torch.Tensor, cfg: EvalConfig, nc: int, bounds: Sequence[tuple[float, float, float, float]] | None = None
+) -> list[torch.Tensor]:
     """NMS on the head's (B, 4 + nc, anchors) output; rows are x1, y1, x2, y2, score, cls in network pixels.
 
     `bounds` (per image: x1, y1, x2, y2 of the image inside the letterbox, see `image_bounds`) clips the boxes

@@ -92,23 +92,44 @@ def _scan(results: list[ImageResult], names: dict[int, str], conf: float, iou: f
 
 
 def _per_class(
-    names: dict[int, str], aps: APResult, tp_op: np.ndarray, above: np.ndarray, pred_cls: np.ndarray,
+    names: dict[int, str],
+    aps: APResult,
+    tp_op: np.ndarray,
+    above: np.ndarray,
+    pred_cls: np.ndarray,
     target_cls: np.ndarray,
 ) -> list[ClassMetrics]:
     out = []
     for c, name in sorted(names.items()):
         keep = (pred_cls == c) & above
         n_gt, n_pred, tp = int((target_cls == c).sum()), int(keep.sum()), int(tp_op[keep].sum())
-        out.append(ClassMetrics(
-            cls=c, name=name, n_gt=n_gt, n_pred=n_pred, tp=tp, fp=n_pred - tp, fn=n_gt - tp,
-            precision=ratio(tp, n_pred), recall=ratio(tp, n_gt), f1=f1_score(tp, n_pred - tp, n_gt - tp),
-            ap50=float(aps.ap[c, 0]), ap50_95=float(np.mean(aps.ap[c])),
-        ))
+        out.append(
+            ClassMetrics(
+                cls=c,
+                name=name,
+                n_gt=n_gt,
+                n_pred=n_pred,
+                tp=tp,
+                fp=n_pred - tp,
+                fn=n_gt - tp,
+                precision=ratio(tp, n_pred),
+                recall=ratio(tp, n_gt),
+                f1=f1_score(tp, n_pred - tp, n_gt - tp),
+                ap50=float(aps.ap[c, 0]),
+                ap50_95=float(np.mean(aps.ap[c])),
+            )
+        )
     return out
 
 
 def _undefined(
-    n_images: int, n_gt: int, n_pred: int, n_pred_op: int, n_pos: int, n_neg: int, conf: float,
+    n_images: int,
+    n_gt: int,
+    n_pred: int,
+    n_pred_op: int,
+    n_pos: int,
+    n_neg: int,
+    conf: float,
     per_class: list[ClassMetrics],
 ) -> dict[str, str]:
     """Why each NaN in the report is NaN, keyed by field name, so a reader never mistakes 'undefined' for 'bad'."""
@@ -174,23 +195,48 @@ def evaluate_detections(
     cc = conf_curves(tp_op, scores, pred_cls, target_cls, nc)
 
     return DetectionReport(
-        names=dict(names), conf=float(conf), iou=float(iou),
-        n_gt_boxes=n_gt, n_pred_boxes=len(scores),
+        names=dict(names),
+        conf=float(conf),
+        iou=float(iou),
+        n_gt_boxes=n_gt,
+        n_pred_boxes=len(scores),
         map50=float(aps.ap[has_gt, 0].mean()) if has_gt.any() else float("nan"),
         map50_95=float(aps.ap[has_gt].mean()) if has_gt.any() else float("nan"),
-        precision=ratio(box_tp, n_pred_op), recall=ratio(box_tp, n_gt), f1=f1_score(box_tp, box_fp, box_fn),
-        box_tp=box_tp, box_fp=box_fp, box_fn=box_fn,
-        best_f1=bf1, best_f1_conf=bconf,
-        per_class=per_class, confusion_matrix=pool.matrix,
-        n_images=len(results), n_positive=n_pos, n_negative=n_neg,
-        sensitivity=ratio(counts.tp, n_pos), specificity=ratio(counts.tn, n_neg), roc_auc=roc_auc(img_s, img_p),
-        image_tp=counts.tp, image_fn=counts.fn, image_fp=counts.fp, image_tn=counts.tn,
+        precision=ratio(box_tp, n_pred_op),
+        recall=ratio(box_tp, n_gt),
+        f1=f1_score(box_tp, box_fp, box_fn),
+        box_tp=box_tp,
+        box_fp=box_fp,
+        box_fn=box_fn,
+        best_f1=bf1,
+        best_f1_conf=bconf,
+        per_class=per_class,
+        confusion_matrix=pool.matrix,
+        n_images=len(results),
+        n_positive=n_pos,
+        n_negative=n_neg,
+        sensitivity=ratio(counts.tp, n_pos),
+        specificity=ratio(counts.tn, n_neg),
+        roc_auc=roc_auc(img_s, img_p),
+        image_tp=counts.tp,
+        image_fn=counts.fn,
+        image_fp=counts.fp,
+        image_tn=counts.tn,
         undefined=_undefined(len(results), n_gt, len(scores), n_pred_op, n_pos, n_neg, conf, per_class),
-        false_negatives=pool.false_negatives, false_positives=pool.false_positives,
-        missed_fractures=pool.missed, false_alarms=pool.false_alarms,
+        false_negatives=pool.false_negatives,
+        false_positives=pool.false_positives,
+        missed_fractures=pool.missed,
+        false_alarms=pool.false_alarms,
         curves=Curves(
-            pr_recall=aps.pr_recall, pr_precision=aps.pr_precision,
-            roc_fpr=roc.fpr, roc_tpr=roc.tpr, roc_thresholds=roc.thresholds,
-            conf=cc.conf, precision=cc.precision, recall=cc.recall, f1=cc.f1, f1_per_class=cc.f1_per_class,
+            pr_recall=aps.pr_recall,
+            pr_precision=aps.pr_precision,
+            roc_fpr=roc.fpr,
+            roc_tpr=roc.tpr,
+            roc_thresholds=roc.thresholds,
+            conf=cc.conf,
+            precision=cc.precision,
+            recall=cc.recall,
+            f1=cc.f1,
+            f1_per_class=cc.f1_per_class,
         ),
     )

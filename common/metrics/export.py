@@ -43,25 +43,36 @@ def write_report(report: DetectionReport, out_dir: Path, prefix: str = "") -> di
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    p = {k: out_dir / f"{prefix}{name}" for k, name in (
-        ("metrics", "metrics.json"),
-        ("false_negatives", "errors_false_negatives.csv"),
-        ("false_positives", "errors_false_positives.csv"),
-        ("images", "errors_images.csv"),
-        ("pr_curve", "pr_curve.png"),
-        ("roc_curve", "roc_curve.png"),
-        ("confusion_matrix", "confusion_matrix.png"),
-        ("f1_curve", "f1_curve.png"),
-    )}
+    p = {
+        k: out_dir / f"{prefix}{name}"
+        for k, name in (
+            ("metrics", "metrics.json"),
+            ("false_negatives", "errors_false_negatives.csv"),
+            ("false_positives", "errors_false_positives.csv"),
+            ("images", "errors_images.csv"),
+            ("pr_curve", "pr_curve.png"),
+            ("roc_curve", "roc_curve.png"),
+            ("confusion_matrix", "confusion_matrix.png"),
+            ("f1_curve", "f1_curve.png"),
+        )
+    }
     p["metrics"].write_text(_json_text(report.to_dict()) + "\n")
-    _write_csv(p["false_negatives"], ["image_id", "cls", "cls_name", "x1", "y1", "x2", "y2", "best_score"],
-               [[e.image_id, e.cls, e.cls_name, *map(_r, e.box), _r(e.best_score)] for e in report.false_negatives])
-    _write_csv(p["false_positives"], ["image_id", "cls", "cls_name", "x1", "y1", "x2", "y2", "score", "best_iou"],
-               [[e.image_id, e.cls, e.cls_name, *map(_r, e.box), _r(e.score), _r(e.best_iou)]
-                for e in report.false_positives])
-    _write_csv(p["images"], ["kind", "image_id", "score", "n_gt", "n_pred_above_conf"],
-               [["missed_fracture", e.image_id, _r(e.score), e.n_gt, e.n_pred] for e in report.missed_fractures]
-               + [["false_alarm", e.image_id, _r(e.score), e.n_gt, e.n_pred] for e in report.false_alarms])
+    _write_csv(
+        p["false_negatives"],
+        ["image_id", "cls", "cls_name", "x1", "y1", "x2", "y2", "best_score"],
+        [[e.image_id, e.cls, e.cls_name, *map(_r, e.box), _r(e.best_score)] for e in report.false_negatives],
+    )
+    _write_csv(
+        p["false_positives"],
+        ["image_id", "cls", "cls_name", "x1", "y1", "x2", "y2", "score", "best_iou"],
+        [[e.image_id, e.cls, e.cls_name, *map(_r, e.box), _r(e.score), _r(e.best_iou)] for e in report.false_positives],
+    )
+    _write_csv(
+        p["images"],
+        ["kind", "image_id", "score", "n_gt", "n_pred_above_conf"],
+        [["missed_fracture", e.image_id, _r(e.score), e.n_gt, e.n_pred] for e in report.missed_fractures]
+        + [["false_alarm", e.image_id, _r(e.score), e.n_gt, e.n_pred] for e in report.false_alarms],
+    )
     plots.plot_pr_curve(report, p["pr_curve"])
     plots.plot_roc_curve(report, p["roc_curve"])
     plots.plot_confusion(report, p["confusion_matrix"])

@@ -40,8 +40,16 @@ def _pos_neg(report: DetectionReport) -> tuple[str, str]:
 
 
 def _empty_note(ax, text: str) -> None:
-    ax.text(0.5, 0.5, text, ha="center", va="center", wrap=True, transform=ax.transAxes,
-            bbox=dict(boxstyle="round", facecolor="lightyellow", edgecolor="gray"))
+    ax.text(
+        0.5,
+        0.5,
+        text,
+        ha="center",
+        va="center",
+        wrap=True,
+        transform=ax.transAxes,
+        bbox=dict(boxstyle="round", facecolor="lightyellow", edgecolor="gray"),
+    )
 
 
 def plot_pr_curve(report: DetectionReport, path: Path) -> Path:
@@ -52,19 +60,37 @@ def plot_pr_curve(report: DetectionReport, path: Path) -> Path:
     many = len(drawn) > 10
     for k in drawn:
         cm = report.per_class[k]
-        ax.plot(c.pr_recall, c.pr_precision[k], linewidth=1 if many else 2, color="gray" if many else None,
-                label=None if many else f"{cm.name} (AP50 {_fmt(cm.ap50)})")
+        ax.plot(
+            c.pr_recall,
+            c.pr_precision[k],
+            linewidth=1 if many else 2,
+            color="gray" if many else None,
+            label=None if many else f"{cm.name} (AP50 {_fmt(cm.ap50)})",
+        )
     if len(drawn) > 1:
-        ax.plot(c.pr_recall, c.pr_precision[drawn].mean(0), linewidth=3, color="navy",
-                label=f"all classes (mAP50 {_fmt(report.map50)})")
+        ax.plot(
+            c.pr_recall,
+            c.pr_precision[drawn].mean(0),
+            linewidth=3,
+            color="navy",
+            label=f"all classes (mAP50 {_fmt(report.map50)})",
+        )
     if not (math.isnan(report.precision) or math.isnan(report.recall)):
-        ax.plot([report.recall], [report.precision], **OP_STYLE,
-                label=f"operating point: conf {report.conf:g}, IoU {report.iou:g}\n"
-                      f"P {report.precision:.3f}  R {report.recall:.3f}")
+        ax.plot(
+            [report.recall],
+            [report.precision],
+            **OP_STYLE,
+            label=f"operating point: conf {report.conf:g}, IoU {report.iou:g}\n"
+            f"P {report.precision:.3f}  R {report.recall:.3f}",
+        )
     if not drawn:
         _empty_note(ax, "no PR curve: " + report.undefined.get("map50", "no ground-truth boxes"))
-    _unit_axes(ax, "Recall", "Precision",
-               f"Box precision-recall at IoU 0.5 (mAP50 {_fmt(report.map50)}, mAP50-95 {_fmt(report.map50_95)})")
+    _unit_axes(
+        ax,
+        "Recall",
+        "Precision",
+        f"Box precision-recall at IoU 0.5 (mAP50 {_fmt(report.map50)}, mAP50-95 {_fmt(report.map50_95)})",
+    )
     if ax.get_legend_handles_labels()[0]:
         ax.legend(loc="lower left")
     fig.savefig(path, dpi=DPI)
@@ -77,16 +103,30 @@ def plot_roc_curve(report: DetectionReport, path: Path) -> Path:
     c = report.curves
     ax.plot([0, 1], [0, 1], linestyle="--", color="gray", linewidth=1, label="chance (AUC 0.5)")
     if len(c.roc_fpr):
-        ax.plot(c.roc_fpr, c.roc_tpr, linewidth=2, color="tab:blue", drawstyle="default",
-                label=f"model (AUC {_fmt(report.roc_auc)})")
-        ax.plot([1 - report.specificity], [report.sensitivity], **OP_STYLE,
-                label=f"operating point: score >= {report.conf:g}\n"
-                      f"sens {report.sensitivity:.3f}  spec {report.specificity:.3f}")
+        ax.plot(
+            c.roc_fpr,
+            c.roc_tpr,
+            linewidth=2,
+            color="tab:blue",
+            drawstyle="default",
+            label=f"model (AUC {_fmt(report.roc_auc)})",
+        )
+        ax.plot(
+            [1 - report.specificity],
+            [report.sensitivity],
+            **OP_STYLE,
+            label=f"operating point: score >= {report.conf:g}\n"
+            f"sens {report.sensitivity:.3f}  spec {report.specificity:.3f}",
+        )
     else:
         _empty_note(ax, "no ROC curve:\n" + report.undefined.get("roc_auc", "no images"))
-    _unit_axes(ax, "False positive rate (1 - specificity)", "True positive rate (sensitivity)",
-               f"Image-level ROC: {report.n_positive} with {_pos_neg(report)[0].removeprefix('any ')}, "
-               f"{report.n_negative} without")
+    _unit_axes(
+        ax,
+        "False positive rate (1 - specificity)",
+        "True positive rate (sensitivity)",
+        f"Image-level ROC: {report.n_positive} with {_pos_neg(report)[0].removeprefix('any ')}, "
+        f"{report.n_negative} without",
+    )
     ax.set_aspect("equal")
     ax.legend(loc="lower right")
     fig.savefig(path, dpi=DPI)
@@ -107,8 +147,15 @@ def _matrix(ax, counts: np.ndarray, labels: list[str], title: str, skip_corner: 
             if skip_corner and i == j == n - 1:
                 ax.text(j, i, "-", ha="center", va="center", color="gray")
                 continue
-            ax.text(j, i, f"{int(counts[i, j])}", ha="center", va="center", fontsize=13 if n <= 4 else 9,
-                    color="white" if share[i, j] > 0.6 else "black")
+            ax.text(
+                j,
+                i,
+                f"{int(counts[i, j])}",
+                ha="center",
+                va="center",
+                fontsize=13 if n <= 4 else 9,
+                color="white" if share[i, j] > 0.6 else "black",
+            )
     ax.set_xticks(range(n), labels, rotation=30 if n > 3 else 0, ha="right" if n > 3 else "center")
     ax.set_yticks(range(n), labels)
     ax.set_xlabel("True")
@@ -120,14 +167,23 @@ def plot_confusion(report: DetectionReport, path: Path) -> Path:
     """Box-level (nc+1)^2 and image-level 2x2 matrices side by side, rows predicted and columns true."""
     nc = len(report.names)
     grow = max(1.0, (nc + 1) / 5)  # past 4 classes the box panel widens so its cells stay legible
-    fig = Figure(figsize=(5.5 * (1 + grow), 5.2 * grow ** 0.5), layout="constrained")
+    fig = Figure(figsize=(5.5 * (1 + grow), 5.2 * grow**0.5), layout="constrained")
     FigureCanvasAgg(fig)
     ax_box, ax_img = fig.subplots(1, 2, width_ratios=[grow, 1])
-    _matrix(ax_box, report.confusion_matrix, [report.names[k] for k in range(nc)] + ["background"],
-            f"Boxes (score >= {report.conf:g}, IoU >= {report.iou:g})", skip_corner=True)
-    _matrix(ax_img, report.image_confusion, list(_pos_neg(report)),
-            f"Images (max score >= {report.conf:g})\nsens {_fmt(report.sensitivity)}, spec {_fmt(report.specificity)}",
-            skip_corner=False)
+    _matrix(
+        ax_box,
+        report.confusion_matrix,
+        [report.names[k] for k in range(nc)] + ["background"],
+        f"Boxes (score >= {report.conf:g}, IoU >= {report.iou:g})",
+        skip_corner=True,
+    )
+    _matrix(
+        ax_img,
+        report.image_confusion,
+        list(_pos_neg(report)),
+        f"Images (max score >= {report.conf:g})\nsens {_fmt(report.sensitivity)}, spec {_fmt(report.specificity)}",
+        skip_corner=False,
+    )
     fig.suptitle("Confusion matrices (counts; colour = share of the true column)")
     fig.savefig(path, dpi=DPI)
     return path
@@ -146,16 +202,29 @@ def plot_f1_curve(report: DetectionReport, path: Path) -> Path:
     ax.plot(c.conf, c.recall, linewidth=1.2, linestyle=":", color="tab:orange", label="recall")
     ax.axvline(report.conf, color="red", linewidth=1, linestyle="--")
     if not math.isnan(report.f1):
-        ax.plot([report.conf], [report.f1], **OP_STYLE,
-                label=f"operating point: conf {report.conf:g}, F1 {report.f1:.3f}")
+        ax.plot(
+            [report.conf], [report.f1], **OP_STYLE, label=f"operating point: conf {report.conf:g}, F1 {report.f1:.3f}"
+        )
     if not math.isnan(report.best_f1):
-        ax.plot([report.best_f1_conf], [report.best_f1], marker="*", markersize=15, color="gold",
-                markeredgecolor="black", linestyle="none", zorder=6,
-                label=f"best F1 {report.best_f1:.3f} at conf {report.best_f1_conf:.3f}")
+        ax.plot(
+            [report.best_f1_conf],
+            [report.best_f1],
+            marker="*",
+            markersize=15,
+            color="gold",
+            markeredgecolor="black",
+            linestyle="none",
+            zorder=6,
+            label=f"best F1 {report.best_f1:.3f} at conf {report.best_f1_conf:.3f}",
+        )
     if np.isnan(c.f1).all():
         _empty_note(ax, "no F1 curve: " + report.undefined.get("f1", "no boxes"))
-    _unit_axes(ax, "Confidence threshold (score >= conf)", "Score",
-               f"Box F1 / precision / recall vs confidence (IoU >= {report.iou:g})")
+    _unit_axes(
+        ax,
+        "Confidence threshold (score >= conf)",
+        "Score",
+        f"Box F1 / precision / recall vs confidence (IoU >= {report.iou:g})",
+    )
     ax.legend(loc="lower left", fontsize=9)
     fig.savefig(path, dpi=DPI)
     return path

@@ -43,9 +43,7 @@ def roc_curve(scores: np.ndarray, positive: np.ndarray) -> RocCurve:
     s, y = scores[order], positive[order]
     last = np.r_[np.flatnonzero(np.diff(s)), len(s) - 1]
     tps, fps = np.cumsum(y)[last], np.cumsum(~y)[last]
-    return RocCurve(
-        fpr=np.r_[0.0, fps / n_neg], tpr=np.r_[0.0, tps / n_pos], thresholds=np.r_[np.inf, s[last]]
-    )
+    return RocCurve(fpr=np.r_[0.0, fps / n_neg], tpr=np.r_[0.0, tps / n_pos], thresholds=np.r_[np.inf, s[last]])
 
 
 @dataclass

@@ -9,17 +9,19 @@ Assignment (task-aligned) is already per image and runs on detached predictions,
 from __future__ import annotations
 
 import torch
-
-from common import offline  # noqa: F401
 from ultralytics.utils.loss import v8DetectionLoss
 from ultralytics.utils.metrics import bbox_iou
 from ultralytics.utils.tal import bbox2dist, make_anchors
+
+from common import offline  # noqa: F401
 
 
 class PerImageDetectionLoss(v8DetectionLoss):
     """Box (CIoU), classification (BCE) and DFL losses, one weighted sum per image."""
 
-    def per_image(self, preds: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    def per_image(
+        self, preds: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Return the loss of each image, shape (B,), and its parts (B, 3) = box, cls, dfl after gains."""
         preds = self.parse_output(preds)
         pred_distri = preds["boxes"].permute(0, 2, 1).contiguous()

@@ -8,12 +8,11 @@ from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from types import SimpleNamespace
 
-import torch
 from torch import nn
+from ultralytics.nn.tasks import DetectionModel
 
 from common import offline  # noqa: F401  (Ultralytics' offline switches before its first import)
 from common.nn.yolov7 import model_yaml
-from ultralytics.nn.tasks import DetectionModel
 
 # Ultralytics' default loss gains; the loss reads them from `model.args`.
 LOSS_GAINS = {"box": 7.5, "cls": 0.5, "dfl": 1.5}
@@ -39,7 +38,7 @@ class ModelSpec:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> "ModelSpec":
+    def from_dict(cls, d: dict) -> ModelSpec:
         d = dict(d)
         d["names"] = {int(k): v for k, v in d.get("names", {0: "fracture"}).items()}
         return cls(**d)

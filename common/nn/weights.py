@@ -12,9 +12,9 @@ import json
 import os
 import pickle
 import struct
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -37,12 +37,20 @@ def state_to_save(model: nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
-SAFETENSORS_DTYPES = {np.dtype(np.float32): "F32", np.dtype(np.float64): "F64", np.dtype(np.float16): "F16",
-                      np.dtype(np.int64): "I64", np.dtype(np.int32): "I32", np.dtype(np.uint8): "U8",
-                      np.dtype(np.bool_): "BOOL"}
+SAFETENSORS_DTYPES = {
+    np.dtype(np.float32): "F32",
+    np.dtype(np.float64): "F64",
+    np.dtype(np.float16): "F16",
+    np.dtype(np.int64): "I64",
+    np.dtype(np.int32): "I32",
+    np.dtype(np.uint8): "U8",
+    np.dtype(np.bool_): "BOOL",
+}
 
 
-def write_safetensors(path: str | Path, arrays: Mapping[str, np.ndarray], metadata: dict[str, str] | None = None) -> str:
+def write_safetensors(
+    path: str | Path, arrays: Mapping[str, np.ndarray], metadata: dict[str, str] | None = None
+) -> str:
     """Write `arrays` as they are (C order, dtypes kept) to a safetensors file, fsync it, and return its SHA-256
     (a content hash without reading the file back).
 
@@ -58,8 +66,11 @@ def write_safetensors(path: str | Path, arrays: Mapping[str, np.ndarray], metada
         a = np.require(v, requirements="C")
         if a.dtype not in SAFETENSORS_DTYPES:
             raise DataError(path, f"tensor {k}: dtype {a.dtype} cannot be stored")
-        header[k] = {"dtype": SAFETENSORS_DTYPES[a.dtype], "shape": list(a.shape),
-                     "data_offsets": [offset, offset + a.nbytes]}
+        header[k] = {
+            "dtype": SAFETENSORS_DTYPES[a.dtype],
+            "shape": list(a.shape),
+            "data_offsets": [offset, offset + a.nbytes],
+        }
         chunks.append(a.reshape(-1).view(np.uint8))
         offset += a.nbytes
     head = json.dumps(header, separators=(",", ":")).encode()
@@ -74,13 +85,16 @@ def write_safetensors(path: str | Path, arrays: Mapping[str, np.ndarray], metada
     return digest.hexdigest()
 
 
-def write_state(path: str | Path, state: Mapping[str, np.ndarray], spec: ModelSpec,
-                meta: dict[str, Any] | None = None) -> str:
+def write_state(
+    path: str | Path, state: Mapping[str, np.ndarray], spec: ModelSpec, meta: dict[str, Any] | None = None
+) -> str:
     """Write a fracfl weights file from a flat numpy state (floats as fp32, integers kept); returns its SHA-256."""
-    tensors = {k: v.astype(np.float32, copy=False) if np.issubdtype(v.dtype, np.floating) else v
-               for k, v in state.items()}
-    return write_safetensors(path, tensors, {"format": FORMAT, "spec": json.dumps(spec.to_dict()),
-                                             "meta": json.dumps(meta or {})})
+    tensors = {
+        k: v.astype(np.float32, copy=False) if np.issubdtype(v.dtype, np.floating) else v for k, v in state.items()
+    }
+    return write_safetensors(
+        path, tensors, {"format": FORMAT, "spec": json.dumps(spec.to_dict()), "meta": json.dumps(meta or {})}
+    )
 
 
 def numpy_state(model: nn.Module) -> dict[str, np.ndarray]:
@@ -173,8 +187,9 @@ _SAFE = {
     ("torch._utils", "_rebuild_parameter"),
     ("torch._utils", "_rebuild_parameter_with_state"),
 }
-_TORCH_NAMES = {f"{t}Storage" for t in ("Float", "Half", "BFloat16", "Double", "Long", "Int", "Short", "Char", "Byte",
-                                           "Bool")} | {"float16", "float32", "float64", "bfloat16", "int64", "uint8"}
+_TORCH_NAMES = {
+    f"{t}Storage" for t in ("Float", "Half", "BFloat16", "Double", "Long", "Int", "Short", "Char", "Byte", "Bool")
+} | {"float16", "float32", "float64", "bfloat16", "int64", "uint8"}
 
 
 class _StubUnpickler(pickle.Unpickler):
@@ -248,8 +263,11 @@ def foreign_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception:
         if _is_torchscript(path):
-            raise DataError(path, "TorchScript archives are not accepted (loading one runs its code); "
-                                  "save a state dict or safetensors file instead") from None
+            raise DataError(
+                path,
+                "TorchScript archives are not accepted (loading one runs its code); "
+                "save a state dict or safetensors file instead",
+            ) from None
         try:
             obj = torch.load(path, map_location="cpu", weights_only=False, pickle_module=_StubPickleModule)
         except Exception as e:
@@ -286,8 +304,9 @@ def init_from_checkpoint(model: nn.Module, path: str | Path) -> MatchReport:
     return report
 
 
-def model_from_config(arch: str, names: dict[int, str], width: float, depth: float, norm: str,
-                      init: str | None = None) -> tuple[nn.Module, ModelSpec, MatchReport | None]:
+def model_from_config(
+    arch: str, names: dict[int, str], width: float, depth: float, norm: str, init: str | None = None
+) -> tuple[nn.Module, ModelSpec, MatchReport | None]:
     """Build the configured network and, when `init` names a file, start from it.
 
     A fracfl weights file of the same spec loads strictly; anything else (another spec, a YOLOv7 or Ultralytics

@@ -65,8 +65,9 @@ def _rdp(history: list[Mechanism]) -> np.ndarray:
     """RDP of the composition at Opacus' default orders (RDP adds up over mechanisms)."""
     total = np.zeros(len(RDPAccountant.DEFAULT_ALPHAS))
     for sigma, q, steps in _history(history):
-        total += np.asarray(rdp_analysis.compute_rdp(q=q, noise_multiplier=sigma, steps=steps,
-                                                     orders=RDPAccountant.DEFAULT_ALPHAS))
+        total += np.asarray(
+            rdp_analysis.compute_rdp(q=q, noise_multiplier=sigma, steps=steps, orders=RDPAccountant.DEFAULT_ALPHAS)
+        )
     return total
 
 

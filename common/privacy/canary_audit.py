@@ -34,8 +34,7 @@ from common.engine.trainer import train_local
 from common.errors import ConfigError
 from common.nn.loss import PerImageDetectionLoss
 from common.privacy import one_run
-from common.privacy.accounting import (Mechanism, calibrate, default_delta, epsilons, sample_rate,
-                                        steps_per_round)
+from common.privacy.accounting import Mechanism, calibrate, default_delta, epsilons, sample_rate, steps_per_round
 from common.privacy.dp_sgd import DPSGD
 
 NO_AUGMENT = AugmentConfig(hflip=0, degrees=0, translate=0, scale=0, brightness=0, contrast=0, gamma=0, noise=0)
@@ -59,8 +58,9 @@ class MiaConfig:
     beta: float = 0.05  # the bound holds with confidence 1 - beta
     seed: int = 0
     grad_sample_mode: str = "lean"
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(augment=NO_AUGMENT,
-                                                                   imbalance=ImbalanceConfig(mode="none")))
+    train: TrainConfig = field(
+        default_factory=lambda: TrainConfig(augment=NO_AUGMENT, imbalance=ImbalanceConfig(mode="none"))
+    )
     setup: str = "the audit's own defaults, not a site's training configuration"  # where `train` came from
     differs: tuple[str, ...] = ()  # known differences from the site's training, named by whoever built `train`
 
@@ -148,16 +148,19 @@ def make_canaries(cfg: MiaConfig, spec: DatasetSpec, imgsz: int, workdir: Path) 
     else:
         pool = spec.images(cfg.source)
         if len(pool) < cfg.canaries:
-            raise ConfigError(f"audit mia: split {cfg.source!r} of {spec.source or spec.root} has {len(pool)} images, "
-                              f"fewer than --canaries {cfg.canaries}")
+            raise ConfigError(
+                f"audit mia: split {cfg.source!r} of {spec.source or spec.root} has {len(pool)} images, "
+                f"fewer than --canaries {cfg.canaries}"
+            )
         images = [pool[i] for i in sorted(rng.choice(len(pool), cfg.canaries, replace=False))]
         own = [spec.label_file(p) for p in images]
     taken = set(images)
     labels = []
     for i in range(len(images)):
         labels.append(workdir / f"canary_{i:04d}.txt")
-        labels[-1].write_text(random_box_label(rng, spec.nc) if cfg.labels == "random" else
-                              own[i].read_text() if own[i].is_file() else "")
+        labels[-1].write_text(
+            random_box_label(rng, spec.nc) if cfg.labels == "random" else own[i].read_text() if own[i].is_file() else ""
+        )
     return Canaries(images, labels), [p for p in train if p not in taken]
 
 
@@ -167,8 +170,9 @@ def draw_members(m: int, seed: int) -> np.ndarray:
 
 
 @torch.no_grad()
-def per_image_losses(model: nn.Module, data: DetectionDataset, device: torch.device, batch_size: int = 16
-                     ) -> np.ndarray:
+def per_image_losses(
+    model: nn.Module, data: DetectionDataset, device: torch.device, batch_size: int = 16
+) -> np.ndarray:
     """The training loss of each image, without updating anything (BatchNorm layers use their running statistics)."""
     was_training = model.training
     model.to(device).train()
@@ -198,8 +202,9 @@ def run_audit(model: nn.Module, data: str | Path, cfg: MiaConfig, *, progress: b
         if not images:
             raise ConfigError("audit mia: the training set is empty (no site images and no canary drawn in)")
         labels = [spec.label_file(p) for p in site] + [canaries.label_files[i] for i in drawn]
-        train_set = DetectionDataset(images, spec.nc, imgsz, augment=cfg.train.augment, cache=True, seed=cfg.seed,
-                                     label_files=labels)
+        train_set = DetectionDataset(
+            images, spec.nc, imgsz, augment=cfg.train.augment, cache=True, seed=cfg.seed, label_files=labels
+        )
         n = len(train_set)
         q = sample_rate(cfg.train.batch_size, n)  # as the site computes it, from its actual training set
         steps = steps_per_round(cfg.train.epochs, cfg.train.max_steps, q)
@@ -210,13 +215,22 @@ def run_audit(model: nn.Module, data: str | Path, cfg: MiaConfig, *, progress: b
             if sigma is None:
                 sigma = calibrate([], q, steps, float(cfg.target_epsilon), delta)
                 if sigma is None:
-                    raise ConfigError(f"audit mia: no noise multiplier reaches epsilon {cfg.target_epsilon} "
-                                      f"in {steps} steps at sample rate {q:.4f}")
+                    raise ConfigError(
+                        f"audit mia: no noise multiplier reaches epsilon {cfg.target_epsilon} "
+                        f"in {steps} steps at sample rate {q:.4f}"
+                    )
             hook = DPSGD(sigma, cfg.max_grad_norm, q, cfg.max_physical_batch, cfg.grad_sample_mode, seed=cfg.seed)
         device = select_device(cfg.train.device)
         before = per_image_losses(model, canary_set, device)
-        result = train_local(model, train_set, replace(cfg.train, max_steps=steps), seed=cfg.seed, privacy=hook,
-                             progress=progress, description="audit training (DP)" if cfg.dp else "audit training")
+        result = train_local(
+            model,
+            train_set,
+            replace(cfg.train, max_steps=steps),
+            seed=cfg.seed,
+            privacy=hook,
+            progress=progress,
+            description="audit training (DP)" if cfg.dp else "audit training",
+        )
         after = per_image_losses(model, canary_set, device)
     scores = before - after  # members' own (memorised) labels gain most; the start model is fixed before the draw
     steps = int(result.metrics["steps"])
@@ -224,25 +238,48 @@ def run_audit(model: nn.Module, data: str | Path, cfg: MiaConfig, *, progress: b
     claimed = min(accountant["rdp"], accountant["prv"]) if accountant else None
     audit = one_run.audit(scores, members, beta=cfg.beta, delta=delta)
     most = one_run.max_bound(cfg.canaries, cfg.beta, delta, audit.choices)
-    return MiaReport(audit=audit, dp=cfg.dp, delta=delta, noise_multiplier=sigma,
-                     max_grad_norm=cfg.max_grad_norm if cfg.dp else None, sample_rate=q, steps=steps,
-                     train_images=n, accountant=accountant, claimed=claimed, max_possible=most,
-                     outcome=outcome(audit.epsilon, claimed, most), setup=cfg.setup,
-                     differences=[*cfg.differs, *_inherent_differences(cfg, len(spec.images("train")), n, q)],
-                     members=[bool(b) for b in members], scores=[float(s) for s in scores],
-                     source=cfg.source, labels=cfg.labels, seed=cfg.seed)
+    return MiaReport(
+        audit=audit,
+        dp=cfg.dp,
+        delta=delta,
+        noise_multiplier=sigma,
+        max_grad_norm=cfg.max_grad_norm if cfg.dp else None,
+        sample_rate=q,
+        steps=steps,
+        train_images=n,
+        accountant=accountant,
+        claimed=claimed,
+        max_possible=most,
+        outcome=outcome(audit.epsilon, claimed, most),
+        setup=cfg.setup,
+        differences=[*cfg.differs, *_inherent_differences(cfg, len(spec.images("train")), n, q)],
+        members=[bool(b) for b in members],
+        scores=[float(s) for s in scores],
+        source=cfg.source,
+        labels=cfg.labels,
+        seed=cfg.seed,
+    )
 
 
 def _inherent_differences(cfg: MiaConfig, site_images: int, n: int, q: float) -> list[str]:
     """What no configuration removes: the canaries change N (so the sample rate), the draws are seeded, and one
     local training stands for the site's rounds."""
-    own = (f"{sample_rate(cfg.train.batch_size, site_images):.4f} over its {site_images}" if site_images
-           else "n/a over 0")
-    out = [(f"sample rate {q:.4f} = batch / N over {n} images (the site's training images plus the canaries drawn "
-            f"in); the site's own would be {own} images")]
+    own = (
+        f"{sample_rate(cfg.train.batch_size, site_images):.4f} over its {site_images}" if site_images else "n/a over 0"
+    )
+    out = [
+        (
+            f"sample rate {q:.4f} = batch / N over {n} images (the site's training images plus the canaries drawn "
+            f"in); the site's own would be {own} images"
+        )
+    ]
     if cfg.dp:
-        out.append("noise and Poisson sampling are seeded from --seed so the audit can be repeated; a site draws them "
-                   "from the operating system's CSPRNG (same distributions)")
-    out.append("one local training from --model; the federated rounds around it (other sites' updates, earlier "
-               "spending) are not simulated")
+        out.append(
+            "noise and Poisson sampling are seeded from --seed so the audit can be repeated; a site draws them "
+            "from the operating system's CSPRNG (same distributions)"
+        )
+    out.append(
+        "one local training from --model; the federated rounds around it (other sites' updates, earlier "
+        "spending) are not simulated"
+    )
     return out

@@ -50,7 +50,7 @@ class _DPOptimizer(DPOptimizer):
     """A DPOptimizer that also steps on an empty Poisson batch (no per-sample gradients: noise only), as DP-SGD's
     analysis assumes every drawn batch, empty or not, is one release."""
 
-    def pre_step(self, closure=None):  # noqa: ANN001 (Opacus' signature)
+    def pre_step(self, closure=None):
         if all(getattr(p, "grad_sample", None) is None for p in self.params):
             for p in self.params:
                 p.grad_sample = torch.zeros((0, *p.shape), dtype=p.dtype, device=p.device)
@@ -61,11 +61,11 @@ class _PatientDPOptimizer(_DPOptimizer):
     """Clips each patient's summed gradient instead of each image's (user-level DP-SGD); `rows` is set by the
     physical loader (RowTracker) before every step."""
 
-    def __init__(self, *args, groups: torch.Tensor, **kwargs):  # noqa: ANN002, ANN003 (DPOptimizer's signature)
+    def __init__(self, *args, groups: torch.Tensor, **kwargs):
         super().__init__(*args, **kwargs)
         self.groups, self.rows = groups, torch.zeros(0, dtype=torch.long)
 
-    def pre_step(self, closure=None):  # noqa: ANN001 (Opacus' signature)
+    def pre_step(self, closure=None):
         sum_by_patient(self, self.rows, self.groups)
         return super().pre_step(closure)
 
@@ -80,14 +80,23 @@ class DPSGD:
     Noise and sampling are drawn from generators seeded by `secure_seed()` afresh for every `wrap` (every round).
     A `seed` makes them reproducible: research mode only, since whoever knows the seed can remove the noise."""
 
-    def __init__(self, noise_multiplier: float, max_grad_norm: float, sample_rate: float,
-                 max_physical_batch: int = 8, grad_sample_mode: str = "lean", seed: int | None = None,
-                 groups: np.ndarray | None = None):
+    def __init__(
+        self,
+        noise_multiplier: float,
+        max_grad_norm: float,
+        sample_rate: float,
+        max_physical_batch: int = 8,
+        grad_sample_mode: str = "lean",
+        seed: int | None = None,
+        groups: np.ndarray | None = None,
+    ):
         if grad_sample_mode not in MODES:
             raise ConfigError(f"privacy.grad_sample_mode: expected one of {MODES}, got {grad_sample_mode!r}")
         if not (noise_multiplier >= 0 and max_grad_norm > 0 and 0 < sample_rate <= 1 and max_physical_batch >= 1):
-            raise ConfigError(f"privacy: invalid DP-SGD parameters (noise {noise_multiplier}, clip {max_grad_norm}, "
-                              f"sample rate {sample_rate}, physical batch {max_physical_batch})")
+            raise ConfigError(
+                f"privacy: invalid DP-SGD parameters (noise {noise_multiplier}, clip {max_grad_norm}, "
+                f"sample rate {sample_rate}, physical batch {max_physical_batch})"
+            )
         self.noise_multiplier, self.max_grad_norm, self.sample_rate = noise_multiplier, max_grad_norm, sample_rate
         self.max_physical_batch, self.mode, self.seed = max_physical_batch, grad_sample_mode, seed
         self.groups = groups
@@ -99,21 +108,28 @@ class DPSGD:
         holder)."""
         return SECURE if self.seed is None else SEEDED
 
-    def wrap(self, model: nn.Module, optimizer: torch.optim.Optimizer, loader: DataLoader
-             ) -> tuple[nn.Module, torch.optim.Optimizer, DataLoader]:
+    def wrap(
+        self, model: nn.Module, optimizer: torch.optim.Optimizer, loader: DataLoader
+    ) -> tuple[nn.Module, torch.optim.Optimizer, DataLoader]:
         """Per-sample-gradient model, DP optimiser and a loader of logical Poisson batches (its length is the
         number of optimiser steps in an epoch)."""
         problems = ModuleValidator.validate(model, strict=False)
         if problems:
-            raise ConfigError(f"privacy=dp_sgd: the model cannot be trained with DP-SGD ({problems[0]}); "
-                              "use model.norm=group (BatchNorm mixes the images of a batch)")
+            raise ConfigError(
+                f"privacy=dp_sgd: the model cannot be trained with DP-SGD ({problems[0]}); "
+                "use model.norm=group (BatchNorm mixes the images of a batch)"
+            )
         n = len(loader.dataset)
         self._module = grad_sample_module(model, self.mode)
         noise_seed, sample_seed = (secure_seed(), secure_seed()) if self.seed is None else (self.seed + 1, self.seed)
         noise = torch.Generator(next(model.parameters()).device).manual_seed(noise_seed)  # on the noise's device
         sampling = torch.Generator().manual_seed(sample_seed)
-        options = {"noise_multiplier": self.noise_multiplier, "max_grad_norm": self.max_grad_norm,
-                   "loss_reduction": "mean", "generator": noise}
+        options = {
+            "noise_multiplier": self.noise_multiplier,
+            "max_grad_norm": self.max_grad_norm,
+            "loss_reduction": "mean",
+            "generator": noise,
+        }
         if self.groups is None:
             dp_opt = _DPOptimizer(optimizer, expected_batch_size=max(1, round(self.sample_rate * n)), **options)
             sampler = UniformWithReplacementSampler(num_samples=n, sample_rate=self.sample_rate, generator=sampling)
@@ -121,8 +137,12 @@ class DPSGD:
             if len(self.groups) != n:
                 raise ConfigError(f"privacy: {len(self.groups)} patient numbers for {n} training images")
             patients = int(self.groups.max()) + 1
-            dp_opt = _PatientDPOptimizer(optimizer, expected_batch_size=max(1, round(self.sample_rate * patients)),
-                                         groups=torch.as_tensor(self.groups), **options)
+            dp_opt = _PatientDPOptimizer(
+                optimizer,
+                expected_batch_size=max(1, round(self.sample_rate * patients)),
+                groups=torch.as_tensor(self.groups),
+                **options,
+            )
             sampler = PatientPoissonSampler(self.groups, self.sample_rate, self.max_physical_batch, sampling)
         logical = DataLoader(loader.dataset, batch_sampler=sampler, **same_options(loader))
         return self._module, dp_opt, logical
@@ -130,8 +150,9 @@ class DPSGD:
     def batches(self, loader: DataLoader, optimizer: torch.optim.Optimizer) -> Iterable[dict]:
         """Physical batches of at most `max_physical_batch` images; the optimiser steps once per logical batch."""
         if self.groups is None:
-            split = BatchSplittingSampler(sampler=loader.batch_sampler, max_batch_size=self.max_physical_batch,
-                                          optimizer=optimizer)
+            split = BatchSplittingSampler(
+                sampler=loader.batch_sampler, max_batch_size=self.max_physical_batch, optimizer=optimizer
+            )
             return DataLoader(loader.dataset, batch_sampler=split, **same_options(loader))
         split = PatientSplittingSampler(loader.batch_sampler, self.groups, self.max_physical_batch, optimizer)
         return RowTracker(DataLoader(loader.dataset, batch_sampler=split, **same_options(loader)), optimizer)

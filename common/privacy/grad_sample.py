@@ -24,8 +24,9 @@ from opacus.utils.module_utils import trainable_parameters
 from torch import nn
 
 
-def conv2d_grad_sample(layer: nn.Conv2d, activations: list[torch.Tensor], backprops: torch.Tensor
-                       ) -> dict[nn.Parameter, torch.Tensor]:
+def conv2d_grad_sample(
+    layer: nn.Conv2d, activations: list[torch.Tensor], backprops: torch.Tensor
+) -> dict[nn.Parameter, torch.Tensor]:
     """Per-sample gradients of a Conv2d's weight and bias (see the module docstring); string paddings, non-zero
     padding modes and empty batches go to Opacus' sampler."""
     x = activations[0].to(backprops.dtype)
@@ -37,9 +38,24 @@ def conv2d_grad_sample(layer: nn.Conv2d, activations: list[torch.Tensor], backpr
         if layer.kernel_size == (1, 1) and layer.stride == (1, 1) and layer.padding == (0, 0) and layer.groups == 1:
             w = torch.bmm(backprops.reshape(n, backprops.shape[1], -1), x.reshape(n, x.shape[1], -1).transpose(1, 2))
         else:
-            w = torch.stack([torch.ops.aten.convolution_backward(
-                backprops[i : i + 1], x[i : i + 1], layer.weight, None, layer.stride, layer.padding, layer.dilation,
-                False, [0, 0], layer.groups, [False, True, False])[1] for i in range(n)])
+            w = torch.stack(
+                [
+                    torch.ops.aten.convolution_backward(
+                        backprops[i : i + 1],
+                        x[i : i + 1],
+                        layer.weight,
+                        None,
+                        layer.stride,
+                        layer.padding,
+                        layer.dilation,
+                        False,
+                        [0, 0],
+                        layer.groups,
+                        [False, True, False],
+                    )[1]
+                    for i in range(n)
+                ]
+            )
         grads[layer.weight] = w.view(n, *layer.weight.shape)
     if layer.bias is not None and layer.bias.requires_grad:
         grads[layer.bias] = backprops.sum(dim=(2, 3))
@@ -74,8 +90,9 @@ class LeanGradSampleModule(GradSampleModule):
         for p in self._switched_off.pop(module, ()):
             p.requires_grad_(True)
 
-    def capture_activations_hook(self, module: nn.Module, forward_input: list[torch.Tensor],
-                                 forward_output: torch.Tensor) -> None:
+    def capture_activations_hook(
+        self, module: nn.Module, forward_input: list[torch.Tensor], forward_output: torch.Tensor
+    ) -> None:
         self._restore(module)  # before Opacus' hook, which looks at requires_grad
         super().capture_activations_hook(module, forward_input, forward_output)
 

@@ -16,7 +16,7 @@ import hashlib
 import json
 import os
 from dataclasses import dataclass, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -24,11 +24,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from common.errors import FracflError
 from common.privacy import signing
+from common.utils.durable import replace_atomic
 
 # Where a round's DP noise and Poisson draws came from, as entries record it ("noise"): drawn at the site from a
 # secure source, or seeded from the run's seed (research mode: whoever knows the seed can remove the noise).
 SECURE, SEEDED = "secure", "seeded (research mode)"
-from common.utils.durable import replace_atomic
 
 GENESIS = "0" * 64
 
@@ -52,8 +52,11 @@ class Verdict:
         text = f"intact: {self.entries} entries" + (", signed" if self.signed else "")
         if self.anchored is None:
             return text
-        return f"{text}, matching all {self.anchored} heads the server recorded" if self.anchored \
+        return (
+            f"{text}, matching all {self.anchored} heads the server recorded"
+            if self.anchored
             else f"{text} (the server recorded no head for this site)"
+        )
 
 
 def entry_hash(entry: dict[str, Any]) -> str:
@@ -82,17 +85,30 @@ def verify(path: str | Path) -> tuple[Verdict, list[dict[str, Any]]]:
             if not isinstance(e, dict):
                 return Verdict(False, len(entries), line_no, "not a JSON object"), entries
             if e.get("seq") != line_no:
-                return Verdict(False, len(entries), line_no, f"sequence number {e.get('seq')}, expected {line_no} "
-                               "(an entry was deleted, inserted or moved)"), entries
+                return Verdict(
+                    False,
+                    len(entries),
+                    line_no,
+                    f"sequence number {e.get('seq')}, expected {line_no} (an entry was deleted, inserted or moved)",
+                ), entries
             if e.get("prev") != prev:
-                return Verdict(False, len(entries), line_no, "does not chain to the previous entry "
-                               "(an entry before it was deleted or changed)"), entries
+                return Verdict(
+                    False,
+                    len(entries),
+                    line_no,
+                    "does not chain to the previous entry (an entry before it was deleted or changed)",
+                ), entries
             if e.get("hash") != entry_hash(e):
                 return Verdict(False, len(entries), line_no, "content does not match its hash (entry edited)"), entries
             key = key or e.get("key")
             if key is not None and not (e.get("key") == key and signing.valid(key, e["hash"], str(e.get("sig")))):
-                return Verdict(False, len(entries), line_no, "not signed by the ledger's key (a signed ledger's "
-                               "entries are all signed with the key of its first signed entry)"), entries
+                return Verdict(
+                    False,
+                    len(entries),
+                    line_no,
+                    "not signed by the ledger's key (a signed ledger's "
+                    "entries are all signed with the key of its first signed entry)",
+                ), entries
             entries.append(e)
             prev = e["hash"]
     problem = _head_problem(_head_path(path), len(entries), prev)
@@ -115,8 +131,11 @@ def _head_problem(head: Path, count: int, last: str) -> tuple[int | None, str] |
     if seq > count:
         return count + 1, f"entries {count + 1}..{seq} missing (the head records {seq})"
     if seq < count:
-        return seq + 1, f"entries {seq + 1}..{count} not recorded by the head (appended outside the ledger, " \
-                        "or the head was rolled back)"
+        return (
+            seq + 1,
+            f"entries {seq + 1}..{count} not recorded by the head (appended outside the ledger, "
+            "or the head was rolled back)",
+        )
     if digest != last:
         return count or None, "last entry differs from the head"
     return None
@@ -133,12 +152,21 @@ def check_heads(verdict: Verdict, entries: list[dict[str, Any]], reports: list[d
         seq, digest = r.get("ledger_seq"), r.get("ledger_head")
         where = f"for run {r.get('run_id', '?')} round {r.get('round', '?')}"
         if isinstance(seq, int) and seq > len(entries):
-            return Verdict(False, len(entries), len(entries) + 1, f"the server recorded entry {seq} {where}; the "
-                           f"ledger ends at entry {len(entries)} (truncated or rolled back to an older copy)")
+            return Verdict(
+                False,
+                len(entries),
+                len(entries) + 1,
+                f"the server recorded entry {seq} {where}; the "
+                f"ledger ends at entry {len(entries)} (truncated or rolled back to an older copy)",
+            )
         at = entries[seq - 1]["hash"] if isinstance(seq, int) and seq >= 1 else None
         if not (at == digest if at is not None else digest in hashes):
-            return Verdict(False, len(entries), seq if at else None, f"differs from the head the server recorded "
-                           f"{where} (entry {seq if at else '?'} rewritten)")
+            return Verdict(
+                False,
+                len(entries),
+                seq if at else None,
+                f"differs from the head the server recorded {where} (entry {seq if at else '?'} rewritten)",
+            )
     return replace(verdict, anchored=len(reports))
 
 
@@ -155,8 +183,10 @@ class Ledger:
         except OSError as e:
             raise LedgerError(f"privacy ledger {self.path} cannot be read: {e.strerror}") from e
         if not verdict.ok:
-            raise LedgerError(f"privacy ledger {self.path} is damaged ({verdict}); training stays refused until "
-                              "governance staff restore it (`fracfl audit verify`)")
+            raise LedgerError(
+                f"privacy ledger {self.path} is damaged ({verdict}); training stays refused until "
+                "governance staff restore it (`fracfl audit verify`)"
+            )
         return entries
 
     def _check_key(self, entries: list[dict[str, Any]]) -> None:
@@ -164,8 +194,10 @@ class Ledger:
         signed = next((e["key"] for e in entries if "key" in e), None)
         mine = signing.public_hex(self.key) if self.key is not None else None
         if signed is not None and mine != signed:
-            raise LedgerError(f"privacy ledger {self.path} is signed with another key than this site's "
-                              f"({signing.KEY_NAME} lost or replaced?); governance staff must restore it")
+            raise LedgerError(
+                f"privacy ledger {self.path} is signed with another key than this site's "
+                f"({signing.KEY_NAME} lost or replaced?); governance staff must restore it"
+            )
 
     def append(self, kind: str, fields: dict[str, Any]) -> dict[str, Any]:
         """Add one entry (after verifying the chain), flushed to disk before returning."""
@@ -174,8 +206,13 @@ class Ledger:
             raise LedgerError(f"privacy ledger {self.path}: fields {sorted(reserved)} are set by the ledger itself")
         entries = self.entries()
         self._check_key(entries)
-        entry = {"seq": len(entries) + 1, "prev": entries[-1]["hash"] if entries else GENESIS, "kind": kind,
-                 "time": datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z"), **fields}
+        entry = {
+            "seq": len(entries) + 1,
+            "prev": entries[-1]["hash"] if entries else GENESIS,
+            "kind": kind,
+            "time": datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
+            **fields,
+        }
         if self.key is not None:
             entry["key"] = signing.public_hex(self.key)
         entry["hash"] = entry_hash(entry)

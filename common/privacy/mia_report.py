@@ -14,8 +14,9 @@ from common.privacy.canary_audit import MiaReport
 JSON_NAME, PNG_NAME = "mia_audit.json", "mia_audit.png"
 
 
-NOT_A_PROOF = ("A low empirical bound does not prove privacy: it is only what this attack, with these canaries, "
-               "could show.")
+NOT_A_PROOF = (
+    "A low empirical bound does not prove privacy: it is only what this attack, with these canaries, could show."
+)
 EXIT_CODES = {"consistent": 0, "control": 0, "violation": 1, "inconclusive": 3}  # 2: a usage or input error
 
 
@@ -29,20 +30,29 @@ def verdict(report: MiaReport) -> str:
     """How to read the numbers, by outcome; every verdict ends by saying that a low bound is not a proof."""
     a, c = report.audit, report.claimed
     if c is None:  # the control: no DP, no claim
-        head = ("no DP: the accountant makes no claim; a positive bound shows the attack finds members"
-                if a.epsilon > 0 else "no DP, yet the attack found no members: the audit had little power here")
+        head = (
+            "no DP: the accountant makes no claim; a positive bound shows the attack finds members"
+            if a.epsilon > 0
+            else "no DP, yet the attack found no members: the audit had little power here"
+        )
     elif report.outcome == "violation":
-        head = (f"VIOLATION: the empirical bound {a.epsilon:.2f} exceeds the accountant's tightest epsilon {c:.2f}: "
-                "the DP implementation leaks more than it claims (rerun with another --seed to confirm; 1 run in "
-                f"{round(1 / a.beta)} may exceed by chance)")
+        head = (
+            f"VIOLATION: the empirical bound {a.epsilon:.2f} exceeds the accountant's tightest epsilon {c:.2f}: "
+            "the DP implementation leaks more than it claims (rerun with another --seed to confirm; 1 run in "
+            f"{round(1 / a.beta)} may exceed by chance)"
+        )
     elif report.outcome == "inconclusive":
-        head = (f"INCONCLUSIVE: cannot detect a violation at this epsilon. {a.m} canaries can show at most "
-                f"{report.max_possible:.2f} at {1 - a.beta:.0%} confidence, not above the claimed {c:.2f} (that would "
-                f"take more than {canaries_needed(c, a.beta, a.choices):,} canaries). Audit the same setup at a small "
-                "epsilon (--epsilon 1), where a missing-noise bug must show")
+        head = (
+            f"INCONCLUSIVE: cannot detect a violation at this epsilon. {a.m} canaries can show at most "
+            f"{report.max_possible:.2f} at {1 - a.beta:.0%} confidence, not above the claimed {c:.2f} (that would "
+            f"take more than {canaries_needed(c, a.beta, a.choices):,} canaries). Audit the same setup at a small "
+            "epsilon (--epsilon 1), where a missing-noise bug must show"
+        )
     else:
-        head = (f"consistent: the bound {a.epsilon:.2f} does not exceed the accountant's tightest epsilon {c:.2f}, "
-                f"and these canaries could have shown up to {report.max_possible:.2f}")
+        head = (
+            f"consistent: the bound {a.epsilon:.2f} does not exceed the accountant's tightest epsilon {c:.2f}, "
+            f"and these canaries could have shown up to {report.max_possible:.2f}"
+        )
     return f"{head}. {NOT_A_PROOF}"
 
 
@@ -59,8 +69,11 @@ def summary_rows(report: MiaReport) -> list[tuple[str, str]]:
         ("accountant epsilon RDP / PRV", "n/a (no DP)" if acc is None else f"{acc['rdp']:.3f} / {acc['prv']:.3f}"),
         ("judged against (the tighter)", "n/a (no DP)" if report.claimed is None else f"{report.claimed:.3f}"),
         ("delta", f"{report.delta:.2e}"),
-        ("mechanism", (f"noise {report.noise_multiplier:.3f}, clip {report.max_grad_norm}, " if report.dp else "")
-         + f"sample rate {report.sample_rate:.4f}, {report.steps} steps, {report.train_images} images"),
+        (
+            "mechanism",
+            (f"noise {report.noise_multiplier:.3f}, clip {report.max_grad_norm}, " if report.dp else "")
+            + f"sample rate {report.sample_rate:.4f}, {report.steps} steps, {report.train_images} images",
+        ),
         ("training setup", report.setup),
     ]
     rows += [("differs from the site" if i == 0 else "", d) for i, d in enumerate(report.differences)]

@@ -25,8 +25,10 @@ from common.errors import ConfigError
 def p_value(m: int, r: int, v: int, eps: float, delta: float) -> float:
     """Largest probability of >= v correct guesses out of r (m canaries) for any (eps, delta)-DP training."""
     if not (0 <= v <= r <= m and eps >= 0 and 0 <= delta <= 1):
-        raise ConfigError(f"one-run audit: need 0 <= v <= r <= m, eps >= 0, 0 <= delta <= 1 "
-                          f"(got m={m}, r={r}, v={v}, eps={eps}, delta={delta})")
+        raise ConfigError(
+            f"one-run audit: need 0 <= v <= r <= m, eps >= 0, 0 <= delta <= 1 "
+            f"(got m={m}, r={r}, v={v}, eps={eps}, delta={delta})"
+        )
     q = float(special.expit(eps))  # accuracy of eps-DP randomised response, the worst case
     tail = float(stats.binom.sf(v - 1, r, q))  # f(v) = P[Binomial(r, q) >= v]
     if delta == 0 or v == 0:
@@ -63,7 +65,7 @@ def guesses(scores: np.ndarray, k_plus: int, k_minus: int) -> np.ndarray:
     order = np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable")
     out = np.zeros(m, dtype=np.int8)
     out[order[:k_plus]] = 1
-    out[order[m - k_minus:]] = -1  # empty when k- = 0
+    out[order[m - k_minus :]] = -1  # empty when k- = 0
     return out
 
 
@@ -90,8 +92,14 @@ class OneRunResult:
         return asdict(self)
 
 
-def audit(scores: np.ndarray, members: np.ndarray, *, beta: float = 0.05, delta: float = 0.0,
-          choices: list[tuple[int, int]] | None = None) -> OneRunResult:
+def audit(
+    scores: np.ndarray,
+    members: np.ndarray,
+    *,
+    beta: float = 0.05,
+    delta: float = 0.0,
+    choices: list[tuple[int, int]] | None = None,
+) -> OneRunResult:
     """Empirical epsilon lower bound from canary scores (higher = more likely trained on) and true membership.
 
     Trying several (k+, k-) and keeping the best is a multiple comparison: each choice is tested at beta / len(choices)
@@ -99,8 +107,10 @@ def audit(scores: np.ndarray, members: np.ndarray, *, beta: float = 0.05, delta:
     """
     scores, members = np.asarray(scores, dtype=np.float64), np.asarray(members, dtype=bool)
     if scores.shape != members.shape or scores.ndim != 1 or len(scores) < 2:
-        raise ConfigError(f"one-run audit: need one score per canary and at least 2 canaries "
-                          f"(scores {scores.shape}, members {members.shape})")
+        raise ConfigError(
+            f"one-run audit: need one score per canary and at least 2 canaries "
+            f"(scores {scores.shape}, members {members.shape})"
+        )
     if not np.all(np.isfinite(scores)):
         raise ConfigError("one-run audit: canary scores must be finite")
     m = len(scores)
@@ -111,7 +121,11 @@ def audit(scores: np.ndarray, members: np.ndarray, *, beta: float = 0.05, delta:
         t = guesses(scores, k_plus, k_minus)
         r, v = int(np.abs(t).sum()), int((t * truth > 0).sum())
         eps = epsilon_lower_bound(m, r, v, delta, beta / len(choices))
-        if best is None or eps > best.epsilon or (eps == best.epsilon and v / max(r, 1) > best.correct / max(best.r, 1)):
+        if (
+            best is None
+            or eps > best.epsilon
+            or (eps == best.epsilon and v / max(r, 1) > best.correct / max(best.r, 1))
+        ):
             best = OneRunResult(eps, m, r, v, k_plus, k_minus, beta, delta, len(choices))
     return best
 
@@ -119,4 +133,3 @@ def audit(scores: np.ndarray, members: np.ndarray, *, beta: float = 0.05, delta:
 def max_bound(m: int, beta: float, delta: float = 0.0, choices: int = 1) -> float:
     """The largest bound m canaries can ever give (every one of m guesses right): the audit's resolution."""
     return epsilon_lower_bound(m, m, m, delta, beta / choices) if m > 0 else 0.0
-

@@ -15,6 +15,7 @@ from __future__ import annotations
 import csv
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -118,7 +119,7 @@ def sum_by_patient(optimizer: DPOptimizer, rows: torch.Tensor, groups: torch.Ten
     for p in optimizer.params:
         if getattr(p, "grad_sample", None) is None:
             continue
-        per_image = optimizer._get_flat_grad_sample(p)  # noqa: SLF001 (Opacus keeps it protected, and so public)
+        per_image = optimizer._get_flat_grad_sample(p)
         summed = torch.zeros((count, *per_image.shape[1:]), dtype=per_image.dtype, device=per_image.device)
         p.grad_sample = summed.index_add_(0, patient.to(per_image.device), per_image)
 
@@ -127,13 +128,13 @@ class RowTracker:
     """The physical batches, each also handed to the optimiser as the dataset rows its gradients belong to (read
     from the batch itself, so workers' prefetching cannot put them out of step)."""
 
-    def __init__(self, loader: torch.utils.data.DataLoader, optimizer: DPOptimizer):
+    def __init__(self, loader: torch.utils.data.DataLoader[Any], optimizer: DPOptimizer):
         self.loader, self.optimizer = loader, optimizer
 
     def __len__(self) -> int:
         return len(self.loader)
 
-    def __iter__(self) -> Iterator[dict]:
+    def __iter__(self) -> Iterator[dict[str, Any]]:
         for batch in self.loader:
             self.optimizer.rows = batch["index"]
             yield batch

@@ -120,7 +120,9 @@ class _Part:
 
 
 _PARTS: dict[str, _Part] = {
-    "hand": _Part("upper", (-215.0, -195.0), 1.1, ("metacarpal", "proximal_phalanx", "middle_phalanx", "distal_phalanx")),
+    "hand": _Part(
+        "upper", (-215.0, -195.0), 1.1, ("metacarpal", "proximal_phalanx", "middle_phalanx", "distal_phalanx")
+    ),
     "forearm": _Part("upper", (-45.0, 5.0), 1.3, ("radius", "ulna")),
     "lower_leg": _Part("lower", (150.0, 230.0), 1.6, ("tibia", "fibula")),
     "femur": _Part("lower", (-290.0, -170.0), 1.9, ("femur",)),
@@ -143,7 +145,8 @@ def build_anatomy(body_part: str, age: float, rng: np.random.Generator, base_spa
     bones, envelopes = build(rng)
     physis = age < ADULT_AGE
     bones = tuple(
-        _scaled_bone(b, size, fracturable=b.name.startswith(part.candidates), physis=physis and not b.is_round) for b in bones
+        _scaled_bone(b, size, fracturable=b.name.startswith(part.candidates), physis=physis and not b.is_round)
+        for b in bones
     )
     envelopes = tuple(_scaled_envelope(e, size) for e in envelopes)
     center = (0.0, float(rng.uniform(*part.view_y)) * size)
@@ -175,7 +178,13 @@ def long_bone(
 
 
 def round_bone(
-    name: str, center: tuple[float, float], half_len: float, half_width: float, angle_deg: float, level: int, depth: float = 1.0
+    name: str,
+    center: tuple[float, float],
+    half_len: float,
+    half_width: float,
+    angle_deg: float,
+    level: int,
+    depth: float = 1.0,
 ) -> Bone:
     """An ellipsoidal bone (carpal, patella, femoral head): thin cortex, dense trabecular core."""
     a = np.radians(angle_deg)
@@ -188,16 +197,43 @@ def round_bone(
 
 def _upper_limb(rng: np.random.Generator) -> tuple[list[Bone], list[Envelope]]:
     """Right arm, palm towards the tube: hand at the top (-y), elbow at the bottom (+y)."""
-    j = lambda x, f=0.06: _jit(rng, x, f)  # noqa: E731 - local shorthand keeps the table readable
+    j = lambda x, f=0.06: _jit(rng, x, f)
     bones = [
-        long_bone("humerus", (-2, 420), (0, j(137, 0.02)), (10.5, 10), (14, j(31)), (40, 38), 3.2, 0, rounding=(0.6, 0.4), flat_ends=0.5),
-        long_bone("radius", (-11, 128), (j(-14), -124), (6.0, 7.5), (j(9.5), j(15.5)), (14, j(32)), 2.3, 1, rounding=(0.5, 0.35), flat_ends=0.3),
+        long_bone(
+            "humerus",
+            (-2, 420),
+            (0, j(137, 0.02)),
+            (10.5, 10),
+            (14, j(31)),
+            (40, 38),
+            3.2,
+            0,
+            rounding=(0.6, 0.4),
+            flat_ends=0.5,
+        ),
+        long_bone(
+            "radius",
+            (-11, 128),
+            (j(-14), -124),
+            (6.0, 7.5),
+            (j(9.5), j(15.5)),
+            (14, j(32)),
+            2.3,
+            1,
+            rounding=(0.5, 0.35),
+            flat_ends=0.3,
+        ),
         long_bone("ulna", (10, 142), (j(12), -118), (7.0, 5.0), (13, j(8.5)), (22, 12), 2.1, 1),
     ]
     carpals = [
-        ("scaphoid", (-15, -127), 9.0, 5.5, 30), ("lunate", (-3, -129), 6.5, 6.5, 0), ("triquetrum", (9, -131), 5.5, 5.5, 0),
-        ("pisiform", (14, -134), 4.0, 4.0, 0), ("trapezium", (-23, -144), 6.0, 6.5, 20), ("trapezoid", (-13, -147), 5.0, 5.0, 0),
-        ("capitate", (-3, -146), 10.0, 6.0, 0), ("hamate", (9, -145), 8.5, 6.0, 10),
+        ("scaphoid", (-15, -127), 9.0, 5.5, 30),
+        ("lunate", (-3, -129), 6.5, 6.5, 0),
+        ("triquetrum", (9, -131), 5.5, 5.5, 0),
+        ("pisiform", (14, -134), 4.0, 4.0, 0),
+        ("trapezium", (-23, -144), 6.0, 6.5, 20),
+        ("trapezoid", (-13, -147), 5.0, 5.0, 0),
+        ("capitate", (-3, -146), 10.0, 6.0, 0),
+        ("hamate", (9, -145), 8.5, 6.0, 10),
     ]
     bones += [round_bone(n, c, j(a, 0.05), j(b, 0.05), ang, 2) for n, c, a, b, ang in carpals]
     envelopes = [
@@ -225,29 +261,64 @@ def _upper_limb(rng: np.random.Generator) -> tuple[list[Bone], list[Envelope]]:
             r = r_mc if level == 3 else r_ph * (0.85 if kind == "distal_phalanx" else 1.0)
             head = 1.6 if level == 3 else (1.1 if kind == "distal_phalanx" else 1.3)
             bones.append(
-                long_bone(f"{kind}_{digit}", tuple(pos), tuple(end), (r, r), (1.5 * r, head * r), (0.25 * length, 0.2 * length),
-                          0.35 * r, level, 0.9, digit)
+                long_bone(
+                    f"{kind}_{digit}",
+                    tuple(pos),
+                    tuple(end),
+                    (r, r),
+                    (1.5 * r, head * r),
+                    (0.25 * length, 0.2 * length),
+                    0.35 * r,
+                    level,
+                    0.9,
+                    digit,
+                )
             )
             joints.append(end)
             pos = end + d * j(2.0, 0.2)
         # Soft tissue of the ray: the thumb's covers its metacarpal (thenar eminence), a finger's starts at the knuckle.
         start = joints[0] if digit == 1 else joints[1] - 0.5 * (joints[1] - joints[0])
         width = (15.0, 10.0) if digit == 1 else (10.5, 8.0)
-        envelopes.append(Envelope(tuple(start), tuple(pos + d * 3.0), (0.0, 1.0), width, 0.9, cap=0.8 * width[1], digit=digit))
+        envelopes.append(
+            Envelope(tuple(start), tuple(pos + d * 3.0), (0.0, 1.0), width, 0.9, cap=0.8 * width[1], digit=digit)
+        )
     return bones, envelopes
 
 
 def _lower_limb(rng: np.random.Generator) -> tuple[list[Bone], list[Envelope]]:
     """Right leg, AP: hip at the top (-y), knee joint near y = 0, ankle at the bottom (+y)."""
-    j = lambda x, f=0.06: _jit(rng, x, f)  # noqa: E731
+    j = lambda x, f=0.06: _jit(rng, x, f)
     bones = [
         round_bone("ilium", (-85, -485), 55, 45, 10, 0, depth=0.25),
         round_bone("femoral_head", (-62, -447), j(23, 0.05), 23, 0, 1),
         long_bone("femoral_neck", (-22, -415), (-55, -440), (15, 15), (17, 19), (8, 8), 2.5, 1),
-        long_bone("femur", (-12, -440), (0, 0), (j(13.5), 13), (24, j(40)), (70, 55), j(5.5, 0.1), 1, rounding=(0.6, 0.35), flat_ends=0.4),
+        long_bone(
+            "femur",
+            (-12, -440),
+            (0, 0),
+            (j(13.5), 13),
+            (24, j(40)),
+            (70, 55),
+            j(5.5, 0.1),
+            1,
+            rounding=(0.6, 0.35),
+            flat_ends=0.4,
+        ),
         round_bone("lesser_trochanter", (-30, -380), 9, 7, 30, 1),
         round_bone("patella", (2, -28), j(23, 0.05), j(21, 0.05), 0, 2, depth=0.9),
-        long_bone("tibia", (0, 8), (j(3), 372), (j(13), 11.5), (j(37), j(23)), (55, 38), j(4.5, 0.1), 3, 0.9, rounding=(0.25, 0.4), flat_ends=0.4),
+        long_bone(
+            "tibia",
+            (0, 8),
+            (j(3), 372),
+            (j(13), 11.5),
+            (j(37), j(23)),
+            (55, 38),
+            j(4.5, 0.1),
+            3,
+            0.9,
+            rounding=(0.25, 0.4),
+            flat_ends=0.4,
+        ),
         long_bone("fibula", (-33, 30), (-27, j(392, 0.02)), (6, 6), (11, 11), (20, 30), 2.0, 3),
         round_bone("talus", (3, 390), 12, j(20, 0.05), 0, 4),
     ]
@@ -259,16 +330,34 @@ def _lower_limb(rng: np.random.Generator) -> tuple[list[Bone], list[Envelope]]:
 
 
 def _scaled_bone(b: Bone, s: float, fracturable: bool, physis: bool) -> Bone:
-    sc = lambda t: tuple(float(x) * s for x in t)  # noqa: E731
+    sc = lambda t: tuple(float(x) * s for x in t)
     return Bone(
-        b.name, sc(b.p0), sc(b.p1), sc(b.shaft), sc(b.ends), sc(b.flare), sc(b.cap), b.cortex * s, b.depth, b.flat_ends, b.level,
-        b.digit, fracturable, physis,
+        b.name,
+        sc(b.p0),
+        sc(b.p1),
+        sc(b.shaft),
+        sc(b.ends),
+        sc(b.flare),
+        sc(b.cap),
+        b.cortex * s,
+        b.depth,
+        b.flat_ends,
+        b.level,
+        b.digit,
+        fracturable,
+        physis,
     )
 
 
 def _scaled_envelope(e: Envelope, s: float) -> Envelope:
     return Envelope(
-        (e.p0[0] * s, e.p0[1] * s), (e.p1[0] * s, e.p1[1] * s), e.knots, tuple(r * s for r in e.radii), e.depth, e.cap * s, e.digit
+        (e.p0[0] * s, e.p0[1] * s),
+        (e.p1[0] * s, e.p1[1] * s),
+        e.knots,
+        tuple(r * s for r in e.radii),
+        e.depth,
+        e.cap * s,
+        e.digit,
     )
 
 

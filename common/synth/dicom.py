@@ -13,7 +13,12 @@ from pathlib import Path
 
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, DigitalXRayImageStorageForPresentation, ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import (
+    PYDICOM_IMPLEMENTATION_UID,
+    DigitalXRayImageStorageForPresentation,
+    ExplicitVRLittleEndian,
+    generate_uid,
+)
 
 from common.synth.profiles import SiteProfile
 from common.synth.render import SynthImage
@@ -22,7 +27,12 @@ FAMILY_NAMES = ("DOE", "ROE", "SAMPLE", "EXAMPLE", "PHANTOM", "TESTPATIENT", "PL
 GIVEN_NAMES = {"F": ("JANE", "JOANNA", "ALICE", "MARY"), "M": ("JOHN", "RICHARD", "BOB", "JACK")}
 PHYSICIANS = ("WHO^DOCTOR", "STRANGELOVE^DOCTOR", "DOLITTLE^DOCTOR", "ZHIVAGO^DOCTOR")
 MANUFACTURER = "fracfl synthetic"
-BODY_PART_DICOM = {"hand": ("HAND", "PA", 55), "forearm": ("FOREARM", "AP", 60), "lower_leg": ("LEG", "AP", 65), "femur": ("FEMUR", "AP", 75)}
+BODY_PART_DICOM = {
+    "hand": ("HAND", "PA", 55),
+    "forearm": ("FOREARM", "AP", 60),
+    "lower_leg": ("LEG", "AP", 65),
+    "femur": ("FEMUR", "AP", 75),
+}
 """Body part -> (BodyPartExamined, ViewPosition, typical kVp)."""
 
 
@@ -66,7 +76,9 @@ def write_dicom(path: Path, image: SynthImage, profile: SiteProfile, identity: P
     pixels = (top - image.detector) if inverted else image.detector
     center, width = image.window
     body_part, view, kvp = BODY_PART_DICOM[image.body_part]
-    study_uid, series_uid, sop_uid = (generate_uid(entropy_srcs=[uid_key, part]) for part in ("study", "series", "instance"))
+    study_uid, series_uid, sop_uid = (
+        generate_uid(entropy_srcs=[uid_key, part]) for part in ("study", "series", "instance")
+    )
 
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = DigitalXRayImageStorageForPresentation

@@ -17,7 +17,13 @@ from common.synth.profiles import SiteProfile
 
 MINOR_SHARE = {"transverse": 0.1, "oblique": 0.1, "comminuted": 0.2}
 """Non-'displaced' types move by at most this share of the site's maximum displacement/angulation."""
-OBLIQUITY = {"transverse": (0.0, 0.2), "oblique": (0.5, 0.95), "comminuted": (0.0, 0.5), "hairline": (0.0, 0.4), "displaced": (0.0, 0.6)}
+OBLIQUITY = {
+    "transverse": (0.0, 0.2),
+    "oblique": (0.5, 0.95),
+    "comminuted": (0.0, 0.5),
+    "hairline": (0.0, 0.4),
+    "displaced": (0.0, 0.6),
+}
 """Range of the fracture line's angle to the transverse direction (radians), per type."""
 
 
@@ -133,7 +139,9 @@ class LimbMotion:
         return self.matrix if beyond else np.eye(3)
 
 
-def plan_fracture(bone: Bone, bone_index: int, kind: str, u: float, profile: SiteProfile, rng: np.random.Generator) -> FracturePlan:
+def plan_fracture(
+    bone: Bone, bone_index: int, kind: str, u: float, profile: SiteProfile, rng: np.random.Generator
+) -> FracturePlan:
     """Draw a fracture that moves at most its own distal fragment, slightly (not 'displaced')."""
     r = float(bone.radius(u)[0])
     obliquity, wave = _line(kind, r, rng)
@@ -141,21 +149,44 @@ def plan_fracture(bone: Bone, bone_index: int, kind: str, u: float, profile: Sit
         side = rng.choice([-1.0, 1.0])
         extent = rng.uniform(0.35, 0.8) * 2 * r
         v0, v1 = sorted((side * 1.3 * r, side * (1.0 * r - extent)))
-        return FracturePlan(bone_index, kind, u, obliquity, rng.uniform(0.4, 0.6), wave, np.eye(3), 0.0, 0.0,
-                            crack=(v0, v1, rng.uniform(0.75, 0.95)))
+        return FracturePlan(
+            bone_index,
+            kind,
+            u,
+            obliquity,
+            rng.uniform(0.4, 0.6),
+            wave,
+            np.eye(3),
+            0.0,
+            0.0,
+            crack=(v0, v1, rng.uniform(0.75, 0.95)),
+        )
     share = MINOR_SHARE[kind]
     shift = profile.max_displacement_mm * share * rng.uniform(0.0, 1.0)
     angle = np.radians(profile.max_angulation_deg * share * rng.uniform(0.0, 1.0)) * rng.choice([-1.0, 1.0])
     center = np.array([u, 0.0])
     distal = _rigid(angle, center, _slide(rng, np.array([1.0, 0.0]), np.array([0.0, 1.0])) * shift)
-    plan = dict(bone_index=bone_index, type=kind, u=u, obliquity=obliquity, gap=rng.uniform(0.6, 1.0), wave=wave, distal_motion=distal,
-                displacement_mm=round(float(shift), 2), angulation_deg=round(abs(float(np.degrees(angle))), 2))
+    plan = dict(
+        bone_index=bone_index,
+        type=kind,
+        u=u,
+        obliquity=obliquity,
+        gap=rng.uniform(0.6, 1.0),
+        wave=wave,
+        distal_motion=distal,
+        displacement_mm=round(float(shift), 2),
+        angulation_deg=round(abs(float(np.degrees(angle))), 2),
+    )
     if kind == "comminuted":
         side = rng.choice([-1.0, 1.0])
         tan = np.tan(obliquity)
         base_v, apex_v = side * 1.4 * r, -side * 0.15 * r
-        tri = np.array([[u + apex_v * tan, apex_v], [u + base_v * tan - 1.1 * r, base_v], [u + base_v * tan + 1.1 * r, base_v]])
-        motion = _rigid(np.radians(rng.uniform(-15, 15)), tri.mean(axis=0), np.array([0.0, side * rng.uniform(1.0, 2.5)]))
+        tri = np.array(
+            [[u + apex_v * tan, apex_v], [u + base_v * tan - 1.1 * r, base_v], [u + base_v * tan + 1.1 * r, base_v]]
+        )
+        motion = _rigid(
+            np.radians(rng.uniform(-15, 15)), tri.mean(axis=0), np.array([0.0, side * rng.uniform(1.0, 2.5)])
+        )
         plan.update(butterfly=tri, butterfly_motion=motion)
     return FracturePlan(**plan)
 
@@ -190,19 +221,32 @@ def plan_displaced(
         frame = bones[j].frame()
         obliquity, wave = _line("displaced", float(bones[j].radius(uj)[0]), rng)
         moved = np.linalg.norm(_apply(matrix, c[None])[0] - c)
-        plans.append(FracturePlan(j, "displaced", float(uj), obliquity, rng.uniform(0.8, 1.4), wave, frame @ matrix @ np.linalg.inv(frame),
-                                  round(float(moved), 2), round(abs(float(np.degrees(angle))), 2)))
+        plans.append(
+            FracturePlan(
+                j,
+                "displaced",
+                float(uj),
+                obliquity,
+                rng.uniform(0.8, 1.4),
+                wave,
+                frame @ matrix @ np.linalg.inv(frame),
+                round(float(moved), 2),
+                round(abs(float(np.degrees(angle))), 2),
+            )
+        )
     motion = LimbMotion(matrix, origin, axis, bone.level, bone.digit, frozenset(j for j, _ in breaks))
     return plans, motion
 
 
-def fracture_box(plan: FracturePlan, bone: Bone, local_to_px: np.ndarray, pixel_mm: float, size: int) -> tuple[float, float, float, float]:
+def fracture_box(
+    plan: FracturePlan, bone: Bone, local_to_px: np.ndarray, pixel_mm: float, size: int
+) -> tuple[float, float, float, float]:
     """Pixel box over the fracture line(s) with a modest margin, clipped to the image."""
     pts = _apply(local_to_px, plan.outline(bone))
     margin = (0.25 * float(bone.radius(plan.u)[0]) + plan.wave[0]) / pixel_mm + 1.5
     x0, y0 = pts.min(axis=0) - margin
     x1, y1 = pts.max(axis=0) + margin
-    clip = lambda a: float(round(min(max(a, 0.0), float(size)), 1))  # noqa: E731
+    clip = lambda a: float(round(min(max(a, 0.0), float(size)), 1))
     return clip(x0), clip(y0), clip(x1), clip(y1)
 
 
@@ -210,7 +254,11 @@ def _line(kind: str, radius: float, rng: np.random.Generator) -> tuple[float, tu
     """Obliquity of the fracture line (radians from transverse, either sign) and its irregularity."""
     lo, hi = OBLIQUITY[kind]
     obliquity = rng.choice([-1.0, 1.0]) * rng.uniform(lo, hi)
-    wave = (rng.uniform(0.15, 0.35) * min(radius, 8.0) / 4, 2 * np.pi / rng.uniform(3.0, 7.0), rng.uniform(0, 2 * np.pi))
+    wave = (
+        rng.uniform(0.15, 0.35) * min(radius, 8.0) / 4,
+        2 * np.pi / rng.uniform(3.0, 7.0),
+        rng.uniform(0, 2 * np.pi),
+    )
     return float(obliquity), wave
 
 

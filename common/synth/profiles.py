@@ -47,7 +47,13 @@ class SiteProfile:
     )
     """Relative frequency of each body part (weights, need not sum to 1)."""
     fracture_types: Mapping[str, float] = field(
-        default_factory=lambda: {"transverse": 0.25, "oblique": 0.25, "comminuted": 0.1, "hairline": 0.25, "displaced": 0.15}
+        default_factory=lambda: {
+            "transverse": 0.25,
+            "oblique": 0.25,
+            "comminuted": 0.1,
+            "hairline": 0.25,
+            "displaced": 0.15,
+        }
     )
     """Relative frequency of each fracture type among fractures."""
     max_displacement_mm: float = 10.0
@@ -62,7 +68,12 @@ class SiteProfile:
     """Bit depth of the display PNG written for the detector (8 or 16)."""
 
     def __post_init__(self) -> None:
-        _check(bool(re.fullmatch(r"[a-z0-9_]{1,40}", self.name)), "name", "lower-case letters, digits, '_' (used as a folder name)", self.name)
+        _check(
+            bool(re.fullmatch(r"[a-z0-9_]{1,40}", self.name)),
+            "name",
+            "lower-case letters, digits, '_' (used as a folder name)",
+            self.name,
+        )
         _check(self.exposure > 0, "exposure", "> 0 photons/mm^2", self.exposure)
         _check(self.electronic_noise >= 0, "electronic_noise", ">= 0", self.electronic_noise)
         _check(0.2 <= self.gamma <= 3.0, "gamma", "in [0.2, 3]", self.gamma)
@@ -90,7 +101,12 @@ def _check(ok: bool, name: str, expected: str, got: object) -> None:
 def _weights(value: Mapping[str, float], name: str, known: tuple[str, ...]) -> Mapping[str, float]:
     unknown = sorted(set(value) - set(known))
     _check(not unknown, name, f"keys from {known}", unknown)
-    _check(all(w >= 0 for w in value.values()) and sum(value.values()) > 0, name, "non-negative weights with a positive sum", dict(value))
+    _check(
+        all(w >= 0 for w in value.values()) and sum(value.values()) > 0,
+        name,
+        "non-negative weights with a positive sum",
+        dict(value),
+    )
     return MappingProxyType({k: float(w) for k, w in value.items() if w > 0})
 
 
@@ -111,7 +127,13 @@ PRESETS: Mapping[str, SiteProfile] = MappingProxyType(
                 photometric="MONOCHROME1",
                 prevalence=0.6,
                 body_parts={"hand": 0.1, "forearm": 0.3, "lower_leg": 0.35, "femur": 0.25},
-                fracture_types={"transverse": 0.15, "oblique": 0.2, "comminuted": 0.25, "hairline": 0.05, "displaced": 0.35},
+                fracture_types={
+                    "transverse": 0.15,
+                    "oblique": 0.2,
+                    "comminuted": 0.25,
+                    "hairline": 0.05,
+                    "displaced": 0.35,
+                },
                 max_displacement_mm=20.0,
                 max_angulation_deg=30.0,
                 multi_fracture_rate=0.2,
@@ -129,7 +151,13 @@ PRESETS: Mapping[str, SiteProfile] = MappingProxyType(
                 pixel_spacing_mm=0.65,
                 prevalence=0.25,
                 body_parts={"hand": 0.35, "forearm": 0.35, "lower_leg": 0.2, "femur": 0.1},
-                fracture_types={"transverse": 0.3, "oblique": 0.3, "comminuted": 0.1, "hairline": 0.2, "displaced": 0.1},
+                fracture_types={
+                    "transverse": 0.3,
+                    "oblique": 0.3,
+                    "comminuted": 0.1,
+                    "hairline": 0.2,
+                    "displaced": 0.1,
+                },
                 max_displacement_mm=8.0,
                 max_angulation_deg=15.0,
             ),
@@ -145,7 +173,13 @@ PRESETS: Mapping[str, SiteProfile] = MappingProxyType(
                 photometric="MONOCHROME1",
                 prevalence=0.45,
                 body_parts={"hand": 0.45, "forearm": 0.55},
-                fracture_types={"transverse": 0.35, "oblique": 0.15, "comminuted": 0.05, "hairline": 0.35, "displaced": 0.1},
+                fracture_types={
+                    "transverse": 0.35,
+                    "oblique": 0.15,
+                    "comminuted": 0.05,
+                    "hairline": 0.35,
+                    "displaced": 0.1,
+                },
                 max_displacement_mm=6.0,
                 max_angulation_deg=25.0,
                 multi_fracture_rate=0.25,
@@ -169,4 +203,3 @@ def get_profile(name: str) -> SiteProfile:
         return PRESETS[name]
     except KeyError:
         raise ConfigError(f"unknown site profile {name!r}; known presets: {', '.join(PRESETS)}") from None
-

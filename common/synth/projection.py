@@ -50,7 +50,9 @@ def attenuation_map(
     return total
 
 
-def _add_soft_tissue(total: np.ndarray, env: Envelope, motion: LimbMotion | None, to_px: np.ndarray, pixel_mm: float) -> None:
+def _add_soft_tissue(
+    total: np.ndarray, env: Envelope, motion: LimbMotion | None, to_px: np.ndarray, pixel_mm: float
+) -> None:
     """Union (max) of the tissue path: overlapping envelopes are one body, not two."""
     px_to_limb = np.linalg.inv(to_px)
     moves = [np.eye(3)] if motion is None else [np.eye(3), motion.matrix]
@@ -72,13 +74,21 @@ def _add_soft_tissue(total: np.ndarray, env: Envelope, motion: LimbMotion | None
 
 
 def _add_bone(
-    total: np.ndarray, bone: Bone, base: np.ndarray, plan: FracturePlan | None, texture: np.ndarray, to_px: np.ndarray, pixel_mm: float
+    total: np.ndarray,
+    bone: Bone,
+    base: np.ndarray,
+    plan: FracturePlan | None,
+    texture: np.ndarray,
+    to_px: np.ndarray,
+    pixel_mm: float,
 ) -> None:
     """Add one bone (moved by `base`), or each fragment of it when it is broken."""
     frame = bone.frame()
     pieces = plan.fragments() if plan is not None else [("whole", np.eye(3))]
     moves = [base @ np.linalg.inv(frame) @ m @ frame for _, m in pieces]
-    window = _window(_segment_px(bone.p0, bone.p1, moves, to_px), max(*bone.ends, *bone.shaft) / pixel_mm + 2, total.shape[0])
+    window = _window(
+        _segment_px(bone.p0, bone.p1, moves, to_px), max(*bone.ends, *bone.shaft) / pixel_mm + 2, total.shape[0]
+    )
     if window is None:
         return
     u, v = _local_coords(frame @ np.linalg.inv(base) @ np.linalg.inv(to_px), window)
@@ -108,7 +118,9 @@ def _axial_table(bone: Bone) -> np.ndarray:
     keep = np.ones_like(u)
     if bone.physis:
         # Growth plates: cartilage bands about half an epiphysis width from each end.
-        plates = np.exp(-np.square((u - 0.55 * bone.ends[0]) / 0.8)) + np.exp(-np.square((bone.length - u - 0.55 * bone.ends[1]) / 0.8))
+        plates = np.exp(-np.square((u - 0.55 * bone.ends[0]) / 0.8)) + np.exp(
+            -np.square((bone.length - u - 0.55 * bone.ends[1]) / 0.8)
+        )
         keep = 1.0 - 0.8 * np.minimum(plates, 1.0)
     inner = np.maximum(r - cortex * keep, 0.0)
     medulla = density * keep * (1.0 - bone.flat_ends * epi)
@@ -164,7 +176,9 @@ def _local_coords(px_to_local: np.ndarray, window: tuple[slice, slice]) -> tuple
 
 def _centres(window: tuple[slice, slice]) -> tuple[np.ndarray, np.ndarray]:
     rows, cols = window
-    return np.arange(cols.start + 0.5, cols.stop, dtype=np.float32), np.arange(rows.start + 0.5, rows.stop, dtype=np.float32)
+    return np.arange(cols.start + 0.5, cols.stop, dtype=np.float32), np.arange(
+        rows.start + 0.5, rows.stop, dtype=np.float32
+    )
 
 
 def _affine(row: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:

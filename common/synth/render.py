@@ -74,7 +74,9 @@ def render_radiograph(
     """
     _check_args(size, body_part, fracture)
     # Independent streams per stage, so forcing or removing a fracture leaves the rest unchanged.
-    anatomy_rng, pose_rng, fracture_rng, noise_rng = (np.random.default_rng(int(s)) for s in rng.integers(0, 2**63, size=4))
+    anatomy_rng, pose_rng, fracture_rng, noise_rng = (
+        np.random.default_rng(int(s)) for s in rng.integers(0, 2**63, size=4)
+    )
     body_part = body_part or _draw_type(profile.body_parts, anatomy_rng)
     age = int(anatomy_rng.integers(profile.age_years[0], profile.age_years[1] + 1))
     anatomy = build_anatomy(body_part, age, anatomy_rng, profile.pixel_spacing_mm)
@@ -96,9 +98,13 @@ def render_radiograph(
         bone = anatomy.bones[plan.bone_index]
         base = motion.bone_motion(plan.bone_index, bone) if motion is not None else np.eye(3)
         box = fracture_box(plan, bone, to_px @ base @ np.linalg.inv(bone.frame()), pixel_mm, size)
-        if field.contains((box[0] + box[2]) / 2, (box[1] + box[3]) / 2, inset=0.0):  # a partner break may fall outside the field
+        if field.contains(
+            (box[0] + box[2]) / 2, (box[1] + box[3]) / 2, inset=0.0
+        ):  # a partner break may fall outside the field
             fractures.append(Fracture(bone.name, plan.type, box, plan.displacement_mm, plan.angulation_deg))
-    return SynthImage(display, detector, fractures, body_part, laterality, round(pixel_mm, 4), profile.bit_depth, age, window)
+    return SynthImage(
+        display, detector, fractures, body_part, laterality, round(pixel_mm, 4), profile.bit_depth, age, window
+    )
 
 
 def check_size(size: int) -> None:
@@ -208,7 +214,8 @@ def _plan_fractures(
         base = motion.bone_motion(index, bone) if motion is not None else np.eye(3)
         to_bone_px = to_px @ base @ np.linalg.inv(bone.frame())
         visible = [
-            u for u in np.linspace(0.12, 0.88, 25) * bone.length
+            u
+            for u in np.linspace(0.12, 0.88, 25) * bone.length
             if field.contains(*(to_bone_px @ [u, 0.0, 1.0])[:2], inset=float(bone.radius(u)[0]) / pixel_mm + 4)
         ]
         if not visible:
@@ -248,7 +255,9 @@ def _burn_marker(att: np.ndarray, laterality: str, field: _Field, rng: np.random
     region += MARKER_HOLDER + (LEAD / 255.0) * canvas[: region.shape[0], : region.shape[1]].astype(np.float32)
 
 
-def _expose(att: np.ndarray, field: np.ndarray, profile: SiteProfile, pixel_mm: float, rng: np.random.Generator) -> np.ndarray:
+def _expose(
+    att: np.ndarray, field: np.ndarray, profile: SiteProfile, pixel_mm: float, rng: np.random.Generator
+) -> np.ndarray:
     """Photons through the limb plus scatter, quantum and read-out noise, log, quantised.
 
     Full-image temporaries are reused in place: on small VMs allocating them costs as much as the maths.
@@ -303,7 +312,9 @@ def _lowpass(image: np.ndarray, sigma_px: float, factor: int = 8) -> np.ndarray:
     return cv2.resize(small, (size, size), interpolation=cv2.INTER_LINEAR)
 
 
-def _process(detector: np.ndarray, field: np.ndarray, profile: SiteProfile, pixel_mm: float) -> tuple[np.ndarray, tuple[float, float]]:
+def _process(
+    detector: np.ndarray, field: np.ndarray, profile: SiteProfile, pixel_mm: float
+) -> tuple[np.ndarray, tuple[float, float]]:
     """Vendor-style processing into a display image: equalisation, auto-window, gamma, unsharp mask.
 
     Returns the display image and a DICOM VOI window (centre, width) for the unprocessed values.
@@ -340,5 +351,7 @@ def _process(detector: np.ndarray, field: np.ndarray, profile: SiteProfile, pixe
     np.clip(y, 0.0, 1.0, out=y)
     y *= np.float32(2**profile.png_bits - 1)
     display = np.rint(y, out=y).astype(np.uint8 if profile.png_bits == 8 else np.uint16)
-    raw_lo, raw_hi = np.percentile(detector[::step, ::step][exposed], [0.5, 99.5]) if exposed.any() else (0.0, float(top))
+    raw_lo, raw_hi = (
+        np.percentile(detector[::step, ::step][exposed], [0.5, 99.5]) if exposed.any() else (0.0, float(top))
+    )
     return display, (float((raw_lo + raw_hi) / 2), float(max(raw_hi - raw_lo, 1.0)))

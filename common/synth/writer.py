@@ -24,7 +24,17 @@ from common.synth.render import SynthImage, check_size, render_radiograph
 
 CLASS_NAMES = {0: "fracture"}
 META_COLUMNS = (
-    "image_id", "site", "split", "body_part", "fractured", "boxes", "laterality", "width", "height", "pixel_spacing_mm", "bit_depth",
+    "image_id",
+    "site",
+    "split",
+    "body_part",
+    "fractured",
+    "boxes",
+    "laterality",
+    "width",
+    "height",
+    "pixel_spacing_mm",
+    "bit_depth",
 )
 
 
@@ -51,7 +61,9 @@ def generate_dataset(
         task = bar.add_task("synthetic radiographs", total=len(profiles) * images_per_site)
         for profile in profiles:
             bar.update(task, description=f"synth {profile.name}")
-            meta_rows += _write_site(out, profile, images_per_site, size, val_fraction, seed, dicom, lambda: bar.advance(task))
+            meta_rows += _write_site(
+                out, profile, images_per_site, size, val_fraction, seed, dicom, lambda: bar.advance(task)
+            )
     with open(out / "meta.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=META_COLUMNS)
         writer.writeheader()
@@ -65,7 +77,12 @@ def generate_dataset(
 
 
 def _check_args(
-    out: Path, sites: Sequence[SiteProfile | str] | None, images_per_site: int, size: int, val_fraction: float, seed: int
+    out: Path,
+    sites: Sequence[SiteProfile | str] | None,
+    images_per_site: int,
+    size: int,
+    val_fraction: float,
+    seed: int,
 ) -> list[SiteProfile]:
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ConfigError(f"out: {out} exists and is not an empty folder; choose a new folder or delete it")
@@ -78,7 +95,9 @@ def _check_args(
         raise ConfigError(f"seed must be a non-negative integer, got {seed!r}")
     if isinstance(sites, (str, SiteProfile)):
         raise ConfigError(f"sites must be a list of profiles or preset names, got a single {type(sites).__name__}")
-    profiles = [s if isinstance(s, SiteProfile) else get_profile(s) for s in (DEFAULT_SITES if sites is None else sites)]
+    profiles = [
+        s if isinstance(s, SiteProfile) else get_profile(s) for s in (DEFAULT_SITES if sites is None else sites)
+    ]
     names = [p.name for p in profiles]
     if not profiles or len(set(names)) != len(names):
         raise ConfigError(f"sites must be a non-empty list of distinct sites, got {names}")
@@ -86,7 +105,14 @@ def _check_args(
 
 
 def _write_site(
-    out: Path, profile: SiteProfile, count: int, size: int, val_fraction: float, seed: int, dicom: bool, tick: Callable[[], None]
+    out: Path,
+    profile: SiteProfile,
+    count: int,
+    size: int,
+    val_fraction: float,
+    seed: int,
+    dicom: bool,
+    tick: Callable[[], None],
 ) -> list[dict]:
     """Render one site's images, labels, ground truth (and DICOM); returns its meta.csv rows."""
     root = out / profile.name
@@ -111,12 +137,26 @@ def _write_site(
             if dicom:
                 identity = fictional_identity(rng, image.age_years)
                 write_dicom(root / "dicom" / f"{image_id}.dcm", image, profile, identity, f"{seed}/{image_id}")
-                record.update(dicom=f"dicom/{image_id}.dcm", dicom_patient_name=identity.name, dicom_patient_id=identity.patient_id)
+                record.update(
+                    dicom=f"dicom/{image_id}.dcm",
+                    dicom_patient_name=identity.name,
+                    dicom_patient_id=identity.patient_id,
+                )
             gt.write(json.dumps(record) + "\n")
             rows.append(
-                dict(image_id=image_id, site=profile.name, split=split, body_part=image.body_part, fractured=int(bool(image.fractures)),
-                     boxes=len(image.fractures), laterality=image.laterality, width=size, height=size,
-                     pixel_spacing_mm=image.pixel_spacing_mm, bit_depth=profile.bit_depth)
+                dict(
+                    image_id=image_id,
+                    site=profile.name,
+                    split=split,
+                    body_part=image.body_part,
+                    fractured=int(bool(image.fractures)),
+                    boxes=len(image.fractures),
+                    laterality=image.laterality,
+                    width=size,
+                    height=size,
+                    pixel_spacing_mm=image.pixel_spacing_mm,
+                    bit_depth=profile.bit_depth,
+                )
             )
             tick()
     _write_yaml(root / "data.yaml", {"train": "images/train", "val": "images/val", "names": CLASS_NAMES})
@@ -128,7 +168,9 @@ def _yolo_label(image: SynthImage, size: int) -> str:
     lines = []
     for f in image.fractures:
         x0, y0, x1, y1 = f.box_xyxy
-        lines.append(f"0 {(x0 + x1) / 2 / size:.6f} {(y0 + y1) / 2 / size:.6f} {(x1 - x0) / size:.6f} {(y1 - y0) / size:.6f}\n")
+        lines.append(
+            f"0 {(x0 + x1) / 2 / size:.6f} {(y0 + y1) / 2 / size:.6f} {(x1 - x0) / size:.6f} {(y1 - y0) / size:.6f}\n"
+        )
     return "".join(lines)
 
 
@@ -145,7 +187,13 @@ def _ground_truth(image_id: str, split: str, image: SynthImage) -> dict:
         "pixel_spacing_mm": image.pixel_spacing_mm,
         "bit_depth": image.bit_depth,
         "fractures": [
-            {"box_xyxy": list(f.box_xyxy), "type": f.type, "displacement_mm": f.displacement_mm, "angulation_deg": f.angulation_deg, "bone": f.bone}
+            {
+                "box_xyxy": list(f.box_xyxy),
+                "type": f.type,
+                "displacement_mm": f.displacement_mm,
+                "angulation_deg": f.angulation_deg,
+                "bone": f.bone,
+            }
             for f in image.fractures
         ],
     }

@@ -12,9 +12,11 @@ def _certs(a: argparse.Namespace) -> int:
     files = make_superlink_certs(Path(a.out), a.host or ["localhost"], days=a.days)
     for what, path in files.items():
         print(f"{what:8s} {path}")
-    print(f"SuperLink:  flower-superlink --ssl-ca-certfile {files['ca']} --ssl-certfile {files['cert']} "
-          f"--ssl-keyfile {files['key']} ...\nSuperNodes and `flwr` get {files['ca']} (public); keep "
-          f"{files['ca_key']} offline.")
+    print(
+        f"SuperLink:  flower-superlink --ssl-ca-certfile {files['ca']} --ssl-certfile {files['cert']} "
+        f"--ssl-keyfile {files['key']} ...\nSuperNodes and `flwr` get {files['ca']} (public); keep "
+        f"{files['ca_key']} offline."
+    )
     return 0
 
 
@@ -24,19 +26,28 @@ def _node_key(a: argparse.Namespace) -> int:
     files = make_node_key(Path(a.out), a.name)
     print(f"private  {files['key']}  (stays on this machine: flower-supernode --auth-supernode-private-key)")
     print(f"public   {files['pub']}  (send to the coordinator: flwr supernode register {files['pub']} CONNECTION)")
-    print("privacy  the site's own limits and ledger: fracfl site init DIR (then site-config='DIR/site.toml' in the "
-          "SuperNode's --node-config)")
+    print(
+        "privacy  the site's own limits and ledger: fracfl site init DIR (then site-config='DIR/site.toml' in the "
+        "SuperNode's --node-config)"
+    )
     return 0
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("deploy", help="TLS certificates and SuperNode keys for a Flower deployment",
-                       description="Files for Flower's SuperLink/SuperNodes over TLS; see docs/deployment.md.")
+    p = sub.add_parser(
+        "deploy",
+        help="TLS certificates and SuperNode keys for a Flower deployment",
+        description="Files for Flower's SuperLink/SuperNodes over TLS; see docs/deployment.md.",
+    )
     dsub = p.add_subparsers(dest="deploy_command", metavar="ACTION", required=True)
     q = dsub.add_parser("certs", help="a CA and the SuperLink's server certificate (coordinator)")
     q.add_argument("out", help="folder for ca.pem, ca.key, superlink.pem, superlink.key (files are never overwritten)")
-    q.add_argument("--host", action="append", help="a DNS name or IP address SuperNodes use to reach the SuperLink "
-                   "(repeatable; localhost and 127.0.0.1 are always added)")
+    q.add_argument(
+        "--host",
+        action="append",
+        help="a DNS name or IP address SuperNodes use to reach the SuperLink "
+        "(repeatable; localhost and 127.0.0.1 are always added)",
+    )
     q.add_argument("--days", type=int, default=825, help="validity of the certificates in days (default 825)")
     q.set_defaults(func=_certs)
     q = dsub.add_parser("node-key", help="a SuperNode's authentication key pair (each site, on its own machine)")

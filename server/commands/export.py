@@ -21,8 +21,11 @@ def _registry_and_version(a: argparse.Namespace):
     if p.is_dir() and (p / "card.json").is_file():  # a version folder given as a path
         return Registry(p.parent), p.name
     if p.is_file():
-        raise DataError(p, "exports are made for registry versions, whose cards record them: give a version "
-                        "(v0003, latest) or a version folder")
+        raise DataError(
+            p,
+            "exports are made for registry versions, whose cards record them: give a version "
+            "(v0003, latest) or a version folder",
+        )
     root = Path(a.registry) if a.registry else default_root()
     if not root.is_dir():
         raise DataError(root, "no registry here (use --registry DIR or set FRACFL_REGISTRY, or give a version folder)")
@@ -41,9 +44,14 @@ def _run(a: argparse.Namespace) -> int:
 
     reg, version = _registry_and_version(a)
     try:
-        cfg = ExportConfig(variants=[v.strip() for v in a.variants.split(",") if v.strip()], imgsz=a.imgsz,
-                           calibration=a.calibration, validation=a.data, threads=a.threads,
-                           calibration_images=a.calibration_images)
+        cfg = ExportConfig(
+            variants=[v.strip() for v in a.variants.split(",") if v.strip()],
+            imgsz=a.imgsz,
+            calibration=a.calibration,
+            validation=a.data,
+            threads=a.threads,
+            calibration_images=a.calibration_images,
+        )
     except ConfigError as e:
         raise ConfigError(str(e).replace("export.", "--")) from e
     console = Console(highlight=False, soft_wrap=True)
@@ -62,19 +70,31 @@ def register(sub: argparse._SubParsersAction) -> None:
     from common.config import EvalConfig
     from server.export.config import VARIANTS
 
-    p = sub.add_parser("export", help="TFLite builds of a published model, compared with PyTorch",
-                       description="Write TFLite (LiteRT) builds of a registry version into its exports/ folder and "
-                       "record each file's size, hash and accuracy versus PyTorch on its model card.")
+    p = sub.add_parser(
+        "export",
+        help="TFLite builds of a published model, compared with PyTorch",
+        description="Write TFLite (LiteRT) builds of a registry version into its exports/ folder and "
+        "record each file's size, hash and accuracy versus PyTorch on its model card.",
+    )
     p.add_argument("--model", required=True, help="registry version (v0003, 3, latest) or a version folder")
     add_registry(p)
     p.add_argument("--variants", default="fp32,fp16,int8", help=f"comma-separated, from {', '.join(VARIANTS)}")
-    p.add_argument("--data", default=None, help="validation data (data.yaml or folder) for the comparison with "
-                   "PyTorch; without it the files are made but not compared")
-    p.add_argument("--calibration", default=None, help="local images for int8 calibration (data.yaml or folder; "
-                   "default: --data)")
+    p.add_argument(
+        "--data",
+        default=None,
+        help="validation data (data.yaml or folder) for the comparison with "
+        "PyTorch; without it the files are made but not compared",
+    )
+    p.add_argument(
+        "--calibration", default=None, help="local images for int8 calibration (data.yaml or folder; default: --data)"
+    )
     p.add_argument("--calibration-images", type=int, default=64, help="at most this many calibrate int8")
     p.add_argument("--imgsz", type=int, default=None, help="input size (default: the size the model was trained at)")
     p.add_argument("--threads", type=int, default=2, help="interpreter threads for the comparison (default 2)")
-    p.add_argument("--conf", type=float, default=EvalConfig().conf,
-                   help=f"operating point for sensitivity (default {EvalConfig().conf})")
+    p.add_argument(
+        "--conf",
+        type=float,
+        default=EvalConfig().conf,
+        help=f"operating point for sensitivity (default {EvalConfig().conf})",
+    )
     p.set_defaults(func=_run)

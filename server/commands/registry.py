@@ -50,17 +50,27 @@ def _list(a: argparse.Namespace) -> int:
     latest = published[-1].version
     table = Table(title=f"Model registry {reg.root}", title_justify="left")
     for col in ("version", "run", "round", "parent", "created (UTC)", "mAP50", "sensitivity", "sites"):
-        table.add_column(col, no_wrap=col in ("version", "created (UTC)"),
-                         justify="right" if col in ("round", "mAP50", "sensitivity") else "left")
+        table.add_column(
+            col,
+            no_wrap=col in ("version", "created (UTC)"),
+            justify="right" if col in ("round", "mAP50", "sensitivity") else "left",
+        )
     for p in published:
         card = p.card
         pooled = (card.get("metrics") or {}).get("pooled") or {}
         sites = card.get("sites") or []
         trained = sum(s.get("status") == "trained" for s in sites)
         created = str(card.get("created") or "").replace("T", " ").removesuffix("Z")
-        table.add_row(p.version + (" *" if p.version == latest else ""), str(card.get("run_id")),
-                      str(card.get("round")), card.get("parent") or "-", created, _num(pooled.get("map50")),
-                      _num(pooled.get("sensitivity")), f"{trained}/{len(sites)} trained")
+        table.add_row(
+            p.version + (" *" if p.version == latest else ""),
+            str(card.get("run_id")),
+            str(card.get("round")),
+            card.get("parent") or "-",
+            created,
+            _num(pooled.get("map50")),
+            _num(pooled.get("sensitivity")),
+            f"{trained}/{len(sites)} trained",
+        )
     console.print(table)
     console.print("* latest")
     return 0
@@ -103,15 +113,20 @@ def _verify(a: argparse.Namespace) -> int:
         print(problem)
     if not versions:
         print(f"no versions in {reg.root}")
-    print(f"{len(versions) - bad} of {len(versions)} version(s) intact"
-          + (f"; {len(problems)} registry problem(s)" if problems else ""))
+    print(
+        f"{len(versions) - bad} of {len(versions)} version(s) intact"
+        + (f"; {len(problems)} registry problem(s)" if problems else "")
+    )
     return 1 if bad or problems else 0
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("registry", help="list, show and verify published global models",
-                       description="The model registry: every global model the server published, with its card. "
-                       "Folder: --registry, else $FRACFL_REGISTRY, else ./registry.")
+    p = sub.add_parser(
+        "registry",
+        help="list, show and verify published global models",
+        description="The model registry: every global model the server published, with its card. "
+        "Folder: --registry, else $FRACFL_REGISTRY, else ./registry.",
+    )
     rsub = p.add_subparsers(dest="registry_command", metavar="ACTION", required=True)
 
     q = rsub.add_parser("list", help="one row per version: run, round, parent, pooled metrics, sites")

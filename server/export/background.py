@@ -16,9 +16,10 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING
 
 from common.config import EvalConfig
 from server.export.config import ExportConfig
@@ -33,8 +34,9 @@ _POLL_S = 0.2
 class BackgroundExports:
     """Queue of versions to export in a separate process; see the module docstring."""
 
-    def __init__(self, registry: str | Path, cfg: ExportConfig, val_data: str | None, eval_cfg: EvalConfig,
-                 log_path: str | Path):
+    def __init__(
+        self, registry: str | Path, cfg: ExportConfig, val_data: str | None, eval_cfg: EvalConfig, log_path: str | Path
+    ):
         self.registry = Path(registry)
         self.cfg = cfg
         self.val_data = val_data
@@ -72,14 +74,25 @@ class BackgroundExports:
                 continue
             try:
                 self._run(version)
-            except Exception as e:  # noqa: BLE001  (the exporter thread must outlive any one version)
+            except Exception as e:
                 log.exception("%s: export could not be run", version)
                 self._record(version, f"failed: export could not be run ({type(e).__name__})")
 
     def _command(self, version: str) -> list[str]:
-        return [sys.executable, "-m", "server.export.worker", "--registry", str(self.registry), "--version", version,
-                "--config", json.dumps(asdict(self.cfg)), "--eval", json.dumps(asdict(self.eval_cfg)),
-                *(["--val-data", str(self.val_data)] if self.val_data else [])]
+        return [
+            sys.executable,
+            "-m",
+            "server.export.worker",
+            "--registry",
+            str(self.registry),
+            "--version",
+            version,
+            "--config",
+            json.dumps(asdict(self.cfg)),
+            "--eval",
+            json.dumps(asdict(self.eval_cfg)),
+            *(["--val-data", str(self.val_data)] if self.val_data else []),
+        ]
 
     def _run(self, version: str) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -87,8 +100,9 @@ class BackgroundExports:
         with open(self.log_path, "a", encoding="utf-8") as out:
             out.write(f"--- {version} ---\n")
             out.flush()
-            proc = subprocess.Popen(self._command(version), stdout=out, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL)
+            proc = subprocess.Popen(
+                self._command(version), stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+            )
             while (rc := proc.poll()) is None:
                 if self._stop.is_set() or time.perf_counter() - t0 > self.cfg.timeout:
                     proc.kill()
@@ -121,7 +135,7 @@ class BackgroundExports:
             for v in self.cfg.variants:
                 (folder / export_file(v)).unlink(missing_ok=True)
             registry.update_card(version, "exports", failed_entries(list(self.cfg.variants), status))
-        except Exception:  # noqa: BLE001  (a damaged registry is reported by `fracfl registry verify`)
+        except Exception:
             log.exception("%s: could not record the export outcome on the card", version)
 
 
@@ -133,7 +147,7 @@ class _Off:
 
 
 @contextlib.contextmanager
-def background_exports(job: "ServerJob", run_dir: Path) -> Iterator[BackgroundExports | _Off]:
+def background_exports(job: ServerJob, run_dir: Path) -> Iterator[BackgroundExports | _Off]:
     """The run's exporter: waits (bounded) for outstanding exports when the run ends; when the run fails, stops
     them at once (their cards say so)."""
     if not job.export.enabled:

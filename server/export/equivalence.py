@@ -60,15 +60,19 @@ def largest_box_difference(ref: Backend, other: Backend, data: DetectionDataset,
     return worst
 
 
-def compare(variant: str, backend: Backend, ref: Reference, data: DetectionDataset, cfg: EvalConfig,
-            fixed_images: int) -> dict[str, float | bool | None]:
+def compare(
+    variant: str, backend: Backend, ref: Reference, data: DetectionDataset, cfg: EvalConfig, fixed_images: int
+) -> dict[str, float | bool | None]:
     """The card's equivalence figures for one variant: its metrics, PyTorch's, the gap and whether it meets the goal."""
     results = predict_dataset(backend, data, cfg, torch.device("cpu"), progress=False)
     map50, sens = _metrics(results, backend.names, cfg)
     delta = None if np.isnan(map50) or np.isnan(ref.map50) else round(100 * (map50 - ref.map50), 3)
     return {
-        "map50": map50, "map50_torch": ref.map50, "map50_delta_points": delta,
-        "sensitivity": sens, "sensitivity_torch": ref.sensitivity,
+        "map50": map50,
+        "map50_torch": ref.map50,
+        "map50_delta_points": delta,
+        "sensitivity": sens,
+        "sensitivity_torch": ref.sensitivity,
         "max_box_diff_px": largest_box_difference(ref.backend, backend, data, fixed_images, cfg.conf),
         "max_score_diff": _largest_score_difference(ref.results, results),
         "verdicts_agree": _verdicts_agree(ref.results, results, cfg.conf),

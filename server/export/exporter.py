@@ -77,8 +77,9 @@ def convert_fp32(model: torch.nn.Module, imgsz: int, out: Path, quiet: bool = Tr
     m.pt_path = str(work / "model.pt")  # the exporter names its output after this (the file need not exist)
     try:
         with _quiet(quiet):
-            f = Exporter(overrides={"format": "litert", "imgsz": imgsz, "batch": 1, "device": "cpu",
-                                    "verbose": False})(m)
+            f = Exporter(overrides={"format": "litert", "imgsz": imgsz, "batch": 1, "device": "cpu", "verbose": False})(
+                m
+            )
         if not f or not Path(f).is_file():
             raise ExportError("fp32 conversion produced no file")
         Path(f).replace(out)
@@ -99,16 +100,19 @@ def _load_recipe(qt, variant: str) -> None:
     elif variant == "fp16":
         half = qtyping.OpQuantizationConfig(
             weight_tensor_config=qtyping.TensorQuantizationConfig(num_bits=16, dtype=qtyping.TensorDataType.FLOAT),
-            compute_precision=qtyping.ComputePrecision.FLOAT)
+            compute_precision=qtyping.ComputePrecision.FLOAT,
+        )
         for op in (qtyping.TFLOperationName.CONV_2D, qtyping.TFLOperationName.DEPTHWISE_CONV_2D):
-            qt.update_quantization_recipe(regex=".*", operation_name=op, op_config=half,
-                                          algorithm_key=quantizer.AlgorithmName.FLOAT_CASTING)
+            qt.update_quantization_recipe(
+                regex=".*", operation_name=op, op_config=half, algorithm_key=quantizer.AlgorithmName.FLOAT_CASTING
+            )
     else:
         raise ExportError(f"unknown variant {variant!r}")
 
 
-def quantise(fp32: Path, variant: str, out: Path, calibration: list[np.ndarray] | None = None,
-             quiet: bool = True) -> Path:
+def quantise(
+    fp32: Path, variant: str, out: Path, calibration: list[np.ndarray] | None = None, quiet: bool = True
+) -> Path:
     """Derive `variant` from the fp32 file. Graph input and output stay float32 (as in Ultralytics' export), so
     every variant takes the same input and gives the same output layout."""
     from ai_edge_quantizer import qtyping, quantizer, recipe
@@ -120,8 +124,9 @@ def quantise(fp32: Path, variant: str, out: Path, calibration: list[np.ndarray] 
         _load_recipe(qt, variant)
         if variant in CALIBRATED:
             for op in (qtyping.TFLOperationName.INPUT, qtyping.TFLOperationName.OUTPUT):
-                qt.update_quantization_recipe(regex=".*", operation_name=op,
-                                              algorithm_key=recipe.AlgorithmName.NO_QUANTIZE)
+                qt.update_quantization_recipe(
+                    regex=".*", operation_name=op, algorithm_key=recipe.AlgorithmName.NO_QUANTIZE
+                )
             samples = {"serving_default": [{"args_0": x} for x in calibration]}
             result = qt.quantize(calibration_result=qt.calibrate(samples))
         else:

@@ -21,7 +21,7 @@ from common.inference import TorchBackend, export_file
 from common.inference.tflite import TFLiteBackend
 from common.nn.weights import read_metadata
 from server.export.config import CALIBRATED, ExportConfig
-from server.export.equivalence import Reference, compare, reference
+from server.export.equivalence import compare, reference
 from server.export.exporter import calibration_inputs, convert_fp32, quantise
 from server.registry import Registry, sha256_file
 
@@ -50,8 +50,14 @@ def _dataset(path: str | None, split: str, imgsz: int, what: str) -> DetectionDa
 
 def _file_entry(variant: str, folder: Path, imgsz: int) -> dict[str, Any]:
     f = folder / export_file(variant)
-    return {"variant": variant, "file": export_file(variant), "status": "ok", "bytes": f.stat().st_size,
-            "sha256": sha256_file(f), "imgsz": imgsz}
+    return {
+        "variant": variant,
+        "file": export_file(variant),
+        "status": "ok",
+        "bytes": f.stat().st_size,
+        "sha256": sha256_file(f),
+        "imgsz": imgsz,
+    }
 
 
 def failed_entries(variants: list[str], status: str) -> list[dict[str, Any]]:
@@ -79,8 +85,14 @@ def _reference(cfg: ExportConfig, val_data: str | None, model, imgsz: int, eval_
         return None, None, f"not compared with PyTorch: {reason(e)}"
 
 
-def export_version(registry: Registry, version: str, cfg: ExportConfig, val_data: str | None = None,
-                   eval_cfg: EvalConfig | None = None, report: Callable[[dict], None] | None = None) -> list[dict]:
+def export_version(
+    registry: Registry,
+    version: str,
+    cfg: ExportConfig,
+    val_data: str | None = None,
+    eval_cfg: EvalConfig | None = None,
+    report: Callable[[dict], None] | None = None,
+) -> list[dict]:
     """Export `version` as configured and write the results into its card's `exports` section; returns them.
 
     Raises only when the version itself cannot be opened (missing, or weights not matching the card's hash).

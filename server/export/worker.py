@@ -35,8 +35,14 @@ def main(argv: list[str] | None = None) -> int:
 
     cfg = ExportConfig(**json.loads(a.config))
     torch.set_num_threads(max(1, cfg.threads))
-    entries = export_version(Registry(a.registry), a.version, cfg, a.val_data, EvalConfig(**json.loads(a.eval)),
-                             report=lambda e: logging.info("%s %s: %s", a.version, e["variant"], e["status"]))
+    entries = export_version(
+        Registry(a.registry),
+        a.version,
+        cfg,
+        a.val_data,
+        EvalConfig(**json.loads(a.eval)),
+        report=lambda e: logging.info("%s %s: %s", a.version, e["variant"], e["status"]),
+    )
     logging.info("%s: card updated with %d export entries", a.version, len(entries))
     return 0
 

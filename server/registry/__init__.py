@@ -9,6 +9,14 @@ from server.registry.render import render_markdown
 from server.registry.store import Published, Registry, sha256_file
 
 __all__ = [
-    "MODEL_DESCRIPTION", "SECTIONS", "UPDATABLE", "CardError", "Published", "Registry", "clean_card",
-    "describe_model", "render_markdown", "sha256_file",
+    "MODEL_DESCRIPTION",
+    "SECTIONS",
+    "UPDATABLE",
+    "CardError",
+    "Published",
+    "Registry",
+    "clean_card",
+    "describe_model",
+    "render_markdown",
+    "sha256_file",
 ]

@@ -23,8 +23,23 @@ from server.registry.limits import limitations
 
 # Top-level fields, in the order card.json lists them. `limitations` is derived from the others on every write (a
 # value passed in is replaced); the last five are set by the registry.
-SECTIONS = ("run_id", "round", "strategy", "config_hash", "model", "sites", "metrics", "privacy", "exports",
-            "limitations", "version", "parent", "created", "updated", "hashes")
+SECTIONS = (
+    "run_id",
+    "round",
+    "strategy",
+    "config_hash",
+    "model",
+    "sites",
+    "metrics",
+    "privacy",
+    "exports",
+    "limitations",
+    "version",
+    "parent",
+    "created",
+    "updated",
+    "hashes",
+)
 REGISTRY_OWNED = frozenset({"version", "created", "updated", "hashes"})
 # Sections `Registry.update_card` may replace after publication (weights and provenance stay fixed).
 UPDATABLE = frozenset({"privacy", "exports", "metrics"})
@@ -36,14 +51,48 @@ _MODEL_KEYS = {"arch", "width", "depth", "norm", "classes", "parameters", "descr
 _STATUS = re.compile(r"^(trained|budget exhausted|(rejected|failed|refused): \S.*)$")
 # An edge export entry (one per variant, see docs/export.md): what was built, its file, and how it compares.
 _EXPORT_TEXT = {"variant", "file", "status", "sha256", "note"}
-_EXPORT_NUMBERS = {"bytes", "imgsz", "seconds", "map50", "map50_torch", "map50_delta_points", "sensitivity",
-                   "sensitivity_torch", "max_box_diff_px", "max_score_diff", "verdicts_agree", "n_images"}
+_EXPORT_NUMBERS = {
+    "bytes",
+    "imgsz",
+    "seconds",
+    "map50",
+    "map50_torch",
+    "map50_delta_points",
+    "sensitivity",
+    "sensitivity_torch",
+    "max_box_diff_px",
+    "max_score_diff",
+    "verdicts_agree",
+    "n_images",
+}
 _EXPORT_FLAGS = {"meets_goal"}
 _EXPORT_STATUS = re.compile(r"^(ok|(failed|timed out|skipped): \S.*)$")
 EXPORT_FILE = re.compile(r"^exports/[A-Za-z0-9_.-]+\.tflite$")  # inside the version folder, never outside it
 # Tokens of a metric name that suggest identifying data rather than an aggregate figure.
-_IDENTIFYING = frozenset({"patient", "patients", "name", "names", "id", "ids", "mrn", "dob", "birth", "birthdate",
-                          "accession", "uid", "ssn", "address", "phone", "file", "filename", "files", "path", "paths"})
+_IDENTIFYING = frozenset(
+    {
+        "patient",
+        "patients",
+        "name",
+        "names",
+        "id",
+        "ids",
+        "mrn",
+        "dob",
+        "birth",
+        "birthdate",
+        "accession",
+        "uid",
+        "ssn",
+        "address",
+        "phone",
+        "file",
+        "filename",
+        "files",
+        "path",
+        "paths",
+    }
+)
 _MAX_TEXT = 500
 
 
@@ -103,8 +152,10 @@ def clean_metrics(metrics: Any, where: str) -> dict[str, float | int | None]:
             raise CardError(f"card.{where}: metric names must be text, got {key!r}")
         tokens = set(re.split(r"[^a-z0-9]+", key.lower()))
         if tokens & _IDENTIFYING:
-            raise CardError(f"card.{where}.{key}: metric names like this suggest identifying data, which a card "
-                            "never holds; report aggregate figures only")
+            raise CardError(
+                f"card.{where}.{key}: metric names like this suggest identifying data, which a card "
+                "never holds; report aggregate figures only"
+            )
         number = _number(value)
         if number is not NotImplemented:
             out[key] = number
@@ -140,14 +191,15 @@ def _site(entry: Any, i: int) -> dict[str, Any]:
         raise CardError(f"card.{where}: expected a mapping with name, examples, status, metrics")
     extra = set(entry) - _SITE_KEYS
     if extra:
-        raise CardError(f"card.{where}: unknown field(s) {sorted(extra)}; a site entry holds only "
-                        f"{sorted(_SITE_KEYS)}")
+        raise CardError(f"card.{where}: unknown field(s) {sorted(extra)}; a site entry holds only {sorted(_SITE_KEYS)}")
     status = _text(entry.get("status"), f"{where}.status")
     if status == "ok":  # the status a site's training reply carries when its update was accepted
         status = "trained"
     if not _STATUS.match(status):
-        raise CardError(f"card.{where}.status: {status!r}; expected 'trained', 'rejected: <reason>', "
-                        "'failed: <reason>' or 'budget exhausted'")
+        raise CardError(
+            f"card.{where}.status: {status!r}; expected 'trained', 'rejected: <reason>', "
+            "'failed: <reason>' or 'budget exhausted'"
+        )
     return {
         "name": _text(entry.get("name"), f"{where}.name"),
         "examples": _count(entry.get("examples"), f"{where}.examples"),
@@ -182,8 +234,10 @@ def _export(entry: Any, i: int) -> dict[str, Any]:
     if not EXPORT_FILE.match(out["file"]):
         raise CardError(f"card.{where}.file: {out['file']!r}; expected exports/<name>.tflite inside the version folder")
     if not _EXPORT_STATUS.match(out["status"]):
-        raise CardError(f"card.{where}.status: {out['status']!r}; expected 'ok', 'failed: <reason>', "
-                        "'timed out: <reason>' or 'skipped: <reason>'")
+        raise CardError(
+            f"card.{where}.status: {out['status']!r}; expected 'ok', 'failed: <reason>', "
+            "'timed out: <reason>' or 'skipped: <reason>'"
+        )
     if out["status"] == "ok" and not re.fullmatch(r"[0-9a-f]{64}", str(out.get("sha256", ""))):
         raise CardError(f"card.{where}.sha256: an export with status ok needs its file's sha256")
     return out
@@ -197,8 +251,13 @@ def _model(given: Any, spec: ModelSpec | None, parameters: int | None) -> dict[s
     if extra:
         raise CardError(f"card.model: unknown field(s) {sorted(extra)}; allowed {sorted(_MODEL_KEYS)}")
     if spec is not None:
-        truth = {"arch": spec.arch, "width": spec.width, "depth": spec.depth, "norm": spec.norm,
-                 "classes": [spec.names[k] for k in sorted(spec.names)]}
+        truth = {
+            "arch": spec.arch,
+            "width": spec.width,
+            "depth": spec.depth,
+            "norm": spec.norm,
+            "classes": [spec.names[k] for k in sorted(spec.names)],
+        }
         for k, v in truth.items():
             if k in given and given[k] != v:
                 raise CardError(f"card.model.{k}: {given[k]!r} but the published weights have {v!r}")
@@ -258,14 +317,19 @@ def clean_card(card: dict[str, Any], spec: ModelSpec | None = None, parameters: 
     if not isinstance(hashes, dict):
         raise CardError("card.hashes: expected a mapping of file name to sha256")
     sites = [_site(s, i) for i, s in enumerate(sites)]
-    metrics = {"pooled": clean_metrics(metrics.get("pooled"), "metrics.pooled"),
-               "per_site": {_text(k, "metrics.per_site"): clean_metrics(v, f"metrics.per_site.{k}")
-                            for k, v in per_site.items()}}
+    metrics = {
+        "pooled": clean_metrics(metrics.get("pooled"), "metrics.pooled"),
+        "per_site": {
+            _text(k, "metrics.per_site"): clean_metrics(v, f"metrics.per_site.{k}") for k, v in per_site.items()
+        },
+    }
     return {
         "run_id": _text(card.get("run_id"), "run_id"),
         "round": int(rnd),
-        "strategy": {"name": _text(strategy.get("name", "unknown"), "strategy.name"),
-                     "params": _plain(params, "strategy.params")},
+        "strategy": {
+            "name": _text(strategy.get("name", "unknown"), "strategy.name"),
+            "params": _plain(params, "strategy.params"),
+        },
         "config_hash": _text(card.get("config_hash"), "config_hash", optional=True),
         "model": _model(card.get("model"), spec, parameters),
         "sites": sites,

@@ -12,27 +12,41 @@ from __future__ import annotations
 import math
 from typing import Any
 
-INTENDED_USE = ("Research and evaluation of federated fracture detection. It draws boxes around suspected fractures "
-                "on radiographs (CR/DX) for a qualified reader to review. It is NOT a medical device: it is not "
-                "cleared, approved or CE-marked for diagnosis, must not be the only read of an image, and must not "
-                "drive treatment decisions.")
-HELD_OUT = ("Figures are measured on each site's validation split: radiographs the model was not trained on. The "
-            "same splits are used to pick the best round, so the figures of a chosen round are somewhat optimistic; "
-            "an independent test set at each site is the real check before any clinical evaluation.")
-INTERVALS = ("95 % intervals are Wilson score intervals on image counts (sensitivity over radiographs with a fracture, "
-             "specificity over those without). This card holds aggregates only (no per-image result leaves a site), "
-             "so mAP and ROC AUC have no interval here: a bootstrap needs per-image results, which stay at the sites.")
+INTENDED_USE = (
+    "Research and evaluation of federated fracture detection. It draws boxes around suspected fractures "
+    "on radiographs (CR/DX) for a qualified reader to review. It is NOT a medical device: it is not "
+    "cleared, approved or CE-marked for diagnosis, must not be the only read of an image, and must not "
+    "drive treatment decisions."
+)
+HELD_OUT = (
+    "Figures are measured on each site's validation split: radiographs the model was not trained on. The "
+    "same splits are used to pick the best round, so the figures of a chosen round are somewhat optimistic; "
+    "an independent test set at each site is the real check before any clinical evaluation."
+)
+INTERVALS = (
+    "95 % intervals are Wilson score intervals on image counts (sensitivity over radiographs with a fracture, "
+    "specificity over those without). This card holds aggregates only (no per-image result leaves a site), "
+    "so mAP and ROC AUC have no interval here: a bootstrap needs per-image results, which stay at the sites."
+)
 FAILURE_MODES = (
     "Subtle, non-displaced or hairline fractures, and fractures visible in one projection only, are missed more often.",
-    ("Anatomy, projections, ages (children's growth plates), implants, casts and splints that are rare in the "
-     "training sites' data are outside what was learnt; performance there is unknown."),
-    ("Scanners, vendors, image processing or populations unlike the training sites' (domain shift) lower performance "
-     "without warning; validate at each new site first."),
+    (
+        "Anatomy, projections, ages (children's growth plates), implants, casts and splints that are rare in the "
+        "training sites' data are outside what was learnt; performance there is unknown."
+    ),
+    (
+        "Scanners, vendors, image processing or populations unlike the training sites' (domain shift) lower performance "
+        "without warning; validate at each new site first."
+    ),
     "A site with few fracture images has a wide sensitivity interval: its figure alone says little.",
-    ("Under DP-SGD each image's influence is bounded, so rare presentations are learnt least; accuracy is lower than "
-     "without DP."),
-    ("Sensitivity and specificity hold at the card's operating threshold only; boxes localise approximately (one box "
-     "may cover several fractures, or one fracture get several boxes)."),
+    (
+        "Under DP-SGD each image's influence is bounded, so rare presentations are learnt least; accuracy is lower than "
+        "without DP."
+    ),
+    (
+        "Sensitivity and specificity hold at the card's operating threshold only; boxes localise approximately (one box "
+        "may cover several fractures, or one fracture get several boxes)."
+    ),
 )
 Z95 = 1.959963984540054
 
@@ -74,9 +88,22 @@ def performance(scope: str, metrics: dict[str, Any]) -> dict[str, Any]:
 def limitations(sites: list[dict[str, Any]], metrics: dict[str, Any]) -> dict[str, Any]:
     """The section, from a card's cleaned `sites` and `metrics`."""
     per_site = metrics.get("per_site") or {}
-    data = [{"site": s["name"], "training_images": s["examples"], "status": s["status"],
-             "validation_images": _whole((per_site.get(s["name"]) or {}).get("n_images"))} for s in sites]
+    data = [
+        {
+            "site": s["name"],
+            "training_images": s["examples"],
+            "status": s["status"],
+            "validation_images": _whole((per_site.get(s["name"]) or {}).get("n_images")),
+        }
+        for s in sites
+    ]
     rows = [performance("pooled", metrics["pooled"])] if metrics.get("pooled") else []
     rows += [performance(name, m) for name, m in per_site.items()]
-    return {"intended_use": INTENDED_USE, "data": data, "held_out": HELD_OUT, "intervals": INTERVALS,
-            "performance": rows, "failure_modes": list(FAILURE_MODES)}
+    return {
+        "intended_use": INTENDED_USE,
+        "data": data,
+        "held_out": HELD_OUT,
+        "intervals": INTERVALS,
+        "performance": rows,
+        "failure_modes": list(FAILURE_MODES),
+    }

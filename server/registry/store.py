@@ -18,11 +18,11 @@ import json
 import os
 import re
 import shutil
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 from torch import nn
@@ -54,7 +54,7 @@ def sha256_file(path: str | Path) -> str:
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+    return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def _card_json(card: dict[str, Any]) -> str:
@@ -152,7 +152,7 @@ class Registry:
             raise self._missing(version)
         return Published(version, self.root / version, self._read_card(version))
 
-    def list(self) -> list[Published]:  # noqa: A003 - the registry's own vocabulary
+    def list(self) -> list[Published]:
         """Every visible version, oldest first."""
         return [Published(v, self.root / v, self._read_card(v)) for v in self.versions()]
 
@@ -200,8 +200,9 @@ class Registry:
         folder = self.root / version
         if not folder.is_dir():
             raise self._missing(version)
-        problems = [f"{version}/{name}: missing" for name in (WEIGHTS, CARD_JSON, CARD_MD)
-                    if not (folder / name).is_file()]
+        problems = [
+            f"{version}/{name}: missing" for name in (WEIGHTS, CARD_JSON, CARD_MD) if not (folder / name).is_file()
+        ]
         card = self._try_card(version)
         if card is None:
             if (folder / CARD_JSON).is_file():
@@ -221,8 +222,10 @@ class Registry:
                 continue
             actual = sha256_file(path)
             if actual != expected:
-                problems.append(f"{version}/{name}: sha256 {actual[:12]}... does not match the card's "
-                                f"{str(expected)[:12]}... (file changed or damaged)")
+                problems.append(
+                    f"{version}/{name}: sha256 {actual[:12]}... does not match the card's "
+                    f"{str(expected)[:12]}... (file changed or damaged)"
+                )
         for e in card.get("exports") or []:  # edge builds: a file the card calls ok must be there, unchanged
             if not isinstance(e, dict) or e.get("status") != "ok" or not EXPORT_FILE.match(str(e.get("file"))):
                 continue
@@ -230,8 +233,9 @@ class Registry:
             if not path.is_file():
                 problems.append(f"{version}/{e['file']}: missing (the card lists it as exported)")
             elif sha256_file(path) != e.get("sha256"):
-                problems.append(f"{version}/{e['file']}: sha256 does not match the card's exports entry "
-                                "(file changed or damaged)")
+                problems.append(
+                    f"{version}/{e['file']}: sha256 does not match the card's exports entry (file changed or damaged)"
+                )
         return problems
 
     def load(self, version: str | int) -> tuple[nn.Module, ModelSpec, dict[str, Any]]:
@@ -241,8 +245,11 @@ class Registry:
         if not p.weights.is_file():
             raise DataError(p.weights, "weights missing")
         if expected is not None and sha256_file(p.weights) != expected:
-            raise DataError(p.weights, f"sha256 does not match the hash on {p.version}'s card; refusing to load "
-                            "(run `fracfl registry verify`)")
+            raise DataError(
+                p.weights,
+                f"sha256 does not match the hash on {p.version}'s card; refusing to load "
+                "(run `fracfl registry verify`)",
+            )
         model, spec, _ = load_model(p.weights)
         return model, spec, p.card
 
@@ -265,8 +272,13 @@ class Registry:
             if p.name.startswith(TEMP_PREFIX) and p.is_dir():
                 shutil.rmtree(p, ignore_errors=True)
 
-    def publish(self, weights: nn.Module | Mapping[str, np.ndarray], spec: ModelSpec, card: dict[str, Any],
-                weights_meta: dict[str, Any] | None = None) -> Published:
+    def publish(
+        self,
+        weights: nn.Module | Mapping[str, np.ndarray],
+        spec: ModelSpec,
+        card: dict[str, Any],
+        weights_meta: dict[str, Any] | None = None,
+    ) -> Published:
         """Write `weights` (a model or its flat numpy state) and its card as the next version, then point
         latest.json at it.
 
@@ -275,8 +287,9 @@ class Registry:
         """
         state = numpy_state(weights) if isinstance(weights, nn.Module) else weights
         parameters = sum(v.size for k, v in state.items() if not is_buffer(k))
-        card = clean_card({k: v for k, v in card.items() if k not in ("version", "created", "updated", "hashes")},
-                          spec, parameters)
+        card = clean_card(
+            {k: v for k, v in card.items() if k not in ("version", "created", "updated", "hashes")}, spec, parameters
+        )
         with self._locked():
             self._clean_temp()
             have = self.versions()
@@ -304,8 +317,10 @@ class Registry:
                 shutil.rmtree(tmp, ignore_errors=True)
                 raise
             fsync_dir(self.root)
-            replace_atomic(self.root / LATEST, json.dumps(
-                {"version": version, "run_id": card["run_id"], "round": card["round"]}, indent=2) + "\n")
+            replace_atomic(
+                self.root / LATEST,
+                json.dumps({"version": version, "run_id": card["run_id"], "round": card["round"]}, indent=2) + "\n",
+            )
         return Published(version, final, card)
 
     def update_card(self, version: str | int, section: str, value: Any) -> Published:
@@ -314,8 +329,9 @@ class Registry:
         card.json is rewritten first (temp file + rename), then card.md from it; `updated` records when.
         """
         if section not in UPDATABLE:
-            raise CardError(f"card.{section}: cannot be changed after publication; updatable sections: "
-                            f"{sorted(UPDATABLE)}")
+            raise CardError(
+                f"card.{section}: cannot be changed after publication; updatable sections: {sorted(UPDATABLE)}"
+            )
         with self._locked():
             p = self.get(version)
             card = dict(p.card)

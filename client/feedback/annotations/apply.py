@@ -86,8 +86,10 @@ class PacsFeedback:
             return self.apply(ds)
 
     def apply(self, ds: Dataset) -> Outcome:
-        sop_class = str(ds.get("SOPClassUID", "") or (ds.file_meta.get("MediaStorageSOPClassUID", "")
-                                                      if hasattr(ds, "file_meta") else ""))
+        sop_class = str(
+            ds.get("SOPClassUID", "")
+            or (ds.file_meta.get("MediaStorageSOPClassUID", "") if hasattr(ds, "file_meta") else "")
+        )
         kind = PARSERS.get(sop_class)
         if kind is None:
             raise ValueError(f"not an annotation SOP class: {UID(sop_class).name or sop_class}")
@@ -119,8 +121,10 @@ class PacsFeedback:
             statements = [s for s in parsed.statements if s.image_uid == image_uid]
             row = self.store.image_by_sop_uid(self.keys.uid(image_uid))
             if row is None:
-                unusable += [Unusable("unknown_image", part, image_uid) for part in
-                             [r.where for r in regions] + [s.note for s in statements]]
+                unusable += [
+                    Unusable("unknown_image", part, image_uid)
+                    for part in [r.where for r in regions] + [s.note for s in statements]
+                ]
                 continue
             self._apply_image(row, regions, statements, reviewer, ref, parsed.source, out)
         if not parsed.regions and not parsed.statements and not unusable:
@@ -129,8 +133,16 @@ class PacsFeedback:
             self._keep_aside(ref, parsed.source, part, out)
         return out
 
-    def _apply_image(self, row: ImageRow, regions: list[Region], statements: list[ImageStatement], reviewer: str,
-                     ref: str, source: str, out: Outcome) -> None:
+    def _apply_image(
+        self,
+        row: ImageRow,
+        regions: list[Region],
+        statements: list[ImageStatement],
+        reviewer: str,
+        ref: str,
+        source: str,
+        out: Outcome,
+    ) -> None:
         recorded = {(v.value or {}).get("note") for v in self.store.verdicts(row.id) if v.source_ref == ref}
         todo = [r for r in regions if r.where not in recorded]
         todo_statements = [s for s in statements if s.note not in recorded]
@@ -156,8 +168,9 @@ class PacsFeedback:
         detail = part.detail + (f" (image {self.keys.uid(part.image_uid)})" if part.image_uid else "")
         out.set_aside += 1
         out.reasons = tuple(dict.fromkeys([*out.reasons, part.reason]))
-        if not any(i.object_uid == ref and i.reason == part.reason and i.detail == detail
-                   for i in self.store.set_aside_items()):
+        if not any(
+            i.object_uid == ref and i.reason == part.reason and i.detail == detail for i in self.store.set_aside_items()
+        ):
             self.store.set_aside(object_uid=ref, reason=part.reason, source=source, detail=detail)
 
     def _set_aside_whole(self, ref: str, source: str, detail: str) -> Outcome:

@@ -11,8 +11,11 @@ PERSON_OBSERVER_NAME = ("121008", "DCM")
 
 def code(item: Dataset) -> tuple[str, str, str]:
     """(value, scheme, meaning) of a code sequence item."""
-    return (str(item.get("CodeValue", "")), str(item.get("CodingSchemeDesignator", "")),
-            str(item.get("CodeMeaning", "")))
+    return (
+        str(item.get("CodeValue", "")),
+        str(item.get("CodingSchemeDesignator", "")),
+        str(item.get("CodeMeaning", "")),
+    )
 
 
 def concept(item: Dataset) -> tuple[str, str]:
@@ -47,7 +50,10 @@ def evidence(ds: Dataset) -> list[str]:
 
 def observer(ds: Dataset) -> str:
     """Person Observer Name of the observation context, else the verifying observer, else the operator."""
-    names = [i.get("PersonName") for i in ds.get("ContentSequence", [])
-             if i.get("ValueType") == "PNAME" and concept(i) == PERSON_OBSERVER_NAME]
+    names = [
+        i.get("PersonName")
+        for i in ds.get("ContentSequence", [])
+        if i.get("ValueType") == "PNAME" and concept(i) == PERSON_OBSERVER_NAME
+    ]
     verifying = [v.get("VerifyingObserverName") for v in ds.get("VerifyingObserverSequence", [])]
     return person_name(*names, *verifying, ds.get("OperatorsName"))

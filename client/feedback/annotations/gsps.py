@@ -44,8 +44,11 @@ def parse(ds: Dataset) -> Annotations:
                     if int(obj.get("GraphicDimensions", 2) or 2) != 2:
                         raise ValueError("graphic dimensions other than 2")
                     points = [float(v) for v in obj.get("GraphicData") or []]
-                    box = shape_box(kind, _to_pixels(points, areas[image]) if display else points,
-                                    str(obj.get("GraphicFilled", "N")) == "Y")
+                    box = shape_box(
+                        kind,
+                        _to_pixels(points, areas[image]) if display else points,
+                        str(obj.get("GraphicFilled", "N")) == "Y",
+                    )
                 except NotARegion as e:
                     out.unusable.append(Unusable("not_a_region", f"{where}: {e}"))
                     break
@@ -59,8 +62,9 @@ def parse(ds: Dataset) -> Annotations:
 
 
 def _image_uids(item: Dataset) -> list[str]:
-    uids = [str(ref.get("ReferencedSOPInstanceUID", "") or "").strip()
-            for ref in item.get("ReferencedImageSequence", [])]
+    uids = [
+        str(ref.get("ReferencedSOPInstanceUID", "") or "").strip() for ref in item.get("ReferencedImageSequence", [])
+    ]
     if not all(uids):
         raise Malformed("an image reference without a Referenced SOP Instance UID")
     return uids

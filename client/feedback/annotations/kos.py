@@ -37,11 +37,16 @@ def parse(ds: Dataset) -> Annotations:
     if not titles:
         raise Malformed("a Key Object Selection without a document title")
     value, scheme, meaning = code(titles[0])
-    images = [uid for item in ds.get("ContentSequence", []) if item.get("ValueType") in ("IMAGE", "COMPOSITE")
-              for uid in referenced(item)] or evidence(ds)
+    images = [
+        uid
+        for item in ds.get("ContentSequence", [])
+        if item.get("ValueType") in ("IMAGE", "COMPOSITE")
+        for uid in referenced(item)
+    ] or evidence(ds)
     if scheme != "DCM" or value not in REJECTIONS:
-        out.unusable.append(Unusable("not_a_rejection", f"title ({value}, {scheme}, {meaning[:64]!r}) "
-                                     f"on {len(images)} object(s)"))
+        out.unusable.append(
+            Unusable("not_a_rejection", f"title ({value}, {scheme}, {meaning[:64]!r}) on {len(images)} object(s)")
+        )
         return out
     note = f"{WITHDRAWN}: {REJECTIONS[value]} (DCM {value})"
     out.statements += [ImageStatement(uid, "note", note) for uid in images]

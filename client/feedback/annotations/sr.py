@@ -74,8 +74,12 @@ def _region(item: Dataset, where: str, out: Annotations) -> None:
     except (TypeError, ValueError) as e:
         out.unusable.append(Unusable("bad_graphic", f"{where}: {e}"))
         return
-    images = [uid for child in item.get("ContentSequence", []) if child.get("ValueType") == "IMAGE"
-              for uid in referenced(child)]
+    images = [
+        uid
+        for child in item.get("ContentSequence", [])
+        if child.get("ValueType") == "IMAGE"
+        for uid in referenced(child)
+    ]
     if not images:
         out.unusable.append(Unusable("no_image_reference", where))
     out.regions += [Region(uid, box, where) for uid in images]
