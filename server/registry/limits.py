@@ -12,6 +12,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from common.protocol import N_POSITIVE
+
 INTENDED_USE = (
     "Research and evaluation of federated fracture detection. It draws boxes around suspected fractures "
     "on radiographs (CR/DX) for a qualified reader to review. It is NOT a medical device: it is not "
@@ -74,7 +76,7 @@ def _whole(value: Any) -> int | None:
 
 def performance(scope: str, metrics: dict[str, Any]) -> dict[str, Any]:
     """One row: the validation figures of `scope` (pooled or a site) with intervals where its counts allow."""
-    images, positive = _whole(metrics.get("n_images")), _whole(metrics.get("n-positive"))
+    images, positive = _whole(metrics.get("n_images")), _whole(metrics.get(N_POSITIVE))
     negative = images - positive if images is not None and positive is not None else None
     row: dict[str, Any] = {"scope": scope, "images": images, "fracture_images": positive}
     for key, n in (("sensitivity", positive), ("specificity", negative)):
