@@ -288,32 +288,19 @@ def plot_curves(records: list[RoundRecord], path: Path, title: str) -> Path:
                 y = _value(r, metric)
                 if not math.isfinite(y):
                     y = _on_line(pts, r.round)
+                cross = {
+                    "marker": "X",
+                    "markersize": 12,
+                    "color": colour[site],
+                    "markeredgecolor": "black",
+                    "markeredgewidth": 1,
+                    "linestyle": "none",
+                    "zorder": 6,
+                }
                 if math.isfinite(y):
-                    ax.plot(
-                        [r.round],
-                        [y],
-                        marker="X",
-                        markersize=12,
-                        color=colour[site],
-                        markeredgecolor="black",
-                        markeredgewidth=1,
-                        linestyle="none",
-                        zorder=6,
-                    )
+                    ax.plot([r.round], [y], **cross)
                 elif not any(o.ok for o in mine):  # a site that never got through: mark it on the x axis
-                    ax.plot(
-                        [r.round],
-                        [0.02],
-                        marker="X",
-                        markersize=12,
-                        color=colour[site],
-                        markeredgecolor="black",
-                        markeredgewidth=1,
-                        linestyle="none",
-                        zorder=6,
-                        clip_on=False,
-                        transform=ax.get_xaxis_transform(),
-                    )
+                    ax.plot([r.round], [0.02], clip_on=False, transform=ax.get_xaxis_transform(), **cross)
                 failed_any = drawn = True
         if metric in EVAL_METRICS:
             pooled = [
