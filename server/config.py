@@ -30,6 +30,7 @@ class FederationConfig:
     client_cpus: float = 1.0  # Ray resources per simulated site
     client_gpus: float = 0.0
     faults: dict[str, str] | None = None  # simulations only: site -> nan | scale | shape
+    deliver: bool = False  # after the run, send its last published version to the sites (server/deliver.py)
 
 
 @dataclass

@@ -34,6 +34,7 @@ from common.records import State, as_tensors
 from server.checkpoint import load_checkpoint, restore_strategy, strategy_snapshot
 from server.commit import Committer
 from server.config import ServerJob
+from server.deliver import deliver
 from server.export.background import background_exports
 from server.history import RoundRecord, append_records, read_records, truncate_after
 from server.loop import RoundResult, run_round
@@ -87,7 +88,10 @@ def run_federation(grid: Grid, job: ServerJob, sites_manifest: str | None = None
     run, initial = prepare(job)
     start = resume(run) or begin(run, initial)
     run_rounds(grid, run, start, round_config(run, sites_manifest))
-    return finish(run)
+    outcome = finish(run)
+    if job.federation.deliver and outcome["latest"]:  # the sites' copy of the last published version
+        outcome["delivered"] = deliver(grid, run.registry, outcome["latest"], job.federation.round_timeout)
+    return outcome
 
 
 def prepare(job: ServerJob) -> tuple[Run, State]:
