@@ -15,6 +15,7 @@ from flwr.clientapp.mod import fixedclipping_mod
 from flwr.clientapp.typing import ClientAppCallable
 from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 
+from client.continual.config import site_replay
 from client.faults import fault_injection_mod
 from client.privacy import PrivacyRefused, site_budget
 from client.site import SAFE_NAME, Site, resolve_site
@@ -79,6 +80,7 @@ def _train(site: Site, state: dict, job: SiteJob, cfg: ConfigRecord, context: Co
         proximal_mu=float(cfg.get(PROXIMAL_MU, 0.0)),
         budget=budget,
         model_version=str(cfg.get(MODEL_VERSION, "")),
+        replay=site_replay(context.node_config, job.train.replay),
     )
 
 
