@@ -15,6 +15,7 @@ from flwr.clientapp.mod import fixedclipping_mod
 from flwr.clientapp.typing import ClientAppCallable
 from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 
+from client.continual.config import site_replay
 from client.faults import fault_injection_mod
 from client.models.fetch import keep_received, receive
 from client.models.store import NODE_KEY as MODELS_DIR
@@ -96,6 +97,7 @@ def _train(site: Site, state: dict, job: SiteJob, cfg: ConfigRecord, context: Co
         proximal_mu=float(cfg.get(PROXIMAL_MU, 0.0)),
         budget=budget,
         model_version=str(cfg.get(MODEL_VERSION, "")),
+        replay=site_replay(context.node_config, job.train.replay),
     )
 
 

@@ -36,6 +36,8 @@ from server.commit import Committer
 from server.config import ServerJob
 from server.deliver import deliver
 from server.export.background import background_exports
+from server.forgetting import forgetting
+from server.forgetting import summary as forgetting_summary
 from server.history import RoundRecord, append_records, read_records, truncate_after
 from server.loop import RoundResult, run_round
 from server.privacy import ServerPrivacy, latest_reports, server_privacy
@@ -250,6 +252,7 @@ def finish(run: Run) -> dict[str, Any]:
         "best": best,
         "report": str(files["summary_md"]),
         "privacy_audit": str(audit) if audit else None,
+        "forgetting": forgetting_summary(forgetting(records)),
     }
     (run.dir / OUTCOME).write_text(json.dumps(outcome, indent=1))
     return outcome
