@@ -15,6 +15,7 @@ from flwr.clientapp.mod import fixedclipping_mod
 from flwr.clientapp.typing import ClientAppCallable
 from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 
+from client.continual.disagreement import round_request_answer
 from client.faults import fault_injection_mod
 from client.privacy import PrivacyRefused, site_budget
 from client.site import SAFE_NAME, Site, resolve_site
@@ -22,6 +23,7 @@ from client.task import evaluate_site, train_site
 from common.errors import FracflError
 from common.protocol import (
     ARRAYS,
+    ASK,
     CONFIG,
     JOB,
     METRICS,
@@ -30,6 +32,7 @@ from common.protocol import (
     NUM_EXAMPLES,
     PROXIMAL_MU,
     REAL_SITE,
+    ROUND_REQUEST,
     SERVER_ROUND,
     SITE,
     SITES_MANIFEST,
@@ -98,9 +101,13 @@ def train(msg: Message, context: Context) -> Message:
 @app.query()
 def query(msg: Message, context: Context) -> Message:
     """Whether this SuperNode serves a real site (its node config names its data): asked before a run builds
-    simulated sites, so a hospital's node is never handed a simulation."""
+    simulated sites, so a hospital's node is never handed a simulation. Asked for a round request (before a run
+    with `federation.round_requests`), the site adds its own decision (client/continual/disagreement.py)."""
     name = str(context.node_config.get("site-name", ""))
     info = {REAL_SITE: "data-dir" in context.node_config, NAME: name if SAFE_NAME.match(name) else ""}
+    cfg = msg.content.get(CONFIG, {})
+    if cfg.get(ASK) == ROUND_REQUEST:  # continual learning: whether the site requests a round, and its rate
+        info.update(round_request_answer(context.node_config, cfg.get(SITES_MANIFEST)))
     return Message(RecordDict({SITE: ConfigRecord(info)}), reply_to=msg)
 
 

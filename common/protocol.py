@@ -41,6 +41,9 @@ N_POSITIVE = "n-positive"  # fracture images among them
 ASK = "ask"
 REAL_SITE = "real-site"  # asked: whether the node serves a real site's data; answered as a bool under this key
 NAME = "name"
+# Round requests (continuous learning, issue 17): asked before a run when federation.round_requests is not "off".
+ROUND_REQUEST = "round-request"  # asked (as ASK's value) and answered: whether the site requests a round (bool)
+DISAGREEMENT = "disagreement"  # answered: the reviewers' disagreement rate, coarsened; absent when suppressed
 
 REPORTED = ("map50", "map50_95", "precision", "recall", "f1", "sensitivity", "specificity", "roc_auc")
 UNDEFINED = -1.0  # metrics are in [0, 1]; -1 marks "undefined here" (e.g. sensitivity at a site with no fracture)
