@@ -23,7 +23,7 @@ from client.task import evaluate_site, train_site
 from common.errors import FracflError
 from common.protocol import (
     ARRAYS,
-    ASK,
+    ASK_ROUND,
     CONFIG,
     JOB,
     METRICS,
@@ -32,7 +32,6 @@ from common.protocol import (
     NUM_EXAMPLES,
     PROXIMAL_MU,
     REAL_SITE,
-    ROUND_REQUEST,
     SERVER_ROUND,
     SITE,
     SITES_MANIFEST,
@@ -101,14 +100,19 @@ def train(msg: Message, context: Context) -> Message:
 @app.query()
 def query(msg: Message, context: Context) -> Message:
     """Whether this SuperNode serves a real site (its node config names its data): asked before a run builds
-    simulated sites, so a hospital's node is never handed a simulation. Asked for a round request (before a run
-    with `federation.round_requests`), the site adds its own decision (client/continual/disagreement.py)."""
+    simulated sites, so a hospital's node is never handed a simulation."""
     name = str(context.node_config.get("site-name", ""))
     info = {REAL_SITE: "data-dir" in context.node_config, NAME: name if SAFE_NAME.match(name) else ""}
-    cfg = msg.content.get(CONFIG, {})
-    if cfg.get(ASK) == ROUND_REQUEST:  # continual learning: whether the site requests a round, and its rate
-        info.update(round_request_answer(context.node_config, cfg.get(SITES_MANIFEST)))
     return Message(RecordDict({SITE: ConfigRecord(info)}), reply_to=msg)
+
+
+@app.query(ASK_ROUND)
+def round_request(msg: Message, context: Context) -> Message:
+    """Whether this site requests a round, and its reviewers' disagreement rate coarsened: the site's own decision
+    on its own settings (client/continual/disagreement.py), asked before a run with `federation.round_requests`."""
+    manifest = msg.content[CONFIG].get(SITES_MANIFEST) if CONFIG in msg.content else None
+    answer = round_request_answer(context.node_config, manifest)
+    return Message(RecordDict({SITE: ConfigRecord(answer)}), reply_to=msg)
 
 
 @app.evaluate()

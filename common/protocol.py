@@ -41,8 +41,10 @@ N_POSITIVE = "n-positive"  # fracture images among them
 ASK = "ask"
 REAL_SITE = "real-site"  # asked: whether the node serves a real site's data; answered as a bool under this key
 NAME = "name"
-# Round requests (continuous learning, issue 17): asked before a run when federation.round_requests is not "off".
-ROUND_REQUEST = "round-request"  # asked (as ASK's value) and answered: whether the site requests a round (bool)
+# Round requests (continuous learning): a query of its own (message type "query.round_request"), sent before a run
+# when federation.round_requests is not "off"; the answer (SITE) holds NAME and the two keys below.
+ASK_ROUND = "round_request"  # the query action the ClientApp registers for it
+ROUND_REQUEST = "round-request"  # answered: whether the site requests a round (bool)
 DISAGREEMENT = "disagreement"  # answered: the reviewers' disagreement rate, coarsened; absent when suppressed
 
 REPORTED = ("map50", "map50_95", "precision", "recall", "f1", "sensitivity", "specificity", "roc_auc")

@@ -17,7 +17,7 @@ from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
 from common.errors import ConfigError
-from common.protocol import ASK, CONFIG, DISAGREEMENT, NAME, ROUND_REQUEST, SITE, SITES_MANIFEST
+from common.protocol import ASK_ROUND, CONFIG, DISAGREEMENT, NAME, ROUND_REQUEST, SITE, SITES_MANIFEST
 from server.config import FederationConfig
 
 log = logging.getLogger("fracfl.server")
@@ -74,15 +74,12 @@ def check_mode(mode: str) -> str:
 
 
 def ask_round_requests(grid: Grid, timeout: float, sites_manifest: str | None = None) -> RoundRequests:
-    """Query every connected node; a node that does not answer, or answers with an error, does not request."""
+    """Query every connected node; a node that does not answer, or answers with an error (a ClientApp without
+    round requests), does not request."""
     nodes = sorted(grid.get_node_ids())
-    config: dict[str, Any] = {ASK: ROUND_REQUEST}
-    if sites_manifest:  # simulated sites find their settings through it
-        config[SITES_MANIFEST] = sites_manifest
-    ask = [
-        Message(RecordDict({CONFIG: ConfigRecord(config)}), dst_node_id=n, message_type=MessageType.QUERY)
-        for n in nodes
-    ]
+    config: dict[str, Any] = {SITES_MANIFEST: sites_manifest} if sites_manifest else {}  # simulated sites' settings
+    kind = f"{MessageType.QUERY}.{ASK_ROUND}"
+    ask = [Message(RecordDict({CONFIG: ConfigRecord(config)}), dst_node_id=n, message_type=kind) for n in nodes]
     answers = []
     for m in grid.send_and_receive(ask, timeout=timeout) if ask else []:
         if m.has_error() or SITE not in m.content:

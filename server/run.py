@@ -294,6 +294,11 @@ def config_hash(job: ServerJob) -> str:
     d = asdict(job)
     for k in ("run_dir", "progress", "registry", "val_data", "sites_manifest", "tracking", "export"):
         d.pop(k, None)
+    # Whether the sites were asked first changes no round; a run without a warm start hashes as before these keys
+    # existed, so a run folder from an earlier fracfl still resumes.
+    d["federation"].pop("round_requests", None)
+    if d["federation"].get("warm_start") is None:
+        d["federation"].pop("warm_start", None)
     return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
