@@ -15,8 +15,12 @@ from flwr.clientapp.mod import fixedclipping_mod
 from flwr.clientapp.typing import ClientAppCallable
 from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 
+from client.continual.config import site_replay
 from client.continual.disagreement import round_request_answer
 from client.faults import fault_injection_mod
+from client.models.fetch import keep_received, receive
+from client.models.store import NODE_KEY as MODELS_DIR
+from client.models.store import ModelStore
 from client.privacy import PrivacyRefused, site_budget
 from client.site import SAFE_NAME, Site, resolve_site
 from client.task import evaluate_site, train_site
@@ -25,6 +29,11 @@ from common.protocol import (
     ARRAYS,
     ASK_ROUND,
     CONFIG,
+    DELIVER,
+    DELIVERED_FILES,
+    DELIVERED_NAMES,
+    DELIVERED_VERSION,
+    DELIVERY,
     JOB,
     METRICS,
     MODEL_VERSION,
@@ -72,6 +81,15 @@ def _handle(msg: Message, context: Context, what: str, work: Work) -> Message:
 
 def _train(site: Site, state: dict, job: SiteJob, cfg: ConfigRecord, context: Context):
     budget = site_budget(site.name, context.node_config, job.privacy) if job.privacy.mode == "dp_sgd" else None
+    if MODELS_DIR in context.node_config:  # the site keeps the global model it received (`fracfl site fetch received`)
+        numpy = {k: v.numpy() for k, v in state.items()}
+        keep_received(
+            ModelStore(str(context.node_config[MODELS_DIR])),
+            numpy,
+            job.spec,
+            job.train.imgsz,
+            str(cfg.get(MODEL_VERSION, "")) or "received",
+        )
     return train_site(
         site.name,
         site.data,
@@ -81,6 +99,7 @@ def _train(site: Site, state: dict, job: SiteJob, cfg: ConfigRecord, context: Co
         proximal_mu=float(cfg.get(PROXIMAL_MU, 0.0)),
         budget=budget,
         model_version=str(cfg.get(MODEL_VERSION, "")),
+        replay=site_replay(context.node_config, job.train.replay),
     )
 
 
@@ -123,3 +142,27 @@ def evaluate(msg: Message, context: Context) -> Message:
         "evaluate",
         lambda site, state, job, cfg, context: (None, evaluate_site(site.data, state, job), None),
     )
+
+
+@app.query(DELIVER)
+def deliver(msg: Message, context: Context) -> Message:
+    """A published version sent after a run (server/deliver.py): checked against its card's hashes and left in the
+    model store's inbox when the node config names `models-dir`; installing and promoting it are the site's
+    decisions (`fracfl site fetch|promote`)."""
+    name = str(context.node_config.get("site-name", f"node-{context.node_id}"))
+    record = msg.content[DELIVERY]
+    version = str(record[DELIVERED_VERSION])
+    if MODELS_DIR not in context.node_config:
+        status = f"not stored: node config has no {MODELS_DIR}"
+    else:
+        try:
+            files = dict(zip(record[DELIVERED_NAMES], record[DELIVERED_FILES], strict=True))
+            folder = receive(ModelStore(str(context.node_config[MODELS_DIR])), version, files)
+        except (FracflError, OSError, ValueError) as e:
+            log.warning("site %s refused delivered %s: %s", name, version, e)
+            status = f"refused: {type(e).__name__} (see the site's log)"
+        else:
+            log.info("site %s received %s into %s", name, version, folder)
+            status = "stored"
+    reply = SiteReply(name if SAFE_NAME.match(name) else f"node-{context.node_id}", status)
+    return Message(RecordDict({SITE: ConfigRecord(reply.to_record())}), reply_to=msg)

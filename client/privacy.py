@@ -10,7 +10,7 @@ already spent; failing to read or write the ledger means no training (fail close
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -123,13 +123,15 @@ UNITS = ("auto", "patient", "image")
 
 
 def privacy_groups(
-    site: str, budget: Budget, cfg: PrivacyConfig, data_root: Path, images: list[Path]
+    site: str, budget: Budget, cfg: PrivacyConfig, data_root: Path | Sequence[Path], images: list[Path]
 ) -> np.ndarray | None:
     """A patient number per training image when the unit is the patient, None for the image unit. The patient is
-    the default wherever the data names patients; a real site refuses a run asking it to protect images only."""
+    the default wherever the data names patients; a real site refuses a run asking it to protect images only.
+    `data_root` is the folder (or folders: the site's data and its feedback pool) whose patients.csv name them."""
     if cfg.unit not in UNITS:
         raise ConfigError(f"privacy.unit: expected one of {UNITS}, got {cfg.unit!r}")
-    patients = read_patients(data_root)
+    roots = [data_root] if isinstance(data_root, Path) else list(data_root)
+    patients = {image: patient for root in roots for image, patient in read_patients(root).items()}
     named = sum(Path(p).stem in patients for p in images)
     if cfg.unit == "image":
         if named and budget.real:

@@ -6,14 +6,17 @@ Only weights and aggregate numbers leave this module; images, file names and per
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import asdict, replace
 from functools import lru_cache
 from pathlib import Path
 
 import torch
 
+from client.continual.pool import PoolVersion, current_pool, load_version, record_round
+from client.continual.replay import training_parts
 from client.privacy import Budget, PrivacyRefused, guard_round, privacy_groups
-from common.config import to_typed
+from common.config import AugmentConfig, ReplayConfig, to_typed
 from common.data.dataset import DetectionDataset
 from common.engine.device import select_device
 from common.engine.evaluate import evaluate_model
@@ -23,14 +26,29 @@ from common.nn.model import reusable_model
 from common.privacy.ledger import LedgerError
 from common.protocol import NUM_EXAMPLES, SiteJob, encode_metrics
 
+log = logging.getLogger("fracfl.client.task")
+
+
+def _augment(augment: str | None) -> AugmentConfig | None:
+    return to_typed(json.loads(augment), AugmentConfig) if augment else None
+
 
 @lru_cache(maxsize=8)
 def _dataset(data: str, split: str, imgsz: int, augment: str | None, seed: int) -> DetectionDataset:
     """Datasets stay decoded in memory between rounds (simulated sites live in long-running workers)."""
-    from common.config import AugmentConfig
+    return DetectionDataset.from_data(data, split, imgsz, augment=_augment(augment), cache=True, seed=seed)
 
-    aug = to_typed(json.loads(augment), AugmentConfig) if augment else None
-    return DetectionDataset.from_data(data, split, imgsz, augment=aug, cache=True, seed=seed)
+
+@lru_cache(maxsize=8)
+def _training_set(
+    data: str, pool: str | None, share: float, imgsz: int, augment: str | None, seed: int
+) -> tuple[DetectionDataset, list[Path]]:
+    """The round's training images (original split at the replay share, plus the pool version `pool`, immutable,
+    so its folder is a sound cache key) and the folders naming their patients."""
+    version = None if pool is None else load_version(Path(pool))
+    parts = training_parts(Path(data), version, ReplayConfig(original_share=share))
+    dataset = DetectionDataset.from_specs(parts.parts, imgsz, augment=_augment(augment), cache=True, seed=seed)
+    return dataset, parts.roots
 
 
 def _model(job: SiteJob, state: dict[str, torch.Tensor]) -> torch.nn.Module:
@@ -49,18 +67,33 @@ def train_site(
     proximal_mu: float = 0.0,
     budget: Budget | None = None,
     model_version: str = "",
+    replay: ReplayConfig | None = None,
 ) -> tuple[dict[str, torch.Tensor], dict[str, float], dict | None]:
     """Local training for one round; returns new weights, metrics (with NUM_EXAMPLES for weighting) and, with
     DP-SGD, the privacy report. With DP-SGD the round is checked against the site's `budget` first and recorded in
-    its ledger before the weights are returned (PrivacyRefused when it must not train)."""
+    its ledger before the weights are returned (PrivacyRefused when it must not train).
+
+    The round trains on the original train split plus the site's current feedback pool, mixed by `replay` (the
+    site's own setting, client.continual.config.site_replay; default: the job's proposal). The reply says only how
+    many images that was, never what the pool holds."""
     cfg = replace(job.train, epochs=job.train.local_epochs)
-    train = _dataset(str(data), "train", cfg.imgsz, json.dumps(asdict(cfg.augment)), job.seed)
+    mix = replay or job.train.replay
+    root = data if data.is_dir() else data.parent
+    pool = current_pool(root) if mix.use_pool else None
+    train, roots = _training_set(
+        str(data),
+        None if pool is None else str(pool.root),
+        mix.original_share,
+        cfg.imgsz,
+        json.dumps(asdict(cfg.augment)),
+        job.seed,
+    )
     seed = job.seed * 100_003 + server_round
     guard = None
     if job.privacy.mode == "dp_sgd":
         if budget is None:
             raise ConfigError("privacy=dp_sgd: the site has no privacy budget configured")
-        groups = privacy_groups(site, budget, job.privacy, data if data.is_dir() else data.parent, train.images)
+        groups = privacy_groups(site, budget, job.privacy, roots, train.images)
         guard = guard_round(
             site,
             budget,
@@ -98,7 +131,18 @@ def train_site(
         k: float(result.metrics[k]) for k in ("loss", "box_loss", "cls_loss", "dfl_loss", "steps", "images_per_s")
     }
     metrics[NUM_EXAMPLES] = float(len(train))
+    if pool is not None:
+        _note_round(root, pool)
     return result.state, metrics, privacy
+
+
+def _note_round(root: Path, pool: PoolVersion) -> None:
+    """Remember the pool version this round used (`fracfl site pool` shows what changed since); a site folder
+    that cannot be written to loses only that note, not the round."""
+    try:
+        record_round(root, pool)
+    except OSError as e:
+        log.warning("cannot note the pool version this round used (%s)", e)
 
 
 def evaluate_site(data: Path, state: dict[str, torch.Tensor], job: SiteJob) -> dict[str, float]:

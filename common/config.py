@@ -133,10 +133,20 @@ class TrainConfig:
 
 
 @dataclass
+class ReplayConfig:
+    """How a site's round mixes its original training split with its feedback pool (client/continual/replay.py).
+    The run's values are a proposal: a real site's own site.toml `[continual]` table wins."""
+
+    original_share: float = 1.0  # share of the original train images kept, chosen stably by image content hash
+    use_pool: bool = True  # also train on the pool's train split when the site has built one
+
+
+@dataclass
 class LocalTrainConfig(TrainConfig):
     """Site-side training in a federated run: `local_epochs` (or `max_steps`) of the shared engine per round."""
 
     local_epochs: int = 1
+    replay: ReplayConfig = field(default_factory=ReplayConfig)
 
 
 # The TFLite builds of a published model (made by the server's exports, run by `predict` and the listener).

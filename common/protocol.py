@@ -24,6 +24,7 @@ ARRAYS = "arrays"  # ArrayRecord: the global state (to a site) or the site's new
 CONFIG = "config"  # ConfigRecord: the round's configuration, server to site; Flower's default
 METRICS = "metrics"  # MetricRecord: a site's aggregate numbers (encode_metrics, the training losses)
 SITE = "site"  # ConfigRecord: who answered and how it went (SiteReply)
+DELIVERY = "delivery"  # ConfigRecord: a published version delivered to the sites after a run (server/deliver.py)
 
 # Keys of the round's configuration (CONFIG).
 JOB = "job"  # the SiteJob, as JSON
@@ -46,6 +47,12 @@ NAME = "name"
 ASK_ROUND = "round_request"  # the query action the ClientApp registers for it
 ROUND_REQUEST = "round-request"  # answered: whether the site requests a round (bool)
 DISAGREEMENT = "disagreement"  # answered: the reviewers' disagreement rate, coarsened; absent when suppressed
+
+# Delivery of a published version to the sites (message type "query.deliver"), the keys of its DELIVERY record.
+DELIVER = "deliver"  # the query action the ClientApp registers for deliveries
+DELIVERED_VERSION = "version"  # the registry version's name
+DELIVERED_NAMES = "names"  # file names inside the version folder (card.json, model.safetensors, exports/...)
+DELIVERED_FILES = "files"  # the files' bytes, in the order of DELIVERED_NAMES
 
 REPORTED = ("map50", "map50_95", "precision", "recall", "f1", "sensitivity", "specificity", "roc_auc")
 UNDEFINED = -1.0  # metrics are in [0, 1]; -1 marks "undefined here" (e.g. sensitivity at a site with no fracture)

@@ -17,6 +17,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from server.forgetting import METRICS as FORGETTING_METRICS
+from server.forgetting import forgetting, plot_forgetting
+from server.forgetting import summary as forgetting_summary
 from server.history import RoundRecord
 
 BASE_COLUMNS = ("round", "site", "phase", "examples", "status")
@@ -32,7 +35,13 @@ LABELS = {
     "loss": "Training loss",
 }
 SHORT = {"map50": "mAP@0.5", "map50_95": "mAP@0.5:0.95", "roc_auc": "ROC AUC"}  # Markdown column headers
-FILES = {"rounds_csv": "rounds.csv", "curves_png": "curves.png", "summary_md": "summary.md", "facts_json": "facts.json"}
+FILES = {
+    "rounds_csv": "rounds.csv",
+    "curves_png": "curves.png",
+    "forgetting_png": "forgetting.png",
+    "summary_md": "summary.md",
+    "facts_json": "facts.json",
+}
 
 
 # --- records ------------------------------------------------------------------------------------------------------
@@ -135,6 +144,7 @@ def report_facts(records: list[RoundRecord], title: str, config_summary: Mapping
     best = max(scored, key=lambda r: (_value(r, "map50"), -r.round), default=None)
     events = [r for r in latest if not r.ok]
     rounds = sorted({r.round for r in latest})
+    table = forgetting(records)
 
     def rec(r: RoundRecord, *keys: str) -> dict[str, Any]:
         return {k: {m: _value(r, m) for m in r.metrics} if k == "metrics" else getattr(r, k) for k in keys}
@@ -156,6 +166,7 @@ def report_facts(records: list[RoundRecord], title: str, config_summary: Mapping
         if best is None
         else {"round": best.round, "map50": _value(best, "map50"), "metrics": rec(best, "metrics")["metrics"]},
         "events": [rec(r, "round", "site", "phase", "status") for r in events],
+        "forgetting": {"per_round": table, "sites": forgetting_summary(table)},
         "files": dict(FILES),
     }
 
@@ -223,6 +234,35 @@ def _markdown(s: dict[str, Any]) -> str:
         + (f"round {b['round']} (mAP@0.5 {b['map50']:.3f})" if b else "none (no pooled mAP@0.5 recorded)"),
         "",
     ]
+
+    out += [
+        "## Forgetting",
+        "",
+        "On each site's original validation split: the best earlier round minus this round (0: at its best so far). "
+        f"Per round: `{FILES['forgetting_png']}` and `{FILES['facts_json']}`.",
+        "",
+    ]
+    sites = s["forgetting"]["sites"]
+    out += (
+        _md_table(
+            ["site", "last round", *(f"{SHORT.get(m, m)} {w}" for m in FORGETTING_METRICS for w in ("last", "worst"))],
+            [
+                [
+                    site,
+                    _fmt(f["last_round"]),
+                    *(
+                        f"{_fmt(f[m][w])}" + (f" (round {f[m]['worst_round']})" if w == "worst" and f[m][w] else "")
+                        for m in FORGETTING_METRICS
+                        for w in ("last", "worst")
+                    ),
+                ]
+                for site, f in sites.items()
+            ],
+        )
+        if sites
+        else ["(no site evaluations)"]
+    )
+    out.append("")
 
     out += ["## Events (status other than ok)", ""]
     out += [f"- round {e['round']}, {e['site']} ({e['phase']}): {e['status']}" for e in s["events"]] or ["None."]
@@ -406,15 +446,16 @@ def plot_curves(records: list[RoundRecord], path: Path, title: str) -> Path:
 def write_report(
     records: list[RoundRecord], out_dir: Path, title: str, config_summary: Mapping[str, object]
 ) -> dict[str, Path]:
-    """Write rounds.csv, curves.png, summary.md and facts.json into `out_dir`; returns {kind: path}.
+    """Write rounds.csv, curves.png, forgetting.png, summary.md and facts.json into `out_dir`; returns {kind: path}.
 
-    Keys: ``rounds_csv``, ``curves_png``, ``summary_md``, ``facts_json``.
+    Keys: ``rounds_csv``, ``curves_png``, ``forgetting_png``, ``summary_md``, ``facts_json``.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {k: out_dir / name for k, name in FILES.items()}
     write_csv(records, paths["rounds_csv"])
     plot_curves(records, paths["curves_png"], title)
+    plot_forgetting(forgetting(records), paths["forgetting_png"], title)
     facts = report_facts(records, title, config_summary)
     paths["summary_md"].write_text(_markdown(facts), encoding="utf-8")
     paths["facts_json"].write_text(

@@ -35,7 +35,10 @@ from common.utils.durable import write_durable
 from server.checkpoint import load_checkpoint, restore_strategy, strategy_snapshot
 from server.commit import Committer
 from server.config import ServerJob
+from server.deliver import deliver
 from server.export.background import background_exports
+from server.forgetting import forgetting
+from server.forgetting import summary as forgetting_summary
 from server.history import RoundRecord, append_records, read_records, truncate_after
 from server.loop import RoundResult, run_round
 from server.privacy import ServerPrivacy, latest_reports, server_privacy
@@ -93,7 +96,10 @@ def run_federation(grid: Grid, job: ServerJob, sites_manifest: str | None = None
     start = resume(run) or begin(run, initial, ask_if_configured(grid, job.federation, sites_manifest))
     if start.round <= job.federation.rounds:
         run_rounds(grid, run, start, round_config(run, sites_manifest))
-    return finish(run)
+    outcome = finish(run)
+    if job.federation.deliver and outcome["latest"]:  # the sites' copy of the last published version
+        outcome["delivered"] = deliver(grid, run.registry, outcome["latest"], job.federation.round_timeout)
+    return outcome
 
 
 def prepare(job: ServerJob) -> tuple[Run, State]:
@@ -254,7 +260,7 @@ def finish(run: Run) -> dict[str, Any]:
     started: its warm-start version, the sites' round requests, why it skipped)."""
     job = run.job
     if run.started.get("skipped"):
-        return _outcome(run, {"latest": None, "best": None, "report": None, "privacy_audit": None})
+        return _outcome(run, {"latest": None, "best": None, "report": None, "privacy_audit": None, "forgetting": None})
     records = read_records(run.records)
     files = write_report(records, run.dir / "report", f"fracfl run {job.run_id}", _config_summary(run))
     audit = run.privacy.audit(run.dir / "report")
@@ -278,6 +284,7 @@ def finish(run: Run) -> dict[str, Any]:
             "best": best,
             "report": str(files["summary_md"]),
             "privacy_audit": str(audit) if audit else None,
+            "forgetting": forgetting_summary(forgetting(records)),
         },
     )
 

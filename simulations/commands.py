@@ -16,6 +16,9 @@ def _job(cfg: DictConfig) -> None:
     from simulations.config import SimulationJob
     from simulations.runner import load_resumed, run_simulation_job
 
+    if cfg.get("continual") is not None:
+        _continual(cfg)
+        return
     if cfg.get("resume"):
         run_dir = Path(cfg.resume)
         job = load_resumed(run_dir)
@@ -24,6 +27,18 @@ def _job(cfg: DictConfig) -> None:
         run_dir = Path(HydraConfig.get().runtime.output_dir)
     outcome = run_simulation_job(job, run_dir)
     print(f"run {job.run_id}: last published {outcome.get('latest')}; report {outcome.get('report')}")
+
+
+def _continual(cfg: DictConfig) -> None:
+    from common.errors import ConfigError
+    from simulations.continual.config import ContinualJob
+    from simulations.continual.loop import run_continual
+
+    if cfg.get("resume"):
+        raise ConfigError("resume: a continual simulation cannot be resumed yet; start it again in a new run folder")
+    job = to_typed(cfg, ContinualJob)
+    files = run_continual(job, Path(HydraConfig.get().runtime.output_dir))
+    print(f"continual run {job.run_id}: report {files['html']}")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -35,6 +50,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Simulate a federation: sites are built by the partition group (synthetic hospitals by default), "
         "then the real ServerApp/ClientApp run on Flower's Ray backend. Examples: `strategy=fedprox "
         "federation.sites=5 train.local_epochs=2`, `partition=fracatlas_regions`, `--multirun strategy=fedavg,fedprox`,"
-        " `resume=runs/federated/RUN` to continue a killed run.",
+        " `resume=runs/federated/RUN` to continue a killed run, `+continual=default` (or `experiment=continual_demo`) for "
+        "T periods of continuous learning (docs/continuous-learning.md).",
         job=_job,
     )

@@ -7,10 +7,13 @@ import shutil
 
 import pydicom
 import pytest
+import yaml
 from dicom_files import PATIENT_NAME, names_in, small_cr, without_patient_identity
 
+from client.continual.holdout import holdout_salt, in_holdout
 from client.dicom.deid import SiteKeys
 from common.cli import main
+from common.data.spec import load_spec
 from common.privacy.patients import PATIENTS_FILE, read_patients
 from common.synth import generate_dataset, get_profile
 from common.utils.staged import recover, staged_folder
@@ -25,7 +28,7 @@ def site(tmp_path_factory):
     return root / SITE
 
 
-def _ingest(site, out, keys, fraction: str, labels=None) -> int:
+def _ingest(site, out, keys, fraction: str, labels=None, extra=()) -> int:
     """Ingest `site/dicom` (or the folder `site` itself when `labels` is given)."""
     dicom, labels = (site / "dicom", site / "labels") if labels is None else (site, labels)
     return main(
@@ -42,6 +45,7 @@ def _ingest(site, out, keys, fraction: str, labels=None) -> int:
             "accept",
             "--val-fraction",
             fraction,
+            *extra,
         ]
     )
 
@@ -130,3 +134,39 @@ def test_the_output_folder_is_complete_or_absent(tmp_path):
     out.rename(tmp_path / ".data.previous")
     recover(out)
     assert (out / "data.yaml").read_text() == "v1" and sorted(p.name for p in tmp_path.iterdir()) == ["data"]
+
+
+def test_a_test_split_holds_patients_out_by_the_sites_salt_and_stays_as_it_was_split(site, tmp_path, capsys):
+    out, keys = tmp_path / "data", tmp_path / "keys"
+    assert _ingest(site, out, keys, "0", extra=["--test-fraction", "0.5"]) == 0
+    assert "test)" in capsys.readouterr().out
+    salt = holdout_salt(out, create=False)  # made at the site, kept in the folder
+    patients = read_patients(out)
+    split_of = {p.stem: p.parent.name for p in (out / "images").rglob("*.png")}
+    assert len(split_of) == 4 and set(split_of.values()) <= {"train", "test"}
+    for stem, split in split_of.items():  # by patient, under the site's salt
+        assert (split == "test") == in_holdout(patients[stem], 0.5, salt)
+        assert (out / "labels" / split / f"{stem}.txt").is_file()
+    assert set(load_spec(out).splits) == {"train", "val", "test"}  # val is empty (share 0) but loads
+    record = json.loads((out / "ingest.json").read_text())
+    assert record["test_fraction"] == 0.5 and sum(record["splits"].values()) == 4
+
+    # Without --test-fraction a later ingest keeps the folder's share and every patient's split; another share fails.
+    assert _ingest(site, out, keys, "0") == 0
+    assert {p.stem: p.parent.name for p in (out / "images").rglob("*.png")} == split_of
+    assert holdout_salt(out, create=False) == salt
+    capsys.readouterr()
+    assert _ingest(site, out, keys, "0", extra=["--test-fraction", "0.2"]) != 0
+    assert "--test-fraction 0.2: this folder was split with 0.5" in capsys.readouterr().err
+
+
+def test_a_folder_from_before_test_splits_keeps_working(site, tmp_path, capsys):
+    out, keys = tmp_path / "data", tmp_path / "keys"
+    assert _ingest(site, out, keys, "0.5") == 0
+    record = json.loads((out / "ingest.json").read_text())
+    del record["test_fraction"]  # as ingest wrote it before the test split existed
+    (out / "ingest.json").write_text(json.dumps(record))
+    before = sorted(p.relative_to(out) for p in (out / "images").rglob("*.png"))
+    assert _ingest(site, out, keys, "0.5") == 0
+    assert sorted(p.relative_to(out) for p in (out / "images").rglob("*.png")) == before
+    assert "test" not in yaml.safe_load((out / "data.yaml").read_text()) and not (out / "holdout.salt").exists()

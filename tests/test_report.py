@@ -104,7 +104,7 @@ def test_write_report(tmp_path):
         "Demo federation",
         {"strategy": "fedavg", "rounds": ROUNDS, "dp": {"epsilon": 8.0, "delta": 1e-5}},
     )
-    assert set(paths) == {"rounds_csv", "curves_png", "summary_md", "facts_json"}
+    assert set(paths) == {"rounds_csv", "curves_png", "forgetting_png", "summary_md", "facts_json"}
     assert paths["facts_json"].name == "facts.json"
 
     with paths["rounds_csv"].open() as f:

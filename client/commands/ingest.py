@@ -8,12 +8,21 @@ import argparse
 def _run(a: argparse.Namespace) -> int:
     from client.dicom.ingest import ingest
 
-    report = ingest(a.dicom, a.labels, a.out, a.keys, burned_in=a.burned_in, val_fraction=a.val_fraction)
+    report = ingest(
+        a.dicom,
+        a.labels,
+        a.out,
+        a.keys,
+        burned_in=a.burned_in,
+        val_fraction=a.val_fraction,
+        test_fraction=a.test_fraction,
+    )
     for path, reason, problem in report.skipped:  # local console only: file names may identify patients
         print(f"skipped {path} ({reason}): {problem}")
+    now = ", ".join(f"{n} {split}" for split, n in report.splits.items())
     print(
-        f"ingest: {report.added} image(s) added to {a.out} (now {report.splits['train']} train, "
-        f"{report.splits['val']} val); skipped by reason: {report.counts()['skipped'] or 'none'}"
+        f"ingest: {report.added} image(s) added to {a.out} (now {now}); "
+        f"skipped by reason: {report.counts()['skipped'] or 'none'}"
     )
     for warning in report.warnings():
         print(f"warning: {warning}")
@@ -39,4 +48,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="images flagged BurnedInAnnotation=YES: refuse (default) or accept after checking the source",
     )
     p.add_argument("--val-fraction", type=float, default=0.25, help="share of patients put in the validation split")
+    p.add_argument(
+        "--test-fraction",
+        type=float,
+        default=None,
+        help="share of patients held out in a test split, never trained on (default: the share the folder was "
+        "split with; 0 for a new folder)",
+    )
     p.set_defaults(func=_run)

@@ -47,7 +47,7 @@ def listen_config(cfg: DictConfig, taken: dict[str, str]) -> ListenConfig:
         if "weights" in cfg:
             deprecated("config key weights", "model")
             old = cfg.pop("weights")
-            if OmegaConf.is_missing(cfg, "model"):  # both given: model wins
+            if OmegaConf.is_missing(cfg, "model") or not cfg.model:  # both given: model wins
                 cfg.model = old
     return to_typed(cfg, ListenConfig)
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from client.commands import site_models, site_pool
+
 
 def _init(a: argparse.Namespace) -> int:
     from client.site_config import NODE_KEY, write_site_config
@@ -113,3 +115,5 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--journal", default=None, help="append the counts here (default QUEUE_DIR/purge-log.jsonl)")
     r.add_argument("--yes", action="store_true", help="remove; without it, only report what would go")
     r.set_defaults(func=_purge)
+    site_pool.register_actions(ssub)
+    site_models.register_actions(ssub)

@@ -22,12 +22,12 @@ from __future__ import annotations
 import logging
 import math
 import sqlite3
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from client.continual.config import TABLE, continual_table
 from client.feedback.store import FeedbackStore
 from client.site import resolve_site
 from common.errors import ConfigError, FracflError
@@ -35,7 +35,6 @@ from common.protocol import DISAGREEMENT, NAME, ROUND_REQUEST
 
 log = logging.getLogger("fracfl.client")
 
-TABLE = "continual"
 STEP = 0.05  # the coarsest grid a rate leaves the site on
 MIN_REVIEWED_FLOOR = 10  # below this, a rate would say how a handful of individual cases were judged
 DEFAULT_MIN_REVIEWED = 30
@@ -52,12 +51,7 @@ def request_settings(site_toml: str | Path) -> RequestSettings | None:
     """The site's round-request settings from its site.toml's `[continual]` table; None when it sets no
     `disagreement_threshold` (the site takes no part). ConfigError names the file and key that are wrong."""
     path = Path(site_toml)
-    try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8")).get(TABLE, {})
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
-        raise ConfigError(f"{path}: cannot read the site configuration ({e})") from e
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: [{TABLE}] must be a table")
+    raw = continual_table(path)
     if "disagreement_threshold" not in raw:
         return None
     threshold = raw["disagreement_threshold"]

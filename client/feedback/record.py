@@ -23,23 +23,27 @@ def record_finding(
     ds = pydicom.dcmread(kept, stop_before_pixels=True)
     if not store.class_names() and prediction.names:
         store.set_class_names([prediction.names.get(k, str(k)) for k in range(max(prediction.names) + 1)])
-    boxes = [
-        Box(x1, y1, x2, y2, cls=f["class_id"], score=f["score"])
-        for f in prediction.findings()
-        for x1, y1, x2, y2 in [f["box"]]
-        if x1 < x2 and y1 < y2
-    ]
     return store.record_image(
         sop_uid=str(ds.SOPInstanceUID),
         image_ref=str(kept),
         model_version=model_version,
         probability=prediction.probability,
-        boxes=boxes,
+        boxes=finding_boxes(prediction),
         heatmap_ref=str(heatmap) if heatmap is not None else None,
         body_part=str(ds.get("BodyPartExamined", "")) or None,
         patient=str(ds.get("PatientID", "")) or None,
         origin=origin,
     )
+
+
+def finding_boxes(prediction: Prediction) -> list[Box]:
+    """The boxes a reader is shown (at the operating point, highest score first), as the store keeps them."""
+    return [
+        Box(x1, y1, x2, y2, cls=f["class_id"], score=f["score"])
+        for f in prediction.findings()
+        for x1, y1, x2, y2 in [f["box"]]
+        if x1 < x2 and y1 < y2
+    ]
 
 
 class PredictFeedback:

@@ -36,6 +36,9 @@ class ListenConfig:
     destination: DestinationConfig | None = field(default_factory=DestinationConfig)  # null: keep results only on disk
     queue_dir: str = "var/listener"
     model: str = ""  # weights file or registry version folder (the old key `weights` is still read, with a warning)
+    models_dir: str | None = None  # the site's model store instead of `model`: its current version, hot-reloaded
+    clinical: bool = False  # only approved versions (signed with approval_key's site key); needs models_dir
+    approval_key: str | None = None  # the site's key (its private PEM, or the public PEM) that signs approvals
     backend: str = "torch"  # torch | tflite (an edge build exported into the version folder)
     variant: str = "fp32"  # tflite build: one of common.config.TFLITE_VARIANTS
     threads: int = 2  # CPU threads for inference
@@ -75,6 +78,11 @@ class ListenConfig:
             raise ConfigError(
                 "config key feedback_db: set keep_dir too; the feedback store references only the "
                 "de-identified copies kept there"
+            )
+        if self.clinical and not (self.models_dir and self.approval_key):
+            raise ConfigError(
+                "config key clinical: set models_dir and approval_key too; clinical use takes only versions "
+                "approved and signed in the site's model store"
             )
         for i, peer in enumerate(self.allowed_peers):
             if peer.ae_title is None and peer.host is None:

@@ -10,7 +10,10 @@ from client.feedback.record import record_finding
 from client.feedback.store import FeedbackStore
 from client.listener.config import ListenConfig
 from client.listener.processor import Processor, Quarantine
+from client.listener.reload import ReloadingProcessor
 from client.listener.routing import AnnotationProcessor, RoutingProcessor
+from client.models.approval import public_key_of
+from client.models.store import ModelStore
 from common.errors import ConfigError
 
 log = logging.getLogger("fracfl.listener")
@@ -45,27 +48,39 @@ class PipelineProcessor:
 
 
 def build_processor(cfg: ListenConfig) -> Processor:
-    """Load the model once; results are written under queue_dir/results, rejected files under queue_dir/quarantine."""
+    """Load the model once (or, with models_dir, the store's current version, hot-reloaded between items); results
+    are written under queue_dir/results, rejected files under queue_dir/quarantine."""
     from client.dicom.pipeline import DicomPipeline
 
-    if not cfg.model:
-        raise ConfigError("config key model: give the model (a weights file or a registry version folder)")
+    if bool(cfg.model) == bool(cfg.models_dir):
+        raise ConfigError(
+            "config key model: give the model (a weights file or a registry version folder), or models_dir "
+            "(the site's model store), not both"
+        )
+    cfg.check()
     root = Path(cfg.queue_dir)
     feedback = FeedbackStore(cfg.feedback_db) if cfg.feedback_db else None  # opened first: a bad path fails now
-    pipeline = DicomPipeline(
-        cfg.model,
-        root / "results",
-        root / "quarantine",
-        backend=cfg.backend,
-        variant=cfg.variant,
-        eval_cfg=cfg.eval,
-        keep_dir=cfg.keep_dir,
-        heatmap=cfg.heatmap,
-    )
-    # Radiologists' annotations are matched through the same site keys that named the kept copies.
-    annotations = (
-        AnnotationProcessor(PacsFeedback(feedback, pipeline.deidentify.keys))
-        if feedback is not None and pipeline.deidentify is not None
-        else None
-    )
-    return RoutingProcessor(PipelineProcessor(pipeline, feedback), annotations)
+
+    def build(model: str | Path) -> Processor:
+        pipeline = DicomPipeline(
+            model,
+            root / "results",
+            root / "quarantine",
+            backend=cfg.backend,
+            variant=cfg.variant,
+            eval_cfg=cfg.eval,
+            keep_dir=cfg.keep_dir,
+            heatmap=cfg.heatmap,
+        )
+        # Radiologists' annotations are matched through the same site keys that named the kept copies.
+        annotations = (
+            AnnotationProcessor(PacsFeedback(feedback, pipeline.deidentify.keys))
+            if feedback is not None and pipeline.deidentify is not None
+            else None
+        )
+        return RoutingProcessor(PipelineProcessor(pipeline, feedback), annotations)
+
+    if not cfg.models_dir:
+        return build(cfg.model)
+    public_key = public_key_of(cfg.approval_key) if cfg.clinical and cfg.approval_key else None
+    return ReloadingProcessor(ModelStore(cfg.models_dir), build, public_key)

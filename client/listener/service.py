@@ -184,6 +184,7 @@ class ListenerService:
             "uptime_s": round(time.time() - self.started),
             "queue": {s: self.queue.count(s) for s in ("incoming", "processing", "outbox", "failed")},
             "running": not self._stop.is_set(),
+            "model": getattr(self.processor, "version", None),  # the model store's version in use (hot reload)
         }
         tmp = Path(self.queue.root) / "status.json.tmp"
         tmp.write_text(json.dumps(status))

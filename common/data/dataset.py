@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from common.config import AugmentConfig
 from common.data.augment import augment, boxes_to_pixels, letterbox, mosaic, pixels_to_boxes
 from common.data.images import read_image
 from common.data.labels import read_labels
-from common.data.spec import label_path, load_spec
+from common.data.spec import DatasetSpec, label_path, load_spec
 from common.errors import DataError
 
 log = logging.getLogger("fracfl.data")
@@ -70,6 +71,20 @@ class DetectionDataset(Dataset):
         spec = load_spec(data)
         images = spec.images(split)
         return cls(images, spec.nc, imgsz, label_files=[spec.label_file(p) for p in images], **kwargs)
+
+    @classmethod
+    def from_specs(
+        cls, parts: Sequence[tuple[DatasetSpec, Sequence[Path]]], imgsz: int, **kwargs: Any
+    ) -> "DetectionDataset":
+        """One dataset from images of several datasets (each with its spec, for labels), e.g. a site's own train
+        split beside its feedback pool; they must share class names, or a class index would mean two things."""
+        names = {tuple(spec.names.items()) for spec, _ in parts}
+        if len(names) > 1:
+            where = ", ".join(str(spec.source or spec.root) for spec, _ in parts)
+            raise DataError(where, f"datasets trained together have different class names: {sorted(names)}")
+        images = [p for _, chosen in parts for p in chosen]
+        labels = [spec.label_file(p) for spec, chosen in parts for p in chosen]
+        return cls(images, parts[0][0].nc, imgsz, label_files=labels, **kwargs)
 
     def __len__(self) -> int:
         return len(self.images)

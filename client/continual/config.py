@@ -1,0 +1,74 @@
+"""The site's own continuous-learning settings: the `[continual]` table of its site.toml (keys read here:
+`holdout_fraction`, `original_share`, `use_pool`; other keys of the table belong to other parts of fracfl).
+
+What a site trains on is the site's decision: at a real site these values win over what a run proposes.
+"""
+
+from __future__ import annotations
+
+import math
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from client.site_config import NODE_KEY
+from common.config import ReplayConfig
+from common.errors import ConfigError
+
+TABLE = "continual"
+
+
+@dataclass(frozen=True)
+class PoolConfig:
+    """How the feedback pool is built: the share of patients held out (never trained on; the site's test set)."""
+
+    holdout_fraction: float = 0.2
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.holdout_fraction < 1.0:
+            raise ConfigError(f"[continual] holdout_fraction {self.holdout_fraction}: must be at least 0, below 1")
+
+
+def continual_table(site_toml: str | Path | None) -> dict[str, Any]:
+    """The `[continual]` table of a site.toml (empty when there is no file or no table)."""
+    if site_toml is None:
+        return {}
+    path = Path(site_toml)
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8")).get(TABLE, {})
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
+        raise ConfigError(f"{path}: cannot read the site configuration ({e})") from e
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: [{TABLE}] must be a table")
+    return raw
+
+
+def _share(raw: Mapping[str, Any], key: str, where: object, *, below_one: bool) -> float | None:
+    if key not in raw:
+        return None
+    v = raw[key]
+    ok = not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v) and v >= 0
+    if not ok or (v >= 1 if below_one else v > 1):
+        bound = "below 1" if below_one else "at most 1"
+        raise ConfigError(f"{where}: [{TABLE}] {key} must be a number at least 0 and {bound}, got {v!r}")
+    return float(v)
+
+
+def pool_config(site_toml: str | Path | None) -> PoolConfig:
+    """The pool settings of the site's file, else the defaults."""
+    fraction = _share(continual_table(site_toml), "holdout_fraction", site_toml, below_one=True)
+    return PoolConfig() if fraction is None else PoolConfig(fraction)
+
+
+def site_replay(node_config: Mapping[str, Any], proposed: ReplayConfig) -> ReplayConfig:
+    """The replay mix this round uses: the run's proposal, with every key the site's own file sets taking its place
+    (a real site names the file in its node config as `site-config`; a simulated site has none)."""
+    where = node_config.get(NODE_KEY) if "data-dir" in node_config else None
+    raw = continual_table(where)
+    share = _share(raw, "original_share", where, below_one=False)
+    use_pool = raw.get("use_pool", proposed.use_pool)
+    if not isinstance(use_pool, bool):
+        raise ConfigError(f"{where}: [{TABLE}] use_pool must be true or false, got {use_pool!r}")
+    return replace(proposed, original_share=proposed.original_share if share is None else share, use_pool=use_pool)

@@ -1,0 +1,174 @@
+"""The champion/challenger gate: a new version replaces the site's clinical model only if, on the site's held-out
+reviewed cases, image-level sensitivity drops by no more than a margin and false positives per image stay within
+bounds. Both models are scored by the project's own evaluation (common.engine.evaluate, common.metrics).
+
+Intervals are a paired bootstrap: the same resampled patients (or images) score both models, so the interval is for
+the change itself. Patients come from patients.csv beside the data.yaml (an image without one is its own patient).
+The seed is drawn from the OS's secure source unless [gate] seed fixes it; either way it is recorded with the figures.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from client.models.settings import GateConfig
+from common.config import EvalConfig
+from common.data.dataset import DetectionDataset
+from common.engine.evaluate import predict_dataset
+from common.inference.load import weights_path
+from common.metrics import evaluate_detections
+from common.metrics.triage import image_score
+from common.nn.weights import load_model
+from common.privacy.patients import patient_groups, read_patients
+
+
+@dataclass
+class GateDecision:
+    """Accepted or not, the figures behind it, and (when refused) why, one sentence per failed check."""
+
+    accepted: bool
+    figures: dict[str, Any]
+    reasons: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Scores:
+    """One model on the held-out images: per image, whether it has a fracture, whether it is flagged, its FP boxes."""
+
+    positive: np.ndarray
+    flagged: np.ndarray
+    fp: np.ndarray
+    specificity: float
+    map50: float
+
+    def summary(self) -> dict[str, Any]:
+        pos = self.positive
+        return {
+            "sensitivity": _ratio(self.flagged[pos].sum(), pos.sum()),
+            "fp_per_image": _ratio(self.fp.sum(), len(self.fp)),
+            "specificity": self.specificity,
+            "map50": self.map50,
+            "flagged_fractures": int(self.flagged[pos].sum()),
+        }
+
+
+def _ratio(a: float, b: float) -> float | None:
+    return round(float(a) / float(b), 6) if b else None
+
+
+def score(ref: str | Path, data: Path, split: str, eval_cfg: EvalConfig) -> tuple[Scores, list[Path]]:
+    """Score the model at `ref` (weights file or version folder) on `split` of `data`, at its trained size."""
+    model, _, meta = load_model(weights_path(ref))
+    ds = DetectionDataset.from_data(data, split, int(meta.get("imgsz", 640)))
+    results = predict_dataset(model, ds, eval_cfg, torch.device("cpu"), progress=False)
+    report = evaluate_detections(results, dict(model.names), conf=eval_cfg.conf, iou=eval_cfg.iou)
+    fps = Counter(e.image_id for e in report.false_positives)
+    scores = Scores(
+        positive=np.array([len(r.gt) > 0 for r in results]),
+        flagged=np.array([image_score(r.pred_scores) >= eval_cfg.conf for r in results]),
+        fp=np.array([fps.get(r.image_id, 0) for r in results], dtype=float),
+        specificity=None if np.isnan(report.specificity) else round(float(report.specificity), 6),
+        map50=None if np.isnan(report.map50) else round(float(report.map50), 6),
+    )
+    return scores, ds.images
+
+
+def paired_bootstrap(
+    champion: Scores, challenger: Scores, groups: np.ndarray, n: int, confidence: float, seed: int
+) -> dict[str, list[float] | None]:
+    """Intervals for the change (challenger - champion) in sensitivity and in FP per image, resampling whole
+    groups (patients or images) with replacement; resamples without a fracture image are left out."""
+    rng = np.random.default_rng(seed)
+    g = int(groups.max()) + 1
+    weights = rng.multinomial(g, np.full(g, 1.0 / g), size=n)[:, groups].astype(float)  # (n, images)
+    pos = champion.positive.astype(float)
+    n_pos = weights @ pos
+    keep = n_pos > 0
+    d_sens = (weights @ (pos * challenger.flagged) - weights @ (pos * champion.flagged))[keep] / n_pos[keep]
+    d_fp = (weights @ (challenger.fp - champion.fp)) / weights.sum(axis=1)
+    tail = (1 - confidence) / 2 * 100
+
+    def interval(values: np.ndarray) -> list[float] | None:
+        if not len(values):
+            return None
+        lo, hi = np.percentile(values, [tail, 100 - tail])
+        return [round(float(lo), 6), round(float(hi), 6)]
+
+    return {"delta_sensitivity_ci": interval(d_sens), "delta_fp_per_image_ci": interval(d_fp)}
+
+
+def gate(champion: Path | None, challenger: Path, holdout_data: Path, split: str, cfg: GateConfig) -> GateDecision:
+    """Judge `challenger` against `champion` (None: the site has no clinical model yet, so only the absolute bounds
+    apply) on `split` of `holdout_data`. Refuses when the split has no fracture image: sensitivity is then unknown."""
+    cfg.check()
+    eval_cfg = EvalConfig() if cfg.conf is None else EvalConfig(conf=cfg.conf)
+    chal, images = score(challenger, holdout_data, split, eval_cfg)
+    seed_source = "secure (os.urandom)" if cfg.seed is None else "configured ([gate] seed)"
+    seed = secrets.randbits(63) if cfg.seed is None else cfg.seed
+    patients = read_patients(Path(holdout_data).parent) if cfg.unit == "patient" else {}
+    groups = patient_groups(images, patients)
+    figures: dict[str, Any] = {
+        "data": str(holdout_data),
+        "split": split,
+        "n_images": len(images),
+        "n_fracture_images": int(chal.positive.sum()),
+        "unit": cfg.unit,
+        "n_units": int(groups.max()) + 1,
+        "operating_point": eval_cfg.conf,
+        "challenger": {"model": str(challenger), **chal.summary()},
+        "champion": None,
+        "sensitivity_margin": cfg.sensitivity_margin,
+        "max_fp_per_image": cfg.max_fp_per_image,
+        "max_fp_increase": cfg.max_fp_increase,
+        "bootstrap": cfg.bootstrap,
+        "confidence": cfg.confidence,
+        "seed": seed,
+        "seed_source": seed_source,
+    }
+    reasons = []
+    if not chal.positive.any():
+        reasons.append(f"the held-out split {split!r} has no fracture image: sensitivity cannot be judged")
+    c = figures["challenger"]
+    if cfg.max_fp_per_image is not None and c["fp_per_image"] > cfg.max_fp_per_image:
+        reasons.append(f"false positives per image {c['fp_per_image']:.3f} above the bound {cfg.max_fp_per_image:.3f}")
+    if champion is not None:
+        champ, _ = score(champion, holdout_data, split, eval_cfg)
+        figures["champion"] = {"model": str(champion), **champ.summary()}
+        figures.update(paired_bootstrap(champ, chal, groups, cfg.bootstrap, cfg.confidence, seed))
+        reasons += _compare(figures, cfg)
+    return GateDecision(not reasons, figures, reasons)
+
+
+def _compare(figures: dict[str, Any], cfg: GateConfig) -> list[str]:
+    """The checks against the champion, on figures already computed; one sentence per failure."""
+    champ, chal = figures["champion"], figures["challenger"]
+    reasons = []
+    if champ["sensitivity"] is not None and chal["sensitivity"] is not None:
+        delta = round(chal["sensitivity"] - champ["sensitivity"], 6)
+        figures["delta_sensitivity"] = delta
+        ci = figures.get("delta_sensitivity_ci")
+        shown = f" ({cfg.confidence:.0%} CI {ci[0]:+.3f} to {ci[1]:+.3f})" if ci else ""
+        if -delta > cfg.sensitivity_margin:
+            reasons.append(
+                f"sensitivity drops from {champ['sensitivity']:.3f} to {chal['sensitivity']:.3f} "
+                f"({delta:+.3f}{shown}), more than the margin {cfg.sensitivity_margin:.3f}"
+            )
+        elif cfg.require_ci and (ci is None or ci[0] < -cfg.sensitivity_margin):
+            reasons.append(
+                f"sensitivity change {delta:+.3f}{shown}: the interval's lower end is below -{cfg.sensitivity_margin:.3f}"
+            )
+    delta_fp = round(chal["fp_per_image"] - champ["fp_per_image"], 6)
+    figures["delta_fp_per_image"] = delta_fp
+    if cfg.max_fp_increase is not None and delta_fp > cfg.max_fp_increase:
+        reasons.append(
+            f"false positives per image rise from {champ['fp_per_image']:.3f} to {chal['fp_per_image']:.3f}, "
+            f"more than the allowed {cfg.max_fp_increase:.3f}"
+        )
+    return reasons

@@ -1,0 +1,117 @@
+"""The champion/challenger gate on a site's held-out cases: a worse challenger is refused with its figures, forcing
+it and rolling back leaves the champion current, every decision is logged; the paired bootstrap behind the CI."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from models_support import GATE_CONF, holdout, publish
+
+from client.models.approval import NotApproved, check_approval
+from client.models.fetch import fetch_from_registry
+from client.models.gate import Scores, gate, paired_bootstrap
+from client.models.lifecycle import approve, promote, rollback, status
+from client.models.settings import GateConfig
+from client.models.store import ModelStore
+from common.privacy import signing
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory, tiny_weights):
+    """A registry with the champion (v0001), a degraded copy (v0002) and the champion again (v0003), all fetched
+    into a model store; the held-out data; the site's key."""
+    root = tmp_path_factory.mktemp("gate")
+    registry = root / "registry"
+    versions = [publish(registry, tiny_weights, 1), publish(registry, tiny_weights, 2, degrade=True)]
+    versions.append(publish(registry, tiny_weights, 3))
+    store = ModelStore(root / "models")
+    for v in versions:
+        fetch_from_registry(store, registry, v)
+    key = signing.load_or_create(root / "privacy" / signing.KEY_NAME)
+    return store, holdout(root / "data"), key
+
+
+CFG = GateConfig(conf=GATE_CONF, seed=7, bootstrap=300)
+
+
+def test_a_degraded_challenger_is_refused_and_rollback_restores_the_champion(site):
+    store, data, key = site
+    decision, record = promote(store, "v0001", "dr-first", key, data=data, cfg=CFG)
+    assert decision.accepted and decision.figures["champion"] is None  # first model: absolute bounds only
+    assert store.current()["version"] == "v0001" and record["approved_by"] == "dr-first"
+
+    decision, record = promote(store, "v0002", "dr-second", key, data=data, cfg=CFG)
+    f = decision.figures
+    assert not decision.accepted and record is None and store.current()["version"] == "v0001"
+    assert f["champion"]["sensitivity"] == 1.0 and f["challenger"]["sensitivity"] == 0.0
+    assert f["delta_sensitivity"] == -1.0 and f["n_fracture_images"] > 0
+    lo, hi = f["delta_sensitivity_ci"]
+    assert lo <= f["delta_sensitivity"] <= hi and f["seed"] == 7 and f["seed_source"].startswith("configured")
+    assert any("sensitivity drops from 1.000 to 0.000" in r for r in decision.reasons)
+    with pytest.raises(NotApproved, match="the gate refused it"):
+        approve(store, "v0002", "dr-second", key)
+
+    # Forced through (with a reason), then rolled back: the champion is current again, its approval still valid.
+    _, forced = promote(store, "v0002", "dr-second", key, force_reason="vendor hotfix")
+    assert store.current()["version"] == "v0002" and forced["basis"] == "forced: vendor hotfix"
+    back = rollback(store, "dr-first", key, "sensitivity fell on our cases")
+    assert back["version"] == "v0001" == store.current()["version"]
+    assert check_approval(store, store.current(), signing.public_hex(key)) == []
+
+    actions = [(e["action"], e["version"], e.get("accepted")) for e in store.decisions()]
+    assert actions == [
+        ("gate", "v0001", True),
+        ("approve", "v0001", None),
+        ("promote", "v0001", True),
+        ("gate", "v0002", False),
+        ("promote", "v0002", False),
+        ("approve", "v0002", None),
+        ("promote", "v0002", True),
+        ("rollback", "v0001", None),
+    ]
+    assert store.decisions()[3]["figures"]["delta_sensitivity_ci"] == [lo, hi]  # the figures are in the log
+
+    # An equal challenger passes, and the same seed reproduces the same interval.
+    decision, _ = promote(store, "v0003", "dr-third", key, data=data, cfg=CFG)
+    assert decision.accepted and decision.figures["delta_sensitivity"] == 0.0
+    assert decision.figures["delta_sensitivity_ci"] == [0.0, 0.0]
+    info = status(store, signing.public_hex(key))
+    assert info["current"]["version"] == "v0003" and info["approval_problems"] == []
+
+
+def test_a_held_out_split_without_fractures_refuses(site, tmp_path):
+    store, data, _ = site
+    empty = tmp_path / "labels.yaml"
+    negatives = tmp_path / "images"
+    negatives.mkdir()
+    for p in sorted((data.parent / "general_hospital" / "images" / "val").glob("*.png"))[:3]:
+        (negatives / p.name).write_bytes(p.read_bytes())  # no label files beside them: no fracture
+    empty.write_text(f"test: {negatives}\nnames: {{0: fracture}}\n")
+    decision = gate(None, store.folder("v0001"), empty, "test", CFG)
+    assert not decision.accepted and "no fracture image" in decision.reasons[0]
+
+
+def _scores(flagged, positive, fp):
+    return Scores(np.array(positive), np.array(flagged), np.array(fp, dtype=float), None, None)
+
+
+def test_bootstrap_is_paired_and_resamples_whole_patients():
+    positive = [True, True, True, True, False, False]
+    same = _scores([True, False, True, True, False, True], positive, [0, 1, 0, 0, 1, 2])
+    ci = paired_bootstrap(same, same, np.arange(6), 500, 0.95, seed=1)
+    assert ci == {"delta_sensitivity_ci": [0.0, 0.0], "delta_fp_per_image_ci": [0.0, 0.0]}  # paired: no spread
+
+    worse = _scores([False, False, True, True, False, True], positive, [0, 1, 0, 0, 1, 2])
+    by_image = paired_bootstrap(same, worse, np.arange(6), 2000, 0.95, seed=1)["delta_sensitivity_ci"]
+    # Images 0 and 1 belong to one patient: resampling patients moves them together.
+    by_patient = paired_bootstrap(same, worse, np.array([0, 0, 1, 2, 3, 4]), 2000, 0.95, seed=1)["delta_sensitivity_ci"]
+    assert by_image[0] < 0 and by_image[1] <= 0 and by_patient[1] <= 0
+    assert paired_bootstrap(same, worse, np.arange(6), 2000, 0.95, seed=1)["delta_sensitivity_ci"] == by_image
+
+
+def test_secure_seed_is_drawn_and_recorded(site):
+    store, data, _ = site
+    cfg = GateConfig(conf=GATE_CONF, bootstrap=100, unit="image")
+    a = gate(store.folder("v0001"), store.folder("v0003"), data, "test", cfg).figures
+    assert a["seed_source"].startswith("secure") and isinstance(a["seed"], int) and a["unit"] == "image"
+    assert a["n_units"] == a["n_images"]
