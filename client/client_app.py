@@ -16,6 +16,7 @@ from flwr.clientapp.typing import ClientAppCallable
 from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 
 from client.continual.config import site_replay
+from client.continual.disagreement import round_request_answer
 from client.faults import fault_injection_mod
 from client.models.fetch import keep_received, receive
 from client.models.store import NODE_KEY as MODELS_DIR
@@ -26,6 +27,7 @@ from client.task import evaluate_site, train_site
 from common.errors import FracflError
 from common.protocol import (
     ARRAYS,
+    ASK_ROUND,
     CONFIG,
     DELIVER,
     DELIVERED_FILES,
@@ -121,6 +123,15 @@ def query(msg: Message, context: Context) -> Message:
     name = str(context.node_config.get("site-name", ""))
     info = {REAL_SITE: "data-dir" in context.node_config, NAME: name if SAFE_NAME.match(name) else ""}
     return Message(RecordDict({SITE: ConfigRecord(info)}), reply_to=msg)
+
+
+@app.query(ASK_ROUND)
+def round_request(msg: Message, context: Context) -> Message:
+    """Whether this site requests a round, and its reviewers' disagreement rate coarsened: the site's own decision
+    on its own settings (client/continual/disagreement.py), asked before a run with `federation.round_requests`."""
+    manifest = msg.content[CONFIG].get(SITES_MANIFEST) if CONFIG in msg.content else None
+    answer = round_request_answer(context.node_config, manifest)
+    return Message(RecordDict({SITE: ConfigRecord(answer)}), reply_to=msg)
 
 
 @app.evaluate()

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from client.site_config import NODE_KEY
 from common.errors import ConfigError
 
 SAFE_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
@@ -22,19 +23,22 @@ SAFE_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 class Site:
     name: str
     data: Path  # data.yaml or dataset folder with train/val splits
+    config: Path | None = None  # the site's own site.toml: node config `site-config`, or the simulation manifest's
 
 
 def resolve_site(node_config: Mapping[str, Any], manifest: str | None = None) -> Site:
     """The site from `site-name`/`data-dir` in the node config, else from the simulation manifest."""
     if "data-dir" in node_config:
         name = str(node_config.get("site-name", "site"))
-        site = Site(name, Path(str(node_config["data-dir"])))
+        config = node_config.get(NODE_KEY)
+        site = Site(name, Path(str(node_config["data-dir"])), Path(str(config)) if config else None)
     elif manifest is not None and "partition-id" in node_config:
         entries = json.loads(Path(manifest).read_text())
         pid = int(node_config["partition-id"])
         if not 0 <= pid < len(entries):
             raise ConfigError(f"node config partition-id {pid}: the manifest {manifest} lists {len(entries)} sites")
-        site = Site(entries[pid]["name"], Path(entries[pid]["data"]))
+        config = entries[pid].get(NODE_KEY)
+        site = Site(entries[pid]["name"], Path(entries[pid]["data"]), Path(config) if config else None)
     else:
         raise ConfigError(
             "node config: set data-dir (and site-name) for this SuperNode, e.g. "

@@ -42,6 +42,11 @@ N_POSITIVE = "n-positive"  # fracture images among them
 ASK = "ask"
 REAL_SITE = "real-site"  # asked: whether the node serves a real site's data; answered as a bool under this key
 NAME = "name"
+# Round requests (continuous learning): a query of its own (message type "query.round_request"), sent before a run
+# when federation.round_requests is not "off"; the answer (SITE) holds NAME and the two keys below.
+ASK_ROUND = "round_request"  # the query action the ClientApp registers for it
+ROUND_REQUEST = "round-request"  # answered: whether the site requests a round (bool)
+DISAGREEMENT = "disagreement"  # answered: the reviewers' disagreement rate, coarsened; absent when suppressed
 
 # Delivery of a published version to the sites (message type "query.deliver"), the keys of its DELIVERY record.
 DELIVER = "deliver"  # the query action the ClientApp registers for deliveries

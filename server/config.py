@@ -31,6 +31,12 @@ class FederationConfig:
     client_gpus: float = 0.0
     faults: dict[str, str] | None = None  # simulations only: site -> nan | scale | shape
     deliver: bool = False  # after the run, send its last published version to the sites (server/deliver.py)
+    # Continuous learning (docs/continuous-learning.md). warm_start: null (the model group's initial weights) |
+    # latest (the registry's newest version; the initial weights while the registry is empty) | a version (v0007).
+    warm_start: str | None = None
+    # Before a new run, ask the sites whether they request a round: off | ask (record their answers in
+    # outcome.json) | require (also: no training unless at least one site requests a round).
+    round_requests: str = "off"
 
 
 @dataclass

@@ -14,7 +14,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,7 @@ from common.nn.model import ModelSpec, reusable_model
 from common.nn.weights import model_from_config
 from common.protocol import FAULT_PLAN, JOB, MODEL_VERSION, SITES_MANIFEST, SiteJob, encode_metrics
 from common.records import State, as_tensors
+from common.utils.durable import write_durable
 from server.checkpoint import load_checkpoint, restore_strategy, strategy_snapshot
 from server.commit import Committer
 from server.config import ServerJob
@@ -44,13 +45,16 @@ from server.privacy import ServerPrivacy, latest_reports, server_privacy
 from server.publish import adopt_published, commit_round, model_version, round_card
 from server.registry import Registry
 from server.report import write_report
+from server.requests import RoundRequests, ask_if_configured
 from server.strategies import build_strategy
 from server.tracking import make_tracker
+from server.warm_start import warm_start
 
 log = logging.getLogger("fracfl.server")
 
 RECORDS = "records.jsonl"
 OUTCOME = "outcome.json"  # what the run produced: last published version, best round, where the report is
+STARTED = "start.json"  # how a new run started: its warm-start version, the sites' round requests, or why it skipped
 
 
 @dataclass
@@ -66,6 +70,7 @@ class Run:
     rounds_via: Strategy  # `strategy` as the rounds use it: wrapped where the privacy mode needs it
     privacy: ServerPrivacy
     evaluate: Callable[[State], dict[str, float]] | None  # the server's own evaluation (simulations)
+    started: dict[str, Any] = field(default_factory=dict)  # STARTED's content, once `begin` or `resume` has run
 
     @property
     def records(self) -> Path:
@@ -88,8 +93,9 @@ class Start:
 def run_federation(grid: Grid, job: ServerJob, sites_manifest: str | None = None) -> dict[str, Any]:
     """Run (or resume) the job's rounds; returns the run's outcome (also written to `outcome.json`)."""
     run, initial = prepare(job)
-    start = resume(run) or begin(run, initial)
-    run_rounds(grid, run, start, round_config(run, sites_manifest))
+    start = resume(run) or begin(run, initial, ask_if_configured(grid, job.federation, sites_manifest))
+    if start.round <= job.federation.rounds:
+        run_rounds(grid, run, start, round_config(run, sites_manifest))
     outcome = finish(run)
     if job.federation.deliver and outcome["latest"]:  # the sites' copy of the last published version
         outcome["delivered"] = deliver(grid, run.registry, outcome["latest"], job.federation.round_timeout)
@@ -130,6 +136,8 @@ def resume(run: Run) -> Start | None:
         ckpt = load_checkpoint(folder, run.config_hash)
     if ckpt is None:
         return None
+    started = run.dir / STARTED
+    run.started = json.loads(started.read_text()) if started.is_file() else {}  # never warm-started again
     restore_strategy(run.strategy, ckpt.strategy_state)
     run.privacy.resumed(ckpt.round)
     kept = truncate_after(run.records, ckpt.round)
@@ -137,10 +145,24 @@ def resume(run: Run) -> Start | None:
     return Start(ckpt.state, ckpt.round + 1, latest_reports(kept))
 
 
-def begin(run: Run, state: State) -> Start:
-    """A new run: a clean history (a run killed before its first checkpoint starts over), opened with the
-    server's score of the initial model where it evaluates."""
+def begin(run: Run, state: State, requests: RoundRequests | None = None) -> Start:
+    """A new run: a clean history (a run killed before its first checkpoint starts over), from the warm-start
+    version where `federation.warm_start` names one, opened with the server's score of that model where it
+    evaluates. With `round_requests: require` and no site requesting a round (`requests`), nothing is trained."""
+    fed = run.job.federation
     run.records.unlink(missing_ok=True)
+    warm = warm_start(run.registry, fed.warm_start, run.spec, run.job.model.init)
+    skipped = fed.round_requests == "require" and requests is not None and not requests.requesting
+    run.started = {
+        "warm_start": warm.version if warm else None,
+        "round_requests": requests.summary() if requests is not None else None,
+        "skipped": "no site requested a round (federation.round_requests=require)" if skipped else None,
+    }
+    write_durable(run.dir / STARTED, json.dumps(run.started, indent=1))
+    if skipped:
+        log.info("run %s: %s; nothing trained", run.job.run_id, run.started["skipped"])
+        return Start(state, fed.rounds + 1, {})
+    state = warm.state if warm else state
     if run.evaluate is not None:
         append_records(run.records, [RoundRecord.pooled(0, run.evaluate(state))])
     return Start(state, 1, {})
@@ -202,6 +224,7 @@ def run_rounds(grid: Grid, run: Run, start: Start, config: dict[str, Any]) -> No
             reports = _record_round(run, result, reports)
             tracker.log(rnd, _flat_metrics(result.records))
             card = round_card(job, run.spec, result, run.config_hash, run.privacy.card_section(reports))
+            card["parent"] = _parent(run)
             committer.submit(
                 functools.partial(
                     commit_round,
@@ -218,6 +241,13 @@ def run_rounds(grid: Grid, run: Run, start: Start, config: dict[str, Any]) -> No
             )
 
 
+def _parent(run: Run) -> str | None:
+    """The version a round's model was trained from (server/registry/lineage.py): the run's previous published
+    version (None: the registry fills it in), or the warm-start version until the run has published one."""
+    warm = run.started.get("warm_start")
+    return warm if warm and run.registry.latest(run.job.run_id) is None else None
+
+
 def _record_round(run: Run, result: RoundResult, reports: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """The round's records on disk (and in the privacy mode's ledger); returns the sites' latest privacy reports."""
     append_records(run.records, result.records)
@@ -226,8 +256,11 @@ def _record_round(run: Run, result: RoundResult, reports: dict[str, dict[str, An
 
 
 def finish(run: Run) -> dict[str, Any]:
-    """The report, the privacy audit, the best round, and the run's outcome in `outcome.json`."""
+    """The report, the privacy audit, the best round, and the run's outcome in `outcome.json` (with how the run
+    started: its warm-start version, the sites' round requests, why it skipped)."""
     job = run.job
+    if run.started.get("skipped"):
+        return _outcome(run, {"latest": None, "best": None, "report": None, "privacy_audit": None, "forgetting": None})
     records = read_records(run.records)
     files = write_report(records, run.dir / "report", f"fracfl run {job.run_id}", _config_summary(run))
     audit = run.privacy.audit(run.dir / "report")
@@ -244,16 +277,21 @@ def finish(run: Run) -> dict[str, Any]:
             best["map50"],
             f", published as {best['version']}" if best["version"] else ", not published (publish_every)",
         )
-    outcome = {
-        "run_id": job.run_id,
-        "run_dir": str(run.dir),
-        "rounds": job.federation.rounds,
-        "latest": latest.version if latest else None,
-        "best": best,
-        "report": str(files["summary_md"]),
-        "privacy_audit": str(audit) if audit else None,
-        "forgetting": forgetting_summary(forgetting(records)),
-    }
+    return _outcome(
+        run,
+        {
+            "latest": latest.version if latest else None,
+            "best": best,
+            "report": str(files["summary_md"]),
+            "privacy_audit": str(audit) if audit else None,
+            "forgetting": forgetting_summary(forgetting(records)),
+        },
+    )
+
+
+def _outcome(run: Run, results: dict[str, Any]) -> dict[str, Any]:
+    outcome = {"run_id": run.job.run_id, "run_dir": str(run.dir), "rounds": run.job.federation.rounds, **results}
+    outcome.update({k: run.started.get(k) for k in ("warm_start", "round_requests", "skipped")})
     (run.dir / OUTCOME).write_text(json.dumps(outcome, indent=1))
     return outcome
 
@@ -263,6 +301,11 @@ def config_hash(job: ServerJob) -> str:
     d = asdict(job)
     for k in ("run_dir", "progress", "registry", "val_data", "sites_manifest", "tracking", "export"):
         d.pop(k, None)
+    # Whether the sites were asked first changes no round; a run without a warm start hashes as before these keys
+    # existed, so a run folder from an earlier fracfl still resumes.
+    d["federation"].pop("round_requests", None)
+    if d["federation"].get("warm_start") is None:
+        d["federation"].pop("warm_start", None)
     return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

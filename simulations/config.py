@@ -12,4 +12,7 @@ from simulations.partition import PartitionConfig
 class SimulationJob(ServerJob):
     partition: PartitionConfig = field(default_factory=PartitionConfig)
     sites_manifest: str | None = None
+    # Simulated sites' own site.toml files, by site name (e.g. a [continual] table naming a feedback store, so a
+    # simulated site can request a round): they reach the sites through the manifest, as node config does at a real one.
+    site_configs: dict[str, str] = field(default_factory=dict)
     resume: str | None = None

@@ -315,6 +315,12 @@ class FeedbackStore:
                 ],
             }
 
+    def latest_model_version(self) -> str | None:
+        """The model version of the most recently recorded finding (what the site's listener runs now), or None."""
+        with self._connection() as con:
+            row = con.execute("SELECT model_version FROM images ORDER BY id DESC LIMIT 1").fetchone()
+        return str(row[0]) if row else None
+
     # -- verdicts ----------------------------------------------------------------------------------------------------
 
     def add_verdict(

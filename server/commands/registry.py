@@ -77,9 +77,11 @@ def _list(a: argparse.Namespace) -> int:
 
 
 def _show(a: argparse.Namespace) -> int:
+    from server.registry.lineage import lineage
     from server.registry.store import CARD_JSON, CARD_MD
 
-    p = _open(a).get(a.version)
+    reg = _open(a)
+    p = reg.get(a.version)
     if a.json:
         print(json.dumps(p.card, indent=2, ensure_ascii=False))
     else:
@@ -91,6 +93,7 @@ def _show(a: argparse.Namespace) -> int:
 
             print(f"({p.version}/{CARD_MD} is missing; rendered from {CARD_JSON})", file=sys.stderr)
             print(render_markdown(p.card), end="")
+        print(f"\nLineage (each version was trained from the next): {lineage(reg, p.version).text()}")
     return 0
 
 
@@ -133,7 +136,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_registry(q)
     q.set_defaults(func=_list)
 
-    q = rsub.add_parser("show", help="print a version's card (card.md, or card.json with --json)")
+    q = rsub.add_parser(
+        "show", help="print a version's card (card.md, or card.json with --json) and its lineage back to the first"
+    )
     q.add_argument("version", help="version (v0003, 3) or 'latest'")
     add_registry(q)
     q.add_argument("--json", action="store_true", help="print card.json instead of card.md")

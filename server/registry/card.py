@@ -243,6 +243,16 @@ def _export(entry: Any, i: int) -> dict[str, Any]:
     return out
 
 
+def _parent(value: Any) -> str | None:
+    """The version this model was trained from (see server/registry/lineage.py), as `vNNNN`, or null."""
+    if value is None:
+        return None
+    m = re.fullmatch(r"v?(\d+)", value.strip()) if isinstance(value, str) else None
+    if m is None:
+        raise CardError(f"card.parent: expected a registry version such as v0003, or null; got {value!r}")
+    return f"v{int(m.group(1)):04d}"
+
+
 def _model(given: Any, spec: ModelSpec | None, parameters: int | None) -> dict[str, Any]:
     if given is not None and not isinstance(given, dict):
         raise CardError("card.model: expected a mapping")
@@ -338,7 +348,7 @@ def clean_card(card: dict[str, Any], spec: ModelSpec | None = None, parameters: 
         "exports": [_export(e, i) for i, e in enumerate(exports)],
         "limitations": limitations(sites, metrics),
         "version": card.get("version"),
-        "parent": card.get("parent"),
+        "parent": _parent(card.get("parent")),
         "created": card.get("created"),
         "updated": card.get("updated"),
         "hashes": {str(k): str(v) for k, v in hashes.items()},
