@@ -30,6 +30,7 @@ class FederationConfig:
     client_cpus: float = 1.0  # Ray resources per simulated site
     client_gpus: float = 0.0
     faults: dict[str, str] | None = None  # simulations only: site -> nan | scale | shape
+    min_site_val_images: int = 0  # sites withhold validation figures below this many images (raises their own)
 
 
 @dataclass

@@ -36,6 +36,7 @@ from server.commit import Committer
 from server.config import ServerJob
 from server.export.background import background_exports
 from server.history import RoundRecord, append_records, read_records, truncate_after
+from server.identity import SiteNames
 from server.loop import RoundResult, run_round
 from server.privacy import ServerPrivacy, latest_reports, server_privacy
 from server.publish import adopt_published, commit_round, model_version, round_card
@@ -151,6 +152,7 @@ def round_config(run: Run, sites_manifest: str | None) -> dict[str, Any]:
         seed=job.seed,
         run_id=job.run_id,
         rounds=job.federation.rounds,
+        min_val_images=job.federation.min_site_val_images,
     )
     config: dict[str, Any] = {JOB: site_job.to_json()}
     if sites_manifest:
@@ -163,7 +165,7 @@ def run_rounds(grid: Grid, run: Run, start: Start, config: dict[str, Any]) -> No
     """Rounds `start.round`..N: each one run, recorded, tracked, then committed in the background."""
     job, fed = run.job, run.job.federation
     state, reports = start.state, start.reports
-    names: dict[int, str] = {}
+    names = SiteNames(grid, config.get(SITES_MANIFEST))  # the name each node's records go under
     record = None  # the global state serialised for sending, carried from round to round
     with (
         make_tracker(job.tracking.mode, run.dir, job.tracking.project, job.run_id, asdict(job)) as tracker,
