@@ -1,7 +1,8 @@
 """fracfl's Flower ClientApp: a thin edge that turns messages into calls of `client.task`.
 
 Replies carry the new weights (ArrayRecord, training only), aggregate numbers (MetricRecord) and the site's name
-and status (ConfigRecord). A site that cannot take part answers with its status instead of failing the round.
+and status (ConfigRecord): exactly the fields common/protocol.py allows, counts coarsened there. A site that cannot
+take part answers with its status instead of failing the round.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from client.models.fetch import keep_received, receive
 from client.models.store import NODE_KEY as MODELS_DIR
 from client.models.store import ModelStore
 from client.privacy import PrivacyRefused, site_budget
-from client.site import SAFE_NAME, Site, resolve_site
+from client.site import Site, resolve_site
 from client.task import evaluate_site, train_site
 from common.errors import FracflError
 from common.protocol import (
@@ -34,18 +35,21 @@ from common.protocol import (
     DELIVERED_NAMES,
     DELIVERED_VERSION,
     DELIVERY,
+    EVALUATE,
     JOB,
     METRICS,
     MODEL_VERSION,
-    NAME,
     NUM_EXAMPLES,
     PROXIMAL_MU,
     REAL_SITE,
+    SAFE_NAME,
     SERVER_ROUND,
     SITE,
     SITES_MANIFEST,
+    TRAIN,
     SiteJob,
     SiteReply,
+    site_metrics,
 )
 from common.records import to_record, torch_state
 
@@ -57,10 +61,10 @@ Work = Callable[[Site, dict, SiteJob, ConfigRecord, Context], tuple[dict | None,
 def _handle(msg: Message, context: Context, what: str, work: Work) -> Message:
     """Resolve the site, run `work`, and wrap its (state, metrics) or the reason it failed into a reply."""
     cfg = msg.content[CONFIG]
-    name = str(context.node_config.get("site-name", f"node-{context.node_id}"))
+    name, simulated = str(context.node_config.get("site-name", f"node-{context.node_id}")), False
     try:
         site = resolve_site(context.node_config, cfg.get(SITES_MANIFEST))
-        name = site.name
+        name, simulated = site.name, site.simulated
         state, metrics, privacy = work(site, torch_state(msg.content[ARRAYS]), SiteJob.parse(cfg[JOB]), cfg, context)
     except PrivacyRefused as e:  # its message carries numbers only, so the server may show it
         log.warning("site %s refuses to %s: %s", name, what, e)
@@ -73,7 +77,8 @@ def _handle(msg: Message, context: Context, what: str, work: Work) -> Message:
     else:
         status = "ok"
     reply = SiteReply(name, status, privacy)
-    content = RecordDict({METRICS: MetricRecord(metrics), SITE: ConfigRecord(reply.to_record())})
+    numbers = site_metrics(what, metrics, simulated)
+    content = RecordDict({METRICS: MetricRecord(numbers), SITE: ConfigRecord(reply.to_record())})
     if state is not None:
         content[ARRAYS] = to_record({k: v.numpy() for k, v in state.items()})
     return Message(content, reply_to=msg)
@@ -113,16 +118,16 @@ def client_dp_mod(msg: Message, context: Context, call_next: ClientAppCallable) 
 
 @app.train(mods=[fault_injection_mod, client_dp_mod])
 def train(msg: Message, context: Context) -> Message:
-    return _handle(msg, context, "train", _train)
+    return _handle(msg, context, TRAIN, _train)
 
 
 @app.query()
 def query(msg: Message, context: Context) -> Message:
     """Whether this SuperNode serves a real site (its node config names its data): asked before a run builds
-    simulated sites, so a hospital's node is never handed a simulation."""
-    name = str(context.node_config.get("site-name", ""))
-    info = {REAL_SITE: "data-dir" in context.node_config, NAME: name if SAFE_NAME.match(name) else ""}
-    return Message(RecordDict({SITE: ConfigRecord(info)}), reply_to=msg)
+    simulated sites, so a hospital's node is never handed a simulation. The answer (QUERY_FIELDS) goes to whoever
+    submits a run, so it says nothing else; the server names the node itself (server/identity.py)."""
+    answer = {REAL_SITE: "data-dir" in context.node_config}
+    return Message(RecordDict({SITE: ConfigRecord(answer)}), reply_to=msg)
 
 
 @app.query(ASK_ROUND)
@@ -139,8 +144,8 @@ def evaluate(msg: Message, context: Context) -> Message:
     return _handle(
         msg,
         context,
-        "evaluate",
-        lambda site, state, job, cfg, context: (None, evaluate_site(site.data, state, job), None),
+        EVALUATE,
+        lambda site, state, job, cfg, context: (None, evaluate_site(site.data, state, job, site.min_val_images), None),
     )
 
 

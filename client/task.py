@@ -145,8 +145,9 @@ def _note_round(root: Path, pool: PoolVersion) -> None:
         log.warning("cannot note the pool version this round used (%s)", e)
 
 
-def evaluate_site(data: Path, state: dict[str, torch.Tensor], job: SiteJob) -> dict[str, float]:
-    """Validation metrics of the global model on the site's own validation split (aggregates only)."""
+def evaluate_site(data: Path, state: dict[str, torch.Tensor], job: SiteJob, min_images: int = 0) -> dict[str, float]:
+    """Validation metrics of the global model on the site's own validation split (aggregates only), withheld
+    (UNDEFINED) below `min_images` images, the site's own minimum, or the run's where that is higher."""
     val = _dataset(str(data), "val", job.train.imgsz, None, job.seed)
     report = evaluate_model(_model(job, state), val, job.eval, select_device(job.train.device), progress=False)
-    return encode_metrics(report, len(val))
+    return encode_metrics(report, len(val), max(min_images, job.min_val_images))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
@@ -22,9 +23,9 @@ from common.nn.model import ModelSpec
 # Records of a message (keys of its RecordDict).
 ARRAYS = "arrays"  # ArrayRecord: the global state (to a site) or the site's new weights (back); Flower's default
 CONFIG = "config"  # ConfigRecord: the round's configuration, server to site; Flower's default
-METRICS = "metrics"  # MetricRecord: a site's aggregate numbers (encode_metrics, the training losses)
-SITE = "site"  # ConfigRecord: who answered and how it went (SiteReply)
 DELIVERY = "delivery"  # ConfigRecord: a published version delivered to the sites after a run (server/deliver.py)
+METRICS = "metrics"  # MetricRecord: a site's aggregate numbers (REPLY_METRICS)
+SITE = "site"  # ConfigRecord: who answered and how it went (SiteReply), or the answer to a query (QUERY_FIELDS)
 
 # Keys of the round's configuration (CONFIG).
 JOB = "job"  # the SiteJob, as JSON
@@ -41,6 +42,8 @@ N_POSITIVE = "n-positive"  # fracture images among them
 # The query a server sends before it builds simulated sites (server/job.py), and the keys of the answer (SITE).
 ASK = "ask"
 REAL_SITE = "real-site"  # asked: whether the node serves a real site's data; answered as a bool under this key
+
+# Keys of a site's reply record (SITE, SiteReply).
 NAME = "name"
 # Round requests (continuous learning): a query of its own (message type "query.round_request"), sent before a run
 # when federation.round_requests is not "off"; the answer (SITE) holds NAME and the two keys below.
@@ -53,9 +56,76 @@ DELIVER = "deliver"  # the query action the ClientApp registers for deliveries
 DELIVERED_VERSION = "version"  # the registry version's name
 DELIVERED_NAMES = "names"  # file names inside the version folder (card.json, model.safetensors, exports/...)
 DELIVERED_FILES = "files"  # the files' bytes, in the order of DELIVERED_NAMES
+STATUS = "status"
+PRIVACY = "privacy"
 
 REPORTED = ("map50", "map50_95", "precision", "recall", "f1", "sensitivity", "specificity", "roc_auc")
 UNDEFINED = -1.0  # metrics are in [0, 1]; -1 marks "undefined here" (e.g. sensitivity at a site with no fracture)
+SAFE_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")  # a site name: appears in logs, records and cards
+
+# Everything a site's reply may carry, field by field: the ClientApp sends nothing else (`site_metrics`,
+# `SiteReply.to_record`) and the server keeps nothing else (`kept_metrics`, `SiteReply.from_record`).
+# docs/deployment.md ("What crosses the network") says what each field is for and how it is coarsened.
+TRAIN, EVALUATE = "train", "evaluate"  # the phases of a round (Flower's message types)
+REPLY_METRICS: dict[str, tuple[str, ...]] = {
+    TRAIN: (NUM_EXAMPLES, "loss"),  # weighting; the report's training-loss curve
+    EVALUATE: (NUM_EXAMPLES, N_POSITIVE, *REPORTED),  # the card's per-site figures and their intervals
+}
+SIMULATION_METRICS = ("box_loss", "cls_loss", "dfl_loss", "steps", "images_per_s")  # simulated sites only (bench/)
+SITE_FIELDS = (NAME, STATUS, PRIVACY)
+PRIVACY_FIELDS = (  # a DP-SGD site's report (client/privacy.py): the card's privacy section and the server's ledger
+    "run_id",
+    "round",
+    "model_version",
+    "entry",
+    "epsilon",
+    "epsilon_rdp",
+    "epsilon_prv",
+    "projected_epsilon",
+    "delta",
+    "target_epsilon",
+    "ceiling_epsilon",
+    "noise_multiplier",
+    "sample_rate",
+    "steps",
+    "steps_per_round",
+    "planned_rounds",
+    "first_round",
+    "max_grad_norm",
+    "patients",
+    "unit",
+    "noise",
+    "reason",
+    "ledger_head",
+    "ledger_seq",
+)
+QUERY_FIELDS = (REAL_SITE,)  # the answer to the server's query (server/job.py)
+ROUND_REQUEST_FIELDS = (NAME, ROUND_REQUEST, DISAGREEMENT)  # the answer to a round-request query (server/requests.py)
+COUNTS = (NUM_EXAMPLES, N_POSITIVE, "patients")  # sent rounded (`coarse_count`), never exact
+COUNT_STEP = 10
+
+
+def coarse_count(n: float) -> float:
+    """A count as it leaves a site: to the nearest COUNT_STEP, and at least COUNT_STEP when there is any (so that
+    a site with a few images still weighs something); UNDEFINED stays so. Exact counts of a small split would tell
+    labels apart."""
+    if n == UNDEFINED:
+        return UNDEFINED
+    if not n > 0:
+        return 0.0
+    return float(max(COUNT_STEP, COUNT_STEP * math.floor(n / COUNT_STEP + 0.5)))
+
+
+def site_metrics(phase: str, metrics: Mapping[str, float], simulated: bool = False) -> dict[str, float]:
+    """A site's numbers as its reply carries them: only the phase's fields (and, from a simulated site, the
+    diagnostics benchmarks read), counts coarsened."""
+    allowed = kept_metrics(phase, simulated)
+    return {k: coarse_count(v) if k in COUNTS else float(v) for k, v in metrics.items() if k in allowed}
+
+
+def kept_metrics(phase: str, simulated: bool = True) -> tuple[str, ...]:
+    """The metric keys a reply of `phase` may carry (the server, which cannot tell, keeps the simulation's too)."""
+    return REPLY_METRICS[phase] + (SIMULATION_METRICS if simulated and phase == TRAIN else ())
 
 
 @dataclass
@@ -69,6 +139,7 @@ class SiteJob:
     seed: int = 0
     run_id: str = ""
     rounds: int = 1  # planned rounds: DP noise is calibrated for the whole run
+    min_val_images: int = 0  # sites report validation metrics on at least this many images (can only raise theirs)
 
     def to_json(self) -> str:
         return json.dumps(
@@ -80,6 +151,7 @@ class SiteJob:
                 "seed": self.seed,
                 "run_id": self.run_id,
                 "rounds": self.rounds,
+                "min_val_images": self.min_val_images,
             }
         )
 
@@ -94,6 +166,7 @@ class SiteJob:
             seed=int(d["seed"]),
             run_id=str(d.get("run_id", "")),
             rounds=int(d.get("rounds", 1)),
+            min_val_images=int(d.get("min_val_images", 0)),
         )
 
     @staticmethod
@@ -108,12 +181,14 @@ class SiteJob:
         return ModelSpec.from_dict(self.model)
 
 
-def encode_metrics(report: DetectionReport, examples: int) -> dict[str, float]:
-    """A report as the numbers that travel in a MetricRecord: undefined values become UNDEFINED."""
+def encode_metrics(report: DetectionReport, examples: int, min_images: int = 0) -> dict[str, float]:
+    """A report as the numbers that travel in a MetricRecord: undefined values become UNDEFINED, and so does every
+    figure of fewer than `min_images` images (a tiny split's figures and fracture count would reveal labels)."""
     d = report.to_dict(curves=False)
-    out = {k: (float(d[k]) if d.get(k) is not None and math.isfinite(d[k]) else UNDEFINED) for k in REPORTED}
+    shown = examples >= max(min_images, 1)
+    out = {k: (float(d[k]) if shown and d.get(k) is not None and math.isfinite(d[k]) else UNDEFINED) for k in REPORTED}
     out[NUM_EXAMPLES] = float(examples)
-    out[N_POSITIVE] = float(report.n_positive)
+    out[N_POSITIVE] = float(report.n_positive) if shown else UNDEFINED
     return out
 
 
@@ -126,9 +201,10 @@ def decode_metrics(metrics: Mapping[str, float]) -> dict[str, float | None]:
 class SiteReply:
     """Who answered a round's message and how it went: the SITE record of every reply.
 
-    `status` is ``ok``, or why not (``refused: ...``, ``failed: ...``); `privacy` is the site's DP-SGD report
-    (epsilon, mechanism, ledger head). The server reads what a site sent through `from_record`, which keeps only
-    short names and numbers, so nothing else a site puts there reaches records, cards or logs.
+    `name` is the name the site gives itself: the server records replies under the name it bound to the node
+    (server/identity.py) and only compares the two. `status` is ``ok``, or why not (``refused: ...``,
+    ``failed: ...``); `privacy` is the site's DP-SGD report (PRIVACY_FIELDS). Both sides keep only those fields,
+    as short names and numbers, so nothing else a site puts there reaches the server, records, cards or logs.
     """
 
     name: str
@@ -136,32 +212,32 @@ class SiteReply:
     privacy: dict[str, Any] | None = None
 
     def to_record(self) -> dict[str, str]:
-        out = {NAME: self.name, "status": self.status}
+        out = {NAME: self.name, STATUS: self.status}
         if self.privacy is not None:
-            out["privacy"] = json.dumps(self.privacy)
+            out[PRIVACY] = json.dumps(_privacy_report(self.privacy))
         return out
 
     @classmethod
-    def from_record(cls, record: Mapping[str, Any], default_name: str) -> SiteReply:
+    def from_record(cls, record: Mapping[str, Any]) -> SiteReply:
+        try:
+            privacy = json.loads(str(record[PRIVACY])) if PRIVACY in record else None
+        except (TypeError, ValueError):
+            privacy = None
         return cls(
-            str(record.get(NAME, default_name))[:64],
-            str(record.get("status", "ok"))[:200],
-            _privacy_report(record.get("privacy")),
+            str(record.get(NAME, ""))[:64],
+            str(record.get(STATUS, "ok"))[:200],
+            _privacy_report(privacy) if isinstance(privacy, dict) else None,
         )
 
 
-def _privacy_report(text: object) -> dict[str, Any] | None:
-    """A site's privacy report: numbers and short codes only; anything else in it is dropped."""
-    try:
-        raw = json.loads(str(text)) if text is not None else None
-    except (TypeError, ValueError):
-        return None
-    if not isinstance(raw, dict):
-        return None
-    return {
-        k: v
-        for k, v in raw.items()
-        if isinstance(k, str)
-        and len(k) <= 40
-        and (isinstance(v, (int, float)) or (isinstance(v, str) and len(v) <= 200))
-    }
+def _privacy_report(raw: Mapping[str, Any]) -> dict[str, Any]:
+    """A site's privacy report: PRIVACY_FIELDS only, as numbers and short codes, counts coarsened."""
+    out: dict[str, Any] = {}
+    for k, v in raw.items():
+        if k not in PRIVACY_FIELDS:
+            continue
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            out[k] = coarse_count(v) if k in COUNTS else v
+        elif isinstance(v, str) and len(v) <= 200 and k not in COUNTS:
+            out[k] = v
+    return out

@@ -37,6 +37,7 @@ class FederationConfig:
     # Before a new run, ask the sites whether they request a round: off | ask (record their answers in
     # outcome.json) | require (also: no training unless at least one site requests a round).
     round_requests: str = "off"
+    min_site_val_images: int = 0  # sites withhold validation figures below this many images (raises their own)
 
 
 @dataclass

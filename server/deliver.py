@@ -12,6 +12,7 @@ from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
 from common.protocol import DELIVER, DELIVERED_FILES, DELIVERED_NAMES, DELIVERED_VERSION, DELIVERY, SITE, SiteReply
+from server.identity import SiteNames
 from server.registry import Registry
 from server.registry.card import EXPORT_FILE
 from server.registry.store import CARD_JSON, CARD_MD, WEIGHTS
@@ -31,8 +32,9 @@ def version_files(registry: Registry, version: str) -> dict[str, bytes]:
     return {name: (p.path / name).read_bytes() for name in names}
 
 
-def deliver(grid: Grid, registry: Registry, version: str, timeout: float) -> dict[str, str]:
-    """Send `version` to every connected node; returns each answering site's status (`stored`, or why not)."""
+def deliver(grid: Grid, registry: Registry, version: str, timeout: float, names: SiteNames) -> dict[str, str]:
+    """Send `version` to every connected node; returns each answering site's status (`stored`, or why not), under
+    the name the server bound to its node (server/identity.py)."""
     files = version_files(registry, version)
     record = ConfigRecord(
         {DELIVERED_VERSION: version, DELIVERED_NAMES: list(files), DELIVERED_FILES: list(files.values())}
@@ -44,11 +46,12 @@ def deliver(grid: Grid, registry: Registry, version: str, timeout: float) -> dic
     ]
     out = {}
     for reply in grid.send_and_receive(messages, timeout=timeout):
-        node = f"node {reply.metadata.src_node_id}"
+        node = reply.metadata.src_node_id
         if reply.has_error() or SITE not in reply.content:
-            out[node] = "no answer (a ClientApp without deliveries?)"
+            out[names.of(node)] = "no answer (a ClientApp without deliveries?)"
             continue
-        site = SiteReply.from_record(reply.content[SITE], node)
-        out[site.name] = site.status
+        site = SiteReply.from_record(reply.content[SITE])
+        wrong = names.check(node, site.name)
+        out[names.of(node)] = f"rejected: {wrong}" if wrong else site.status
     log.info("delivered %s to %d of %d node(s): %s", version, len(out), len(nodes), out)
     return out

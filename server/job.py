@@ -15,8 +15,9 @@ from omegaconf import OmegaConf
 
 from common.config import CONF_DIR, to_typed
 from common.errors import ConfigError
-from common.protocol import ASK, CONFIG, NAME, REAL_SITE, SITE
+from common.protocol import ASK, CONFIG, REAL_SITE, SITE
 from server.config import ServerJob
+from server.identity import SiteNames
 
 SITE_BUILDERS = "fracfl.simulation"
 
@@ -72,7 +73,8 @@ def refuse_real_sites(grid: Grid, timeout: float) -> None:
     Their SuperNodes would train on their own data while the server built synthetic sites and scored every
     published model on synthetic images: a model card whose pooled metrics mean nothing, with no warning. Every
     node is asked (a query message) before anything is built; a node that does not answer counts as real, and no
-    node at all is refused too."""
+    node at all is refused too. Real sites are named by their registered names (server/identity.py): the answer
+    carries only the flag (QUERY_FIELDS)."""
     nodes = sorted(grid.get_node_ids())
     if not nodes:  # a simulation's virtual nodes exist from its start; a deployment's may not be online yet
         raise ConfigError(
@@ -84,12 +86,12 @@ def refuse_real_sites(grid: Grid, timeout: float) -> None:
         for n in nodes
     ]
     replies = {m.metadata.src_node_id: m for m in grid.send_and_receive(ask, timeout=timeout)}
-    real = []
+    names, real = SiteNames(grid), []
     for n in nodes:
         m = replies.get(n)
         info = m.content[SITE] if m is not None and not m.has_error() and SITE in m.content else None
         if info is None or info.get(REAL_SITE, True):
-            real.append(str(info.get(NAME) or f"node {n}") if info is not None else f"node {n} (no answer)")
+            real.append(names.of(n) + (" (no answer)" if info is None else ""))
     if real:
         raise ConfigError(
             f"run config simulate=true, but {len(real)} of {len(nodes)} SuperNodes are real sites or "

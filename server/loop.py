@@ -19,9 +19,20 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
-from common.protocol import ARRAYS, METRICS, NUM_EXAMPLES, SITE, SiteReply, decode_metrics
+from common.protocol import (
+    ARRAYS,
+    EVALUATE,
+    METRICS,
+    NUM_EXAMPLES,
+    SITE,
+    TRAIN,
+    SiteReply,
+    decode_metrics,
+    kept_metrics,
+)
 from common.records import State, from_record, to_array, to_record
 from server.history import RoundRecord
+from server.identity import SiteNames
 from server.updates import aggregate_buffers, check_examples, check_update, is_buffer, split_state
 
 log = logging.getLogger("fracfl.server")
@@ -46,19 +57,25 @@ class _Reply:
     privacy: dict[str, Any] | None = None  # the site's DP-SGD report (epsilon, mechanism, ledger head)
 
 
-def _read(msg: Message, names: dict[int, str]) -> _Reply:
-    """Site name, status and numbers of a reply; error replies become a 'failed' status."""
+def _read(msg: Message, phase: str, names: SiteNames) -> _Reply:
+    """The bound site name, status and numbers (the phase's fields only) of a reply; error replies become a
+    'failed' status, and a reply that names another site than its node's is rejected."""
     node = msg.metadata.src_node_id
     if msg.has_error():
-        return _Reply(names.get(node, f"node-{node}"), f"failed: {msg.error.reason}", 0, {}, msg)
-    site = SiteReply.from_record(msg.content.get(SITE) or ConfigRecord({}), names.get(node, f"node-{node}"))
-    names[node] = site.name
+        return _Reply(names.of(node), f"failed: {msg.error.reason}", 0, {}, msg)
+    site = SiteReply.from_record(msg.content.get(SITE) or ConfigRecord({}))
+    impostor = names.check(node, site.name)
     raw = dict(msg.content.get(METRICS) or {})
     examples = raw.pop(NUM_EXAMPLES, 0)
-    metrics = {k: float(v) for k, v in raw.items() if isinstance(v, (int, float))}
-    problem = check_examples(examples) if site.status == "ok" else None
-    n = int(examples) if problem is None and site.status == "ok" else 0
-    return _Reply(site.name, f"rejected: {problem}" if problem else site.status, n, metrics, msg, privacy=site.privacy)
+    keep = kept_metrics(phase)
+    metrics = {k: float(v) for k, v in raw.items() if k in keep and isinstance(v, (int, float))}
+    status = site.status
+    if impostor is not None:
+        log.warning("site %s (node %d): %s; its %s reply is rejected", names.of(node), node, impostor, phase)
+        status, metrics = (f"rejected: {impostor}" if status == "ok" else status), {}
+    problem = check_examples(examples) if status == "ok" else None
+    n = int(examples) if problem is None and status == "ok" else 0
+    return _Reply(names.of(node), f"rejected: {problem}" if problem else status, n, metrics, msg, privacy=site.privacy)
 
 
 def _record(rnd: int, phase: str, r: _Reply) -> RoundRecord:
@@ -70,11 +87,15 @@ def _subset(record: ArrayRecord, keys: Iterable[str]) -> ArrayRecord:
     return ArrayRecord({k: record[k] for k in keys})
 
 
-def _send(grid: Grid, messages: Iterable[Message], record: ArrayRecord, timeout: float) -> list[Message]:
-    """Every site receives the full global state (parameters and buffers), whatever the strategy put in."""
+def _send(
+    grid: Grid, messages: Iterable[Message], record: ArrayRecord, timeout: float, names: SiteNames
+) -> list[Message]:
+    """Every site receives the full global state (parameters and buffers), whatever the strategy put in. Each
+    destination's name is bound before it is sent to, so a site that dies in the round is still named."""
     messages = list(messages)
     for m in messages:
         m.content[ARRAYS] = record
+        names.of(m.metadata.dst_node_id)
     return list(grid.send_and_receive(messages, timeout=timeout)) if messages else []
 
 
@@ -84,7 +105,7 @@ def run_round(
     rnd: int,
     state: State,
     config: dict[str, Any],
-    names: dict[int, str],
+    names: SiteNames,
     *,
     max_update_norm: float,
     timeout: float,
@@ -98,7 +119,7 @@ def run_round(
     params, _ = split_state(state)
     full = record if record is not None else to_record(state)
     train = strategy.configure_train(rnd, _subset(full, params), ConfigRecord(config), grid)
-    replies = [_read(m, names) for m in _send(grid, train, full, timeout)]
+    replies = [_read(m, TRAIN, names) for m in _send(grid, train, full, timeout, names)]
     result = RoundResult(rnd, state, record=full)
     accepted: list[_Reply] = []
     for r in replies:
@@ -115,7 +136,7 @@ def run_round(
                 accepted.append(r)
         else:
             log.warning("round %d: site %s did not train: %s", rnd, r.site, r.status)
-        result.records.append(_record(rnd, "train", r))
+        result.records.append(_record(rnd, TRAIN, r))
 
     if accepted:
         for r in accepted:  # the strategy aggregates trainable parameters; buffers are combined below
@@ -137,10 +158,9 @@ def run_round(
 
     if getattr(strategy, "fraction_evaluate", 1.0) > 0:
         full = result.record
-        evals = _send(
-            grid, strategy.configure_evaluate(rnd, _subset(full, params), ConfigRecord(config), grid), full, timeout
-        )
-        result.records += [_record(rnd, "evaluate", _read(m, names)) for m in evals]
+        asked = strategy.configure_evaluate(rnd, _subset(full, params), ConfigRecord(config), grid)
+        evals = _send(grid, asked, full, timeout, names)
+        result.records += [_record(rnd, EVALUATE, _read(m, EVALUATE, names)) for m in evals]
     if server_eval is not None:
         pooled = server_eval(result.state)
         if pooled is not None:

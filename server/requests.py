@@ -19,6 +19,7 @@ from flwr.serverapp import Grid
 from common.errors import ConfigError
 from common.protocol import ASK_ROUND, CONFIG, DISAGREEMENT, NAME, ROUND_REQUEST, SITE, SITES_MANIFEST
 from server.config import FederationConfig
+from server.identity import SiteNames
 
 log = logging.getLogger("fracfl.server")
 
@@ -73,9 +74,12 @@ def check_mode(mode: str) -> str:
     return mode
 
 
-def ask_round_requests(grid: Grid, timeout: float, sites_manifest: str | None = None) -> RoundRequests:
+def ask_round_requests(
+    grid: Grid, timeout: float, names: SiteNames, sites_manifest: str | None = None
+) -> RoundRequests:
     """Query every connected node; a node that does not answer, or answers with an error (a ClientApp without
-    round requests), does not request."""
+    round requests), does not request. Answers go under the name the server bound to the node (server/identity.py);
+    one that gives another site's name is dropped."""
     nodes = sorted(grid.get_node_ids())
     config: dict[str, Any] = {SITES_MANIFEST: sites_manifest} if sites_manifest else {}  # simulated sites' settings
     kind = f"{MessageType.QUERY}.{ASK_ROUND}"
@@ -84,10 +88,14 @@ def ask_round_requests(grid: Grid, timeout: float, sites_manifest: str | None = 
     for m in grid.send_and_receive(ask, timeout=timeout) if ask else []:
         if m.has_error() or SITE not in m.content:
             continue
-        info = m.content[SITE]
+        info, node = m.content[SITE], m.metadata.src_node_id
+        wrong = names.check(node, str(info.get(NAME, "")))
+        if wrong:
+            log.warning("round request from %s rejected: %s", names.of(node), wrong)
+            continue
         answers.append(
             SiteAnswer(
-                str(info.get(NAME) or f"node {m.metadata.src_node_id}")[:64],
+                names.of(node),
                 info.get(ROUND_REQUEST) is True,
                 coarse_rate(info.get(DISAGREEMENT)),
             )
@@ -95,11 +103,13 @@ def ask_round_requests(grid: Grid, timeout: float, sites_manifest: str | None = 
     return RoundRequests(len(nodes), answers)
 
 
-def ask_if_configured(grid: Grid, fed: FederationConfig, sites_manifest: str | None = None) -> RoundRequests | None:
+def ask_if_configured(
+    grid: Grid, fed: FederationConfig, names: SiteNames, sites_manifest: str | None = None
+) -> RoundRequests | None:
     """The sites' answers when `federation.round_requests` asks for them, else None (no query is sent)."""
     if check_mode(fed.round_requests) == "off":
         return None
-    asked = ask_round_requests(grid, min(float(fed.round_timeout), 300.0), sites_manifest)
+    asked = ask_round_requests(grid, min(float(fed.round_timeout), 300.0), names, sites_manifest)
     log.info(
         "round requests: %d of %d sites answered, requesting: %s",
         len(asked.answers),

@@ -40,6 +40,7 @@ from server.export.background import background_exports
 from server.forgetting import forgetting
 from server.forgetting import summary as forgetting_summary
 from server.history import RoundRecord, append_records, read_records, truncate_after
+from server.identity import SiteNames
 from server.loop import RoundResult, run_round
 from server.privacy import ServerPrivacy, latest_reports, server_privacy
 from server.publish import adopt_published, commit_round, model_version, round_card
@@ -93,12 +94,13 @@ class Start:
 def run_federation(grid: Grid, job: ServerJob, sites_manifest: str | None = None) -> dict[str, Any]:
     """Run (or resume) the job's rounds; returns the run's outcome (also written to `outcome.json`)."""
     run, initial = prepare(job)
-    start = resume(run) or begin(run, initial, ask_if_configured(grid, job.federation, sites_manifest))
+    names = SiteNames(grid, sites_manifest)  # the name each node's records and answers go under
+    start = resume(run) or begin(run, initial, ask_if_configured(grid, job.federation, names, sites_manifest))
     if start.round <= job.federation.rounds:
-        run_rounds(grid, run, start, round_config(run, sites_manifest))
+        run_rounds(grid, run, start, round_config(run, sites_manifest), names)
     outcome = finish(run)
     if job.federation.deliver and outcome["latest"]:  # the sites' copy of the last published version
-        outcome["delivered"] = deliver(grid, run.registry, outcome["latest"], job.federation.round_timeout)
+        outcome["delivered"] = deliver(grid, run.registry, outcome["latest"], job.federation.round_timeout, names)
     return outcome
 
 
@@ -179,6 +181,7 @@ def round_config(run: Run, sites_manifest: str | None) -> dict[str, Any]:
         seed=job.seed,
         run_id=job.run_id,
         rounds=job.federation.rounds,
+        min_val_images=job.federation.min_site_val_images,
     )
     config: dict[str, Any] = {JOB: site_job.to_json()}
     if sites_manifest:
@@ -187,11 +190,10 @@ def round_config(run: Run, sites_manifest: str | None) -> dict[str, Any]:
     return config
 
 
-def run_rounds(grid: Grid, run: Run, start: Start, config: dict[str, Any]) -> None:
+def run_rounds(grid: Grid, run: Run, start: Start, config: dict[str, Any], names: SiteNames) -> None:
     """Rounds `start.round`..N: each one run, recorded, tracked, then committed in the background."""
     job, fed = run.job, run.job.federation
     state, reports = start.state, start.reports
-    names: dict[int, str] = {}
     record = None  # the global state serialised for sending, carried from round to round
     with (
         make_tracker(job.tracking.mode, run.dir, job.tracking.project, job.run_id, asdict(job)) as tracker,

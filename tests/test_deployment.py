@@ -309,7 +309,7 @@ def test_tls_deployment_trains_resumes_publishes_and_refuses_outsiders(flower, t
     cards = [json.loads(c.read_text()) for c in sorted((run / "registry").glob("v*/card.json"))]
     assert [c["round"] for c in cards] == [1, 2] and cards[1]["parent"] == cards[0]["version"]
     assert {s["name"]: s["status"] for s in cards[1]["sites"]} == {s: "trained" for s in SITES}
-    assert all(s["examples"] == 6 for s in cards[1]["sites"])  # each site's own training split, counted there
+    assert all(s["examples"] == 10 for s in cards[1]["sites"])  # 6 training images each, sent rounded to 10
     assert main(["registry", "verify", "all", "--registry", str(run / "registry")]) == 0
     assert {s: p["noise"] for s, p in cards[1]["privacy"]["sites"].items()} == {s: SECURE for s in SITES}
     ledgers = {s: own[s].parent / "privacy" / "ledger.jsonl" for s in SITES}  # where each site.toml says

@@ -87,7 +87,7 @@ def _context(**node_config) -> Context:
 def test_a_delivered_version_lands_in_the_inbox_and_installs(registry, tmp_path, server_side):
     models = tmp_path / "models"
     reply = client_app(_deliver_message(registry, "v0001"), _context(**{"models-dir": str(models)}))
-    assert SiteReply.from_record(reply.content[SITE], "?") == SiteReply("st-marys", "stored")
+    assert SiteReply.from_record(reply.content[SITE]) == SiteReply("st-marys", "stored")
     store = ModelStore(models)
     assert (store.inbox / "v0001" / "model.safetensors").is_file() and store.versions() == []
     fetch_from_inbox(store, "v0001")
@@ -95,7 +95,7 @@ def test_a_delivered_version_lands_in_the_inbox_and_installs(registry, tmp_path,
 
     # A node without a model store says so; a damaged delivery is refused and nothing is kept.
     reply = client_app(_deliver_message(registry, "v0001"), _context())
-    assert SiteReply.from_record(reply.content[SITE], "?").status == "not stored: node config has no models-dir"
+    assert SiteReply.from_record(reply.content[SITE]).status == "not stored: node config has no models-dir"
     msg = _deliver_message(registry, "v0001")
     from common.protocol import DELIVERED_FILES, DELIVERED_NAMES
 
@@ -104,7 +104,7 @@ def test_a_delivered_version_lands_in_the_inbox_and_installs(registry, tmp_path,
     blobs[list(record[DELIVERED_NAMES]).index("model.safetensors")] += b"x"
     record[DELIVERED_FILES] = blobs
     reply = client_app(msg, _context(**{"models-dir": str(tmp_path / "fresh")}))
-    assert SiteReply.from_record(reply.content[SITE], "?").status.startswith("refused: DataError")
+    assert SiteReply.from_record(reply.content[SITE]).status.startswith("refused: DataError")
     assert not (tmp_path / "fresh" / "inbox" / "v0001").exists()
 
 

@@ -112,9 +112,9 @@ def test_message_keys_are_spelt_only_in_the_protocol():
 def test_the_site_reply_keeps_only_short_names_and_numbers():
     report = {"epsilon": 2.5, "noise": "secure", "ledger_head": "ab" * 32, "note": "x" * 500, "nested": {"a": 1}}
     sent = SiteReply("trauma_center", "ok", report).to_record()
-    got = SiteReply.from_record(sent, "node-7")
+    got = SiteReply.from_record(sent)
     assert got == SiteReply("trauma_center", "ok", {"epsilon": 2.5, "noise": "secure", "ledger_head": "ab" * 32})
-    assert SiteReply.from_record({}, "node-7") == SiteReply("node-7", "ok", None)  # a reply that says nothing
-    long = SiteReply.from_record({"name": "n" * 100, "status": "failed: " + "y" * 300, "privacy": "not json"}, "x")
+    assert SiteReply.from_record({}) == SiteReply("", "ok", None)  # a reply that says nothing
+    long = SiteReply.from_record({"name": "n" * 100, "status": "failed: " + "y" * 300, "privacy": "not json"})
     assert len(long.name) == 64 and len(long.status) == 200 and long.privacy is None
-    assert SiteReply.from_record({"privacy": json.dumps([1, 2])}, "x").privacy is None
+    assert SiteReply.from_record({"privacy": json.dumps([1, 2])}).privacy is None

@@ -28,7 +28,9 @@ HELD_OUT = (
 INTERVALS = (
     "95 % intervals are Wilson score intervals on image counts (sensitivity over radiographs with a fracture, "
     "specificity over those without). This card holds aggregates only (no per-image result leaves a site), "
-    "so mAP and ROC AUC have no interval here: a bootstrap needs per-image results, which stay at the sites."
+    "so mAP and ROC AUC have no interval here: a bootstrap needs per-image results, which stay at the sites. "
+    "Sites send their image counts rounded to the nearest 10 (the exact counts stay there), so a site's interval "
+    "is approximate, and a site with too few validation images sends no figures at all."
 )
 FAILURE_MODES = (
     "Subtle, non-displaced or hairline fractures, and fractures visible in one projection only, are missed more often.",
