@@ -1,4 +1,5 @@
 """`fracfl site init DIR`: a hospital site's own privacy configuration (limits and ledger) for its SuperNode;
+`fracfl site supernode -- ARGS`: its SuperNode as a service (retries a refused restart, leaves no orphans);
 `fracfl site purge --older-than DAYS`: its retention of kept copies, quarantined files and linking-table rows."""
 
 from __future__ import annotations
@@ -21,9 +22,16 @@ def _init(a: argparse.Namespace) -> int:
         "account read it; keep a copy offline, a lost key stops training until restored)"
     )
     print(
-        f"SuperNode: flower-supernode ... --node-config \"site-name='NAME' data-dir='/data/...' {NODE_KEY}='{path}'\""
+        f"SuperNode: fracfl site supernode -- ... --node-config \"site-name='NAME' data-dir='/data/...' "
+        f"{NODE_KEY}='{path}'\""
     )
     return 0
+
+
+def _supernode(a: argparse.Namespace) -> int:
+    from client.supervise import run_supernode
+
+    return run_supernode(a.args[1:] if a.args[:1] == ["--"] else a.args, a.retry_for)
 
 
 def _purge(a: argparse.Namespace) -> int:
@@ -92,6 +100,22 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     q.add_argument("--delta", type=float, default=None, help="delta (default: min(1e-5, 0.1/N) for N images)")
     q.set_defaults(func=_init)
+    q = ssub.add_parser(
+        "supernode",
+        help="run flower-supernode as a service: restart it while the SuperLink refuses it after a crash",
+        description="Runs `flower-supernode ARGS` (from PATH) with its output, restarts it with backoff while the "
+        "SuperLink refuses to activate it (for up to a minute after a crash), and ends every process it started when "
+        "it ends or on SIGTERM/SIGINT. See docs/deployment.md, Services.",
+    )
+    q.add_argument(
+        "--retry-for",
+        type=float,
+        default=300.0,
+        metavar="SECONDS",
+        help="keep retrying a refused activation this long (default %(default)s)",
+    )
+    q.add_argument("args", nargs=argparse.REMAINDER, help="-- then flower-supernode's arguments")
+    q.set_defaults(func=_supernode)
     r = ssub.add_parser(
         "purge",
         help="remove kept copies, quarantined files and linking-table rows older than DAYS (a dry run unless --yes)",

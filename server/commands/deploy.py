@@ -1,4 +1,5 @@
-"""`fracfl deploy certs|node-key`: the TLS and authentication files of a Flower deployment (docs/deployment.md)."""
+"""`fracfl deploy certs|node-key|systemd`: the TLS and authentication files and the service units of a Flower
+deployment (docs/deployment.md)."""
 
 from __future__ import annotations
 
@@ -33,6 +34,19 @@ def _node_key(a: argparse.Namespace) -> int:
     return 0
 
 
+def _systemd(a: argparse.Namespace) -> int:
+    from server.deploy.systemd import write_unit
+
+    args = a.args[1:] if a.args[:1] == ["--"] else a.args
+    path = write_unit(a.role, Path(a.out), args, a.user, Path(a.workdir))
+    print(f"wrote {path}")
+    print(
+        f"install:  sudo cp {path} /etc/systemd/system/ && sudo systemctl daemon-reload && "
+        f"sudo systemctl enable --now {path.stem}\nlog:      journalctl -u {path.stem} -f"
+    )
+    return 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "deploy",
@@ -54,3 +68,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("out", help="folder for NAME.key (private) and NAME.pub (public)")
     q.add_argument("--name", required=True, help="file name and key comment, e.g. the site's name")
     q.set_defaults(func=_node_key)
+    q = dsub.add_parser(
+        "systemd",
+        help="a systemd unit for the SuperLink or a SuperNode, with this environment's paths",
+        description="Writes fracfl-ROLE.service: the SuperLink runs flower-superlink ARGS, a SuperNode runs "
+        "`fracfl site supernode -- ARGS`, both from this environment's bin/ and offline, with a restart policy "
+        "that fits Flower's refusal of a SuperNode restarted soon after a crash. See docs/deployment.md, Services.",
+    )
+    roles = q.add_subparsers(dest="role", metavar="ROLE", required=True)
+    for role, program in (("superlink", "flower-superlink"), ("supernode", "flower-supernode")):
+        r = roles.add_parser(
+            role, help=f"runs {program} ARGS" + (" through fracfl site supernode" * (role == "supernode"))
+        )
+        r.add_argument("--out", default=".", help="folder for the unit file (default: here; never overwritten)")
+        r.add_argument("--user", required=True, help="the account the service runs as (owns keys, state, ledger)")
+        r.add_argument("--workdir", required=True, help="absolute working directory; FLWR_HOME is WORKDIR/.flwr")
+        r.add_argument("args", nargs=argparse.REMAINDER, help=f"-- then {program}'s arguments")
+        r.set_defaults(func=_systemd)
