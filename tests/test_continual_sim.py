@@ -1,6 +1,6 @@
 """The simulated continuous loop's own parts: arrivals and drift, the simulated radiologist writing into a real
 feedback store, scoring against the ground truth, and the per-period report. The loop's calls into the pool, the
-warm-started round and the gate (simulations/continual/steps.py) are not exercised here."""
+warm-started round and the gate (simulations/continual/steps.py) are exercised by tests/test_continual_loop.py."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from simulations.continual.config import (
     ContinualConfig,
     ContinualJob,
     DriftConfig,
+    GateMargins,
     RadiologistConfig,
     check_continual,
     profile_at,
@@ -89,6 +90,7 @@ def test_drift_switches_the_profile_from_its_period(tmp_path: Path) -> None:
         ({"holdout_fraction": 1.0}, "holdout_fraction"),
         ({"radiologist": RadiologistConfig(miss_rate=1.5)}, "radiologist.miss_rate"),
         ({"periods": 0}, "periods"),
+        ({"gate": GateMargins(bootstrap=10)}, "continual.gate bootstrap"),
     ],
 )
 def test_bad_config_names_its_key(change: dict, key: str) -> None:

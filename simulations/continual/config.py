@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from common.errors import ConfigError
 from common.synth import SiteProfile, get_profile
 from simulations.config import SimulationJob
+from simulations.continual import steps
 
 
 @dataclass
@@ -37,11 +38,15 @@ class RadiologistConfig:
 
 @dataclass
 class GateMargins:
-    """Handed to the sites' champion/challenger gate (client/models): how much worse a challenger may be."""
+    """Handed to the sites' champion/challenger gate (client/models/settings.py GateConfig, same meanings): how much
+    worse a challenger may be on the site's held-out reviewed cases."""
 
-    max_sensitivity_drop: float = 0.05  # image-level sensitivity on the held-out reviewed cases
-    max_fp_per_image: float = 1.0  # false positives per held-out image the challenger may make
+    sensitivity_margin: float = 0.05  # largest allowed drop of image-level sensitivity
+    max_fp_per_image: float | None = 1.0  # false positives per held-out image the challenger may make
+    max_fp_increase: float | None = 0.5  # largest allowed rise of false positives per image over the champion
+    require_ci: bool = False  # true: the CI's lower bound of the sensitivity change must clear -margin
     bootstrap: int = 1000  # resamples for the confidence interval shown with each decision
+    conf: float | None = None  # operating point; None: the evaluation default
 
 
 @dataclass
@@ -49,7 +54,6 @@ class ContinualConfig:
     periods: int = 3  # T: each period brings arrivals, review, the pool, a round and the gates
     arrivals_per_period: int = 20  # new radiographs per site per period
     holdout_fraction: float = 0.3  # share of patients whose reviewed cases are held out (never trained on)
-    replay_mix: float = 0.5  # share of each round's training drawn from the original data (the rest: the pool)
     patients_per_site: int = 10_000  # arrivals draw a patient from this many, so some patients return
     radiologist: RadiologistConfig = field(default_factory=RadiologistConfig)
     gate: GateMargins = field(default_factory=GateMargins)
@@ -76,14 +80,12 @@ def check_continual(cfg: ContinualConfig, sites: Sequence[str]) -> None:
     if cfg.patients_per_site < 1:
         raise ConfigError(f"continual.patients_per_site must be >= 1, got {cfg.patients_per_site}")
     _fraction(cfg.holdout_fraction, "holdout_fraction", upper_open=True)
-    _fraction(cfg.replay_mix, "replay_mix")
     r = cfg.radiologist
     for key in ("miss_rate", "error_rate", "match_iou", "move_below_iou"):
         _fraction(getattr(r, key), f"radiologist.{key}")
     if not r.reviewer:
         raise ConfigError("continual.radiologist.reviewer must be a non-empty pseudonym")
-    if cfg.gate.max_sensitivity_drop < 0 or cfg.gate.max_fp_per_image < 0 or cfg.gate.bootstrap < 1:
-        raise ConfigError(f"continual.gate: margins must be >= 0 and bootstrap >= 1, got {cfg.gate}")
+    steps.gate_config(cfg.gate, 0)  # the site gate's own checks, naming continual.gate
     seen = set()
     for i, d in enumerate(cfg.drift):
         if d.site not in sites:

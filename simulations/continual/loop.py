@@ -20,6 +20,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from client.continual.pool import PoolVersion
 from client.feedback.store import FeedbackStore
 from common.errors import ConfigError
 from common.synth import SiteProfile
@@ -94,7 +95,7 @@ def run_continual(job: ContinualJob, run_dir: Path) -> dict[str, Path]:
             job, run_dir / "periods" / f"p{period:03d}", manifest, pooled_val, warm=period > 0
         )
         for name, s in sites.items():
-            decision = _decide(job, s, challenger, pools[name], period)
+            decision = _decide(job, name, s, challenger, pools[name], period)
             records.append(_record(job, run_dir, name, s, period, decision, reviewed.get(name, {}), pools[name]))
     return write_report(records, run_dir / "report", f"Continuous learning: {len(sites)} sites, {cfg.periods} periods")
 
@@ -124,24 +125,27 @@ def _review_period(job: ContinualJob, run_dir: Path, name: str, s: SiteState, pe
             "misses": misses}  # fmt: skip
 
 
-def _decide(job: ContinualJob, s: SiteState, challenger: Path | None, pool: object, period: int) -> str:
-    """Period 0 adopts the first model; later the gate promotes the challenger or keeps the champion."""
+def _decide(job: ContinualJob, name: str, s: SiteState, challenger: Path | None, pool: PoolVersion, period: int) -> str:
+    """Period 0 adopts the first model; later the site's gate promotes the challenger or keeps the champion."""
     if challenger is None:
         return "no round"
     version = steps.install(s.models_dir, challenger)
     if period == 0:
-        steps.promote(s.models_dir, version, job.continual.radiologist.reviewer)
+        steps.adopt(s.models_dir, version, job.continual.radiologist.reviewer)
         return "initial"
-    current = steps.clinical_model(s.models_dir)
-    verdict = steps.gate(None if current is None else current[1], challenger, pool, job.continual)
-    if not verdict.accepted:
-        return "rolled back"
-    steps.promote(s.models_dir, version, job.continual.radiologist.reviewer)
-    return "promoted"
+    seed = steps.gate_seed(job.seed, name, period)
+    return "promoted" if steps.gate_and_promote(s.models_dir, version, pool, job.continual, seed) else "rolled back"
 
 
 def _record(
-    job: ContinualJob, run_dir: Path, name: str, s: SiteState, period: int, decision: str, tally: dict, pool: object
+    job: ContinualJob,
+    run_dir: Path,
+    name: str,
+    s: SiteState,
+    period: int,
+    decision: str,
+    tally: dict,
+    pool: PoolVersion,
 ) -> PeriodRecord:
     current = steps.clinical_model(s.models_dir)
     assert current is not None
@@ -167,5 +171,5 @@ def _record(
         verdicts=dict(tally.get("verdicts", {})),
         reader_errors=int(tally.get("errors", 0)),
         reader_misses=int(tally.get("misses", 0)),
-        pool_version=getattr(pool, "version", None),
+        pool_version=pool.version,
     )

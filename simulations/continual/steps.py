@@ -1,44 +1,60 @@
-"""The loop's calls into the site's pool (client/continual, POOL), warm-started rounds (LINEAGE) and the site's model
-store and gate (client/models, MODELS): the only module of the simulated loop that needs them.
+"""The loop's calls into the site's pool (client/continual), warm-started rounds (server/warm_start.py) and the site's
+model store and gate (client/models): the only module of the simulated loop that needs them.
 
 Each step is a thin call with the simulation's values mapped onto the owner's config; nothing here re-implements
-them. The imports sit inside the functions so the rest of simulations/continual imports and tests without them.
+them. A simulated site runs the same code a hospital runs, with two differences a coordinator chooses: its held-out
+salt and its bootstrap seed come from the simulation's seed (so a run can be repeated), and its approvals are signed
+with a key made for the simulation.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
-from simulations.config import SimulationJob
-from simulations.continual.config import ContinualConfig
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from client.continual.config import PoolConfig
+from client.continual.holdout import SALT_FILE, in_holdout
+from client.continual.pool import PoolVersion
+from client.continual.pool import build_pool as build
+from client.feedback.store import FeedbackStore
+from client.models import lifecycle
+from client.models.fetch import fetch_from_registry
+from client.models.settings import GateConfig
+from client.models.store import ModelStore
+from common.privacy import signing
+from server.registry.store import Registry
+
+if TYPE_CHECKING:  # the config module checks its gate margins through gate_config below
+    from simulations.config import SimulationJob
+    from simulations.continual.config import ContinualConfig, GateMargins
+
+KEY_FILE = "site-key.pem"  # in the site's home: signs its approvals (a hospital's is its ledger key)
 
 
-def build_pool(store: Any, data_dir: Path, cfg: ContinualConfig, salt: bytes) -> Any:
-    """The site's training pool after this period's verdicts (a new PoolVersion only when they changed it): labels
-    from confirmed/moved/added boxes, hard negatives from rejected boxes and "no fracture" images, the held-out
-    split drawn by patient with `salt`, under `data_dir`/pool/."""
-    from client.continual.pool import PoolConfig
-    from client.continual.pool import build_pool as build
-
-    return build(store, data_dir, PoolConfig(holdout_fraction=cfg.holdout_fraction, salt=salt))
+def build_pool(store: FeedbackStore, data_dir: Path, cfg: ContinualConfig, salt: bytes) -> PoolVersion:
+    """The site's training pool after this period's verdicts (a new version only when they changed it), under
+    `data_dir`/pool/; the held-out split is drawn by patient with `salt`, written where the pool reads it."""
+    path = data_dir / SALT_FILE
+    if not path.exists():
+        path.write_text(salt.hex() + "\n")
+    return build(store, data_dir, PoolConfig(cfg.holdout_fraction))
 
 
 def held_out(patient: str, cfg: ContinualConfig, salt: bytes) -> bool:
     """Whether this patient's cases are in the site's held-out split (the pool's own rule, so the report scores
     exactly the cases the gate sees)."""
-    from client.continual.holdout import in_holdout
-
     return in_holdout(patient, cfg.holdout_fraction, salt)
 
 
 def federated_round(job: SimulationJob, run_dir: Path, manifest: Path, pooled_val: Path, warm: bool) -> Path | None:
     """One period's federated run in `run_dir` on the sites of `manifest` (their original data plus their pool,
-    mixed by `continual.replay_mix`), publishing into the job's registry; warm-started from the registry's latest
+    mixed by `train.replay`), publishing into the job's registry; warm-started from the registry's latest
     version when `warm`. Returns the newest published version's folder, or None when nothing was published."""
-    from server.registry.store import Registry
     from simulations.runner import run_simulation_job
 
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -53,34 +69,56 @@ def federated_round(job: SimulationJob, run_dir: Path, manifest: Path, pooled_va
 
 
 def install(models_dir: Path, version: Path) -> str:
-    """Put a published version (a registry folder) into the site's model store; returns its name there."""
-    from client.models import install_version
-
-    return install_version(models_dir, version)
+    """Put a published version (a registry folder) into the site's model store, hashes checked; returns its name."""
+    fetch_from_registry(ModelStore(models_dir), version.parent, version.name)
+    return version.name
 
 
 def clinical_model(models_dir: Path) -> tuple[str, Path] | None:
-    """The site's current clinical model (version, weights or version folder), None before the first promotion."""
-    from client.models import status
-
-    current = status(models_dir)
-    return None if current is None else (current.version, current.path)
-
-
-def gate(champion: Path | None, challenger: Path, pool: Any, cfg: ContinualConfig) -> Any:
-    """The champion/challenger gate on the pool's held-out reviewed cases: a GateDecision (accepted, figures,
-    reasons), also appended to the site's decisions.jsonl by the gate itself."""
-    from client.models import GateConfig
-    from client.models import gate as decide
-
-    g = cfg.gate
-    margins = GateConfig(max_sensitivity_drop=g.max_sensitivity_drop, max_fp_per_image=g.max_fp_per_image,
-                         bootstrap=g.bootstrap)  # fmt: skip
-    return decide(champion, challenger, pool.data_yaml, pool.holdout_split, margins)
+    """The site's current clinical model (version, version folder), None before the first promotion."""
+    store = ModelStore(models_dir)
+    version = lifecycle.champion(store)
+    return None if version is None else (version, store.folder(version))
 
 
-def promote(models_dir: Path, version: str, approver: str) -> None:
-    """Make `version` the site's clinical model, approved by the simulated reviewer."""
-    from client.models import promote as make_current
+def gate_config(margins: GateMargins, seed: int) -> GateConfig:
+    """The site gate's config from the simulation's margins, with a bootstrap seed fixed by the run's seed."""
+    cfg = GateConfig(
+        sensitivity_margin=margins.sensitivity_margin,
+        max_fp_per_image=margins.max_fp_per_image,
+        max_fp_increase=margins.max_fp_increase,
+        bootstrap=margins.bootstrap,
+        require_ci=margins.require_ci,
+        conf=margins.conf,
+        seed=seed,
+    )
+    cfg.check("continual.gate")
+    return cfg
 
-    make_current(models_dir, version, approver)
+
+def adopt(models_dir: Path, version: str, approver: str) -> None:
+    """Period 0: the site's first clinical model, approved without a gate (there is no champion and no held-out
+    case yet); the store logs it as forced, with the reason."""
+    store = ModelStore(models_dir)
+    lifecycle.promote(store, version, approver, _key(models_dir), force_reason="simulation period 0: the first model")
+
+
+def gate_and_promote(models_dir: Path, version: str, pool: PoolVersion, cfg: ContinualConfig, seed: int) -> bool:
+    """The champion/challenger gate on the pool's held-out reviewed cases, then approval and promotion when it
+    accepts; every step is logged in the store's decisions.jsonl. Returns whether the challenger became current."""
+    store = ModelStore(models_dir)
+    gate = gate_config(cfg.gate, seed)
+    _, record = lifecycle.promote(
+        store, version, cfg.radiologist.reviewer, _key(models_dir), data=pool.data_yaml, cfg=gate
+    )
+    return record is not None
+
+
+def gate_seed(job_seed: int, site: str, period: int) -> int:
+    """A bootstrap seed per site and period, from the run's seed (a hospital's gate draws a secure one)."""
+    digest = hashlib.sha256(f"fracfl-sim-gate/{job_seed}/{site}/{period}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") >> 1
+
+
+def _key(models_dir: Path) -> Ed25519PrivateKey:
+    return signing.load_or_create(models_dir.parent / KEY_FILE)
