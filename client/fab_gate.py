@@ -1,9 +1,9 @@
 """The site's gate in front of Flower's `flwr-clientapp`: only app bundles (FABs) this site approved run here.
 
-A SuperNode starts `flwr-clientapp` from PATH for every message; `fracfl site gate` writes a launcher of that name
+A SuperNode starts `flwr-clientapp` from PATH for every message; `fracfl site app-gate` writes a launcher of that name
 into the site folder's `bin/`, put first on the SuperNode's PATH. The launcher runs Flower's own `flwr-clientapp`
 with one step added: before the bundle is unpacked or imported, its SHA-256 must be in the site's allow-list
-(`approved-fabs.jsonl`, written by `fracfl site approve` after checking the publisher's signature). Otherwise the
+(`approved-fabs.jsonl`, written by `fracfl site approve-app` after checking the publisher's signature). Otherwise the
 task fails with a clear reason (sent to the server as the ClientApp's error) and the refusal is appended to the
 site's audit trail (`audit.jsonl`). The check lives in the site's installation, never in a bundle.
 
@@ -71,7 +71,7 @@ def check(site_dir: Path, fab: bytes) -> str:
     audit(site_dir, "fab-refused", fab_sha256=sha, reason="not in " + APPROVED)
     raise FabRefused(
         f"app bundle sha256:{sha} is not approved at this site; nothing of it was unpacked or run "
-        "(a site approves a version with `fracfl site approve`, docs/deployment.md)"
+        "(a site approves a version with `fracfl site approve-app`, docs/deployment.md)"
     )
 
 

@@ -1,6 +1,6 @@
 """Issue 18.2 on Flower's real runtime: the SuperLink's Control API answers only operators (mutual TLS through
 `fracfl deploy control-proxy` and `operator-tunnel`), and a site runs only app bundles it approved
-(`fracfl site gate|approve`).
+(`fracfl site app-gate|approve-app`).
 
 One SuperLink on loopback behind the proxy, one SuperNode reaching it through the proxy; runs use the cheap
 `simulate = true` path (the ServerApp asks each site one question and ends), which executes the ClientApp at the site.
@@ -28,7 +28,7 @@ from server.deploy.certs import make_node_key, make_superlink_certs
 
 
 class GatedFlower(Flower):
-    """Flower's processes, where a site's processes find its gate (`fracfl site gate`) first on PATH."""
+    """Flower's processes, where a site's processes find its gate (`fracfl site app-gate`) first on PATH."""
 
     def __init__(self, root: Path):
         super().__init__(root)
@@ -85,7 +85,7 @@ def test_only_operators_reach_the_control_api_and_sites_run_only_approved_bundle
     data = toy_dataset(tmp_path / "hospital" / "data", n=8, positives=6, seed=0)
     site_dir = tmp_path / "hospital" / "fracfl"
     own = write_site_config(site_dir)  # `fracfl site init`
-    assert main(["site", "gate", str(site_dir)]) == 0
+    assert main(["site", "app-gate", str(site_dir)]) == 0
     (site_dir / "publishers" / "study.pub").write_bytes((tmp_path / "publisher" / "study.pub").read_bytes())
 
     link, proxy, tunnel = free_port(), free_port(), free_port()
@@ -178,7 +178,7 @@ def test_only_operators_reach_the_control_api_and_sites_run_only_approved_bundle
         )
         == 0
     )
-    assert main(["site", "approve", str(site_dir), str(tmp_path / "approval.json")]) == 0
+    assert main(["site", "approve-app", str(site_dir), str(tmp_path / "approval.json")]) == 0
     query(modified)
     refusals = [e for e in map(json.loads, (site_dir / AUDIT).read_text().splitlines()) if e["event"] == "fab-refused"]
     assert refusals and not marker.exists()

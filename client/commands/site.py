@@ -1,6 +1,6 @@
 """`fracfl site init DIR`: a hospital site's own privacy configuration (limits and ledger) for its SuperNode;
 `fracfl site purge --older-than DAYS`: its retention of kept copies, quarantined files and linking-table rows;
-`fracfl site gate|approve`: which app bundles its SuperNode may run."""
+`fracfl site app-gate|approve-app`: which app bundles its SuperNode may run."""
 
 from __future__ import annotations
 
@@ -141,11 +141,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--yes", action="store_true", help="remove; without it, only report what would go")
     r.set_defaults(func=_purge)
 
-    g = ssub.add_parser("gate", help="DIR/bin/flwr-clientapp: the SuperNode runs only app bundles this site approved")
+    g = ssub.add_parser("app-gate", help="DIR/bin/flwr-clientapp: the SuperNode runs only app bundles this site approved")
     g.add_argument("dir", help="the site folder (as for `fracfl site init`)")
     g.set_defaults(func=_gate)
     g = ssub.add_parser(
-        "approve",
+        "approve-app",
         help="approve one app bundle: a publisher's signed approval, or a source folder the site reviewed itself",
     )
     g.add_argument("dir", help="the site folder")

@@ -100,7 +100,7 @@ def _sign_fab(a: argparse.Namespace) -> int:
     out = Path(a.out or f"fab-{sha[:12]}.approval.json")
     out.write_text(json.dumps(approval, indent=2) + "\n")
     print(f"app bundle sha256:{sha} (what `flwr run {a.app}` sends)")
-    print(f"approval {out}: give it to the sites (fracfl site approve SITE_DIR {out})")
+    print(f"approval {out}: give it to the sites (fracfl site approve-app SITE_DIR {out})")
     return 0
 
 
