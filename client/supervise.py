@@ -22,6 +22,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 from typing import IO
 
 from flwr.common.constant import HEARTBEAT_DEFAULT_INTERVAL, HEARTBEAT_PATIENCE
@@ -104,8 +105,22 @@ class _Node:
         return status if status >= 0 else 128 - status  # killed by signal N: 128 + N, as a shell reports it
 
 
-def run_supernode(args: list[str], retry_for: float) -> int:
-    """Run `flower-supernode args` until it ends; start it again while the SuperLink refuses its activation."""
+def _use_gate(site_dir: Path) -> None:
+    """Put the site's gate first on PATH, where the SuperNode looks for `flwr-clientapp`."""
+    from client.fab_gate import LAUNCHER
+
+    launcher = site_dir.resolve() / "bin" / LAUNCHER
+    if not os.access(launcher, os.X_OK):
+        raise ConfigError(f"--app-gate {site_dir}: no {launcher}; run `fracfl site app-gate {site_dir}` first")
+    os.environ["PATH"] = f"{launcher.parent}{os.pathsep}{os.environ.get('PATH', '')}"
+
+
+def run_supernode(args: list[str], retry_for: float, app_gate: Path | None = None) -> int:
+    """Run `flower-supernode args` until it ends; start it again while the SuperLink refuses its activation.
+    `app_gate`: the site folder whose bin/flwr-clientapp (`fracfl site app-gate`) the SuperNode must start, so that
+    only approved app bundles run; a missing gate stops here instead of running every bundle unchecked."""
+    if app_gate is not None:
+        _use_gate(app_gate)
     if not args:
         raise ConfigError("give flower-supernode's arguments after --, e.g. fracfl site supernode -- --superlink ...")
     if retry_for < 0:

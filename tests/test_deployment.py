@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import ssl
@@ -203,6 +204,9 @@ def _follow(flower: Flower, cmd: list[str]) -> str:
     if cmd[0] == "fracfl":
         assert main(cmd[1:]) == 0, cmd
         return ""
+    if cmd[0] == "cp":
+        shutil.copy(cmd[1], cmd[2])
+        return ""
     assert cmd[0] == "flwr", f"the guide's {cmd[0]} is not run by this test: extend _follow"
     return flower.cli(*cmd[1:])
 
@@ -226,7 +230,19 @@ def _runs(p: psutil.Process, program: str) -> bool:
 @pytest.mark.timeout(900)  # 180-300 s on the shared 2 cores (load average 3 to 8), a minute of it the crashed site
 def test_tls_deployment_trains_resumes_publishes_and_refuses_outsiders(flower, tmp_path):
     tls, keydir = tmp_path / "certs", tmp_path / "keys"
-    for cmd in commands("certs", {"/etc/fracfl/tls": str(tls)}):
+    operators, publisher, approval = tmp_path / "operators", tmp_path / "publisher", tmp_path / "approval.json"
+    for cmd in [
+        *commands("certs", {"/etc/fracfl/tls": str(tls)}),
+        *commands("operator-cert", {"/etc/fracfl/operators": str(operators)}),
+        *commands(  # the publisher signs the source tree every `flwr run` below sends
+            "publisher",
+            {
+                "/etc/fracfl/publisher": str(publisher),
+                "/srv/fracfl-0.1.0": str(REPO),
+                "fracfl-0.1.0.approval.json": str(approval),
+            },
+        ),
+    ]:
         _follow(flower, cmd)
     certs = {"ca": tls / "ca.pem"}
     foreign_ca = make_superlink_certs(tmp_path / "foreign", ["localhost"])["ca"]
@@ -237,20 +253,39 @@ def test_tls_deployment_trains_resumes_publishes_and_refuses_outsiders(flower, t
         for cmd in [
             *commands("node-key", {"/etc/fracfl/node": str(keydir), "st_marys": site}),
             *commands("site-init", {"/var/lib/fracfl/site": str(own[site])}),
+            *commands("app-gate", {"/var/lib/fracfl/site": str(own[site])}),
+            *commands(
+                "approve-app",
+                {
+                    "study.pub": str(publisher / "study.pub"),
+                    "/var/lib/fracfl/site": str(own[site]),
+                    "fracfl-0.1.0.approval.json": str(approval),
+                },
+            ),
         ]:
             _follow(flower, cmd)
-    port = free_port()
+    port, link, tunnel = free_port(), free_port(), free_port()  # the public port (the proxy's), the SuperLink's
     [superlink] = commands(
         "superlink",
         {
             "/etc/fracfl/tls": str(tls),
-            "0.0.0.0": "127.0.0.1",
-            "--port 8000": f"--port {port}",
+            "--port 8001": f"--port {link}",
             "/var/lib/fracfl/superlink.db": ":flwr-in-memory:",  # see docs/deployment.md on --database
         },
     )
     flower.start("superlink", *superlink)
     _wait(lambda: "Uvicorn running" in flower.log("superlink"), "the SuperLink to start", flower, 120)
+    [proxy] = commands(
+        "control-proxy",
+        {
+            "0.0.0.0:8000": f"127.0.0.1:{port}",
+            "127.0.0.1:8001": f"127.0.0.1:{link}",
+            "/etc/fracfl/tls": str(tls),
+            "/etc/fracfl/operators": str(operators),
+        },
+    )
+    flower.start("proxy", *proxy)
+    _wait(lambda: _listening(port), "the control proxy to start", flower, 120)
 
     # TLS is on: the certificate verifies against our CA for `localhost`, not against another CA, and plain HTTP
     # gets no answer.
@@ -264,7 +299,12 @@ def test_tls_deployment_trains_resumes_publishes_and_refuses_outsiders(flower, t
 
     home = tmp_path / "home" / "coordinator"
     home.mkdir(parents=True)
-    connection = block("flwr-connection", {GUIDE_LINK: f"127.0.0.1:{port}", "/etc/fracfl/tls": str(tls)})
+    [operator_tunnel] = commands(
+        "operator-tunnel", {GUIDE_LINK: f"localhost:{port}", "/etc/fracfl/tls": str(tls), "~/.fracfl": str(operators)}
+    )
+    flower.start("tunnel", *operator_tunnel, "--listen", f"127.0.0.1:{tunnel}")  # the guide's default port may be taken
+    _wait(lambda: _listening(tunnel), "the operator's tunnel to start", flower, 120)
+    connection = block("flwr-connection", {"127.0.0.1:9093": f"127.0.0.1:{tunnel}"})
     (home / "config.toml").write_text(f'[superlink]\ndefault = "hospitals"\n\n{connection}')
 
     def register(site: str) -> str:  # the coordinator registers each site's public key; returns its node id

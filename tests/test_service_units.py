@@ -29,7 +29,8 @@ def _unit(path: Path) -> dict[str, list[str]]:
     ("role", "program", "restart", "kill_mode"),
     [
         ("superlink", ["flower-superlink"], "on-failure", "control-group"),
-        ("supernode", ["fracfl", "site", "supernode", "--"], "always", "mixed"),
+        ("supernode", ["fracfl", "site", "supernode", "--app-gate", "/var/lib/fracfl/site", "--"], "always", "mixed"),
+        ("control-proxy", ["fracfl", "deploy", "control-proxy"], "on-failure", "control-group"),
     ],
 )
 def test_the_guides_units_run_the_guides_commands(tmp_path, monkeypatch, capsys, role, program, restart, kill_mode):
@@ -40,7 +41,7 @@ def test_the_guides_units_run_the_guides_commands(tmp_path, monkeypatch, capsys,
     assert f"systemctl enable --now fracfl-{role}" in capsys.readouterr().out
     unit = _unit(path)
     bin_dir = Path(sys.executable).parent
-    [guide_cmd] = commands(role)  # the guide's SuperLink (section 2) or SuperNode (section 4) command
+    [guide_cmd] = commands(role)  # the guide's SuperLink, control proxy (section 2) or SuperNode (section 4) command
     assert guide_cmd[: len(program)] == program
     flags = guide_cmd[len(program) :]
     assert cmd[cmd.index("--") + 1 :] == flags  # the unit gets the same flags
@@ -68,9 +69,11 @@ def test_unit_arguments_are_quoted_for_systemd(tmp_path):
     assert shlex.split(line.removeprefix("ExecStart="))[-4:-2] == args[:2]
 
 
-def test_the_wrapper_refuses_bad_arguments(capsys):
+def test_the_wrapper_refuses_bad_arguments(capsys, tmp_path):
     assert main(["site", "supernode"]) == 2
     assert "after --" in capsys.readouterr().err
+    assert main(["site", "supernode", "--app-gate", str(tmp_path), "--", "--insecure"]) == 2  # fails closed
+    assert f"run `fracfl site app-gate {tmp_path}` first" in capsys.readouterr().err
     assert main(["site", "supernode", "--retry-for", "-1", "--", "--insecure"]) == 2
     assert "--retry-for" in capsys.readouterr().err
 

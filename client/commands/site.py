@@ -1,6 +1,7 @@
 """`fracfl site init DIR`: a hospital site's own privacy configuration (limits and ledger) for its SuperNode;
 `fracfl site supernode -- ARGS`: its SuperNode as a service (retries a refused restart, leaves no orphans);
-`fracfl site purge --older-than DAYS`: its retention of kept copies, quarantined files and linking-table rows."""
+`fracfl site purge --older-than DAYS`: its retention of kept copies, quarantined files and linking-table rows;
+`fracfl site app-gate|approve-app`: which app bundles its SuperNode may run."""
 
 from __future__ import annotations
 
@@ -31,7 +32,8 @@ def _init(a: argparse.Namespace) -> int:
 def _supernode(a: argparse.Namespace) -> int:
     from client.supervise import run_supernode
 
-    return run_supernode(a.args[1:] if a.args[:1] == ["--"] else a.args, a.retry_for)
+    gate = Path(a.app_gate) if a.app_gate else None
+    return run_supernode(a.args[1:] if a.args[:1] == ["--"] else a.args, a.retry_for, gate)
 
 
 def _purge(a: argparse.Namespace) -> int:
@@ -77,6 +79,32 @@ def _purge(a: argparse.Namespace) -> int:
     return 0
 
 
+def _app_gate(a: argparse.Namespace) -> int:
+    from client.fab_gate import APPROVED, write_launcher
+
+    launcher = write_launcher(Path(a.dir))
+    (Path(a.dir) / "publishers").mkdir(exist_ok=True)
+    print(f"wrote {launcher}: start the SuperNode with PATH={launcher.parent}:$PATH")
+    print(f"trusted publisher keys go in {Path(a.dir) / 'publishers'}/; approved bundles in {Path(a.dir) / APPROVED}")
+    return 0
+
+
+def _approve_app(a: argparse.Namespace) -> int:
+    from client.fab_gate import approve
+    from common.fab_approval import fab_sha256, verify
+
+    site = Path(a.dir)
+    if a.app:
+        sha, details = fab_sha256(Path(a.app).resolve()), {"source": "reviewed folder", "note": a.note}
+    else:
+        signed = verify(Path(a.approval), site / "publishers")
+        sha = signed["fab_sha256"]
+        details = {"source": "publisher signature", "publisher": signed["publisher"], "note": signed["note"]}
+    approve(site, sha, **details)
+    print(f"approved app bundle sha256:{sha} ({details['source']}{': ' + details['note'] if details['note'] else ''})")
+    return 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "site",
@@ -114,6 +142,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="SECONDS",
         help="keep retrying a refused activation this long (default %(default)s)",
     )
+    q.add_argument(
+        "--app-gate",
+        metavar="SITE_DIR",
+        default=None,
+        help="run only app bundles this site approved (SITE_DIR/bin from `fracfl site app-gate`; refuses to start "
+        "without it)",
+    )
     q.add_argument("args", nargs=argparse.REMAINDER, help="-- then flower-supernode's arguments")
     q.set_defaults(func=_supernode)
     r = ssub.add_parser(
@@ -139,5 +174,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--journal", default=None, help="append the counts here (default QUEUE_DIR/purge-log.jsonl)")
     r.add_argument("--yes", action="store_true", help="remove; without it, only report what would go")
     r.set_defaults(func=_purge)
+
+    g = ssub.add_parser(
+        "app-gate", help="DIR/bin/flwr-clientapp: the SuperNode runs only app bundles this site approved"
+    )
+    g.add_argument("dir", help="the site folder (as for `fracfl site init`)")
+    g.set_defaults(func=_app_gate)
+    g = ssub.add_parser(
+        "approve-app",
+        help="approve one app bundle: a publisher's signed approval, or a source folder the site reviewed itself",
+    )
+    g.add_argument("dir", help="the site folder")
+    how = g.add_mutually_exclusive_group(required=True)
+    how.add_argument("approval", nargs="?", help="APPROVAL.json from `fracfl deploy sign-fab`")
+    how.add_argument("--app", help="the app's source folder: approve the bundle `flwr run` builds from it")
+    g.add_argument("--note", default="", help="with --app: what was reviewed")
+    g.set_defaults(func=_approve_app)
     site_pool.register_actions(ssub)
     site_models.register_actions(ssub)

@@ -1,1 +1,1 @@
-"""Flower deployment helpers: TLS material for the SuperLink and authentication keys for SuperNodes."""
+"""Flower deployment helpers: TLS material, SuperNode and publisher keys, and the mTLS control proxy."""

@@ -23,6 +23,12 @@ OFFLINE = {"FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1"}
 ROLES = {
     "superlink": ("fracfl SuperLink (Flower; coordinator)", ["flower-superlink"], "on-failure", "control-group"),
     "supernode": ("fracfl SuperNode (Flower; hospital site)", ["fracfl", "site", "supernode", "--"], "always", "mixed"),
+    "control-proxy": (
+        "fracfl control proxy (the SuperLink's public port; coordinator)",
+        ["fracfl", "deploy", "control-proxy"],
+        "on-failure",
+        "control-group",
+    ),
 }
 _PLAIN = re.compile(r"[A-Za-z0-9_@+=:,./-]+")
 
@@ -35,9 +41,14 @@ def _quote(arg: str) -> str:
     return '"' + arg.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def unit_text(role: str, args: list[str], user: str, workdir: Path, bin_dir: Path) -> str:
-    """The unit file for `role` running its program with `args` (the flags the guide gives it)."""
+def unit_text(role: str, args: list[str], user: str, workdir: Path, bin_dir: Path, app_gate: Path | None = None) -> str:
+    """The unit file for `role` running its program with `args` (the flags the guide gives it); a SuperNode's
+    `app_gate` is the site folder whose gate it runs (`fracfl site supernode --app-gate`)."""
     description, program, restart, kill_mode = ROLES[role]
+    if app_gate is not None:
+        if role != "supernode":
+            raise ConfigError("--app-gate: only a SuperNode runs app bundles")
+        program = [*program[:-1], "--app-gate", str(app_gate), program[-1]]
     exe = bin_dir / program[0]
     if not exe.is_file():
         raise ConfigError(f"{exe} does not exist: run this command with the environment the service will use")
@@ -72,9 +83,9 @@ def unit_text(role: str, args: list[str], user: str, workdir: Path, bin_dir: Pat
     )
 
 
-def write_unit(role: str, out: Path, args: list[str], user: str, workdir: Path) -> Path:
+def write_unit(role: str, out: Path, args: list[str], user: str, workdir: Path, app_gate: Path | None = None) -> Path:
     """Write `fracfl-<role>.service` into `out` (never over an existing file); programs from this environment."""
-    text = unit_text(role, args, user, workdir, Path(sys.executable).parent)
+    text = unit_text(role, args, user, workdir, Path(sys.executable).parent, app_gate)
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"fracfl-{role}.service"
     try:
