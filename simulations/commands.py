@@ -6,10 +6,19 @@ import argparse
 from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
+from omegaconf import DictConfig, open_dict
 
 from common.config import to_typed
 from common.hydra_app import register_hydra_command
+
+
+def _output_dir(cfg: DictConfig) -> Path:
+    """Hydra's run folder, also as the job's `run_dir`: `${now:...}` in `run_id` resolves again (later) when the
+    job is read, so keys built on it (`registry`, a demo's ledgers) would otherwise land in a second folder."""
+    out = Path(HydraConfig.get().runtime.output_dir)
+    with open_dict(cfg):
+        cfg.run_dir = str(out)
+    return out
 
 
 def _job(cfg: DictConfig) -> None:
@@ -23,8 +32,8 @@ def _job(cfg: DictConfig) -> None:
         run_dir = Path(cfg.resume)
         job = load_resumed(run_dir)
     else:
+        run_dir = _output_dir(cfg)
         job = to_typed(cfg, SimulationJob)
-        run_dir = Path(HydraConfig.get().runtime.output_dir)
     outcome = run_simulation_job(job, run_dir)
     print(f"run {job.run_id}: last published {outcome.get('latest')}; report {outcome.get('report')}")
 
@@ -36,8 +45,9 @@ def _continual(cfg: DictConfig) -> None:
 
     if cfg.get("resume"):
         raise ConfigError("resume: a continual simulation cannot be resumed yet; start it again in a new run folder")
+    run_dir = _output_dir(cfg)
     job = to_typed(cfg, ContinualJob)
-    files = run_continual(job, Path(HydraConfig.get().runtime.output_dir))
+    files = run_continual(job, run_dir)
     print(f"continual run {job.run_id}: report {files['html']}")
 
 

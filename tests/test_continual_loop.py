@@ -24,6 +24,7 @@ from client.listener.config import ListenConfig
 from client.listener.inference import build_processor
 from client.listener.service import ListenerService
 from client.models.store import ModelStore
+from common.cli import main
 from common.config import CONF_DIR, to_typed
 from common.synth import get_profile
 from simulations.continual import steps
@@ -88,7 +89,7 @@ def _listener(tmp_path: Path, models: Path, key: Path) -> ListenerService:
     return svc
 
 
-def test_verdicts_a_round_the_gate_and_promotion_reach_a_running_listener(tmp_path, stream):
+def test_verdicts_a_round_the_gate_and_promotion_reach_a_running_listener(tmp_path, stream, capsys):
     job = _job(tmp_path)
     run_dir = Path(job.run_dir)
     run_dir.mkdir(parents=True)
@@ -130,6 +131,9 @@ def test_verdicts_a_round_the_gate_and_promotion_reach_a_running_listener(tmp_pa
 
         # The gate accepts it on the held-out reviewed cases; it is approved and promoted while studies arrive.
         version = steps.install(models, second)
+        gated = main(["site", "gate", version, "--models-dir", str(models), "--data", str(data_dir), "--seed", "1"])
+        assert gated in (0, 1)  # the site's default margins may refuse an untrained model; the figures are shown
+        assert f"held-out: {counts['test']['images']} images" in capsys.readouterr().out  # the current pool's split
         assert steps.gate_and_promote(models, version, pool, cfg, seed=1)
         _send(svc.port, stream[3:])
         wait_for(lambda: svc.queue.count("outbox") == len(stream), timeout=180, what="results of every study")

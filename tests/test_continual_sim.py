@@ -207,7 +207,7 @@ def _rec(period: int, site: str, decision: str, sens: float, orig: float, eps: f
 RECORDS = [
     _rec(0, "a", "initial", math.nan, 0.8, 0.0),
     _rec(1, "a", "promoted", 0.5, 0.6, 1.0),
-    replace(_rec(2, "a", "rolled back", 0.5, 0.7, 1.5), profile="pediatric_wrist"),
+    replace(_rec(2, "a", "refused", 0.5, 0.7, 1.5), profile="pediatric_wrist"),
     replace(_rec(3, "a", "promoted", 0.75, 0.9, 2.0), profile="pediatric_wrist"),
     _rec(0, "b", "initial", math.nan, 0.5, 0.0),
     _rec(1, "b", "no round", math.nan, 0.5, 0.0),
@@ -223,13 +223,13 @@ def test_forgetting_is_the_loss_against_the_best_earlier_period() -> None:
 def test_report_files(tmp_path: Path) -> None:
     paths = write_report(RECORDS, tmp_path / "report", "test loop")
     data = json.loads(paths["json"].read_text())
-    assert data["sites"]["a"]["promotions"] == 2 and data["sites"]["a"]["rollbacks"] == 1
+    assert data["sites"]["a"]["promotions"] == 2 and data["sites"]["a"]["refusals"] == 1
     assert data["sites"]["a"]["epsilon"] == 2.0 and data["sites"]["b"]["promotions"] == 0
     assert [(r["period"], r["site"]) for r in data["records"]][:3] == [(0, "a"), (0, "b"), (1, "a")]
     assert data["records"][0]["sensitivity"] is None  # NaN as null
     assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     page = paths["html"].read_text()
-    assert page.count("<tr>") == 1 + len(RECORDS) and "rolled back" in page and "n/a" in page
+    assert page.count("<tr>") == 1 + len(RECORDS) and "refused" in page and "n/a" in page
     assert "data:image/png;base64," in page
     with pytest.raises(ValueError, match="decision 'maybe'"):
         facts([replace(RECORDS[0], decision="maybe")], "t")

@@ -30,9 +30,19 @@ def _settings(a: argparse.Namespace) -> tuple[Any, Any]:
 
 
 def _data(gate: Any) -> Path:
+    """The held-out data.yaml: as given, or, for the site's training folder D, its current pool's (whose `test`
+    split holds the reviewed patients never trained on)."""
+    from client.continual.pool import current_pool
+
     if not gate.data:
-        raise ConfigError("give the held-out data: --data DATA_YAML, or [gate] data in site.toml")
-    return Path(gate.data)
+        raise ConfigError("give the held-out data: --data D or DATA_YAML, or [gate] data in site.toml")
+    path = Path(gate.data)
+    if not path.is_dir():
+        return path
+    pool = current_pool(path)
+    if pool is None:
+        raise ConfigError(f"{path} has no training pool yet: build one with `fracfl site pool --data {path} --build`")
+    return pool.data_yaml
 
 
 def _show_decision(decision: Any) -> None:
@@ -169,7 +179,12 @@ def register_actions(ssub: argparse._SubParsersAction) -> None:
     signer.add_argument("--approver", required=True, help="who approves (name or login; kept at the site only)")
     signer.add_argument("--key", default=None, help="the site's private key (default: from site.toml)")
     gated = argparse.ArgumentParser(add_help=False)
-    gated.add_argument("--data", default=None, help="held-out data.yaml (default: site.toml [gate] data)")
+    gated.add_argument(
+        "--data",
+        default=None,
+        help="the site's training folder D (its current pool's held-out split) or a held-out data.yaml (default: "
+        "site.toml [gate] data)",
+    )
     gated.add_argument("--split", default=None, help="its held-out split (default: [gate] split, test)")
     gated.add_argument("--seed", type=int, default=None, help="bootstrap seed (default: [gate] seed, else secure)")
     forced = argparse.ArgumentParser(add_help=False)

@@ -55,6 +55,10 @@ class ContinualConfig:
     arrivals_per_period: int = 20  # new radiographs per site per period
     holdout_fraction: float = 0.3  # share of patients whose reviewed cases are held out (never trained on)
     patients_per_site: int = 10_000  # arrivals draw a patient from this many, so some patients return
+    # With DP-SGD: each period's run plans its noise to end at (period + 1) x this epsilon (capped by
+    # privacy.target_epsilon, the sites' lifetime target); null: every run aims at the lifetime target at once, so
+    # period 0 spends nearly all of it.
+    epsilon_per_period: float | None = None
     radiologist: RadiologistConfig = field(default_factory=RadiologistConfig)
     gate: GateMargins = field(default_factory=GateMargins)
     drift: list[DriftConfig] = field(default_factory=list)
@@ -77,6 +81,8 @@ def check_continual(cfg: ContinualConfig, sites: Sequence[str]) -> None:
         raise ConfigError(f"continual.periods must be >= 1, got {cfg.periods}")
     if cfg.arrivals_per_period < 1:
         raise ConfigError(f"continual.arrivals_per_period must be >= 1, got {cfg.arrivals_per_period}")
+    if cfg.epsilon_per_period is not None and not cfg.epsilon_per_period > 0:
+        raise ConfigError(f"continual.epsilon_per_period must be > 0 (or null), got {cfg.epsilon_per_period}")
     if cfg.patients_per_site < 1:
         raise ConfigError(f"continual.patients_per_site must be >= 1, got {cfg.patients_per_site}")
     _fraction(cfg.holdout_fraction, "holdout_fraction", upper_open=True)

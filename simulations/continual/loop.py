@@ -91,8 +91,9 @@ def run_continual(job: ContinualJob, run_dir: Path) -> dict[str, Path]:
         log.info("continual: period %d of %d", period, cfg.periods)
         reviewed = {name: _review_period(job, run_dir, name, s, period) for name, s in sites.items()} if period else {}
         pools = {name: steps.build_pool(s.store, s.data_dir, cfg, salt(job, name)) for name, s in sites.items()}
+        target = None if cfg.epsilon_per_period is None else (period + 1) * cfg.epsilon_per_period
         challenger = steps.federated_round(
-            job, run_dir / "periods" / f"p{period:03d}", manifest, pooled_val, warm=period > 0
+            job, run_dir / "periods" / f"p{period:03d}", manifest, pooled_val, warm=period > 0, target_epsilon=target
         )
         for name, s in sites.items():
             decision = _decide(job, name, s, challenger, pools[name], period)
@@ -134,7 +135,7 @@ def _decide(job: ContinualJob, name: str, s: SiteState, challenger: Path | None,
         steps.adopt(s.models_dir, version, job.continual.radiologist.reviewer)
         return "initial"
     seed = steps.gate_seed(job.seed, name, period)
-    return "promoted" if steps.gate_and_promote(s.models_dir, version, pool, job.continual, seed) else "rolled back"
+    return "promoted" if steps.gate_and_promote(s.models_dir, version, pool, job.continual, seed) else "refused"
 
 
 def _record(

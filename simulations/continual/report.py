@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-DECISIONS = ("initial", "promoted", "rolled back", "no round")  # "no round": the site got no challenger this period
+DECISIONS = ("initial", "promoted", "refused", "no round")  # "no round": the site got no challenger this period
 FILES = {"json": "continual.json", "html": "continual.html", "png": "continual.png"}
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf")
 
@@ -75,9 +75,9 @@ def facts(records: Sequence[PeriodRecord], title: str) -> dict[str, Any]:
     rows = sorted(records, key=lambda r: (r.period, r.site))
     sites: dict[str, dict[str, Any]] = {}
     for r in rows:
-        s = sites.setdefault(r.site, {"promotions": 0, "rollbacks": 0})
+        s = sites.setdefault(r.site, {"promotions": 0, "refusals": 0})
         s["promotions"] += r.decision == "promoted"
-        s["rollbacks"] += r.decision == "rolled back"
+        s["refusals"] += r.decision == "refused"
         s.update(final_period=r.period, model_version=r.model_version, sensitivity=r.sensitivity,
                  fp_per_image=r.fp_per_image, forgetting=lost[(r.site, r.period)], epsilon=r.epsilon)  # fmt: skip
     return {
@@ -97,7 +97,7 @@ def _fmt(v: object) -> str:
 
 def plot(records: Sequence[PeriodRecord], path: Path, title: str) -> Path:
     """Four panels against the period, a line per site: held-out sensitivity (a green triangle where the gate
-    promoted, a red one where it rolled back), false positives per image, forgetting, privacy spent; a dotted
+    promoted, a red one where the gate refused it), false positives per image, forgetting, privacy spent; a dotted
     line where a site's acquisition profile changed."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -116,7 +116,7 @@ def plot(records: Sequence[PeriodRecord], path: Path, title: str) -> Path:
         ("forgetting", "Forgetting (original validation sensitivity lost)", lambda r: lost[(r.site, r.period)]),
         ("epsilon", "Privacy spent (epsilon, cumulative)", lambda r: r.epsilon),
     )
-    marks = {"promoted": ("^", "#2ca02c"), "rolled back": ("v", "#d62728")}
+    marks = {"promoted": ("^", "#2ca02c"), "refused": ("v", "#d62728")}
     for ax, (key, label, value) in zip(axes, panels):
         drawn = False
         for site in sites:

@@ -51,10 +51,13 @@ def held_out(patient: str, cfg: ContinualConfig, salt: bytes) -> bool:
     return in_holdout(patient, cfg.holdout_fraction, salt)
 
 
-def federated_round(job: SimulationJob, run_dir: Path, manifest: Path, pooled_val: Path, warm: bool) -> Path | None:
+def federated_round(
+    job: SimulationJob, run_dir: Path, manifest: Path, pooled_val: Path, warm: bool, target_epsilon: float | None = None
+) -> Path | None:
     """One period's federated run in `run_dir` on the sites of `manifest` (their original data plus their pool,
     mixed by `train.replay`), publishing into the job's registry; warm-started from the registry's latest
-    version when `warm`. Returns the newest published version's folder, or None when nothing was published."""
+    version when `warm`; with DP-SGD its noise planned to end at `target_epsilon` when given (never above the
+    job's). Returns the newest published version's folder, or None when nothing was published."""
     from simulations.runner import run_simulation_job
 
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -63,6 +66,9 @@ def federated_round(job: SimulationJob, run_dir: Path, manifest: Path, pooled_va
     job = dataclasses.replace(job, run_id=f"{job.run_id}-{run_dir.name}")  # one registry run per period
     if warm:
         job = dataclasses.replace(job, federation=dataclasses.replace(job.federation, warm_start="latest"))
+    if target_epsilon is not None:
+        target = min(target_epsilon, job.privacy.target_epsilon)
+        job = dataclasses.replace(job, privacy=dataclasses.replace(job.privacy, target_epsilon=target))
     run_simulation_job(job, run_dir)
     latest = Registry(job.registry).latest()
     return None if latest is None else latest.path
