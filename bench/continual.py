@@ -34,6 +34,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import REPO, emit, machine
+from shapes import shapes_arrivals, shapes_site
 
 FULL = dict(
     profiles="general_hospital,rural_clinic",
@@ -50,6 +51,18 @@ FULL = dict(
     epsilon0=4.0,
     epsilon=8.0,
     bootstrap=2000,
+)
+# The shapes task (bench/shapes.py): bright rectangles at the sites and in the public pretraining, dark ones arriving
+# at the feedback site; small images, so DP-SGD gets enough of them and a CPU run takes minutes.
+SHAPES = dict(
+    FULL,
+    images_per_site=240,
+    size=64,
+    steps=60,
+    arrivals=160,
+    eval_arrivals=320,
+    pretrain_images=320,
+    pretrain_steps=200,
 )
 SMOKE = dict(
     FULL,
@@ -101,7 +114,7 @@ def compose_job(work: Path, a: argparse.Namespace):
 
     overrides = [
         "experiment=continual_demo",
-        "privacy=dp_sgd",
+        f"privacy={a.privacy}",
         "tracking=disabled",
         "progress=false",
         "federation.rounds=1",
@@ -112,8 +125,6 @@ def compose_job(work: Path, a: argparse.Namespace):
         f"partition.size={a.size}",
         f"train.imgsz={a.size}",
         f"train.max_steps={a.steps}",
-        f"privacy.ledger_dir={work / 'site-ledgers'}",
-        f"privacy.target_epsilon={a.epsilon0}",
         f"continual.holdout_fraction={a.holdout}",
         "continual.radiologist.miss_rate=0.0",
         "continual.radiologist.error_rate=0.0",
@@ -124,6 +135,8 @@ def compose_job(work: Path, a: argparse.Namespace):
         f"seed={a.seed}",
         *a.set,
     ]
+    if a.privacy == "dp_sgd":
+        overrides += [f"privacy.ledger_dir={work / 'site-ledgers'}", f"privacy.target_epsilon={a.epsilon0}"]
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
         return to_typed(compose("federated", overrides), ContinualJob)
 
@@ -139,10 +152,18 @@ def pretrain(job, a: argparse.Namespace, folder: Path) -> tuple[Path, dict]:
     from common.nn.weights import model_from_config, save_weights
     from common.synth import generate_dataset, get_profile
 
-    profiles = [get_profile(p) for p in a.pretrain_profiles.split(",")]
-    data_yaml = generate_dataset(
-        folder / "data", profiles, images_per_site=a.pretrain_images, size=a.size, seed=a.seed + 1000, progress=False
-    )
+    if a.task == "shapes":
+        data_yaml = shapes_site(folder / "data", a.pretrain_images, a.size, "bright", a.seed + 1000)
+    else:
+        profiles = [get_profile(p) for p in a.pretrain_profiles.split(",")]
+        data_yaml = generate_dataset(
+            folder / "data",
+            profiles,
+            images_per_site=a.pretrain_images,
+            size=a.size,
+            seed=a.seed + 1000,
+            progress=False,
+        )
     data = DetectionDataset.from_data(data_yaml, "train", a.size, cache=True)
     torch.manual_seed(a.seed)
     m = job.model
@@ -162,7 +183,8 @@ def pretrain(job, a: argparse.Namespace, folder: Path) -> tuple[Path, dict]:
     result = train_local(model, data, cfg, seed=a.seed, progress=not a.smoke, description="public pretraining")
     model.load_state_dict(result.state)
     path = save_weights(model, spec, folder / "public.safetensors", {"source": "bench/continual.py pretraining"})
-    return path, {"images": len(data), "profiles": a.pretrain_profiles, "steps": int(result.metrics["steps"])}
+    source = "shapes (bright)" if a.task == "shapes" else a.pretrain_profiles
+    return path, {"images": len(data), "profiles": source, "steps": int(result.metrics["steps"])}
 
 
 def evaluate(model: Path, cases: list, eval_cfg) -> tuple[list[bool], int]:
@@ -172,6 +194,20 @@ def evaluate(model: Path, cases: list, eval_cfg) -> tuple[list[bool], int]:
     findings = [b for b, _ in predict_findings(model, [c.image for c, _ in cases], eval_cfg)]
     truth = [t for _, t in cases]
     return image_hits(findings, truth, eval_cfg.iou), score(findings, truth, eval_cfg.iou).false_positives
+
+
+def shapes_sites(run_dir: Path, names: list[str], a: argparse.Namespace) -> None:
+    """sites.json and the pooled validation list for the shapes task, as prepare_sites writes them."""
+    from common.data.spec import load_spec
+
+    entries, val = [], []
+    for i, name in enumerate(names):
+        data = shapes_site(run_dir / "data" / name, a.images_per_site, a.size, "bright", a.seed + i)
+        entries.append({"name": name, "data": str(data)})
+        val += [str(p) for p in load_spec(data).images("val")]
+    (run_dir / "sites.json").write_text(json.dumps(entries, indent=1))
+    (run_dir / "pooled_val.txt").write_text("\n".join(val) + "\n")
+    (run_dir / "pooled_val.yaml").write_text("val: pooled_val.txt\nnames: {0: fracture}\n")
 
 
 def run(a: argparse.Namespace, out: Path) -> dict:
@@ -204,6 +240,8 @@ def run(a: argparse.Namespace, out: Path) -> dict:
         init, pre = pretrain(job, a, work / "public")
         job = dataclasses.replace(job, model=dataclasses.replace(job.model, init=str(init)))
         timings["pretrain_s"] = time.perf_counter() - t
+    if a.task == "shapes":  # the sites' own data, where prepare_sites finds (and keeps) a run's sites
+        shapes_sites(run_dir, list(sites), a)
     manifest, pooled_val = prepare_sites(job, run_dir)
     data = {s["name"]: Path(s["data"]).parent for s in json.loads(manifest.read_text())}
     homes = {name: work / "sites" / name for name in sites}
@@ -221,8 +259,12 @@ def run(a: argparse.Namespace, out: Path) -> dict:
     site, home = a.feedback_site, homes[a.feedback_site]
     profile = profile_at(cfg, sites[site], 1)
     key = salt(job, site)
+    arrival_profile = "dark shapes" if a.task == "shapes" else profile.name
 
     def arrivals(period: int, count: int) -> list:
+        if a.task == "shapes":
+            folder = home / "arrivals" / f"p{period:03d}"
+            return shapes_arrivals(site, "dark", period, count, a.size, job.seed, cfg.patients_per_site, folder)
         truth_file = work / "truth" / site / f"p{period:03d}.jsonl"
         got = arrive(site, profile, period, count, job.partition.size, job.seed, cfg.patients_per_site,
                      home / "arrivals" / f"p{period:03d}", truth_file)  # fmt: skip
@@ -240,7 +282,7 @@ def run(a: argparse.Namespace, out: Path) -> dict:
     pool = steps.build_pool(store, data[site], cfg, key)
 
     # Period 1's round: warm-started from M0 on original data + pool, the rest of the sites' budget; the site's gate.
-    priv = dataclasses.replace(job.privacy, target_epsilon=a.epsilon)
+    priv = dataclasses.replace(job.privacy, target_epsilon=a.epsilon) if a.privacy == "dp_sgd" else job.privacy
     job1 = dataclasses.replace(job, model=dataclasses.replace(job.model, init=None), privacy=priv)
     m1 = steps.federated_round(job1, run_dir / "periods" / "p001", manifest, pooled_val, warm=True)
     if m1 is None:
@@ -264,7 +306,7 @@ def run(a: argparse.Namespace, out: Path) -> dict:
     f0, f1 = [hits0[i] for i in fractured], [hits1[i] for i in fractured]
     patients = [cases[i][0].patient for i in fractured]
     lo, hi = paired_bootstrap(f0, f1, patients, a.bootstrap, a.seed) if fractured else (math.nan, math.nan)
-    budgets = read_all([job.privacy.ledger_dir])[1]
+    budgets = read_all([job.privacy.ledger_dir])[1] if job.privacy.mode == "dp_sgd" else {}
     n = len(fractured)
     return {
         "bench": "continual",
@@ -272,7 +314,7 @@ def run(a: argparse.Namespace, out: Path) -> dict:
         "settings": {k: v for k, v in vars(a).items() if k not in ("out", "func")},
         "pretraining": pre,
         "feedback_site": site,
-        "arrival_profile": profile.name,
+        "arrival_profile": arrival_profile,
         "review": {"arrivals": len(reviewed), "verdicts": dict(kinds), "pool": pool.info["counts"]},
         "models": {"m0": f"{m0.parent.name}/{m0.name}", "m1": f"{m1.parent.name}/{m1.name}"},
         "gate": {
@@ -334,7 +376,7 @@ def report(r: dict) -> None:
     h, s = r["held_out"], r["settings"]
     print(f"machine: {r['machine']}")
     print(
-        f"sites {s['profiles']}; feedback site {r['feedback_site']} receives {r['arrival_profile']} radiographs; "
+        f"sites {s['profiles']} ({s['task']}); feedback site {r['feedback_site']} receives {r['arrival_profile']}; "
         f"{s['images_per_site']} images per site at {s['size']} px, {s['steps']} DP-SGD steps per round, "
         f"epsilon {s['epsilon0']} for round 0, {s['epsilon']} in all"
     )
@@ -351,7 +393,8 @@ def report(r: dict) -> None:
         f"found by M1 only {h['found_by_m1_only']}, by M0 only {h['found_by_m0_only']}, by both "
         f"{h['found_by_both']}, by neither {h['missed_by_both']}; sensitivity M1 - M0 95 % CI [{lo:+.3f}, {hi:+.3f}]"
     )
-    print("epsilon spent: " + ", ".join(f"{k} {v:.2f}" for k, v in r["epsilon"].items()))
+    spent = ", ".join(f"{k} {v:.2f}" for k, v in r["epsilon"].items())
+    print("epsilon spent: " + (spent or "none recorded (privacy=none: no DP, no privacy guarantee)"))
     print("wall time: " + ", ".join(f"{k} {v:.0f} s" for k, v in r["timings"].items()))
 
 
@@ -360,6 +403,19 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", type=Path, default=REPO / "runs" / "bench" / "continual")
     p.add_argument(
         "--smoke", action="store_true", help="tiny settings (about a minute): checks the chain, not learning"
+    )
+    p.add_argument(
+        "--task",
+        choices=("radiographs", "shapes"),
+        default="radiographs",
+        help="synthetic radiographs (a drifted profile arrives) or shapes (dark rectangles arrive; bench/shapes.py)",
+    )
+    p.add_argument(
+        "--privacy",
+        choices=("dp_sgd", "none"),
+        default="dp_sgd",
+        help="DP-SGD at every site (the default), or none: the same chain without DP, to tell the feedback's effect "
+        "from what DP-SGD at this data size allows",
     )
     p.add_argument("--profiles", help="the sites' acquisition profiles (their original data)")
     p.add_argument("--feedback-site")
@@ -382,7 +438,7 @@ def main(argv: list[str] | None = None) -> None:
         "--set", action="append", default=[], help="a Hydra override of the job, e.g. train.replay.original_share=0.5"
     )
     a = p.parse_args(argv)
-    for k, v in (SMOKE if a.smoke else FULL).items():
+    for k, v in (SMOKE if a.smoke else SHAPES if a.task == "shapes" else FULL).items():
         if getattr(a, k) is None:
             setattr(a, k, v)
     a.out.mkdir(parents=True, exist_ok=True)

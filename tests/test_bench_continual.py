@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -62,3 +63,26 @@ def test_smoke_run_writes_consistent_counts(tmp_path: Path) -> None:
     assert verdicts.get("add", 0) > 0  # M0's missed fractures came back as new positives
     assert r["review"]["pool"]["train"]["positive"] > 0 and isinstance(r["gate"]["promoted"], bool)
     assert r["gate"]["figures"]["n_images"] == r["review"]["pool"]["test"]["images"]
+
+
+def test_shapes_sites_and_arrivals_keep_their_truth(tmp_path: Path) -> None:
+    from shapes import shapes_arrivals, shapes_site
+
+    from common.data.spec import load_spec
+
+    data = shapes_site(tmp_path / "site_a", 16, 64, "bright", seed=3)
+    spec = load_spec(data)
+    train, val = spec.images("train"), spec.images("val")
+    assert len(train) == 12 and len(val) == 4 and all(p.stem.startswith("site_a_") for p in train + val)
+    patients = (tmp_path / "site_a" / "patients.csv").read_text().splitlines()
+    assert patients[0] == "image,patient" and len(patients) == 17  # every image names its patient
+    arrived = shapes_arrivals("site_a", "dark", 1, 20, 64, seed=3, patients=5, folder=tmp_path / "arrivals")
+    assert len({a.image_id for a, _ in arrived}) == 20 and len({a.patient for a, _ in arrived}) <= 5
+    for arrival, truth in arrived:  # a true box is where the image is darker than its background
+        from PIL import Image
+
+        pixels = np.asarray(Image.open(arrival.image), dtype=float)
+        for box in truth:
+            x0, y0, x1, y1 = map(int, box.box)
+            assert pixels[y0:y1, x0:x1].mean() < pixels.mean()
+    assert shapes_arrivals("site_a", "dark", 1, 20, 64, 3, 5, tmp_path / "again")[0][1] == arrived[0][1]  # seeded
