@@ -67,8 +67,10 @@ def _left(group: int) -> bool:
 class _Node:
     """One flower-supernode in its own process group; its output (and its children's) copied to ours."""
 
-    def __init__(self, argv: list[str]):
-        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    def __init__(self, argv: list[str], env: dict[str, str]):
+        self.proc = subprocess.Popen(
+            argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
+        )
         self.refused = False
         self._copier = threading.Thread(target=self._copy, args=(self.proc.stdout,), daemon=True)
         self._copier.start()
@@ -105,22 +107,22 @@ class _Node:
         return status if status >= 0 else 128 - status  # killed by signal N: 128 + N, as a shell reports it
 
 
-def _use_gate(site_dir: Path) -> None:
-    """Put the site's gate first on PATH, where the SuperNode looks for `flwr-clientapp`."""
+def _gated_env(site_dir: Path) -> dict[str, str]:
+    """The SuperNode's environment with the site's gate first on PATH, where it looks for `flwr-clientapp`
+    (only the SuperNode's: this process's own PATH is left as it was)."""
     from client.fab_gate import LAUNCHER
 
     launcher = site_dir.resolve() / "bin" / LAUNCHER
     if not os.access(launcher, os.X_OK):
         raise ConfigError(f"--app-gate {site_dir}: no {launcher}; run `fracfl site app-gate {site_dir}` first")
-    os.environ["PATH"] = f"{launcher.parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    return {**os.environ, "PATH": f"{launcher.parent}{os.pathsep}{os.environ.get('PATH', '')}"}
 
 
 def run_supernode(args: list[str], retry_for: float, app_gate: Path | None = None) -> int:
     """Run `flower-supernode args` until it ends; start it again while the SuperLink refuses its activation.
     `app_gate`: the site folder whose bin/flwr-clientapp (`fracfl site app-gate`) the SuperNode must start, so that
     only approved app bundles run; a missing gate stops here instead of running every bundle unchecked."""
-    if app_gate is not None:
-        _use_gate(app_gate)
+    env = _gated_env(app_gate) if app_gate is not None else dict(os.environ)
     if not args:
         raise ConfigError("give flower-supernode's arguments after --, e.g. fracfl site supernode -- --superlink ...")
     if retry_for < 0:
@@ -141,7 +143,7 @@ def run_supernode(args: list[str], retry_for: float, app_gate: Path | None = Non
     _become_subreaper()
     first_refusal, wait = 0.0, FIRST_WAIT_S
     while True:
-        node = _Node([exe, *args])
+        node = _Node([exe, *args], env)
         if stop.is_set():
             node.signal(signal.SIGTERM)
         status = node.wait()

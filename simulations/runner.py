@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -71,17 +73,32 @@ def run_simulation_job(job: SimulationJob, run_dir: Path) -> dict:
     OmegaConf.save(OmegaConf.structured(job), job_file)
     outcome = run_dir / OUTCOME
     outcome.unlink(missing_ok=True)
-    os.environ["FRACFL_JOB"] = str(job_file)
     fed = job.federation
     backend = {
         "client_resources": {"num_cpus": fed.client_cpus, "num_gpus": fed.client_gpus},
         "init_args": {"include_dashboard": False, "num_cpus": os.cpu_count() or 1},
     }
     log.info("simulating %d sites for %d rounds (%s) in %s", n_sites, fed.rounds, job.strategy.name, run_dir)
-    run_simulation(server_app=server_app, client_app=client_app, num_supernodes=n_sites, backend_config=backend)
+    with _job_for_server_app(job_file):
+        run_simulation(server_app=server_app, client_app=client_app, num_supernodes=n_sites, backend_config=backend)
     if not outcome.is_file():
         raise SimulationFailed(f"the server did not finish; see {run_dir / 'simulate.log'} and the output above")
     return json.loads(outcome.read_text())
+
+
+@contextmanager
+def _job_for_server_app(job_file: Path) -> Iterator[None]:
+    """Tell the in-process ServerApp where its job is (FRACFL_JOB) for this run only: a value left behind would
+    make any later ServerApp started from this process (a SuperLink's, say) run this job instead of its own."""
+    before = os.environ.get("FRACFL_JOB")
+    os.environ["FRACFL_JOB"] = str(job_file)
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["FRACFL_JOB"]
+        else:
+            os.environ["FRACFL_JOB"] = before
 
 
 def _check_gpu(device: str, client_gpus: float) -> None:

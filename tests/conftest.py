@@ -34,6 +34,26 @@ def same_torch_threads() -> None:
     torch.set_num_threads(TORCH_THREADS)
 
 
+# Variables that fracfl reads or sets for one run (its own and PATH); libraries' own settings are theirs to manage.
+RUN_SCOPED_ENV = ("FRACFL_", "PATH")
+
+
+@pytest.fixture(autouse=True)
+def environment_left_as_found() -> Iterator[None]:
+    """Later tests start Flower, Orthanc and Chromium as child processes that inherit this process's environment: a
+    variable a test (or code under test) leaves behind changes what they run, so leaving one is a failure here."""
+    before = dict(os.environ)
+    yield
+    changed = {k for k in before.keys() | os.environ.keys() if before.get(k) != os.environ.get(k)}
+    leaked = sorted(k for k in changed if k.startswith(RUN_SCOPED_ENV))
+    for k in leaked:  # put back, so that one failure does not spread to the tests after it
+        if k in before:
+            os.environ[k] = before[k]
+        else:
+            os.environ.pop(k, None)
+    assert not leaked, f"the test left these environment variables changed: {leaked}"
+
+
 @pytest.fixture
 def deterministic() -> Iterator[None]:
     """For learning tests: PyTorch's deterministic kernels only (an op without one raises rather than varies)."""
