@@ -15,6 +15,7 @@ arrivals do not use; no site's data, so no site's privacy) unless `--pretrain-st
 steps does not learn fractures from random weights (docs/benchmarks.md).
 
     .venv/bin/python bench/continual.py [--out runs/bench/continual] [--smoke] [--set KEY=VALUE ...]
+        [--feedback-set KEY=VALUE ...]   # the feedback round only: e.g. a higher lr than round 0's
 """
 
 from __future__ import annotations
@@ -105,8 +106,9 @@ def paired_bootstrap(
     return float(lo), float(hi)
 
 
-def compose_job(work: Path, a: argparse.Namespace):
-    """The simulation job: conf/experiment/continual_demo.yaml with the bench's settings, DP-SGD on."""
+def compose_job(work: Path, a: argparse.Namespace, extra: Sequence[str] = ()):
+    """The simulation job: conf/experiment/continual_demo.yaml with the bench's settings (and `extra` overrides),
+    DP-SGD on."""
     from hydra import compose, initialize_config_dir
 
     from common.config import CONF_DIR, to_typed
@@ -134,6 +136,7 @@ def compose_job(work: Path, a: argparse.Namespace):
         "run_id=bench-continual",
         f"seed={a.seed}",
         *a.set,
+        *extra,
     ]
     if a.privacy == "dp_sgd":
         overrides += [f"privacy.ledger_dir={work / 'site-ledgers'}", f"privacy.target_epsilon={a.epsilon0}"]
@@ -282,8 +285,9 @@ def run(a: argparse.Namespace, out: Path) -> dict:
     pool = steps.build_pool(store, data[site], cfg, key)
 
     # Period 1's round: warm-started from M0 on original data + pool, the rest of the sites' budget; the site's gate.
-    priv = dataclasses.replace(job.privacy, target_epsilon=a.epsilon) if a.privacy == "dp_sgd" else job.privacy
-    job1 = dataclasses.replace(job, model=dataclasses.replace(job.model, init=None), privacy=priv)
+    job1 = compose_job(work, a, a.feedback_set) if a.feedback_set else job
+    priv = dataclasses.replace(job1.privacy, target_epsilon=a.epsilon) if a.privacy == "dp_sgd" else job1.privacy
+    job1 = dataclasses.replace(job1, model=dataclasses.replace(job.model, init=None), privacy=priv)
     m1 = steps.federated_round(job1, run_dir / "periods" / "p001", manifest, pooled_val, warm=True)
     if m1 is None:
         raise SystemExit("period 1 published nothing (see the run's log under work/run/periods/p001)")
@@ -436,6 +440,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--set", action="append", default=[], help="a Hydra override of the job, e.g. train.replay.original_share=0.5"
+    )
+    p.add_argument(
+        "--feedback-set",
+        action="append",
+        default=[],
+        help="a Hydra override for the feedback round only (after --set), e.g. train.lr=0.02",
     )
     a = p.parse_args(argv)
     for k, v in (SMOKE if a.smoke else SHAPES if a.task == "shapes" else FULL).items():

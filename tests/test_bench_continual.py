@@ -36,7 +36,15 @@ def test_paired_bootstrap_moves_patients_together_and_brackets_the_difference() 
 def test_smoke_run_writes_consistent_counts(tmp_path: Path) -> None:
     out = tmp_path / "bench"
     run = subprocess.run(
-        [sys.executable, str(REPO / "bench" / "continual.py"), "--smoke", "--out", str(out)],
+        [
+            sys.executable,
+            str(REPO / "bench" / "continual.py"),
+            "--smoke",
+            "--out",
+            str(out),
+            "--feedback-set",
+            "train.max_steps=3",
+        ],
         capture_output=True,
         text=True,
         timeout=900,
@@ -63,6 +71,8 @@ def test_smoke_run_writes_consistent_counts(tmp_path: Path) -> None:
     assert verdicts.get("add", 0) > 0  # M0's missed fractures came back as new positives
     assert r["review"]["pool"]["train"]["positive"] > 0 and isinstance(r["gate"]["promoted"], bool)
     assert r["gate"]["figures"]["n_images"] == r["review"]["pool"]["test"]["images"]
+    ledger = [json.loads(line) for line in (out / "work" / "site-ledgers" / "rural_clinic" / "ledger.jsonl").open()]
+    assert [e["steps"] for e in ledger if "steps" in e] == [2, 3]  # --feedback-set reached round 1 only
 
 
 def test_shapes_sites_and_arrivals_keep_their_truth(tmp_path: Path) -> None:

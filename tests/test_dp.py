@@ -69,14 +69,15 @@ def test_lean_conv_grad_sampler_equals_opacus(conv):
         torch.testing.assert_close(ours[p], theirs[p], rtol=1e-10, atol=1e-12)
 
 
-def test_lean_mode_with_a_frozen_backbone_gives_hooks_per_sample_gradients():
+@pytest.mark.parametrize("frozen_parts", [["backbone"], ["backbone", "neck", "head.box"]])
+def test_lean_mode_with_frozen_parts_gives_hooks_per_sample_gradients(frozen_parts):
     """Behind frozen layers no gradient reaches the first trainable ones: lean mode must still hook them."""
     imgs, batch = _batch()
     samples = {}
     for mode in ("hooks", "lean"):
         torch.manual_seed(1)
         model = build_model(GROUP).double().train()
-        freeze_parts(model, ["backbone"])
+        freeze_parts(model, frozen_parts)
         frozen = [p.requires_grad for p in model.parameters()]
         gsm = grad_sample_module(model, mode)
         PerImageDetectionLoss(model).per_image(gsm(imgs.double()), batch)[0].mean().backward()

@@ -79,6 +79,16 @@ def test_frozen_parts_do_not_move(synth_data):
         train_local(model, _data(synth_data), TrainConfig(**{**FAST.__dict__, "freeze": ["torso"]}), progress=False)
 
 
+def test_only_the_class_branch_moves_when_the_rest_is_frozen(synth_data):
+    model = build_model(NANO)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    cfg = TrainConfig(**{**FAST.__dict__, "max_steps": 2, "freeze": ["backbone", "neck", "head.box"]})
+    state = train_local(model, _data(synth_data), cfg, progress=False).state
+    moved = {k for k in state if k.endswith("weight") and not torch.equal(state[k], before[k])}
+    head = f"model.{layer_parts(model)['head'][0]}.cv3."
+    assert moved and all(k.startswith(head) for k in moved), sorted(moved)
+
+
 def test_imbalance_weights_and_oversampling(synth_data):
     positive = np.array([True] + [False] * 4)
     w = image_weights(positive, ImbalanceConfig("reweight", 0.5))
