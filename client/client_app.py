@@ -22,7 +22,7 @@ from client.faults import fault_injection_mod
 from client.models.fetch import keep_received, receive
 from client.models.store import NODE_KEY as MODELS_DIR
 from client.models.store import ModelStore
-from client.privacy import PrivacyRefused, site_budget
+from client.privacy import PrivacyRefused, check_mode, site_budget
 from client.site import Site, resolve_site
 from client.task import evaluate_site, train_site
 from common.errors import FracflError
@@ -85,6 +85,7 @@ def _handle(msg: Message, context: Context, what: str, work: Work) -> Message:
 
 
 def _train(site: Site, state: dict, job: SiteJob, cfg: ConfigRecord, context: Context):
+    check_mode(site.name, context.node_config, job.privacy)
     budget = site_budget(site.name, context.node_config, job.privacy) if job.privacy.mode == "dp_sgd" else None
     if MODELS_DIR in context.node_config:  # the site keeps the global model it received (`fracfl site fetch received`)
         numpy = {k: v.numpy() for k, v in state.items()}

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from client.site_config import NODE_KEY, load_site_privacy
+from client.site_config import NODE_KEY, SitePrivacy, load_site_privacy
 from common.config import PrivacyConfig
 from common.errors import ConfigError, FracflError
 from common.privacy.accounting import (
@@ -75,9 +75,8 @@ def site_budget(site: str, node_config: Mapping[str, Any], cfg: PrivacyConfig) -
     )
 
 
-def _real_site_budget(site: str, node_config: Mapping[str, Any], cfg: PrivacyConfig) -> Budget:
-    """Server values may only tighten the site's file: a higher target or ceiling, another ledger folder, or seeded
-    noise the site did not allow, are refused. Details (paths) go to the site's log, numbers to the server."""
+def _own_limits(site: str, node_config: Mapping[str, Any]) -> SitePrivacy:
+    """The real site's own `site.toml`; without a usable one it trains under no mode at all (fail closed)."""
     where = node_config.get(NODE_KEY)
     if not where:
         log.error(
@@ -88,13 +87,31 @@ def _real_site_budget(site: str, node_config: Mapping[str, Any], cfg: PrivacyCon
         )
         raise PrivacyRefused(
             f"this site has no privacy configuration (node config {NODE_KEY}); it does not train "
-            "with DP until its governance sets one"
+            "until its governance sets one"
         )
     try:
-        own = load_site_privacy(str(where))
+        return load_site_privacy(str(where))
     except ConfigError as e:
         log.error("site %s: %s", site, e)
         raise PrivacyRefused("this site's privacy configuration is unusable (see the site's log)") from e
+
+
+def check_mode(site: str, node_config: Mapping[str, Any], cfg: PrivacyConfig) -> None:
+    """A real site trains only under a privacy mode its own file lists (by default DP-SGD alone): the server
+    cannot switch a hospital's noise off by sending `privacy=none`, nor move it to the server with `client_dp`."""
+    if "data-dir" not in node_config:
+        return
+    own = _own_limits(site, node_config)
+    if cfg.mode not in own.modes:
+        raise PrivacyRefused(
+            f"the run asks for privacy mode {cfg.mode!r}; this site trains only under {', '.join(own.modes)}"
+        )
+
+
+def _real_site_budget(site: str, node_config: Mapping[str, Any], cfg: PrivacyConfig) -> Budget:
+    """Server values may only tighten the site's file: a higher target or ceiling, another ledger folder, or seeded
+    noise the site did not allow, are refused. Details (paths) go to the site's log, numbers to the server."""
+    own = _own_limits(site, node_config)
     over = cfg.sites.get(site, {})
     asked = {
         "target_epsilon": float(over.get("target_epsilon", cfg.target_epsilon)),

@@ -32,6 +32,10 @@ class SitePrivacy:
     ledger_dir: Path
     delta: float | None = None
     research_mode: bool = False
+    modes: tuple[str, ...] = ("dp_sgd",)
+
+
+MODES = ("dp_sgd", "client_dp", "none")  # privacy.mode values; a site lists those it accepts in [privacy] modes
 
 
 def _number(raw: Mapping[str, Any], key: str, where: Path, *, optional: bool = False) -> float | None:
@@ -69,7 +73,10 @@ def load_site_privacy(path: str | Path) -> SitePrivacy:
     research = raw.get("research_mode", False)
     if not isinstance(research, bool):
         raise ConfigError(f"{path}: [privacy] research_mode must be true or false, got {research!r}")
-    return SitePrivacy(min(target, ceiling), ceiling, ledger, delta, research)
+    modes = raw.get("modes", ["dp_sgd"])
+    if not isinstance(modes, list) or not modes or any(m not in MODES for m in modes):
+        raise ConfigError(f"{path}: [privacy] modes must be a non-empty list drawn from {list(MODES)}, got {modes!r}")
+    return SitePrivacy(min(target, ceiling), ceiling, ledger, delta, research, tuple(modes))
 
 
 def write_site_config(
@@ -98,6 +105,9 @@ def write_site_config(
         *([f"delta = {float(delta)}"] if delta is not None else []),
         f'ledger_dir = "{folder / "privacy"}"',
         "research_mode = false  # true lets a run seed the DP noise (the server could remove it): never for patients",
+        "# The privacy modes this site trains under: dp_sgd (noise drawn here). client_dp adds the noise at the",
+        "# server, which could leave it out; none sends updates without any noise. Add them only knowingly.",
+        'modes = ["dp_sgd"]',
         "",
     ]
     path.write_text("\n".join(lines), encoding="utf-8")

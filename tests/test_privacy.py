@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from opacus.accountants import PRVAccountant, RDPAccountant
 
-from client.privacy import PrivacyRefused, guard_round, site_budget
+from client.privacy import PrivacyRefused, check_mode, guard_round, site_budget
 from client.site_config import load_site_privacy, write_site_config
 from common.config import PrivacyConfig
 from common.errors import ConfigError
@@ -201,6 +201,25 @@ def test_a_real_site_without_a_usable_configuration_refuses(tmp_path, caplog):
         assert str(bad) in caplog.text and field.split()[0] in caplog.text  # the details stay in the site's log
     with pytest.raises(ConfigError, match="absolute path"):
         load_site_privacy("site.toml")
+
+
+@pytest.mark.parametrize("mode", ["none", "client_dp"])
+def test_a_real_site_trains_only_under_the_modes_its_file_lists(tmp_path, mode):
+    """The server cannot switch a hospital's noise off (`privacy=none`) or move it to itself (`client_dp`)."""
+    node = _real_site(tmp_path)
+    assert load_site_privacy(node["site-config"]).modes == ("dp_sgd",)  # what `fracfl site init` writes
+    check_mode("site_a", node, PrivacyConfig(mode="dp_sgd"))
+    with pytest.raises(PrivacyRefused, match=f"privacy mode '{mode}'; this site trains only under dp_sgd"):
+        check_mode("site_a", node, PrivacyConfig(mode=mode))
+    with pytest.raises(PrivacyRefused, match="no privacy configuration"):  # no file: no mode at all
+        check_mode("site_a", {"data-dir": str(tmp_path)}, PrivacyConfig(mode=mode))
+    check_mode("site_a", {}, PrivacyConfig(mode=mode))  # a simulated site: the coordinator's own data
+    toml = Path(node["site-config"])
+    toml.write_text(toml.read_text().replace('modes = ["dp_sgd"]', f'modes = ["dp_sgd", "{mode}"]'))
+    check_mode("site_a", node, PrivacyConfig(mode=mode))  # the site's governance added it, knowingly
+    toml.write_text(toml.read_text().replace(f'modes = ["dp_sgd", "{mode}"]', 'modes = ["off"]'))
+    with pytest.raises(ConfigError, match="modes must be a non-empty list"):
+        load_site_privacy(toml)
 
 
 def test_site_init_writes_a_configuration_it_never_overwrites(tmp_path, capsys):

@@ -21,10 +21,11 @@ from flwr.supercore.object_store import ObjectStoreFactory
 from flwr.supercore.task_identity import TaskIdentity
 from flwr.superlink.federation import NoOpFederationManager
 from flwr.superlink.grid.inmemory_grid import InMemoryGrid
-from tests_support import NANO, toy_dataset
+from tests_support import GROUP_NANO, NANO, toy_dataset
 
 from client.client_app import app
-from common.config import LocalTrainConfig
+from client.site_config import write_site_config
+from common.config import ImbalanceConfig, LocalTrainConfig, PrivacyConfig
 from common.nn.model import build_model
 from common.protocol import (
     ARRAYS,
@@ -52,6 +53,7 @@ from common.protocol import (
     SiteJob,
     SiteReply,
     coarse_count,
+    coarse_rate,
 )
 from common.records import to_record
 from server.identity import SiteNames
@@ -92,9 +94,56 @@ def _reply(msg: Message, node_config: dict, node: int = 7) -> Message:
     return app(msg, context)
 
 
-def test_a_real_sites_replies_hold_only_the_allowed_fields_counts_rounded(setup):
+def _own_file(folder: Path, modes: str = '["dp_sgd"]') -> str:
+    """The site's site.toml as `fracfl site init` writes it, listing `modes`."""
+    toml = write_site_config(folder)
+    toml.write_text(toml.read_text().replace('modes = ["dp_sgd"]', f"modes = {modes}"))
+    return str(toml)
+
+
+def test_a_real_site_trains_only_under_its_own_file_and_modes(setup, tmp_path):
+    """Whatever the run asks, a real site without its site.toml does not train, and one whose file lists DP-SGD only
+    refuses a run without noise: the reply carries the refusal and no weights."""
     data, state = setup
-    site = {"site-name": "st_marys", "data-dir": str(data)}
+    for node, why in [
+        (
+            {"site-name": "st_marys", "data-dir": str(data)},
+            "refused: this site has no privacy configuration (node config site-config); it does not train "
+            "until its governance sets one",
+        ),
+        (
+            {"site-name": "st_marys", "data-dir": str(data), "site-config": _own_file(tmp_path / "own")},
+            "refused: the run asks for privacy mode 'none'; this site trains only under dp_sgd",
+        ),
+    ]:
+        refused = _reply(_ask(TRAIN, state, _job()), node)  # the job's privacy mode is none
+        assert dict(refused.content[SITE]) == {"name": "st_marys", "status": why}
+        assert ARRAYS not in refused.content and dict(refused.content[METRICS]) == {NUM_EXAMPLES: 0.0}
+
+
+def test_a_real_sites_dp_sgd_reply_holds_the_privacy_report_and_nothing_else(setup, tmp_path):
+    data, _ = setup
+    state = {k: v.numpy() for k, v in build_model(GROUP_NANO).state_dict().items()}
+    site = {"site-name": "st_marys", "data-dir": str(data), "site-config": _own_file(tmp_path / "own")}
+    train = LocalTrainConfig(
+        local_epochs=1, max_steps=1, batch_size=4, imgsz=64, imbalance=ImbalanceConfig(mode="constant")
+    )
+    job = SiteJob(model=GROUP_NANO.to_dict(), train=train, privacy=PrivacyConfig(mode="dp_sgd"))
+    trained = _reply(_ask(TRAIN, state, job), site)
+    assert set(trained.content) == {ARRAYS, METRICS, SITE}
+    assert set(trained.content[METRICS]) == {NUM_EXAMPLES, "loss"}
+    record = dict(trained.content[SITE])
+    assert set(record) == {"name", "status", "privacy"} and record["status"] == "ok"
+    report = json.loads(record["privacy"])
+    assert set(report) <= set(PRIVACY_FIELDS) and {"epsilon", "ledger_head", "noise"} <= set(report)
+    assert report["sample_rate"] == coarse_rate(4 / 6) == 0.67  # batch 4 of 6 images: two figures, not 0.6667
+    assert "images" not in report and report["noise"] == "secure"
+    assert str(data) not in trained.content[SITE]["privacy"] and str(tmp_path) not in record["privacy"]
+
+
+def test_a_real_sites_replies_hold_only_the_allowed_fields_counts_rounded(setup, tmp_path):
+    data, state = setup
+    site = {"site-name": "st_marys", "data-dir": str(data), "site-config": _own_file(tmp_path / "own", '["none"]')}
 
     trained = _reply(_ask(TRAIN, state, _job()), site)
     assert set(trained.content[METRICS]) == {NUM_EXAMPLES, "loss"}  # no speed, steps or loss components
