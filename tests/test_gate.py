@@ -3,13 +3,15 @@ it and rolling back leaves the champion current, every decision is logged; the p
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 from models_support import GATE_CONF, holdout, publish
 
 from client.models.approval import NotApproved, check_approval
 from client.models.fetch import fetch_from_registry
-from client.models.gate import Scores, gate, paired_bootstrap
+from client.models.gate import Scores, _compare, gate, paired_bootstrap
 from client.models.lifecycle import approve, promote, rollback, status
 from client.models.settings import GateConfig
 from client.models.store import ModelStore
@@ -115,3 +117,22 @@ def test_secure_seed_is_drawn_and_recorded(site):
     a = gate(store.folder("v0001"), store.folder("v0003"), data, "test", cfg).figures
     assert a["seed_source"].startswith("secure") and isinstance(a["seed"], int) and a["unit"] == "image"
     assert a["n_units"] == a["n_images"]
+
+
+def test_false_positive_bounds_refuse_a_challenger(site):
+    """The absolute bound on false positives per image, and the bound on their rise over the champion."""
+    store, data, _ = site
+    noisy = GateConfig(conf=0.001, seed=7, bootstrap=100, max_fp_per_image=0.0)  # near-zero threshold: boxes galore
+    decision = gate(None, store.folder("v0001"), data, "test", noisy)
+    fp = decision.figures["challenger"]["fp_per_image"]
+    assert fp > 0 and not decision.accepted
+    assert decision.reasons == [f"false positives per image {fp:.3f} above the bound 0.000"]
+    assert gate(None, store.folder("v0001"), data, "test", replace(noisy, max_fp_per_image=fp)).accepted
+
+    figures = {
+        "champion": {"sensitivity": 0.8, "fp_per_image": 0.2},
+        "challenger": {"sensitivity": 0.8, "fp_per_image": 0.5},
+    }
+    rise = _compare(dict(figures), GateConfig(max_fp_increase=0.25))
+    assert rise == ["false positives per image rise from 0.200 to 0.500, more than the allowed 0.250"]
+    assert _compare(dict(figures), GateConfig(max_fp_increase=0.3)) == []
