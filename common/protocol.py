@@ -103,7 +103,7 @@ QUERY_FIELDS = (REAL_SITE,)  # the answer to the server's query (server/job.py)
 ROUND_REQUEST_FIELDS = (NAME, ROUND_REQUEST, DISAGREEMENT)  # the answer to a round-request query (server/requests.py)
 COUNTS = (NUM_EXAMPLES, N_POSITIVE, "patients")  # sent rounded (`coarse_count`), never exact
 COUNT_STEP = 10
-RATES = ("sample_rate",)  # sent to two significant figures (`coarse_rate`): the exact rate would give the count
+RATES = ("sample_rate",)  # sent to two significant figures (`coarse_sample_rate`): the exact rate would give the count
 
 
 def coarse_count(n: float) -> float:
@@ -117,7 +117,7 @@ def coarse_count(n: float) -> float:
     return float(max(COUNT_STEP, COUNT_STEP * math.floor(n / COUNT_STEP + 0.5)))
 
 
-def coarse_rate(q: float) -> float:
+def coarse_sample_rate(q: float) -> float:
     """A DP-SGD sampling rate as it leaves a site: two significant figures. The exact rate is batch size / images
     (or patients), so it would give the exact count; two figures leave the epsilon checkable to about 5 %."""
     return float(f"{q:.2g}")
@@ -244,7 +244,7 @@ def _privacy_report(raw: Mapping[str, Any]) -> dict[str, Any]:
         if k not in PRIVACY_FIELDS:
             continue
         if isinstance(v, (int, float)) and not isinstance(v, bool):
-            out[k] = coarse_count(v) if k in COUNTS else coarse_rate(v) if k in RATES else v
+            out[k] = coarse_count(v) if k in COUNTS else coarse_sample_rate(v) if k in RATES else v
         elif isinstance(v, str) and len(v) <= 200 and k not in COUNTS:
             out[k] = v
     return out

@@ -53,7 +53,7 @@ from common.protocol import (
     SiteJob,
     SiteReply,
     coarse_count,
-    coarse_rate,
+    coarse_sample_rate,
 )
 from common.records import to_record
 from server.identity import SiteNames
@@ -136,7 +136,7 @@ def test_a_real_sites_dp_sgd_reply_holds_the_privacy_report_and_nothing_else(set
     assert set(record) == {"name", "status", "privacy"} and record["status"] == "ok"
     report = json.loads(record["privacy"])
     assert set(report) <= set(PRIVACY_FIELDS) and {"epsilon", "ledger_head", "noise"} <= set(report)
-    assert report["sample_rate"] == coarse_rate(4 / 6) == 0.67  # batch 4 of 6 images: two figures, not 0.6667
+    assert report["sample_rate"] == coarse_sample_rate(4 / 6) == 0.67  # batch 4 of 6 images: two figures, not 0.6667
     assert "images" not in report and report["noise"] == "secure"
     assert str(data) not in trained.content[SITE]["privacy"] and str(tmp_path) not in record["privacy"]
 
