@@ -58,6 +58,21 @@ class RoundRequests:
             "disagreement_max": max(known) if known else None,
         }
 
+    def describe(self) -> str:
+        """One line for the ServerApp's log (what `flwr log` shows the coordinator): the requesting sites and each
+        site's disagreement rate as it arrived, coarsened (n/a: not reported), with their mean and maximum."""
+        s = self.summary()
+        rates = ", ".join(f"{name} {_rate(rate)}" for name, rate in s["disagreement"].items()) or "none"
+        return (
+            f"round requests: {s['answered']} of {s['asked']} sites answered, requesting: "
+            f"{', '.join(s['requesting']) or 'none'}; disagreement rates: {rates} "
+            f"(mean {_rate(s['disagreement_mean'])}, max {_rate(s['disagreement_max'])})"
+        )
+
+
+def _rate(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}"
+
 
 def coarse_rate(value: object) -> float | None:
     """A reported rate as a number in [0, 1] on the 0.05 grid; anything else counts as not reported."""
@@ -110,10 +125,5 @@ def ask_if_configured(
     if check_mode(fed.round_requests) == "off":
         return None
     asked = ask_round_requests(grid, min(float(fed.round_timeout), 300.0), names, sites_manifest)
-    log.info(
-        "round requests: %d of %d sites answered, requesting: %s",
-        len(asked.answers),
-        asked.asked,
-        ", ".join(asked.requesting) or "none",
-    )
+    log.info("%s", asked.describe())
     return asked

@@ -134,9 +134,12 @@ def test_server_keeps_rates_as_numbers_on_the_coarse_grid():
         None,
         None,
     ]
-    asked = RoundRequests(
-        4, [SiteAnswer("b", True, 0.4), SiteAnswer("a", False, 0.1), SiteAnswer("c", False, None)]
-    ).summary()
+    requests = RoundRequests(4, [SiteAnswer("b", True, 0.4), SiteAnswer("a", False, 0.1), SiteAnswer("c", False, None)])
+    assert requests.describe() == (
+        "round requests: 3 of 4 sites answered, requesting: b; disagreement rates: a 0.10, b 0.40, c n/a "
+        "(mean 0.25, max 0.40)"
+    )
+    asked = requests.summary()
     assert asked == {
         "asked": 4,
         "answered": 3,
