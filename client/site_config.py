@@ -8,9 +8,10 @@ with an unusable one, refuses to train.
 
 from __future__ import annotations
 
+import json
 import math
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -80,7 +81,12 @@ def load_site_privacy(path: str | Path) -> SitePrivacy:
 
 
 def write_site_config(
-    folder: Path, *, target_epsilon: float = 8.0, ceiling_epsilon: float = 10.0, delta: float | None = None
+    folder: Path,
+    *,
+    target_epsilon: float = 8.0,
+    ceiling_epsilon: float = 10.0,
+    delta: float | None = None,
+    modes: Sequence[str] = ("dp_sgd",),
 ) -> Path:
     """Create `folder/site.toml` (never overwritten) with the ledger and its signing key in `folder/privacy`;
     returns its path."""
@@ -107,7 +113,7 @@ def write_site_config(
         "research_mode = false  # true lets a run seed the DP noise (the server could remove it): never for patients",
         "# The privacy modes this site trains under: dp_sgd (noise drawn here). client_dp adds the noise at the",
         "# server, which could leave it out; none sends updates without any noise. Add them only knowingly.",
-        'modes = ["dp_sgd"]',
+        f"modes = {json.dumps(list(modes))}",
         "",
     ]
     path.write_text("\n".join(lines), encoding="utf-8")

@@ -4,34 +4,20 @@ another publisher, one edited after signing, or a site with no trusted key is re
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from common.errors import ConfigError
 from common.fab_approval import sign, verify
+from server.deploy.certs import make_publisher_key
 
 SHA = "ab" * 32
 
 
-def _publisher(folder: Path, name: str) -> tuple[Path, Path]:
-    """A publisher's private key (PEM) and its public key (OpenSSH), as `fracfl deploy publisher-key` makes them."""
-    key = ed25519.Ed25519PrivateKey.generate()
-    folder.mkdir(parents=True, exist_ok=True)
-    private, public = folder / f"{name}.key", folder / f"{name}.pub"
-    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    private.write_bytes(pem)
-    public.write_bytes(
-        key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
-    )
-    return private, public
-
-
 def test_only_an_unaltered_approval_from_a_trusted_publisher_is_accepted(tmp_path):
-    trusted_key, trusted_pub = _publisher(tmp_path / "keys", "fracfl-release")
-    other_key, _ = _publisher(tmp_path / "elsewhere", "someone")
+    trusted = make_publisher_key(tmp_path / "keys", "fracfl-release")  # as `fracfl deploy publisher-key` makes it
+    trusted_key, trusted_pub = trusted["key"], trusted["pub"]
+    other_key = make_publisher_key(tmp_path / "elsewhere", "someone")["key"]
     site = tmp_path / "site-publishers"
     site.mkdir()
     (site / trusted_pub.name).write_bytes(trusted_pub.read_bytes())

@@ -94,11 +94,9 @@ def _reply(msg: Message, node_config: dict, node: int = 7) -> Message:
     return app(msg, context)
 
 
-def _own_file(folder: Path, modes: str = '["dp_sgd"]') -> str:
+def _own_file(folder: Path, modes: tuple[str, ...] = ("dp_sgd",)) -> str:
     """The site's site.toml as `fracfl site init` writes it, listing `modes`."""
-    toml = write_site_config(folder)
-    toml.write_text(toml.read_text().replace('modes = ["dp_sgd"]', f"modes = {modes}"))
-    return str(toml)
+    return str(write_site_config(folder, modes=modes))
 
 
 def test_a_real_site_trains_only_under_its_own_file_and_modes(setup, tmp_path):
@@ -143,7 +141,7 @@ def test_a_real_sites_dp_sgd_reply_holds_the_privacy_report_and_nothing_else(set
 
 def test_a_real_sites_replies_hold_only_the_allowed_fields_counts_rounded(setup, tmp_path):
     data, state = setup
-    site = {"site-name": "st_marys", "data-dir": str(data), "site-config": _own_file(tmp_path / "own", '["none"]')}
+    site = {"site-name": "st_marys", "data-dir": str(data), "site-config": _own_file(tmp_path / "own", ("none",))}
 
     trained = _reply(_ask(TRAIN, state, _job()), site)
     assert set(trained.content[METRICS]) == {NUM_EXAMPLES, "loss"}  # no speed, steps or loss components
