@@ -20,15 +20,17 @@ from client.continual.config import site_replay
 from client.continual.disagreement import round_request_answer
 from client.faults import fault_injection_mod
 from client.models.fetch import keep_received, receive
+from client.models.requested import pending, satisfied
 from client.models.store import NODE_KEY as MODELS_DIR
 from client.models.store import ModelStore
 from client.privacy import PrivacyRefused, check_mode, site_budget
-from client.site import Site, resolve_site
+from client.site import Site, resolve_site, site_store
 from client.task import evaluate_site, train_site
 from common.errors import FracflError
 from common.protocol import (
     ARRAYS,
     ASK_ROUND,
+    ASK_VERSIONS,
     CONFIG,
     DELIVER,
     DELIVERED_FILES,
@@ -39,16 +41,18 @@ from common.protocol import (
     JOB,
     METRICS,
     MODEL_VERSION,
+    NAME,
     NUM_EXAMPLES,
     PROXIMAL_MU,
     REAL_SITE,
-    SAFE_NAME,
+    REQUESTED,
     SERVER_ROUND,
     SITE,
     SITES_MANIFEST,
     TRAIN,
     SiteJob,
     SiteReply,
+    requested_versions,
     site_metrics,
 )
 from common.records import to_record, torch_state
@@ -87,10 +91,10 @@ def _handle(msg: Message, context: Context, what: str, work: Work) -> Message:
 def _train(site: Site, state: dict, job: SiteJob, cfg: ConfigRecord, context: Context):
     check_mode(site.name, context.node_config, job.privacy)
     budget = site_budget(site.name, context.node_config, job.privacy) if job.privacy.mode == "dp_sgd" else None
-    if MODELS_DIR in context.node_config:  # the site keeps the global model it received (`fracfl site fetch received`)
+    if site.models is not None:  # the site keeps the global model it received (`fracfl site fetch received`)
         numpy = {k: v.numpy() for k, v in state.items()}
         keep_received(
-            ModelStore(str(context.node_config[MODELS_DIR])),
+            ModelStore(site.models),
             numpy,
             job.spec,
             job.train.imgsz,
@@ -150,25 +154,55 @@ def evaluate(msg: Message, context: Context) -> Message:
     )
 
 
+def _manifest(msg: Message) -> str | None:
+    """The simulation's sites manifest a query carries (simulated sites only; a real site's node config names all)."""
+    return msg.content[CONFIG].get(SITES_MANIFEST) if CONFIG in msg.content else None
+
+
 @app.query(DELIVER)
 def deliver(msg: Message, context: Context) -> Message:
     """A published version sent after a run (server/deliver.py): checked against its card's hashes and left in the
-    model store's inbox when the node config names `models-dir`; installing and promoting it are the site's
-    decisions (`fracfl site fetch|promote`)."""
-    name = str(context.node_config.get("site-name", f"node-{context.node_id}"))
+    model store's inbox when the site has one (node config `models-dir`), which satisfies the site's request for it;
+    installing and promoting it are the site's decisions (`fracfl site fetch|promote`)."""
     record = msg.content[DELIVERY]
-    version = str(record[DELIVERED_VERSION])
-    if MODELS_DIR not in context.node_config:
-        status = f"not stored: node config has no {MODELS_DIR}"
-    else:
-        try:
-            files = dict(zip(record[DELIVERED_NAMES], record[DELIVERED_FILES], strict=True))
-            folder = receive(ModelStore(str(context.node_config[MODELS_DIR])), version, files)
-        except (FracflError, OSError, ValueError) as e:
-            log.warning("site %s refused delivered %s: %s", name, version, e)
-            status = f"refused: {type(e).__name__} (see the site's log)"
-        else:
-            log.info("site %s received %s into %s", name, version, folder)
-            status = "stored"
-    reply = SiteReply(name if SAFE_NAME.match(name) else f"node-{context.node_id}", status)
-    return Message(RecordDict({SITE: ConfigRecord(reply.to_record())}), reply_to=msg)
+    name = f"node-{context.node_id}"
+    try:
+        name, models = site_store(context.node_config, context.node_id, _manifest(msg))
+        status = _receive(ModelStore(models), record, name) if models else f"not stored: no model store ({MODELS_DIR})"
+    except (FracflError, OSError, ValueError) as e:
+        log.warning("site %s refused delivered %s: %s", name, record.get(DELIVERED_VERSION), e)
+        status = f"refused: {type(e).__name__} (see the site's log)"
+    return Message(RecordDict({SITE: ConfigRecord(SiteReply(name, status).to_record())}), reply_to=msg)
+
+
+def _receive(store: ModelStore, record: ConfigRecord, name: str) -> str:
+    """Check a delivered version into the inbox and clear the site's request for it."""
+    files = dict(zip(record[DELIVERED_NAMES], record[DELIVERED_FILES], strict=True))
+    folder = receive(store, str(record[DELIVERED_VERSION]), files)
+    log.info("site %s received %s into %s", name, folder.name, folder)
+    try:
+        if satisfied(store, folder.name):
+            log.info("site %s: its request for %s is satisfied", name, folder.name)
+    except (FracflError, OSError) as e:  # the version is stored all the same
+        log.error("site %s: %s stored, but its request was not cleared: %s", name, folder.name, e)
+    return "stored"
+
+
+@app.query(ASK_VERSIONS)
+def version_request(msg: Message, context: Context) -> Message:
+    """The published versions this site asked for (`fracfl site request`), asked after a run with
+    `federation.answer_requests`: its name and version names only (VERSION_REQUEST_FIELDS). A site without a model
+    store, or whose requests cannot be read (logged here, at the site), asks for none."""
+    name = f"node-{context.node_id}"
+    answer: dict[str, str | list[str]] = {}
+    try:
+        name, models = site_store(context.node_config, context.node_id, _manifest(msg))
+        answer[NAME] = name
+        wanted = requested_versions(list(pending(ModelStore(models)))) if models is not None else []
+    except (FracflError, OSError, ValueError) as e:
+        log.error("site %s cannot answer the server's version-request query: %s", name, e)
+        wanted = []
+    if wanted:
+        answer[REQUESTED] = wanted
+        log.info("site %s asks for %s", name, ", ".join(wanted))
+    return Message(RecordDict({SITE: ConfigRecord(answer)}), reply_to=msg)

@@ -56,12 +56,19 @@ DELIVER = "deliver"  # the query action the ClientApp registers for deliveries
 DELIVERED_VERSION = "version"  # the registry version's name
 DELIVERED_NAMES = "names"  # file names inside the version folder (card.json, model.safetensors, exports/...)
 DELIVERED_FILES = "files"  # the files' bytes, in the order of DELIVERED_NAMES
+# Fetching: after a run, with federation.answer_requests, a query of its own (message type "query.version_request")
+# asks each site which published versions it requested (`fracfl site request`); the answer (SITE) holds NAME and the
+# key below, and each requested version the registry holds intact is then delivered as above.
+ASK_VERSIONS = "version_request"  # the query action the ClientApp registers for it
+REQUESTED = "requested"  # answered: registry version names (`requested_versions`), nothing else
 STATUS = "status"
 PRIVACY = "privacy"
 
 REPORTED = ("map50", "map50_95", "precision", "recall", "f1", "sensitivity", "specificity", "roc_auc")
 UNDEFINED = -1.0  # metrics are in [0, 1]; -1 marks "undefined here" (e.g. sensitivity at a site with no fracture)
 SAFE_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")  # a site name: appears in logs, records and cards
+VERSION_NAME = re.compile(r"^v(?:[0-9]{4}|[1-9][0-9]{4,5})$")  # a registry version as the registry names it: v0007
+MAX_REQUESTED = 8  # versions one site may ask for per run (each is a model's weights, card and edge builds)
 
 # Everything a site's reply may carry, field by field: the ClientApp sends nothing else (`site_metrics`,
 # `SiteReply.to_record`) and the server keeps nothing else (`kept_metrics`, `SiteReply.from_record`).
@@ -101,6 +108,7 @@ PRIVACY_FIELDS = (  # a DP-SGD site's report (client/privacy.py): the card's pri
 )
 QUERY_FIELDS = (REAL_SITE,)  # the answer to the server's query (server/job.py)
 ROUND_REQUEST_FIELDS = (NAME, ROUND_REQUEST, DISAGREEMENT)  # the answer to a round-request query (server/requests.py)
+VERSION_REQUEST_FIELDS = (NAME, REQUESTED)  # the answer to a version-request query (server/version_requests.py)
 COUNTS = (NUM_EXAMPLES, N_POSITIVE, "patients")  # sent rounded (`coarse_count`), never exact
 COUNT_STEP = 10
 RATES = ("sample_rate",)  # sent to two significant figures (`coarse_sample_rate`): the exact rate would give the count
@@ -121,6 +129,15 @@ def coarse_sample_rate(q: float) -> float:
     """A DP-SGD sampling rate as it leaves a site: two significant figures. The exact rate is batch size / images
     (or patients), so it would give the exact count; two figures leave the epsilon checkable to about 5 %."""
     return float(f"{q:.2g}")
+
+
+def requested_versions(names: object) -> list[str]:
+    """Version names as a version-request answer carries them, read the same way on both sides: only names of
+    VERSION_NAME's form (no other text crosses), each once, oldest first, at most MAX_REQUESTED."""
+    if not isinstance(names, (list, tuple)):
+        return []
+    valid = {n for n in names if isinstance(n, str) and VERSION_NAME.match(n)}
+    return sorted(valid, key=lambda n: int(n[1:]))[:MAX_REQUESTED]
 
 
 def site_metrics(phase: str, metrics: Mapping[str, float], simulated: bool = False) -> dict[str, float]:

@@ -31,6 +31,7 @@ class FederationConfig:
     client_gpus: float = 0.0
     faults: dict[str, str] | None = None  # simulations only: site -> nan | scale | shape
     deliver: bool = False  # after the run, send its last published version to the sites (server/deliver.py)
+    answer_requests: bool = True  # after the run, send each site the published versions it requested (`site request`)
     # Continuous learning (docs/continuous-learning.md). warm_start: null (the model group's initial weights) |
     # latest (the registry's newest version; the initial weights while the registry is empty) | a version (v0007).
     warm_start: str | None = None

@@ -1,6 +1,7 @@
-"""A whole federated run on the server side: prepare it, resume it (or start it), run its rounds, write its outcome.
+"""A whole federated run on the server side: prepare it, resume it (or start it), run its rounds, write its outcome,
+deliver published versions to the sites.
 
-`run_federation` is what the ServerApp calls, in a simulation and in a deployment alike, and reads as those four
+`run_federation` is what the ServerApp calls, in a simulation and in a deployment alike, and reads as those five
 steps. A run folder holds the job, the round records (`records.jsonl`, server/history.py), the checkpoint, the
 tracking files, the report (`report/`) and the run's outcome (`outcome.json`); published models go to the
 registry. One round: server/loop.py; its card and commit: server/publish.py; the privacy mode: server/privacy.py.
@@ -31,11 +32,11 @@ from common.nn.model import ModelSpec, reusable_model
 from common.nn.weights import model_from_config
 from common.protocol import FAULT_PLAN, JOB, MODEL_VERSION, SITES_MANIFEST, SiteJob, encode_metrics
 from common.records import State, as_tensors
-from common.utils.durable import write_durable
+from common.utils.durable import replace_atomic, write_durable
 from server.checkpoint import load_checkpoint, restore_strategy, strategy_snapshot
 from server.commit import Committer
 from server.config import ServerJob
-from server.deliver import deliver
+from server.deliver import deliver_after_run
 from server.export.background import background_exports
 from server.forgetting import forgetting
 from server.forgetting import summary as forgetting_summary
@@ -92,15 +93,18 @@ class Start:
 
 
 def run_federation(grid: Grid, job: ServerJob, sites_manifest: str | None = None) -> dict[str, Any]:
-    """Run (or resume) the job's rounds; returns the run's outcome (also written to `outcome.json`)."""
+    """Run (or resume) the job's rounds, then deliver (server/deliver.py); returns the run's outcome (also written
+    to `outcome.json`, before the deliveries and again with them)."""
     run, initial = prepare(job)
     names = SiteNames(grid, sites_manifest)  # the name each node's records and answers go under
     start = resume(run) or begin(run, initial, ask_if_configured(grid, job.federation, names, sites_manifest))
     if start.round <= job.federation.rounds:
         run_rounds(grid, run, start, round_config(run, sites_manifest), names)
     outcome = finish(run)
-    if job.federation.deliver and outcome["latest"]:  # the sites' copy of the last published version
-        outcome["delivered"] = deliver(grid, run.registry, outcome["latest"], job.federation.round_timeout, names)
+    delivered = deliver_after_run(grid, run.registry, job.federation, outcome["latest"], names, sites_manifest)
+    if delivered is not None:  # the sites' copies of published versions: the last one, and those they requested
+        outcome["delivered"] = delivered
+        _write_outcome(run, outcome)
     return outcome
 
 
@@ -294,8 +298,13 @@ def finish(run: Run) -> dict[str, Any]:
 def _outcome(run: Run, results: dict[str, Any]) -> dict[str, Any]:
     outcome = {"run_id": run.job.run_id, "run_dir": str(run.dir), "rounds": run.job.federation.rounds, **results}
     outcome.update({k: run.started.get(k) for k in ("warm_start", "round_requests", "skipped")})
-    (run.dir / OUTCOME).write_text(json.dumps(outcome, indent=1))
+    _write_outcome(run, outcome)
     return outcome
+
+
+def _write_outcome(run: Run, outcome: dict[str, Any]) -> None:
+    """Atomically: the file is written twice, and a reader (the schedule, a test) must never see half of it."""
+    replace_atomic(run.dir / OUTCOME, json.dumps(outcome, indent=1))
 
 
 def config_hash(job: ServerJob) -> str:
@@ -306,6 +315,7 @@ def config_hash(job: ServerJob) -> str:
     # Whether the sites were asked first changes no round; a run without a warm start hashes as before these keys
     # existed, so a run folder from an earlier fracfl still resumes.
     d["federation"].pop("round_requests", None)
+    d["federation"].pop("answer_requests", None)  # after the rounds: changes none of them
     if d["federation"].get("warm_start") is None:
         d["federation"].pop("warm_start", None)
     return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]

@@ -15,4 +15,6 @@ class SimulationJob(ServerJob):
     # Simulated sites' own site.toml files, by site name (e.g. a [continual] table naming a feedback store, so a
     # simulated site can request a round): they reach the sites through the manifest, as node config does at a real one.
     site_configs: dict[str, str] = field(default_factory=dict)
+    # Simulated sites' model stores (client/models/store.py), by site name: as node config `models-dir` at a real one.
+    site_models: dict[str, str] = field(default_factory=dict)
     resume: str | None = None

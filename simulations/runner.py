@@ -13,6 +13,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from client.models.store import NODE_KEY as MODELS_KEY
 from client.site_config import NODE_KEY
 from common.config import to_typed
 from common.data.spec import load_spec
@@ -41,13 +42,16 @@ def prepare_sites(job: SimulationJob, run_dir: Path) -> tuple[Path, Path]:
     if manifest.is_file() and pooled.is_file():
         return manifest, pooled
     sites = make_sites(job.partition, run_dir / "data", progress=job.progress)
-    unknown = set(job.site_configs) - {s.name for s in sites}
-    if unknown:
-        raise ConfigError(f"site_configs: no simulated site named {', '.join(sorted(unknown))}")
     entries = [{"name": s.name, "data": str(s.data_yaml)} for s in sites]
-    for e in entries:  # a site's own site.toml, under the key a real site's node config names it with
-        if e["name"] in job.site_configs:
-            e[NODE_KEY] = str(Path(job.site_configs[e["name"]]).resolve())
+    # A site's own site.toml and model store, under the keys a real site's node config names them with.
+    for field_name, key in (("site_configs", NODE_KEY), ("site_models", MODELS_KEY)):
+        given = getattr(job, field_name)
+        unknown = set(given) - {s.name for s in sites}
+        if unknown:
+            raise ConfigError(f"{field_name}: no simulated site named {', '.join(sorted(unknown))}")
+        for e in entries:
+            if e["name"] in given:
+                e[key] = str(Path(given[e["name"]]).resolve())
     manifest.write_text(json.dumps(entries, indent=1))
     images = [str(p) for s in sites for p in load_spec(s.data_yaml).images("val")]
     pooled.write_text("\n".join(images) + "\n")

@@ -9,27 +9,24 @@ never under the name the reply gives.
 from __future__ import annotations
 
 import json
-import secrets
 from itertools import chain
 from pathlib import Path
 
 import pytest
 from flwr.app import ConfigRecord, Context, Error, Message, MessageType, MetricRecord, RecordDict
-from flwr.server.superlink.linkstate import LinkStateFactory
-from flwr.supercore.constant import FLWR_IN_MEMORY_DB_NAME, NOOP_FEDERATION_ID
-from flwr.supercore.object_store import ObjectStoreFactory
 from flwr.supercore.task_identity import TaskIdentity
-from flwr.superlink.federation import NoOpFederationManager
-from flwr.superlink.grid.inmemory_grid import InMemoryGrid
-from tests_support import GROUP_NANO, NANO, toy_dataset
+from tests_support import GROUP_NANO, NANO, link_grid, toy_dataset
 
 from client.client_app import app
+from client.models.requested import request as request_versions
+from client.models.store import ModelStore
 from client.site_config import write_site_config
 from common.config import ImbalanceConfig, LocalTrainConfig, PrivacyConfig
 from common.nn.model import build_model
 from common.protocol import (
     ARRAYS,
     ASK_ROUND,
+    ASK_VERSIONS,
     CONFIG,
     EVALUATE,
     JOB,
@@ -41,6 +38,7 @@ from common.protocol import (
     REAL_SITE,
     REPLY_METRICS,
     REPORTED,
+    REQUESTED,
     ROUND_REQUEST,
     ROUND_REQUEST_FIELDS,
     SERVER_ROUND,
@@ -50,6 +48,7 @@ from common.protocol import (
     SITES_MANIFEST,
     TRAIN,
     UNDEFINED,
+    VERSION_REQUEST_FIELDS,
     SiteJob,
     SiteReply,
     coarse_count,
@@ -173,6 +172,14 @@ def test_a_real_sites_replies_hold_only_the_allowed_fields_counts_rounded(setup,
     request = dict(_reply(asked, site).content[SITE])
     assert set(request) <= set(ROUND_REQUEST_FIELDS) and request[ROUND_REQUEST] is False
 
+    # A site with a model store answers a version-request query with its name and requested version names only.
+    models = tmp_path / "models"
+    request_versions(ModelStore(models), ["v3"])
+    kind = f"{MessageType.QUERY}.{ASK_VERSIONS}"
+    wanted = _reply(Message(RecordDict({}), dst_node_id=7, message_type=kind), {**site, "models-dir": str(models)})
+    assert dict(wanted.content[SITE]) == {"name": "st_marys", REQUESTED: ["v0003"]}
+    assert set(wanted.content[SITE]) <= set(VERSION_REQUEST_FIELDS)
+
 
 def test_a_simulated_site_also_sends_the_diagnostics_benchmarks_read(setup, tmp_path):
     data, state = setup
@@ -195,24 +202,9 @@ def test_counts_are_rounded_and_the_privacy_report_keeps_only_its_fields():
     assert got.privacy == {"epsilon": 2.5, "noise": "secure"}  # what a site sent outside the protocol is dropped
 
 
-def _grid(names: list[str | None]) -> tuple[InMemoryGrid, list[int]]:
-    """Flower's own link state with SuperNodes registered as `flwr supernode register KEY --name NAME` does."""
-    factory = LinkStateFactory(FLWR_IN_MEMORY_DB_NAME, NoOpFederationManager(), ObjectStoreFactory())
-    state = factory.state()
-    nodes = []
-    for name in names:
-        node = state.create_node("coordinator", "coordinator", secrets.token_bytes(32), 30.0, name=name)
-        state.activate_node(node, 30.0)
-        nodes.append(node)
-    run_id = state.create_run(None, None, None, {}, NOOP_FEDERATION_ID, None, None, "serverapp")
-    grid = InMemoryGrid(factory)
-    grid.set_run(state.get_run_info(run_ids=[run_id])[0])
-    return grid, nodes
-
-
 def test_a_reply_is_recorded_under_its_nodes_registered_name(setup):
     data, state = setup
-    grid, (marys, county, unnamed) = _grid(["st_marys", "county_general", None])
+    grid, (marys, county, unnamed) = link_grid(["st_marys", "county_general", None])
     names = SiteNames(grid)
     site = lambda name: {"site-name": name, "data-dir": str(data), "min-val-images": 0}  # noqa: E731
     job = _job()
@@ -240,7 +232,7 @@ def test_a_reply_is_recorded_under_its_nodes_registered_name(setup):
 
 def test_a_simulated_node_is_bound_to_the_first_manifest_name_it_gives(setup, tmp_path):
     data, state = setup
-    grid, (first, second) = _grid([None, None])
+    grid, (first, second) = link_grid([None, None])
     manifest = tmp_path / "sites.json"
     manifest.write_text(json.dumps([{"name": "site_0", "data": str(data)}, {"name": "site_1", "data": str(data)}]))
     names = SiteNames(grid, str(manifest))
@@ -259,5 +251,6 @@ def test_the_governance_guide_lists_every_field_a_reply_may_carry():
         *PRIVACY_FIELDS,
         *QUERY_FIELDS,
         *ROUND_REQUEST_FIELDS,
+        *VERSION_REQUEST_FIELDS,
     }
     assert not [f for f in sorted(fields) if f"`{f}`" not in text]

@@ -1,4 +1,4 @@
-"""`fracfl site fetch|gate|approve|promote|rollback|status`: the site's model store (client/models/)."""
+"""`fracfl site fetch|request|gate|approve|promote|rollback|status`: the site's model store (client/models/)."""
 
 from __future__ import annotations
 
@@ -72,6 +72,22 @@ def _fetch(a: argparse.Namespace) -> int:
     else:
         folder = fetch_from_inbox(store, a.version)
     print(f"installed {folder.name} in {folder} (hashes checked); next: fracfl site gate {folder.name}")
+    return 0
+
+
+def _request(a: argparse.Namespace) -> int:
+    from client.models.requested import cancel, pending, request
+
+    store, _ = _settings(a)
+    if a.cancel and not a.versions:
+        raise ConfigError("--cancel: name the versions whose requests to withdraw")
+    wanted = (cancel if a.cancel else request)(store, a.versions) if a.versions else pending(store)
+    if not wanted:
+        print("no versions requested")
+        return 0
+    for version, since in wanted.items():
+        print(f"requested {version} (since {since})")
+    print("the federation delivers them after its next run, into the inbox; then: fracfl site fetch VERSION")
     return 0
 
 
@@ -155,6 +171,8 @@ def _status(a: argparse.Namespace) -> int:
         elif problems is not None:
             print("  approval: signature and files verified")
     print(f"installed: {', '.join(info['versions']) or 'none'}")
+    print(f"delivered (inbox): {', '.join(info['delivered']) or 'none'}")
+    print(f"requested: {', '.join(info['requested']) or 'none'}")
     for e in info["history"][-a.last :]:
         outcome = "" if "accepted" not in e else (" accepted" if e["accepted"] else " refused")
         who = e.get("approved_by") or e.get("by") or ""
@@ -195,6 +213,12 @@ def register_actions(ssub: argparse._SubParsersAction) -> None:
     p.add_argument("version", help="v0007, latest (with --registry), or `received` (the last round's global model)")
     p.add_argument("--registry", default=None, help="a registry folder; without it, the version delivered to the inbox")
     p.set_defaults(func=_fetch)
+    p = ssub.add_parser(
+        "request", parents=[common], help="ask the federation for published versions (delivered after its next run)"
+    )
+    p.add_argument("versions", nargs="*", help="v0007 ... (none: list the pending requests)")
+    p.add_argument("--cancel", action="store_true", help="withdraw the requests for these versions")
+    p.set_defaults(func=_request)
     p = ssub.add_parser("gate", parents=[common, gated], help="champion/challenger gate on the held-out cases")
     p.add_argument("version")
     p.set_defaults(func=_gate)

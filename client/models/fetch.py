@@ -1,8 +1,9 @@
 """Getting a published version into the site's store, with its card and TFLite builds, hashes checked on the way:
 
 - from a registry folder the site can read (same host, shared storage): `fetch_from_registry`;
-- from the federation: the ServerApp delivers each run's last published version over the sites' authenticated
-  Flower channel (server/deliver.py); the ClientApp checks it and leaves it in M/inbox/ (`receive`), and
+- from the federation: after a run the ServerApp delivers, over the sites' authenticated Flower channel
+  (server/deliver.py), the run's last published version (`federation.deliver`) and the versions the site requested
+  (client/models/requested.py); the ClientApp checks each and leaves it in M/inbox/ (`receive`), and
   `fracfl site fetch V` installs it from there (`fetch_from_inbox`);
 - the global model a site received in its last round, kept by the ClientApp (`keep_received`), installed as a
   version named after the round (`fetch_received`).
@@ -23,6 +24,7 @@ from common.errors import DataError
 from common.inference.load import WEIGHTS_FILE
 from common.nn.model import ModelSpec
 from common.nn.weights import write_state
+from common.protocol import VERSION_NAME
 
 RECEIVED_INFO = "received.json"
 
@@ -59,8 +61,9 @@ def fetch_from_inbox(store: ModelStore, version: str) -> Path:
     version = normalise(version)
     folder = store.inbox / version
     if not folder.is_dir():
-        have = sorted(p.name for p in store.inbox.iterdir() if p.is_dir()) if store.inbox.is_dir() else []
-        raise DataError(store.inbox, f"no delivered {version} here (delivered: {', '.join(have) or 'none'})")
+        ask = f"; `fracfl site request {version}` asks the federation for it" if VERSION_NAME.match(version) else ""
+        have = ", ".join(store.delivered()) or "none"
+        raise DataError(store.inbox, f"no delivered {version} here (delivered: {have}){ask}")
     return store.install(version, folder_files(folder))
 
 

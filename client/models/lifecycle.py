@@ -14,6 +14,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from client.models.approval import NotApproved, check_approval, check_approver, sign_approval
 from client.models.gate import GateDecision, gate
+from client.models.requested import pending
 from client.models.settings import GateConfig
 from client.models.store import ModelStore, normalise
 from common.errors import ConfigError, DataError
@@ -146,9 +147,15 @@ def rollback(store: ModelStore, approver: str, key: Ed25519PrivateKey, reason: s
 
 def status(store: ModelStore, public_key: str | None = None) -> dict[str, Any]:
     """The current model, who approved it and when, on which figures, whether its approval checks out (when the
-    site's key is known), the installed versions and the decision history."""
+    site's key is known), the installed versions, those delivered and those requested, and the decision history."""
     current = store.current()
-    out: dict[str, Any] = {"store": str(store.root), "current": current, "versions": store.versions()}
+    out: dict[str, Any] = {
+        "store": str(store.root),
+        "current": current,
+        "versions": store.versions(),
+        "delivered": store.delivered(),
+        "requested": pending(store),
+    }
     if current is not None and public_key is not None:
         out["approval_problems"] = check_approval(store, current, public_key)
     out["history"] = store.decisions()

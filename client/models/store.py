@@ -5,10 +5,11 @@
     M/current.json                 the approval record of the site's clinical model (its `version`)
     M/decisions.jsonl              every gate decision, approval, promotion and rollback, with its figures (append-only)
     M/inbox/<V>/                   versions delivered over the federation, checked, waiting for `fracfl site fetch`
+    M/requests.json                versions asked of the federation, not delivered yet (client.models.requested)
     M/received/                    the global model received in the last round (received.json says which)
 
 A version is copied into `M/versions/.installing-*`, checked against its card's hashes, and renamed into place: a
-reader sees a whole, checked version or none. Nothing here reaches the server.
+reader sees a whole, checked version or none. Nothing here reaches the server but requested version names.
 """
 
 from __future__ import annotations
@@ -164,6 +165,11 @@ class ModelStore:
     def versions(self) -> list[str]:
         """Installed versions, in name order."""
         d = self.root / "versions"
+        return sorted(p.name for p in d.iterdir() if p.is_dir() and not p.name.startswith(".")) if d.is_dir() else []
+
+    def delivered(self) -> list[str]:
+        """Versions in the inbox (delivered, checked, not necessarily installed), in name order."""
+        d = self.inbox
         return sorted(p.name for p in d.iterdir() if p.is_dir() and not p.name.startswith(".")) if d.is_dir() else []
 
     def folder(self, version: str | int) -> Path:
