@@ -369,6 +369,11 @@ def test_tls_deployment_trains_resumes_publishes_and_refuses_outsiders(flower, t
     assert all(s in status(sim["run-id"])["status-details"] for s in SITES)
     assert not run.exists()  # no synthetic sites, records or registry
 
+    # A site asks for the first version the run below will publish (the guide's request, answered after the run).
+    asking = {"/var/lib/fracfl/site": str(own[SITES[0]])}
+    request, fetch = commands("site-request", asking)
+    _follow(flower, request)
+
     # The guide's tiny DP run.
     (tmp_path / "smoke.toml").write_text(block("smoke-toml", {"/srv/fracfl/runs/smoke": str(run)}))
     [start] = commands("smoke-run", {"/srv/fracfl/smoke.toml": str(tmp_path / "smoke.toml")})
@@ -404,6 +409,14 @@ def test_tls_deployment_trains_resumes_publishes_and_refuses_outsiders(flower, t
     _wait(lambda: (run / "outcome.json").is_file(), "the resumed run to finish", flower, 400)
     _wait(lambda: json.loads(_follow(flower, ask))["runs"][0]["status"].startswith("finished"), "", flower, 60)
     assert json.loads(_follow(flower, ask))["runs"][0]["status"] == "finished:completed"
+
+    # The requested version came over the federation's channel into that site's inbox, hashes checked; the site
+    # installs it. The other site asked for nothing and got nothing.
+    outcome = json.loads((run / "outcome.json").read_text())
+    assert outcome["delivered"] == {SITES[0]: {"v0001": "stored"}}
+    _follow(flower, fetch)
+    assert (own[SITES[0]] / "models" / "versions" / "v0001" / "card.json").is_file()
+    assert not (own[SITES[1]] / "models" / "inbox").exists()
 
     records = [json.loads(line) for line in (run / "records.jsonl").read_text().splitlines()]
     trained = [(r["round"], r["site"]) for r in records if r["phase"] == "train"]
