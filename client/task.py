@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from client.continual.config import SiteReplay
 from client.continual.pool import PoolVersion, current_pool, load_version, record_round
 from client.continual.replay import training_parts
 from client.privacy import Budget, PrivacyRefused, guard_round, privacy_groups
@@ -41,12 +42,12 @@ def _dataset(data: str, split: str, imgsz: int, augment: str | None, seed: int) 
 
 @lru_cache(maxsize=8)
 def _training_set(
-    data: str, pool: str | None, share: float, imgsz: int, augment: str | None, seed: int
+    data: str, pool: str | None, share: float, imgsz: int, augment: str | None, seed: int, withdrawn: frozenset[str]
 ) -> tuple[DetectionDataset, list[Path]]:
     """The round's training images (original split at the replay share, plus the pool version `pool`, immutable,
-    so its folder is a sound cache key) and the folders naming their patients."""
+    so its folder is a sound cache key; without the `withdrawn` instances) and the folders naming their patients."""
     version = None if pool is None else load_version(Path(pool))
-    parts = training_parts(Path(data), version, ReplayConfig(original_share=share))
+    parts = training_parts(Path(data), version, ReplayConfig(original_share=share), withdrawn)
     dataset = DetectionDataset.from_specs(parts.parts, imgsz, augment=_augment(augment), cache=True, seed=seed)
     return dataset, parts.roots
 
@@ -67,19 +68,27 @@ def train_site(
     proximal_mu: float = 0.0,
     budget: Budget | None = None,
     model_version: str = "",
-    replay: ReplayConfig | None = None,
+    replay: SiteReplay | None = None,
 ) -> tuple[dict[str, torch.Tensor], dict[str, float], dict | None]:
     """Local training for one round; returns new weights, metrics (with NUM_EXAMPLES for weighting) and, with
     DP-SGD, the privacy report. With DP-SGD the round is checked against the site's `budget` first and recorded in
     its ledger before the weights are returned (PrivacyRefused when it must not train).
 
     The round trains on the original train split plus the site's current feedback pool, mixed by `replay` (the
-    site's own setting, client.continual.config.site_replay; default: the job's proposal). The reply says only how
-    many images that was, never what the pool holds."""
+    site's own setting, client.continual.config.site_replay; default: the job's proposal), without the instances
+    the PACS withdrew. The reply says only how many images that was, never what the pool holds."""
     cfg = replace(job.train, epochs=job.train.local_epochs)
-    mix = replay or job.train.replay
+    own = replay or SiteReplay(job.train.replay)
+    mix = own.mix
     root = data if data.is_dir() else data.parent
     pool = current_pool(root) if mix.use_pool else None
+    if pool is not None and own.withdrawn is None:
+        log.warning(
+            "site %s trains on its feedback pool, but its site.toml [continual] names no feedback_db: instances the "
+            "PACS withdrew since pool %s was built cannot be left out",
+            site,
+            pool.name,
+        )
     train, roots = _training_set(
         str(data),
         None if pool is None else str(pool.root),
@@ -87,6 +96,7 @@ def train_site(
         cfg.imgsz,
         json.dumps(asdict(cfg.augment)),
         job.seed,
+        own.withdrawn or frozenset(),
     )
     seed = job.seed * 100_003 + server_round
     guard = None

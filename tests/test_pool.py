@@ -13,7 +13,7 @@ from PIL import Image
 from review_support import make_site
 from tests_support import GROUP_NANO, NANO, toy_dataset
 
-from client.continual.config import PoolConfig, pool_config, site_replay
+from client.continual.config import PoolConfig, SiteReplay, pool_config, site_replay
 from client.continual.holdout import SALT_FILE, holdout_salt, in_holdout
 from client.continual.labels import NEGATIVE, POSITIVE, image_labels, yolo_rows
 from client.continual.pool import (
@@ -399,18 +399,81 @@ def test_with_dp_the_ledger_charges_originals_and_pool_and_spending_carries_over
     assert metrics[NUM_EXAMPLES] == n_originals + 7
 
 
+def test_instances_the_pacs_withdrew_are_never_trained_on_again(tmp_path):
+    """A KOS rejection note withdraws an original image the site ingested (never analysed, so the store records a
+    withdrawal) and an analysed image the pool already trains on (a note verdict). Ingest and the listener name both
+    by the pseudonymous SOP Instance UID the site's keys give, so the next round leaves both out, although its pool
+    version was built before the withdrawal; the next pool version drops the analysed one."""
+    from pydicom import dcmread
+    from test_pacs_feedback import kos
+
+    from client.dicom.deid import SiteKeys
+    from client.dicom.ingest import ingest
+    from client.feedback.annotations.apply import PacsFeedback
+    from common.synth import generate_dataset
+
+    synth = tmp_path / "synth"
+    generate_dataset(synth, ["general_hospital"], images_per_site=6, size=64, dicom=True, seed=3, progress=False)
+    files = sorted((synth / "general_hospital" / "dicom").glob("*.dcm"))
+    (synth / "to_ingest").mkdir()
+    for f in files[:5]:
+        f.rename(synth / "to_ingest" / f.name)
+    data, keys = tmp_path / "D", SiteKeys(tmp_path / "deid")
+    ingest(synth / "to_ingest", synth / "general_hospital" / "labels", data, keys.root, burned_in="accept",
+           val_fraction=0.0)  # fmt: skip
+    originals = {p.stem for p in load_spec(data).images("train")}
+    ingested, arrived = dcmread(synth / "to_ingest" / files[0].name), dcmread(files[5])
+    gone_original, gone_analysed = keys.uid(str(ingested.SOPInstanceUID)), keys.uid(str(arrived.SOPInstanceUID))
+    assert gone_original in originals  # the link: ingest names each original by its pseudonymous UID
+
+    store = FeedbackStore(tmp_path / "feedback.db", class_names=["fracture"])
+    kept = tmp_path / "kept.png"
+    Image.fromarray(np.zeros((64, 64), np.uint8)).save(kept)
+    i = store.record_image(sop_uid=gone_analysed, image_ref=str(kept), model_version="m1", probability=0.1, boxes=[],
+                           patient="pat-arrived")  # fmt: skip
+    store.add_verdict(image_id=i, reviewer="rev-1", kind="no_fracture")
+    pool = build_pool(store, data, PoolConfig(0.0))
+    assert {p.stem for p in load_spec(pool.data_yaml).images("train")} == {gone_analysed}
+
+    feedback = PacsFeedback(store, keys)
+    rejection = kos([ingested, arrived])
+    outcome = feedback.apply(rejection)
+    assert (outcome.verdicts, outcome.withdrawn, outcome.set_aside) == (1, 1, 0)
+    assert store.withdrawn() == {gone_original, gone_analysed}
+    again = feedback.apply(rejection)  # the PACS sends the same object again: nothing is recorded twice
+    assert (again.verdicts, again.withdrawn, again.already) == (0, 0, 2)
+
+    parts = training_parts(data, pool, ReplayConfig(), store.withdrawn())
+    assert {p.stem for p in parts.images} == originals - {gone_original}  # the older pool's image too
+    toml = tmp_path / "site.toml"
+    toml.write_text(f'[continual]\nfeedback_db = "{store.path}"\n')
+    replay = site_replay({"data-dir": str(data), "site-config": str(toml)}, ReplayConfig())
+    assert replay.withdrawn == {gone_original, gone_analysed}
+    train = LocalTrainConfig(epochs=1, local_epochs=1, max_steps=1, batch_size=4, imgsz=64)
+    job = SiteJob(model=NANO.to_dict(), train=train, rounds=1)
+    _, metrics, _ = train_site("site_a", data, build_model(NANO).state_dict(), job, 1, replay=replay)
+    assert metrics[NUM_EXAMPLES] == len(originals) - 1
+
+    rebuilt = build_pool(store, data, PoolConfig(0.0))
+    assert rebuilt.info["skipped"] == {"withdrawn": 1} and rebuilt.info["counts"]["train"]["images"] == 0
+
+
 def test_the_sites_own_replay_setting_wins_over_the_runs_proposal(tmp_path):
     proposed = ReplayConfig(original_share=0.3, use_pool=True)
-    assert site_replay({}, proposed) == proposed  # a simulated site takes the run's values
+    assert site_replay({}, proposed) == SiteReplay(proposed)  # a simulated site takes the run's values; no PACS
     toml = tmp_path / "site.toml"
     toml.write_text("[privacy]\ntarget_epsilon = 1.0\n[continual]\noriginal_share = 0.8\nholdout_fraction = 0.1\n")
     node = {"data-dir": str(tmp_path), "site-config": str(toml)}
-    assert site_replay(node, proposed) == ReplayConfig(original_share=0.8, use_pool=True)
+    # a real site that names no feedback store cannot know what the PACS withdrew
+    assert site_replay(node, proposed) == SiteReplay(ReplayConfig(original_share=0.8, use_pool=True), None)
     assert pool_config(toml) == PoolConfig(0.1) and pool_config(None) == PoolConfig()
     toml.write_text("[continual]\nuse_pool = false\n")
-    assert site_replay(node, proposed) == ReplayConfig(original_share=0.3, use_pool=False)
+    assert site_replay(node, proposed).mix == ReplayConfig(original_share=0.3, use_pool=False)
     toml.write_text("[continual]\noriginal_share = 2\n")
     with pytest.raises(ConfigError, match=r"site.toml: \[continual\] original_share"):
+        site_replay(node, proposed)
+    toml.write_text('[continual]\nfeedback_db = "feedback.db"\n')
+    with pytest.raises(ConfigError, match=r"site.toml: \[continual\] feedback_db must be the review store's absolute"):
         site_replay(node, proposed)
     # the run proposes through the job it sends
     text = SiteJob(model=NANO.to_dict(), train=LocalTrainConfig(replay=proposed)).to_json()

@@ -1,7 +1,9 @@
 """The site's own continuous-learning settings: the `[continual]` table of its site.toml (keys read here:
-`holdout_fraction`, `original_share`, `use_pool`; other keys of the table belong to other parts of fracfl).
+`holdout_fraction`, `original_share`, `use_pool`, `feedback_db`; other keys of the table belong to other parts of
+fracfl).
 
-What a site trains on is the site's decision: at a real site these values win over what a run proposes.
+What a site trains on is the site's decision: at a real site these values win over what a run proposes, and its
+feedback store says which instances the PACS withdrew (never trained on).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from client.feedback.store import FeedbackStore
 from client.site_config import NODE_KEY
 from common.config import ReplayConfig
 from common.errors import ConfigError
@@ -62,13 +65,40 @@ def pool_config(site_toml: str | Path | None) -> PoolConfig:
     return PoolConfig() if fraction is None else PoolConfig(fraction)
 
 
-def site_replay(node_config: Mapping[str, Any], proposed: ReplayConfig) -> ReplayConfig:
-    """The replay mix this round uses: the run's proposal, with every key the site's own file sets taking its place
-    (a real site names the file in its node config as `site-config`; a simulated site has none)."""
-    where = node_config.get(NODE_KEY) if "data-dir" in node_config else None
+def feedback_db(raw: Mapping[str, Any], where: object) -> Path | None:
+    """The review store the table names (`feedback_db`, an absolute path to an existing file), None when unset."""
+    db = raw.get("feedback_db")
+    if db is None:
+        return None
+    if not isinstance(db, str) or not Path(db).is_absolute():
+        raise ConfigError(f"{where}: [{TABLE}] feedback_db must be the review store's absolute path, got {db!r}")
+    if not Path(db).is_file():
+        raise ConfigError(f"{where}: [{TABLE}] feedback_db {db} does not exist")
+    return Path(db)
+
+
+@dataclass(frozen=True)
+class SiteReplay:
+    """What a site's round may train on, by the site's own settings: the replay mix, and the instances the PACS
+    withdrew (pseudonymous SOP Instance UIDs; None: the site names no feedback store, so it cannot know them)."""
+
+    mix: ReplayConfig
+    withdrawn: frozenset[str] | None = frozenset()
+
+
+def site_replay(node_config: Mapping[str, Any], proposed: ReplayConfig) -> SiteReplay:
+    """The replay this round uses: the run's proposal, with every key the site's own file sets taking its place
+    (a real site names the file in its node config as `site-config`), and the withdrawals its feedback store holds
+    now, read at every round. A simulated site takes the run's values and has no PACS to withdraw anything."""
+    real = "data-dir" in node_config
+    where = node_config.get(NODE_KEY) if real else None
     raw = continual_table(where)
     share = _share(raw, "original_share", where, below_one=False)
     use_pool = raw.get("use_pool", proposed.use_pool)
     if not isinstance(use_pool, bool):
         raise ConfigError(f"{where}: [{TABLE}] use_pool must be true or false, got {use_pool!r}")
-    return replace(proposed, original_share=proposed.original_share if share is None else share, use_pool=use_pool)
+    mix = replace(proposed, original_share=proposed.original_share if share is None else share, use_pool=use_pool)
+    db = feedback_db(raw, where)
+    if db is not None:
+        return SiteReplay(mix, FeedbackStore(db).withdrawn())
+    return SiteReplay(mix, None if real else frozenset())

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from client.continual.config import TABLE, continual_table
+from client.continual.config import TABLE, continual_table, feedback_db
 from client.feedback.store import FeedbackStore
 from client.site import resolve_site
 from common.errors import ConfigError, FracflError
@@ -63,12 +63,10 @@ def request_settings(site_toml: str | Path) -> RequestSettings | None:
             f"{path}: [{TABLE}] disagreement_min_reviewed must be a whole number of at least {MIN_REVIEWED_FLOOR}, "
             f"got {minimum!r}"
         )
-    db = raw.get("feedback_db")
-    if not isinstance(db, str) or not Path(db).is_absolute():
-        raise ConfigError(f"{path}: [{TABLE}] feedback_db must be the review store's absolute path, got {db!r}")
-    if not Path(db).is_file():
-        raise ConfigError(f"{path}: [{TABLE}] feedback_db {db} does not exist")
-    return RequestSettings(Path(db), float(threshold), minimum)
+    db = feedback_db(raw, path)
+    if db is None:
+        raise ConfigError(f"{path}: [{TABLE}] feedback_db must be the review store's absolute path, got None")
+    return RequestSettings(db, float(threshold), minimum)
 
 
 @dataclass(frozen=True)

@@ -169,10 +169,10 @@ def plan_pool(store: FeedbackStore, data_dir: Path, cfg: PoolConfig) -> Plan:
     by_uid: dict[str, list[tuple[ImageRow, Labels]]] = {}
     for row in sorted(store.worklist(), key=lambda r: r.id):  # one sop_uid may be analysed by several models
         by_uid.setdefault(row.sop_uid, []).append((row, image_labels(row, verdicts.get(row.id, []))))
-    entries, skipped = [], Counter[str]()
+    entries, skipped, gone = [], Counter[str](), store.withdrawn()
     for uid, analyses in by_uid.items():
         usable = [(row, lab) for row, lab in analyses if lab.usable]
-        withdrawn = any(lab.kind == "withdrawn" for _, lab in analyses)
+        withdrawn = uid in gone  # on any analysis, or before fracfl analysed it
         if withdrawn or not usable or not SAFE_STEM.match(uid):
             skipped["withdrawn" if withdrawn else analyses[-1][1].kind if not usable else "unsafe_name"] += 1
             continue

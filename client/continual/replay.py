@@ -4,7 +4,10 @@ pool's train split, so the model learns from the radiologists' verdicts without 
 The replayed originals are chosen by each image's content hash, so the same images are chosen every round and as
 the split grows, and the training set's DP fingerprint stays stable; with DP-SGD the ledger then charges the union
 of originals and pool ("spending never resets": a new pool version shares images with the last one). Original
-images of patients the pool holds out are left out too: a held-out patient is never trained on.
+images of patients the pool holds out are left out too: a held-out patient is never trained on. So is every
+instance the PACS withdrew (a KOS rejection note in the feedback store), original or pool image, even one withdrawn
+after the pool version was built: both are named by their pseudonymous SOP Instance UID (ingest and the listener
+name them through the same site keys), which is how the store records a withdrawal.
 """
 
 from __future__ import annotations
@@ -41,11 +44,14 @@ def replayed(images: list[Path], share: float) -> list[Path]:
     return [p for p, h in zip(images, image_hashes(images), strict=True) if int(h[:16], 16) / 2**64 < share]
 
 
-def training_parts(data: Path, pool: PoolVersion | None, mix: ReplayConfig) -> TrainingParts:
-    """The original train split of `data` (a data.yaml or folder) at the mix's share, and the pool's train split."""
+def training_parts(
+    data: Path, pool: PoolVersion | None, mix: ReplayConfig, withdrawn: frozenset[str] = frozenset()
+) -> TrainingParts:
+    """The original train split of `data` (a data.yaml or folder) at the mix's share, and the pool's train split,
+    both without the images named in `withdrawn` (pseudonymous SOP Instance UIDs, the images' file stems)."""
     root = data if data.is_dir() else data.parent
     spec = load_spec(data)
-    originals = replayed(spec.images("train"), mix.original_share)
+    originals = [p for p in replayed(spec.images("train"), mix.original_share) if p.stem not in withdrawn]
     if pool is None or not mix.use_pool:
         return TrainingParts([(spec, originals)], [root])
     pool_spec = load_spec(pool.data_yaml)
@@ -53,4 +59,5 @@ def training_parts(data: Path, pool: PoolVersion | None, mix: ReplayConfig) -> T
     held = {pool_patients[p.stem] for p in pool_spec.images(pool.holdout_split) if p.stem in pool_patients}
     mine = read_patients(root)
     originals = [p for p in originals if mine.get(p.stem) not in held]
-    return TrainingParts([(spec, originals), (pool_spec, pool_spec.images("train"))], [root, pool.root])
+    reviewed = [p for p in pool_spec.images("train") if p.stem not in withdrawn]
+    return TrainingParts([(spec, originals), (pool_spec, reviewed)], [root, pool.root])

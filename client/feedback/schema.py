@@ -99,6 +99,19 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX login_attempts_user ON login_attempts (username, at);
     """,
+    # 3: instances the PACS withdrew (KOS rejection notes) that fracfl never analysed, e.g. originals a site ingested
+    """
+    CREATE TABLE withdrawals (
+        id INTEGER PRIMARY KEY,
+        sop_uid TEXT NOT NULL,
+        note TEXT NOT NULL,
+        reviewer TEXT NOT NULL,
+        source TEXT NOT NULL,
+        source_ref TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        UNIQUE (sop_uid, source_ref)
+    );
+    """,
 )
 
 

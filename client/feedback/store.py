@@ -25,7 +25,8 @@ from common.errors import FracflError
 
 KINDS = ("confirm", "reject", "move", "add", "set_class", "no_fracture", "note")
 BOX_KINDS = frozenset({"confirm", "reject", "move", "set_class"})  # act on one existing box, versioned by the box
-SOURCES = ("review", "pacs-gsps", "pacs-sr", "pacs-kos")
+KOS = "pacs-kos"  # a `note` from this source withdraws its image: the PACS rejected it (annotations/kos.py)
+SOURCES = ("review", "pacs-gsps", "pacs-sr", KOS)
 # what a box-level verdict leaves as the box's status; set_class keeps the status it had
 _STATUS_AFTER = {"confirm": "confirmed", "reject": "rejected", "move": "corrected", "add": "added"}
 DISAGREEING = ("rejected", "corrected", "added")
@@ -428,6 +429,35 @@ class FeedbackStore:
             )
             for r in rows
         ]
+
+    # -- instances the PACS withdrew ---------------------------------------------------------------------------------
+
+    def withdraw(self, *, sop_uid: str, note: str, reviewer: str, source_ref: str) -> bool:
+        """Record that a KOS rejection note (`source_ref`: its pseudonymous UID; `reviewer`: its author's pseudonym)
+        withdrew an instance fracfl never analysed, such as an original image the site ingested for training; False
+        when that object already did. An analysed image gets a `note` verdict instead (the review page shows it)."""
+        if not sop_uid or not note or not reviewer or not source_ref:
+            raise FracflError("withdraw: sop_uid, note, reviewer and source_ref are required")
+        with self.transaction() as con:
+            cur = con.execute(
+                "INSERT OR IGNORE INTO withdrawals (sop_uid, note, reviewer, source, source_ref, created_at)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (sop_uid, note, reviewer, KOS, source_ref, now()),
+            )
+            if cur.rowcount:
+                audit_row(con, reviewer, "withdraw", f"instance:{sop_uid}", {"source": KOS, "source_ref": source_ref})
+            return bool(cur.rowcount)
+
+    def withdrawn(self) -> frozenset[str]:
+        """Pseudonymous SOP Instance UIDs the PACS withdrew, which must never be trained on: analysed images with a
+        KOS note on any of their analyses, and the instances `withdraw` recorded."""
+        with self._connection() as con:
+            rows = con.execute(
+                "SELECT i.sop_uid FROM verdicts v JOIN images i ON i.id = v.image_id"
+                " WHERE v.kind = 'note' AND v.source = ? UNION SELECT sop_uid FROM withdrawals",
+                (KOS,),
+            ).fetchall()
+        return frozenset(str(r[0]) for r in rows)
 
     # -- annotations that could not be applied -----------------------------------------------------------------------
 

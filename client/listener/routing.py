@@ -38,9 +38,10 @@ class AnnotationProcessor:
             log.info("ignored %s: fracfl's own result came back from the PACS", outcome.source)
             return []
         log.info(
-            "%s: %d verdict(s), %d already recorded, %d part(s) set aside%s",
+            "%s: %d verdict(s), %d instance(s) never analysed withdrawn, %d already recorded, %d part(s) set aside%s",
             outcome.source,
             outcome.verdicts,
+            outcome.withdrawn,
             outcome.already,
             outcome.set_aside,
             f" ({', '.join(outcome.reasons)})" if outcome.reasons else "",

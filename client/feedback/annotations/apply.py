@@ -1,5 +1,6 @@
 """A radiologist's annotation object in, verdicts on the images fracfl analysed out; what cannot be applied is set
-aside in the store with its reason, never dropped.
+aside in the store with its reason, never dropped. A KOS rejection note on an instance fracfl never analysed (an
+original image the site ingested for training) is recorded as a withdrawal instead, so no round trains on it.
 
 The object references the ORIGINAL image (what the PACS shows); the store knows the pseudonymous UID of the copy the
 listener kept, so every reference goes through the site's keyed hash (`SiteKeys.uid`). The store receives only
@@ -56,6 +57,7 @@ class Outcome:
 
     source: str = ""
     verdicts: int = 0
+    withdrawn: int = 0  # instances fracfl never analysed (e.g. ingested originals) that a KOS withdrew
     set_aside: int = 0
     already: int = 0  # parts recorded by an earlier delivery of the same object
     own_result: bool = False  # fracfl's own GSPS/SR coming back from the PACS: not a radiologist's annotation
@@ -63,7 +65,7 @@ class Outcome:
 
     @property
     def wholly_set_aside(self) -> bool:
-        return self.set_aside > 0 and self.verdicts == 0 and self.already == 0
+        return self.set_aside > 0 and self.verdicts == 0 and self.withdrawn == 0 and self.already == 0
 
 
 class PacsFeedback:
@@ -120,13 +122,15 @@ class PacsFeedback:
             regions = [r for r in parsed.regions if r.image_uid == image_uid]
             statements = [s for s in parsed.statements if s.image_uid == image_uid]
             row = self.store.image_by_sop_uid(self.keys.uid(image_uid))
-            if row is None:
+            if row is None and parsed.source == kos.SOURCE:  # an instance never analysed: kept out of training
+                self._withdraw(self.keys.uid(image_uid), statements, reviewer, ref, out)
+            elif row is None:
                 unusable += [
                     Unusable("unknown_image", part, image_uid)
                     for part in [r.where for r in regions] + [s.note for s in statements]
                 ]
-                continue
-            self._apply_image(row, regions, statements, reviewer, ref, parsed.source, out)
+            else:
+                self._apply_image(row, regions, statements, reviewer, ref, parsed.source, out)
         if not parsed.regions and not parsed.statements and not unusable:
             unusable.append(Unusable("no_annotations", "no region, no image verdict"))
         for part in unusable:
@@ -163,6 +167,13 @@ class PacsFeedback:
         for s in todo_statements:
             verdict(kind=s.kind, note=s.note)
             out.verdicts += 1
+
+    def _withdraw(self, uid: str, statements: list[ImageStatement], reviewer: str, ref: str, out: Outcome) -> None:
+        for s in statements:
+            if self.store.withdraw(sop_uid=uid, note=s.note, reviewer=reviewer, source_ref=ref):
+                out.withdrawn += 1
+            else:
+                out.already += 1
 
     def _keep_aside(self, ref: str, source: str, part: Unusable, out: Outcome) -> None:
         detail = part.detail + (f" (image {self.keys.uid(part.image_uid)})" if part.image_uid else "")

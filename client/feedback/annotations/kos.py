@@ -20,8 +20,9 @@ from client.feedback.annotations.parsed import (
     Unusable,
     sop_instance_uid,
 )
+from client.feedback.store import KOS
 
-SOURCE = "pacs-kos"
+SOURCE = KOS
 WITHDRAWN = "withdrawn in PACS"
 REJECTIONS = {  # CID 7011 Rejection Note Titles (DCM): code -> meaning
     "113001": "Rejected for Quality Reasons",
