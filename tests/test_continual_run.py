@@ -51,6 +51,9 @@ def test_the_loop_reviews_trains_gates_and_reports_every_period_and_site(tmp_pat
         before, after = rows[(0, site)], rows[(1, site)]
         assert before["arrived"] == 0 and after["arrived"] == 6 and sum(after["verdicts"].values()) > 0
         assert after["pool_version"] is not None and after["holdout_images"] > 0
+        # every arrival was reviewed and read by the period-0 model: the rate is over exactly those six
+        assert before["disagreement"] is None and after["disagreement_reviewed"] == 6
+        assert 0.0 <= after["disagreement"] <= 1.0
         assert 0 < before["epsilon"] < after["epsilon"] <= 4.0 + 1e-6  # 2 per period, from each site's own ledger
         ledger = Ledger(tmp_path / "run" / "site-ledgers" / site / "ledger.jsonl")
         assert len([e for e in ledger.entries() if e["kind"] == "round"]) == 2

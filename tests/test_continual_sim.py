@@ -17,6 +17,7 @@ from client.feedback.store import Box, FeedbackStore
 from common.config import CONF_DIR, to_typed
 from common.errors import ConfigError, DataError
 from common.synth import get_profile
+from simulations.continual import steps
 from simulations.continual.arrivals import Arrival, TruthBox, arrive, read_truth
 from simulations.continual.config import (
     ContinualConfig,
@@ -177,6 +178,10 @@ def test_verdicts_land_in_the_feedback_store(tmp_path: Path) -> None:
     kinds = [v.kind for v in store.verdicts()]
     assert kinds == ["confirm", "move", "reject", "add", "no_fracture"]
     assert {v.reviewer for v in store.verdicts()} == {"sim-radiologist"}
+    # the report's disagreement rate is the site's round-request figure: the case disagrees (a box moved, one
+    # rejected, one added), the normal image reviewed "no fracture" where the model drew nothing does not
+    d = steps.disagreement(store)
+    assert (d.model_version, d.reviewed, d.disagreeing, d.rate) == ("v0001", 2, 1, 0.5)
 
 
 # --- scoring and the model ------------------------------------------------------------------------------------------
@@ -206,7 +211,7 @@ def _rec(period: int, site: str, decision: str, sens: float, orig: float, eps: f
 
 RECORDS = [
     _rec(0, "a", "initial", math.nan, 0.8, 0.0),
-    _rec(1, "a", "promoted", 0.5, 0.6, 1.0),
+    replace(_rec(1, "a", "promoted", 0.5, 0.6, 1.0), disagreement=0.375, disagreement_reviewed=8),
     replace(_rec(2, "a", "refused", 0.5, 0.7, 1.5), profile="pediatric_wrist"),
     replace(_rec(3, "a", "promoted", 0.75, 0.9, 2.0), profile="pediatric_wrist"),
     _rec(0, "b", "initial", math.nan, 0.5, 0.0),
@@ -227,9 +232,13 @@ def test_report_files(tmp_path: Path) -> None:
     assert data["sites"]["a"]["epsilon"] == 2.0 and data["sites"]["b"]["promotions"] == 0
     assert [(r["period"], r["site"]) for r in data["records"]][:3] == [(0, "a"), (0, "b"), (1, "a")]
     assert data["records"][0]["sensitivity"] is None  # NaN as null
+    assert data["records"][0]["disagreement"] is None and data["records"][2]["disagreement"] == 0.375
+    assert data["sites"]["b"]["disagreement"] is None
     assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     page = paths["html"].read_text()
     assert page.count("<tr>") == 1 + len(RECORDS) and "refused" in page and "n/a" in page
+    assert "<th>disagreement</th><th>disagreement reviewed</th>" in page
+    assert "<td>0.375</td><td>8</td>" in page  # period 1 of site a
     assert "data:image/png;base64," in page
     with pytest.raises(ValueError, match="decision 'maybe'"):
         facts([replace(RECORDS[0], decision="maybe")], "t")

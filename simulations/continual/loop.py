@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -122,8 +123,9 @@ def _review_period(job: ContinualJob, run_dir: Path, name: str, s: SiteState, pe
         errors, misses = errors + r.errors, misses + r.misses
         if steps.held_out(a.patient, cfg, salt(job, name)):
             s.held_out.append((a, truth[a.image_id]))
+    d = steps.disagreement(s.store)
     return {"profile": profile.name, "arrived": len(arrivals), "verdicts": dict(kinds), "errors": errors,
-            "misses": misses}  # fmt: skip
+            "misses": misses, "disagreement": d.rate, "disagreement_reviewed": d.reviewed}  # fmt: skip
 
 
 def _decide(job: ContinualJob, name: str, s: SiteState, challenger: Path | None, pool: PoolVersion, period: int) -> str:
@@ -173,4 +175,6 @@ def _record(
         reader_errors=int(tally.get("errors", 0)),
         reader_misses=int(tally.get("misses", 0)),
         pool_version=pool.version,
+        disagreement=math.nan if tally.get("disagreement") is None else float(tally["disagreement"]),
+        disagreement_reviewed=int(tally.get("disagreement_reviewed", 0)),
     )

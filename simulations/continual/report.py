@@ -40,6 +40,11 @@ class PeriodRecord:
     reader_errors: int = 0
     reader_misses: int = 0
     pool_version: int | None = None
+    # The reviewers' disagreement rate with the clinical model after this period's review, as the site's round request
+    # computes it (client/continual/disagreement.py: reviewed images of the version now in use, of all periods it
+    # read, on which a reviewer rejected, moved or re-classed a box, added one or said "no fracture"); NaN: none.
+    disagreement: float = math.nan
+    disagreement_reviewed: int = 0  # the reviewed images that rate is over
 
 
 def forgetting(records: Iterable[PeriodRecord]) -> dict[tuple[str, int], float]:
@@ -79,7 +84,8 @@ def facts(records: Sequence[PeriodRecord], title: str) -> dict[str, Any]:
         s["promotions"] += r.decision == "promoted"
         s["refusals"] += r.decision == "refused"
         s.update(final_period=r.period, model_version=r.model_version, sensitivity=r.sensitivity,
-                 fp_per_image=r.fp_per_image, forgetting=lost[(r.site, r.period)], epsilon=r.epsilon)  # fmt: skip
+                 fp_per_image=r.fp_per_image, forgetting=lost[(r.site, r.period)], epsilon=r.epsilon,
+                 disagreement=r.disagreement)  # fmt: skip
     return {
         "title": title,
         "periods": max((r.period for r in rows), default=0),
@@ -96,9 +102,10 @@ def _fmt(v: object) -> str:
 
 
 def plot(records: Sequence[PeriodRecord], path: Path, title: str) -> Path:
-    """Four panels against the period, a line per site: held-out sensitivity (a green triangle where the gate
-    promoted, a red one where the gate refused it), false positives per image, forgetting, privacy spent; a dotted
-    line where a site's acquisition profile changed."""
+    """Five panels against the period, a line per site: held-out sensitivity (a green triangle where the gate
+    promoted, a red one where the gate refused it), false positives per image, forgetting, privacy spent, the
+    reviewers' disagreement rate; a dotted line where a site's acquisition profile changed. The legend takes the
+    sixth place."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.lines import Line2D
@@ -107,14 +114,15 @@ def plot(records: Sequence[PeriodRecord], path: Path, title: str) -> Path:
     lost = forgetting(records)
     sites = sorted({r.site for r in records})
     colour = {s: PALETTE[i % len(PALETTE)] for i, s in enumerate(sites)}
-    fig = Figure(figsize=(13, 8), layout="constrained")
+    fig = Figure(figsize=(13, 11), layout="constrained")
     FigureCanvasAgg(fig)
-    axes = fig.subplots(2, 2, sharex=True).ravel()
+    *axes, key_ax = fig.subplots(3, 2, sharex=True).ravel()
     panels = (
         ("sensitivity", "Sensitivity on held-out cases (image level)", lambda r: r.sensitivity),
         ("fp_per_image", "False positives per held-out image", lambda r: r.fp_per_image),
         ("forgetting", "Forgetting (original validation sensitivity lost)", lambda r: lost[(r.site, r.period)]),
         ("epsilon", "Privacy spent (epsilon, cumulative)", lambda r: r.epsilon),
+        ("disagreement", "Reviewers' disagreement rate with the clinical model", lambda r: r.disagreement),
     )
     marks = {"promoted": ("^", "#2ca02c"), "refused": ("v", "#d62728")}
     for ax, (key, label, value) in zip(axes, panels):
@@ -134,7 +142,7 @@ def plot(records: Sequence[PeriodRecord], path: Path, title: str) -> Path:
             for before, r in zip(mine, mine[1:]):
                 if r.profile != before.profile:  # the site drifted to another acquisition profile
                     ax.axvline(r.period, color=colour[site], linestyle=":", linewidth=1.5, zorder=1)
-        if key in ("sensitivity", "forgetting"):
+        if key in ("sensitivity", "forgetting", "disagreement"):
             ax.set_ylim(-0.02, 1.02)
         else:
             ax.set_ylim(bottom=0)
@@ -144,7 +152,7 @@ def plot(records: Sequence[PeriodRecord], path: Path, title: str) -> Path:
         ax.grid(True, alpha=0.3)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.tick_params(labelbottom=True)
-    for ax in axes[2:]:
+    for ax in axes[3:]:
         ax.set_xlabel("Period (0 = before any arrival)")
     handles = [Line2D([], [], color=colour[s], linewidth=1.8, marker="o", markersize=4, label=s) for s in sites]
     handles += [
@@ -152,7 +160,8 @@ def plot(records: Sequence[PeriodRecord], path: Path, title: str) -> Path:
         for d, (m, c) in marks.items()
     ]
     handles.append(Line2D([], [], color="gray", linestyle=":", linewidth=1.5, label="site drifts to\nanother profile"))
-    fig.legend(handles=handles, loc="outside right upper", frameon=False, fontsize=10)
+    key_ax.axis("off")
+    key_ax.legend(handles=handles, loc="center", frameon=False, fontsize=10)
     fig.suptitle(title, fontsize=14, fontweight="bold")
     fig.savefig(path, dpi=110)
     return path
@@ -161,7 +170,8 @@ def plot(records: Sequence[PeriodRecord], path: Path, title: str) -> Path:
 def render_html(f: dict[str, Any], png: Path) -> str:
     """The table a coordinator reads: one row per period and site, then the curves (embedded, so one file travels)."""
     cols = ("period", "site", "profile", "arrived", "decision", "model_version", "holdout_images", "sensitivity",
-            "fp_per_image", "forgetting", "epsilon", "reader_errors", "reader_misses")  # fmt: skip
+            "fp_per_image", "forgetting", "epsilon", "disagreement", "disagreement_reviewed", "reader_errors",
+            "reader_misses")  # fmt: skip
     head = "".join(f"<th>{html.escape(c.replace('_', ' '))}</th>" for c in cols)
     body = "".join(
         "<tr>" + "".join(f"<td>{html.escape(_fmt(r[c]))}</td>" for c in cols) + "</tr>" for r in f["records"]
@@ -175,7 +185,9 @@ td,th{{border:1px solid #bbb;padding:.3em .6em;text-align:right}}td:nth-child(2)
 verdicts join the site's training pool, a federated round runs and each site's gate decides whether the new model
 replaces its clinical one. Sensitivity and false positives are the clinical model's, on the held-out arrivals so far,
 against the synthetic ground truth. Forgetting is the best earlier sensitivity on the site's original validation
-split minus this period's. Epsilon is what the site's ledger says it has spent.</p>
+split minus this period's. Epsilon is what the site's ledger says it has spent. Disagreement is the share of
+reviewed images on which the site's reviewers disagreed with its clinical model (over the reviewed images of the
+version in use, as the site's round request computes it).</p>
 <table><tr>{head}</tr>{body}</table>
 <img alt="curves per period and site" style="max-width:100%" src="data:image/png;base64,{image}"></body></html>"""
 

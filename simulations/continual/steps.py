@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from client.continual.config import PoolConfig
+from client.continual.disagreement import Disagreement
+from client.continual.disagreement import disagreement as site_disagreement
 from client.continual.holdout import SALT_FILE, in_holdout
 from client.continual.pool import PoolVersion
 from client.continual.pool import build_pool as build
@@ -49,6 +51,12 @@ def held_out(patient: str, cfg: ContinualConfig, salt: bytes) -> bool:
     """Whether this patient's cases are in the site's held-out split (the pool's own rule, so the report scores
     exactly the cases the gate sees)."""
     return in_holdout(patient, cfg.holdout_fraction, salt)
+
+
+def disagreement(store: FeedbackStore) -> Disagreement:
+    """The reviewers' disagreement rate with the site's clinical model, exactly as its round request computes it
+    (the reviewed images of the version that made the store's latest finding)."""
+    return site_disagreement(store)
 
 
 def federated_round(
