@@ -1,6 +1,7 @@
 """The simulated continuous loop's own parts: arrivals and drift, the simulated radiologist writing into a real
-feedback store, scoring against the ground truth, and the per-period report. The loop's calls into the pool, the
-warm-started round and the gate (simulations/continual/steps.py) are exercised by tests/test_continual_loop.py."""
+feedback store, scoring against the ground truth, the per-period report, and a site rolling back a promotion its
+later held-out cases refute. The loop's calls into the pool, the warm-started round and the gate
+(simulations/continual/steps.py) are exercised end to end by tests/test_continual_loop.py."""
 
 from __future__ import annotations
 
@@ -12,8 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
+from models_support import GATE_CONF, publish
 
 from client.feedback.store import Box, FeedbackStore
+from client.models.store import ModelStore
 from common.config import CONF_DIR, to_typed
 from common.errors import ConfigError, DataError
 from common.synth import get_profile
@@ -28,6 +31,7 @@ from simulations.continual.config import (
     check_continual,
     profile_at,
 )
+from simulations.continual.loop import SiteState, _decide, _record, _review_period, salt
 from simulations.continual.radiologist import Decision, reader_rng, record_review, review
 from simulations.continual.report import PeriodRecord, facts, forgetting, write_report
 from simulations.continual.scoring import predict_findings, score
@@ -242,3 +246,69 @@ def test_report_files(tmp_path: Path) -> None:
     assert "data:image/png;base64," in page
     with pytest.raises(ValueError, match="decision 'maybe'"):
         facts([replace(RECORDS[0], decision="maybe")], "t")
+
+
+# --- a promotion rolled back ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_a_promotion_the_grown_held_out_split_refutes_is_rolled_back(tmp_path: Path, tiny_weights: Path) -> None:
+    """Period 1: a deliberately degraded model (it finds nothing) passes a loose gate, at whose operating point the
+    untrained first model finds nothing either. Period 2: at the site's own operating point, where the first model
+    flags every image, the gate refuses the round's challenger (false positives), then re-checks the clinical model
+    against the version it replaced on the grown held-out split; it lost every fracture, so the site rolls back
+    through the store's rollback, and the report shows it."""
+    registry = tmp_path / "registry"
+    first, degraded, challenger = (publish(registry, tiny_weights, 1), publish(registry, tiny_weights, 2, degrade=True),
+                                   publish(registry, tiny_weights, 3))  # fmt: skip
+    job = ContinualJob(seed=3)
+    job.partition.size = 64
+    job.privacy.ledger_dir = str(tmp_path / "no-ledger")
+    job.continual = ContinualConfig(
+        periods=2,
+        arrivals_per_period=12,
+        holdout_fraction=0.5,
+        radiologist=RadiologistConfig(miss_rate=0.0, error_rate=0.0),
+        gate=GateMargins(conf=GATE_CONF, bootstrap=200),  # the site's margins: max 1 FP per image, at most 0.5 more
+    )
+    loose = replace(job, continual=replace(job.continual, gate=GateMargins(0.99, None, None, bootstrap=200)))
+    name, run = "trauma_center", tmp_path / "run"
+    (tmp_path / "D").mkdir()
+    (tmp_path / "D" / "ground_truth.jsonl").write_text("")  # no original validation split: forgetting is n/a
+    s = SiteState(get_profile(name), tmp_path / "D", run / "sites" / name,
+                  FeedbackStore(run / "sites" / name / "feedback.db", class_names=["fracture"]))  # fmt: skip
+    records = []
+    for period, site_job, version in ((0, job, first), (1, loose, degraded), (2, job, challenger)):
+        tally = _review_period(job, run, name, s, period) if period else {}
+        pool = steps.build_pool(s.store, s.data_dir, job.continual, salt(job, name))
+        decision = _decide(site_job, name, s, registry / version, pool, period)
+        records.append(_record(job, run, name, s, period, decision, tally, pool))
+    assert pool.info["counts"]["test"]["positive"] > 0, pool.info["counts"]
+
+    assert [(r.decision, r.model_version) for r in records] == [
+        ("initial", first),
+        ("promoted", degraded),
+        ("rolled back", first),
+    ]
+    gate, refused, checked, rolled = ModelStore(s.models_dir).decisions()[-4:]
+    assert (gate["action"], gate["version"], gate["accepted"], refused["action"]) == (
+        "gate",
+        challenger,
+        False,
+        "promote",
+    )
+    assert (checked["action"], checked["version"], checked["champion"]) == ("recheck", degraded, first)
+    assert not checked["accepted"] and "sensitivity drops from 1.000 to 0.000" in " ".join(checked["reasons"])
+    assert checked["figures"]["n_images"] == pool.info["counts"]["test"]["images"]  # the grown held-out split
+    assert (rolled["action"], rolled["version"], rolled["from"], rolled["by"]) == (
+        "rollback",
+        first,
+        degraded,
+        "sim-radiologist",
+    )
+    assert rolled["reason"].startswith(f"re-check on the held-out cases of pool v{pool.version:04d}: sensitivity")
+
+    paths = write_report(records, tmp_path / "report", "rollback")
+    data = json.loads(paths["json"].read_text())
+    assert [data["sites"][name][k] for k in ("promotions", "refusals", "rollbacks")] == [1, 0, 1]
+    assert "<td>rolled back</td>" in paths["html"].read_text()

@@ -12,7 +12,7 @@ from models_support import GATE_CONF, holdout, publish
 from client.models.approval import NotApproved, check_approval
 from client.models.fetch import fetch_from_registry
 from client.models.gate import Scores, _compare, gate, paired_bootstrap
-from client.models.lifecycle import approve, promote, rollback, status
+from client.models.lifecycle import approve, promote, recheck, rollback, status
 from client.models.settings import GateConfig
 from client.models.store import ModelStore
 from common.privacy import signing
@@ -41,6 +41,7 @@ def test_a_degraded_challenger_is_refused_and_rollback_restores_the_champion(sit
     decision, record = promote(store, "v0001", "dr-first", key, data=data, cfg=CFG)
     assert decision.accepted and decision.figures["champion"] is None  # first model: absolute bounds only
     assert store.current()["version"] == "v0001" and record["approved_by"] == "dr-first"
+    assert recheck(store, data, CFG) is None  # the first model replaced nothing: nothing to re-check against
 
     decision, record = promote(store, "v0002", "dr-second", key, data=data, cfg=CFG)
     f = decision.figures
@@ -53,9 +54,13 @@ def test_a_degraded_challenger_is_refused_and_rollback_restores_the_champion(sit
     with pytest.raises(NotApproved, match="the gate refused it"):
         approve(store, "v0002", "dr-second", key)
 
-    # Forced through (with a reason), then rolled back: the champion is current again, its approval still valid.
+    # Forced through (with a reason), re-checked against the version it replaced (refused: re-checking changes
+    # nothing by itself), then rolled back: the champion is current again, its approval still valid.
     _, forced = promote(store, "v0002", "dr-second", key, force_reason="vendor hotfix")
     assert store.current()["version"] == "v0002" and forced["basis"] == "forced: vendor hotfix"
+    checked = recheck(store, data, CFG)
+    assert not checked.accepted and store.current()["version"] == "v0002"
+    assert checked.figures["champion"]["model"].endswith("v0001") and checked.figures["delta_sensitivity"] == -1.0
     back = rollback(store, "dr-first", key, "sensitivity fell on our cases")
     assert back["version"] == "v0001" == store.current()["version"]
     assert check_approval(store, store.current(), signing.public_hex(key)) == []
@@ -69,6 +74,7 @@ def test_a_degraded_challenger_is_refused_and_rollback_restores_the_champion(sit
         ("promote", "v0002", False),
         ("approve", "v0002", None),
         ("promote", "v0002", True),
+        ("recheck", "v0002", False),
         ("rollback", "v0001", None),
     ]
     assert store.decisions()[3]["figures"]["delta_sensitivity_ci"] == [lo, hi]  # the figures are in the log

@@ -1,8 +1,10 @@
-"""Which version is the site's clinical model, and every change to it: gate, approve, promote, roll back, status.
+"""Which version is the site's clinical model, and every change to it: gate, approve, promote, re-check, roll back,
+status.
 
 Each step appends one line to M/decisions.jsonl. `promote` makes a version current only through a signed approval
 record: normally from a gate decision that accepted it, or with `force` and a written reason (logged as such).
-`rollback` returns to the version that was current before the present one, whose approval is checked again.
+`recheck` judges the clinical model again, with the same gate, against the version it replaced, on held-out cases
+reviewed since its promotion; `rollback` returns to that version, whose approval is checked again.
 """
 
 from __future__ import annotations
@@ -120,12 +122,10 @@ def promote(
     return decision, record
 
 
-def rollback(store: ModelStore, approver: str, key: Ed25519PrivateKey, reason: str = "") -> dict[str, Any]:
-    """Make the version current before the present one the clinical model again, if its approval still holds."""
+def predecessor(store: ModelStore) -> str | None:
+    """The version the clinical model replaced when it was last promoted; None for the site's first model."""
     now = champion(store)
-    if now is None:
-        raise ConfigError("rollback: the site has no clinical model yet")
-    before = next(
+    return next(
         (
             e.get("from")
             for e in reversed(store.decisions())
@@ -133,6 +133,40 @@ def rollback(store: ModelStore, approver: str, key: Ed25519PrivateKey, reason: s
         ),
         None,
     )
+
+
+def recheck(store: ModelStore, data: Path, cfg: GateConfig) -> GateDecision | None:
+    """Judge the clinical model again, as the challenger, against the version it replaced, as the champion, with the
+    gate `cfg` on the held-out split of `data` (which has grown with the cases reviewed since the promotion). The
+    decision is logged as a `recheck`; None (nothing logged) when the clinical model replaced nothing. A refusal
+    changes nothing by itself: rolling back is the site's decision (`rollback`)."""
+    now, before = champion(store), predecessor(store)
+    if now is None or before is None:
+        return None
+    for version in (now, before):
+        problems = store.check(version)
+        if problems:
+            raise DataError(store.folder(version), "refusing to re-check a damaged version: " + "; ".join(problems))
+    decision = gate(store.folder(before), store.folder(now), Path(data), cfg.split, cfg)
+    store.log(
+        {
+            "action": "recheck",
+            "version": now,
+            "champion": before,
+            "accepted": decision.accepted,
+            "reasons": decision.reasons,
+            "figures": decision.figures,
+        }
+    )
+    return decision
+
+
+def rollback(store: ModelStore, approver: str, key: Ed25519PrivateKey, reason: str = "") -> dict[str, Any]:
+    """Make the version current before the present one the clinical model again, if its approval still holds."""
+    now = champion(store)
+    if now is None:
+        raise ConfigError("rollback: the site has no clinical model yet")
+    before = predecessor(store)
     if before is None:
         raise ConfigError(f"rollback: {now} is the first clinical model of this site; there is nothing before it")
     record = store.approval(before)

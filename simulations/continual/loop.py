@@ -3,9 +3,10 @@
 Period 0 trains on the sites' original data and every site adopts the result. Then, each period: new radiographs
 arrive at each site (`arrivals`), the site's clinical model reads them and the simulated radiologist reviews its
 findings into the site's feedback store (`radiologist`), the verdicts join the site's pool, a federated round
-warm-starts from the registry's latest version, and each site's gate decides (`steps`). The clinical model is then
-scored against the ground truth on the site's held-out arrivals and its original validation split (`scoring`), and
-one `PeriodRecord` per site goes into the report.
+warm-starts from the registry's latest version, and each site's gate decides; a site that keeps its clinical model
+re-checks it against the one it replaced and rolls back when the gate now refuses it (`steps`). The clinical model
+is then scored against the ground truth on the site's held-out arrivals and its original validation split
+(`scoring`), and one `PeriodRecord` per site goes into the report.
 
 Run folder: data/ and sites.json (period-0 sites, as `fracfl simulate` makes them), registry/, periods/pNNN/ (each
 round's run), sites/SITE/ (feedback.db, models/, arrivals/), truth/SITE/pNNN.jsonl (what only the reader sees),
@@ -129,15 +130,20 @@ def _review_period(job: ContinualJob, run_dir: Path, name: str, s: SiteState, pe
 
 
 def _decide(job: ContinualJob, name: str, s: SiteState, challenger: Path | None, pool: PoolVersion, period: int) -> str:
-    """Period 0 adopts the first model; later the site's gate promotes the challenger or keeps the champion."""
-    if challenger is None:
-        return "no round"
-    version = steps.install(s.models_dir, challenger)
-    if period == 0:
-        steps.adopt(s.models_dir, version, job.continual.radiologist.reviewer)
-        return "initial"
+    """Period 0 adopts the first model; later the site's gate promotes the challenger or keeps the champion. A kept
+    champion is then re-checked against the version it replaced on the grown held-out split and rolled back when
+    the gate now refuses it (a promoted challenger was just judged on that split)."""
     seed = steps.gate_seed(job.seed, name, period)
-    return "promoted" if steps.gate_and_promote(s.models_dir, version, pool, job.continual, seed) else "refused"
+    if challenger is not None:
+        version = steps.install(s.models_dir, challenger)
+        if period == 0:
+            steps.adopt(s.models_dir, version, job.continual.radiologist.reviewer)
+            return "initial"
+        if steps.gate_and_promote(s.models_dir, version, pool, job.continual, seed):
+            return "promoted"
+    if period > 0 and steps.recheck_or_roll_back(s.models_dir, pool, job.continual, seed):
+        return "rolled back"
+    return "no round" if challenger is None else "refused"
 
 
 def _record(

@@ -16,7 +16,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-DECISIONS = ("initial", "promoted", "refused", "no round")  # "no round": the site got no challenger this period
+# "refused": the gate kept the champion; "rolled back": it kept the champion (or there was no round), which then
+# failed its re-check against the version it had replaced, so the site returned to that version; "no round": the
+# site got no challenger this period
+DECISIONS = ("initial", "promoted", "refused", "rolled back", "no round")
 FILES = {"json": "continual.json", "html": "continual.html", "png": "continual.png"}
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf")
 
@@ -80,9 +83,10 @@ def facts(records: Sequence[PeriodRecord], title: str) -> dict[str, Any]:
     rows = sorted(records, key=lambda r: (r.period, r.site))
     sites: dict[str, dict[str, Any]] = {}
     for r in rows:
-        s = sites.setdefault(r.site, {"promotions": 0, "refusals": 0})
+        s = sites.setdefault(r.site, {"promotions": 0, "refusals": 0, "rollbacks": 0})
         s["promotions"] += r.decision == "promoted"
         s["refusals"] += r.decision == "refused"
+        s["rollbacks"] += r.decision == "rolled back"
         s.update(final_period=r.period, model_version=r.model_version, sensitivity=r.sensitivity,
                  fp_per_image=r.fp_per_image, forgetting=lost[(r.site, r.period)], epsilon=r.epsilon,
                  disagreement=r.disagreement)  # fmt: skip
@@ -103,7 +107,8 @@ def _fmt(v: object) -> str:
 
 def plot(records: Sequence[PeriodRecord], path: Path, title: str) -> Path:
     """Five panels against the period, a line per site: held-out sensitivity (a green triangle where the gate
-    promoted, a red one where the gate refused it), false positives per image, forgetting, privacy spent, the
+    promoted, a red one where it refused, a purple diamond where the site rolled back), false positives per image,
+    forgetting, privacy spent, the
     reviewers' disagreement rate; a dotted line where a site's acquisition profile changed. The legend takes the
     sixth place."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -124,7 +129,7 @@ def plot(records: Sequence[PeriodRecord], path: Path, title: str) -> Path:
         ("epsilon", "Privacy spent (epsilon, cumulative)", lambda r: r.epsilon),
         ("disagreement", "Reviewers' disagreement rate with the clinical model", lambda r: r.disagreement),
     )
-    marks = {"promoted": ("^", "#2ca02c"), "refused": ("v", "#d62728")}
+    marks = {"promoted": ("^", "#2ca02c"), "refused": ("v", "#d62728"), "rolled back": ("D", "#9467bd")}
     for ax, (key, label, value) in zip(axes, panels):
         drawn = False
         for site in sites:
@@ -155,8 +160,11 @@ def plot(records: Sequence[PeriodRecord], path: Path, title: str) -> Path:
     for ax in axes[3:]:
         ax.set_xlabel("Period (0 = before any arrival)")
     handles = [Line2D([], [], color=colour[s], linewidth=1.8, marker="o", markersize=4, label=s) for s in sites]
+    step = {d: "re-check" if d == "rolled back" else "gate" for d in marks}
     handles += [
-        Line2D([], [], marker=m, color=c, markeredgecolor="black", markersize=10, linestyle="none", label=f"gate: {d}")
+        Line2D(
+            [], [], marker=m, color=c, markeredgecolor="black", markersize=10, linestyle="none", label=f"{step[d]}: {d}"
+        )
         for d, (m, c) in marks.items()
     ]
     handles.append(Line2D([], [], color="gray", linestyle=":", linewidth=1.5, label="site drifts to\nanother profile"))
@@ -183,7 +191,8 @@ td,th{{border:1px solid #bbb;padding:.3em .6em;text-align:right}}td:nth-child(2)
 </style></head><body><h1>{html.escape(f["title"])}</h1>
 <p>Each period new radiographs arrive at every site, a simulated radiologist reviews the site's findings, the
 verdicts join the site's training pool, a federated round runs and each site's gate decides whether the new model
-replaces its clinical one. Sensitivity and false positives are the clinical model's, on the held-out arrivals so far,
+replaces its clinical one. A site that keeps its clinical model re-checks it against the version it replaced on the
+grown held-out cases, and rolls back when the gate now refuses it. Sensitivity and false positives are the clinical model's, on the held-out arrivals so far,
 against the synthetic ground truth. Forgetting is the best earlier sensitivity on the site's original validation
 split minus this period's. Epsilon is what the site's ledger says it has spent. Disagreement is the share of
 reviewed images on which the site's reviewers disagreed with its clinical model (over the reviewed images of the

@@ -70,6 +70,8 @@ def predict_findings(model: Path, images: Sequence[Path], cfg: EvalConfig) -> li
     from common.data.images import read_image
     from common.inference import Predictor, load_backend
 
+    if not images:  # nothing to read: the model is not loaded (a site with no held-out arrival yet)
+        return []
     predictor = Predictor(load_backend(model), cfg)
     out = []
     for path in images:

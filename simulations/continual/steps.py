@@ -128,6 +128,20 @@ def gate_and_promote(models_dir: Path, version: str, pool: PoolVersion, cfg: Con
     return record is not None
 
 
+def recheck_or_roll_back(models_dir: Path, pool: PoolVersion, cfg: ContinualConfig, seed: int) -> bool:
+    """The site's check of a promotion as reviewed held-out cases accumulate: its clinical model is judged again
+    against the version it replaced, with the same gate and margins, on the pool's held-out split; when the gate
+    refuses it, the site rolls back to that version (`fracfl site rollback`'s call, recorded with who and why).
+    Returns whether it rolled back; a first model, which replaced nothing, is never re-checked."""
+    store = ModelStore(models_dir)
+    decision = lifecycle.recheck(store, pool.data_yaml, gate_config(cfg.gate, seed))
+    if decision is None or decision.accepted:
+        return False
+    why = f"re-check on the held-out cases of pool v{pool.version:04d}: " + "; ".join(decision.reasons)
+    lifecycle.rollback(store, cfg.radiologist.reviewer, _key(models_dir), reason=why)
+    return True
+
+
 def gate_seed(job_seed: int, site: str, period: int) -> int:
     """A bootstrap seed per site and period, from the run's seed (a hospital's gate draws a secure one)."""
     digest = hashlib.sha256(f"fracfl-sim-gate/{job_seed}/{site}/{period}".encode()).digest()
