@@ -15,6 +15,7 @@ from client.models.gate import Scores, _compare, gate, paired_bootstrap
 from client.models.lifecycle import approve, promote, recheck, rollback, status
 from client.models.settings import GateConfig
 from client.models.store import ModelStore
+from common.cli import main
 from common.privacy import signing
 
 
@@ -36,12 +37,14 @@ def site(tmp_path_factory, tiny_weights):
 CFG = GateConfig(conf=GATE_CONF, seed=7, bootstrap=300)
 
 
-def test_a_degraded_challenger_is_refused_and_rollback_restores_the_champion(site):
+def test_a_degraded_challenger_is_refused_and_rollback_restores_the_champion(site, tmp_path, capsys):
     store, data, key = site
     decision, record = promote(store, "v0001", "dr-first", key, data=data, cfg=CFG)
     assert decision.accepted and decision.figures["champion"] is None  # first model: absolute bounds only
     assert store.current()["version"] == "v0001" and record["approved_by"] == "dr-first"
     assert recheck(store, data, CFG) is None  # the first model replaced nothing: nothing to re-check against
+    assert main(["site", "recheck", "--models-dir", str(store.root), "--data", str(data)]) == 0
+    assert "nothing to re-check" in capsys.readouterr().out
 
     decision, record = promote(store, "v0002", "dr-second", key, data=data, cfg=CFG)
     f = decision.figures
@@ -61,6 +64,11 @@ def test_a_degraded_challenger_is_refused_and_rollback_restores_the_champion(sit
     checked = recheck(store, data, CFG)
     assert not checked.accepted and store.current()["version"] == "v0002"
     assert checked.figures["champion"]["model"].endswith("v0001") and checked.figures["delta_sensitivity"] == -1.0
+    toml = tmp_path / "site.toml"  # the same re-check as the site's people run it, margins from their site.toml
+    toml.write_text(f'[models]\ndir = "{store.root}"\n\n[gate]\nconf = {GATE_CONF}\nseed = 7\nbootstrap = 300\n')
+    assert main(["site", "recheck", "--site-config", str(toml), "--data", str(data)]) == 1
+    shown = capsys.readouterr().out
+    assert "sensitivity -1.000" in shown and "fracfl site rollback" in shown
     back = rollback(store, "dr-first", key, "sensitivity fell on our cases")
     assert back["version"] == "v0001" == store.current()["version"]
     assert check_approval(store, store.current(), signing.public_hex(key)) == []
@@ -74,6 +82,7 @@ def test_a_degraded_challenger_is_refused_and_rollback_restores_the_champion(sit
         ("promote", "v0002", False),
         ("approve", "v0002", None),
         ("promote", "v0002", True),
+        ("recheck", "v0002", False),
         ("recheck", "v0002", False),
         ("rollback", "v0001", None),
     ]

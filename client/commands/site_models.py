@@ -1,4 +1,4 @@
-"""`fracfl site fetch|request|gate|approve|promote|rollback|status`: the site's model store (client/models/)."""
+"""`fracfl site fetch|request|gate|approve|promote|recheck|rollback|status`: the site's model store (client/models/)."""
 
 from __future__ import annotations
 
@@ -130,6 +130,22 @@ def _promote(a: argparse.Namespace) -> int:
     return 0
 
 
+def _recheck(a: argparse.Namespace) -> int:
+    from client.models.lifecycle import recheck
+
+    store, settings = _settings(a)
+    decision = recheck(store, _data(settings.gate), settings.gate)
+    if decision is None:
+        print("nothing to re-check: the clinical model replaced no earlier one")
+        return 0
+    _show_decision(decision)
+    if not decision.accepted:
+        print(
+            "the clinical model no longer passes the gate against the one it replaced; to go back: fracfl site rollback"
+        )
+    return 0 if decision.accepted else 1
+
+
 def _rollback(a: argparse.Namespace) -> int:
     from client.models.approval import load_site_key
     from client.models.lifecycle import rollback
@@ -230,6 +246,12 @@ def register_actions(ssub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("version")
     p.set_defaults(func=_promote)
+    p = ssub.add_parser(
+        "recheck",
+        parents=[common, gated],
+        help="judge the clinical model again against the one it replaced, on the held-out cases reviewed since",
+    )
+    p.set_defaults(func=_recheck)
     p = ssub.add_parser("rollback", parents=[common, signer], help="back to the previous approved clinical model")
     p.add_argument("--reason", default=None, help="why (recorded)")
     p.set_defaults(func=_rollback)
