@@ -158,7 +158,7 @@ def pretrain(job, a: argparse.Namespace, folder: Path) -> tuple[Path, dict]:
     if a.task == "shapes":
         data_yaml = shapes_site(folder / "data", a.pretrain_images, a.size, "bright", a.seed + 1000)
     else:
-        profiles = [get_profile(p) for p in a.pretrain_profiles.split(",")]
+        profiles = [close_up(get_profile(p), a) for p in a.pretrain_profiles.split(",")]
         data_yaml = generate_dataset(
             folder / "data",
             profiles,
@@ -199,13 +199,29 @@ def evaluate(model: Path, cases: list, eval_cfg) -> tuple[list[bool], int]:
     return image_hits(findings, truth, eval_cfg.iou), score(findings, truth, eval_cfg.iou).false_positives
 
 
-def shapes_sites(run_dir: Path, names: list[str], a: argparse.Namespace) -> None:
-    """sites.json and the pooled validation list for the shapes task, as prepare_sites writes them."""
-    from common.data.spec import load_spec
+def close_up(profile, a: argparse.Namespace):
+    """`profile` with the bench's close-up field of view (`--pixel-spacing`), else as it is."""
+    return profile if a.pixel_spacing is None else dataclasses.replace(profile, pixel_spacing_mm=a.pixel_spacing)
 
+
+def own_sites(run_dir: Path, sites: dict, job, a: argparse.Namespace) -> None:
+    """The sites' data when the bench makes it (shapes, or close-up radiographs), with sites.json and the pooled
+    validation list as prepare_sites writes them (it then finds and keeps them)."""
+    from common.data.spec import load_spec
+    from common.synth import generate_dataset
+
+    if a.task == "radiographs":
+        profiles = [close_up(p, a) for p in sites.values()]
+        root = run_dir / "data"
+        generate_dataset(root, profiles, a.images_per_site, a.size, seed=job.partition.seed, progress=False)
+        made = {p.name: root / p.name / "data.yaml" for p in profiles}
+    else:
+        made = {
+            name: shapes_site(run_dir / "data" / name, a.images_per_site, a.size, "bright", a.seed + i)
+            for i, name in enumerate(sites)
+        }
     entries, val = [], []
-    for i, name in enumerate(names):
-        data = shapes_site(run_dir / "data" / name, a.images_per_site, a.size, "bright", a.seed + i)
+    for name, data in made.items():
         entries.append({"name": name, "data": str(data)})
         val += [str(p) for p in load_spec(data).images("val")]
     (run_dir / "sites.json").write_text(json.dumps(entries, indent=1))
@@ -243,8 +259,8 @@ def run(a: argparse.Namespace, out: Path) -> dict:
         init, pre = pretrain(job, a, work / "public")
         job = dataclasses.replace(job, model=dataclasses.replace(job.model, init=str(init)))
         timings["pretrain_s"] = time.perf_counter() - t
-    if a.task == "shapes":  # the sites' own data, where prepare_sites finds (and keeps) a run's sites
-        shapes_sites(run_dir, list(sites), a)
+    if a.task == "shapes" or a.pixel_spacing is not None:
+        own_sites(run_dir, sites, job, a)
     manifest, pooled_val = prepare_sites(job, run_dir)
     data = {s["name"]: Path(s["data"]).parent for s in json.loads(manifest.read_text())}
     homes = {name: work / "sites" / name for name in sites}
@@ -260,7 +276,7 @@ def run(a: argparse.Namespace, out: Path) -> dict:
 
     # Period 1 at the feedback site: drifted arrivals, M0 reads them, the radiologist reviews, the pool is built.
     site, home = a.feedback_site, homes[a.feedback_site]
-    profile = profile_at(cfg, sites[site], 1)
+    profile = close_up(profile_at(cfg, sites[site], 1), a)
     key = salt(job, site)
     arrival_profile = "dark shapes" if a.task == "shapes" else profile.name
 
@@ -424,6 +440,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--profiles", help="the sites' acquisition profiles (their original data)")
     p.add_argument("--feedback-site")
     p.add_argument("--drift", help="profile of the radiographs arriving at the feedback site")
+    p.add_argument(
+        "--pixel-spacing",
+        type=float,
+        help="radiographs only: every profile's base pixel spacing in mm (a close-up field of view; 0.15 at 128 px "
+        "makes fractures about 25 x 16 px instead of 8 x 5)",
+    )
     p.add_argument("--images-per-site", type=int)
     p.add_argument("--size", type=int, help="image size (data and training)")
     p.add_argument("--steps", type=int, help="DP-SGD steps per site per round")

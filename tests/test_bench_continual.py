@@ -1,5 +1,5 @@
-"""bench/continual.py: the paired bootstrap on hand-made outcomes, and (slow) the whole chain in --smoke mode:
-public pretraining, a DP-SGD round, review of drifted arrivals, the pool, a warm-started DP-SGD round, the gate and
+"""bench/continual.py: the paired bootstrap on hand-made outcomes, and (slow) the whole chain in --smoke mode on
+close-up radiographs (--pixel-spacing): public pretraining, a DP-SGD round, review of drifted arrivals, the pool, a warm-started DP-SGD round, the gate and
 the held-out counts, with consistent numbers in its JSON."""
 
 from __future__ import annotations
@@ -44,6 +44,8 @@ def test_smoke_run_writes_consistent_counts(tmp_path: Path) -> None:
             str(out),
             "--feedback-set",
             "train.max_steps=3",
+            "--pixel-spacing",
+            "0.15",
         ],
         capture_output=True,
         text=True,
@@ -71,6 +73,11 @@ def test_smoke_run_writes_consistent_counts(tmp_path: Path) -> None:
     assert verdicts.get("add", 0) > 0  # M0's missed fractures came back as new positives
     assert r["review"]["pool"]["train"]["positive"] > 0 and isinstance(r["gate"]["promoted"], bool)
     assert r["gate"]["figures"]["n_images"] == r["review"]["pool"]["test"]["images"]
+    # --pixel-spacing: the sites' radiographs are close-ups (each site's own spacing would be 0.5-0.65 mm at 512 px,
+    # and its images' spacing at 96 px at least 2.9 mm).
+    for site in ("general_hospital", "rural_clinic"):
+        truth = (out / "work" / "run" / "data" / site / "ground_truth.jsonl").read_text().splitlines()
+        assert truth and all(json.loads(t)["pixel_spacing_mm"] < 0.15 * 512 * 2 / 96 for t in truth)
     ledger = [json.loads(line) for line in (out / "work" / "site-ledgers" / "rural_clinic" / "ledger.jsonl").open()]
     assert [e["steps"] for e in ledger if "steps" in e] == [2, 3]  # --feedback-set reached round 1 only
 
