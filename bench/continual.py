@@ -140,6 +140,8 @@ def compose_job(work: Path, a: argparse.Namespace, extra: Sequence[str] = ()):
     ]
     if a.privacy == "dp_sgd":
         overrides += [f"privacy.ledger_dir={work / 'site-ledgers'}", f"privacy.target_epsilon={a.epsilon0}"]
+    if a.device != "cpu":  # the sites' rounds on the GPU too: Ray hides it from a site given no share of it
+        overrides += [f"train.device={a.device}", f"federation.client_gpus={1 / len(a.profiles.split(','))}"]
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
         return to_typed(compose("federated", overrides), ContinualJob)
 
@@ -179,7 +181,7 @@ def pretrain(job, a: argparse.Namespace, folder: Path) -> tuple[Path, dict]:
         optimizer="adamw",
         lr=a.pretrain_lr,
         warmup_steps=min(20, a.pretrain_steps // 5),
-        device="cpu",
+        device=a.device,
         augment=AugmentConfig(),
         imbalance=ImbalanceConfig("constant"),
     )
@@ -460,6 +462,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--epsilon", type=float, help="each site's target epsilon for both rounds together")
     p.add_argument("--bootstrap", type=int, help="paired bootstrap resamples")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--device",
+        default="cpu",
+        help="cpu, or cuda for a GPU session: the public pretraining and every site's rounds (the sites share the GPU)",
+    )
     p.add_argument(
         "--set", action="append", default=[], help="a Hydra override of the job, e.g. train.replay.original_share=0.5"
     )

@@ -82,6 +82,17 @@ def test_smoke_run_writes_consistent_counts(tmp_path: Path) -> None:
     assert [e["steps"] for e in ledger if "steps" in e] == [2, 3]  # --feedback-set reached round 1 only
 
 
+def test_a_gpu_run_trains_the_sites_on_the_gpu_too(tmp_path: Path) -> None:
+    """--device cuda reaches the sites' rounds, with the GPU shared among them (composed only: no GPU needed)."""
+    import argparse
+
+    a = argparse.Namespace(**bench.FULL, privacy="dp_sgd", seed=0, set=[], device="cuda")
+    job = bench.compose_job(tmp_path, a)
+    assert job.train.device == "cuda" and job.federation.client_gpus == pytest.approx(0.5)
+    on_cpu = bench.compose_job(tmp_path, argparse.Namespace(**{**vars(a), "device": "cpu"}))
+    assert on_cpu.train.device != "cuda" and on_cpu.federation.client_gpus == 0
+
+
 def test_shapes_sites_and_arrivals_keep_their_truth(tmp_path: Path) -> None:
     from shapes import shapes_arrivals, shapes_site
 
