@@ -25,6 +25,7 @@ from client.fab_gate import AUDIT
 from client.site_config import write_site_config
 from common.cli import main
 from server.deploy.certs import make_node_key, make_superlink_certs
+from server.deploy.control_proxy import Refused, _authorize
 
 
 class GatedFlower(Flower):
@@ -190,3 +191,35 @@ def test_only_operators_reach_the_control_api_and_sites_run_only_approved_bundle
     assert "1 of 1 SuperNodes are real sites" in approved["status-details"] and "st_marys" in approved["status-details"]
     logs = flower.cli("log", str(approved["run-id"]), "operator", "--show")
     assert "real sites" in logs
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        b"/v1/fleet/../control/ListRuns",
+        b"/v1/fleet/./../control/ListRuns",
+        b"/v1/fleet/%2e%2e/control/ListRuns",
+        b"/v1/fleet%2F..%2Fcontrol/ListRuns",
+        b"/v1/%63ontrol/ListRuns",
+        b"/v1/fleet/..\\control/ListRuns",
+        b"/v1/fleet//control/ListRuns",
+        b"/v1/fleet/..",
+        b"v1/fleet/create-node",
+    ],
+)
+def test_a_path_that_could_mean_another_is_refused_before_any_check_of_its_prefix(path):
+    """A Fleet prefix cannot smuggle a Control request past the operator check, however the SuperLink would read it."""
+    with pytest.raises(Refused) as refused:
+        _authorize(path, operator=None)
+    assert refused.value.status == "400 Bad Request"
+    with pytest.raises(Refused):
+        _authorize(path, operator="operator-1")  # not even for an operator
+
+
+def test_plain_paths_go_where_their_prefix_says():
+    _authorize(b"/v1/fleet/create-node", operator=None)
+    _authorize(b"/v1/control/list-runs", operator="operator-1")
+    with pytest.raises(Refused, match="operator certificate"):
+        _authorize(b"/v1/control/list-runs", operator=None)
+    with pytest.raises(Refused, match="only the Fleet and Control"):
+        _authorize(b"/v1/runtime/pull-messages", operator="operator-1")

@@ -104,6 +104,11 @@ def _parse(head: bytes) -> tuple[bytes, bytes, int]:
 
 
 def _authorize(path: bytes, operator: str | None) -> None:
+    """Refuse, fail closed, any path the SuperLink might read as another one than its prefix says: dot segments
+    (`/v1/fleet/../control/...`), percent-encoding, backslashes and empty segments. Flower's own paths use none."""
+    segments = path.split(b"?", 1)[0].split(b"/")
+    if segments[0] or b"%" in path or b"\\" in path or any(s in (b"", b".", b"..") for s in segments[1:]):
+        raise Refused("400 Bad Request", "the path must be plain: no dot segments, percent-encoding or empty segments")
     if path.startswith(CONTROL):
         if operator is None:
             raise Refused(
