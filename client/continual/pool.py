@@ -18,7 +18,7 @@ only (no image or patient identifiers), so it can be shown or summarised anywher
 
 from __future__ import annotations
 
-import fcntl
+import contextlib
 import hashlib
 import json
 import os
@@ -26,8 +26,7 @@ import re
 import shutil
 import struct
 from collections import Counter
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -45,7 +44,7 @@ from common.data.spec import DEFAULT_NAMES, load_spec
 from common.errors import DataError, FracflError
 from common.privacy.fingerprint import fingerprint, image_hashes
 from common.privacy.patients import PATIENTS_FILE, read_patients, write_patients
-from common.utils.durable import replace_atomic
+from common.utils.durable import locked, replace_atomic
 
 POOL_DIR = "pool"
 CURRENT = "current.json"
@@ -263,17 +262,9 @@ def summarise(folder: Path) -> dict[str, dict[str, int]]:
     return out
 
 
-@contextmanager
-def _locked(data_dir: Path) -> Iterator[None]:
+def _locked(data_dir: Path) -> contextlib.AbstractContextManager[None]:
     """One build at a time per site folder."""
-    folder = Path(data_dir) / POOL_DIR
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / ".lock", "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+    return locked(Path(data_dir) / POOL_DIR / ".lock")
 
 
 def build_pool(store: FeedbackStore, data_dir: Path, cfg: PoolConfig) -> PoolVersion:

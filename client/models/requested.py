@@ -8,29 +8,21 @@ people (through this module's CLI) and its SuperNode both change the file, so ev
 
 from __future__ import annotations
 
-import fcntl
 import json
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
+from contextlib import AbstractContextManager
 from datetime import UTC, datetime
 
 from client.models.store import ModelStore, normalise
 from common.errors import DataError
 from common.protocol import MAX_REQUESTED, VERSION_NAME
-from common.utils.durable import replace_atomic
+from common.utils.durable import locked, replace_atomic
 
 REQUESTS = "requests.json"
 
 
-@contextmanager
-def _locked(store: ModelStore) -> Iterator[None]:
-    store.root.mkdir(parents=True, exist_ok=True)
-    with open(store.root / f".{REQUESTS}.lock", "a") as f:
-        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+def _locked(store: ModelStore) -> AbstractContextManager[None]:
+    return locked(store.root / f".{REQUESTS}.lock")
 
 
 def pending(store: ModelStore) -> dict[str, str]:

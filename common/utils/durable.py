@@ -1,4 +1,5 @@
-"""Writes that survive a crash or power cut: fsynced files, atomic replacement, fsynced folders.
+"""Writes that survive a crash or power cut: fsynced files, atomic replacement, fsynced folders; and the lock
+that keeps two writers of one folder apart.
 
 Used wherever acknowledged work must not be lost: the registry, the DICOM listener's queue, privacy ledgers.
 """
@@ -7,7 +8,28 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: no advisory locks (fracfl's services run on Linux)
+    fcntl = None  # type: ignore[assignment]
+
+
+@contextlib.contextmanager
+def locked(lock_file: Path) -> Iterator[None]:
+    """Hold an exclusive advisory lock on `lock_file` (created, with its folder) for the block: writers in other
+    threads or processes (a CLI beside a SuperNode, two publishes) wait their turn."""
+    lock_file.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_file, "a") as f:
+        if fcntl is not None:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            if fcntl is not None:
+                fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
 
 def fsync_dir(path: Path) -> None:

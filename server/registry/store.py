@@ -18,7 +18,7 @@ import json
 import os
 import re
 import shutil
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,15 +30,10 @@ from torch import nn
 from common.errors import DataError
 from common.nn.model import ModelSpec
 from common.nn.weights import load_model, numpy_state, write_state
-from common.utils.durable import fsync_dir, replace_atomic, write_durable
+from common.utils.durable import fsync_dir, locked, replace_atomic, write_durable
 from server.registry.card import EXPORT_FILE, UPDATABLE, CardError, clean_card
 from server.registry.render import render_markdown
 from server.updates import is_buffer
-
-try:
-    import fcntl
-except ImportError:  # pragma: no cover - Windows: publishers must not overlap
-    fcntl = None
 
 WEIGHTS, CARD_JSON, CARD_MD, LATEST = "model.safetensors", "card.json", "card.md", "latest.json"
 TEMP_PREFIX = ".publishing-"
@@ -254,17 +249,8 @@ class Registry:
         return model, spec, p.card
 
     # -- writing -------------------------------------------------------------------------------------------
-    @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
-        self.root.mkdir(parents=True, exist_ok=True)
-        with open(self.root / ".lock", "a+") as f:
-            if fcntl is not None:
-                fcntl.flock(f.fileno(), fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                if fcntl is not None:
-                    fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+    def _locked(self) -> contextlib.AbstractContextManager[None]:
+        return locked(self.root / ".lock")
 
     def _clean_temp(self) -> None:
         """Remove what interrupted publishes left (only called under the lock, so none is still being written)."""
