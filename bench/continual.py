@@ -187,7 +187,9 @@ def pretrain(job, a: argparse.Namespace, folder: Path) -> tuple[Path, dict]:
     )
     result = train_local(model, data, cfg, seed=a.seed, progress=not a.smoke, description="public pretraining")
     model.load_state_dict(result.state)
-    path = save_weights(model, spec, folder / "public.safetensors", {"source": "bench/continual.py pretraining"})
+    path = save_weights(
+        model, spec, folder / "public.safetensors", {"source": "bench/continual.py pretraining", "imgsz": a.size}
+    )
     source = "shapes (bright)" if a.task == "shapes" else a.pretrain_profiles
     return path, {"images": len(data), "profiles": source, "steps": int(result.metrics["steps"])}
 

@@ -70,6 +70,19 @@ def test_load_backend_from_weights_file_or_version_folder(model, tmp_path):
         load_backend(tmp_path / "v0001", "onnx")
 
 
+def test_weights_without_a_trained_size_are_refused_not_run_at_a_guessed_one(model, tmp_path):
+    """A model trained at 128 px and run at a guessed 640 px finds nothing, silently (a benchmark lost a session to
+    it): a file that records no size is refused with its path, unless the caller gives the size."""
+    from common.errors import DataError
+    from common.inference import load_backend
+    from common.nn.weights import save_weights
+
+    path = save_weights(model, NANO, tmp_path / "public.safetensors", {"source": "hand-made"})
+    with pytest.raises(DataError, match=r"public\.safetensors: records no training image size"):
+        load_backend(path)
+    assert load_backend(path, imgsz=128).imgsz == 128
+
+
 def test_boxes_past_the_edge_are_clipped_before_nms_not_after():
     """Two boxes that both run past the image overlap by IoU 0.5 before clipping and are identical after it: NMS
     must see them clipped, or both survive as duplicate findings covering the same area."""

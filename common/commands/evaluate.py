@@ -15,10 +15,11 @@ def _run(a: argparse.Namespace) -> int:
     from common.engine.evaluate import evaluate_model
     from common.inference.load import weights_path
     from common.metrics import write_report
-    from common.nn.weights import load_model
+    from common.nn.weights import load_model, trained_size
 
-    model, spec, meta = load_model(weights_path(a.model))
-    imgsz = a.imgsz or int(meta.get("imgsz", 320))
+    path = weights_path(a.model)
+    model, spec, meta = load_model(path)
+    imgsz = trained_size(meta, path, a.imgsz)
     data = DetectionDataset.from_data(a.data, a.split, imgsz)
     cfg = EvalConfig(conf=a.conf, iou=a.iou, batch_size=a.batch_size)
     report = evaluate_model(model, data, cfg, select_device(a.device), progress=not a.quiet)

@@ -9,7 +9,7 @@ import torch
 
 from common.errors import DataError
 from common.inference.backend import Backend, TorchBackend
-from common.nn.weights import load_model
+from common.nn.weights import load_model, trained_size
 
 WEIGHTS_FILE = "model.safetensors"  # name of the weights inside a registry version folder
 EXPORTS_DIR = "exports"  # edge builds inside a registry version folder
@@ -74,5 +74,6 @@ def load_backend(
         return b
     if backend != "torch":
         raise DataError(ref, f"unknown backend {backend!r} (choose: {', '.join(BACKENDS)})")
-    model, _, meta = load_model(weights_path(ref))
-    return TorchBackend(model, device, int(imgsz or meta.get("imgsz", 640)))
+    path = weights_path(ref)
+    model, _, meta = load_model(path)
+    return TorchBackend(model, device, trained_size(meta, path, imgsz))

@@ -138,6 +138,21 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
     return json.loads(header.get("meta", "{}"))
 
 
+def trained_size(meta: dict[str, Any], path: str | Path, given: int | None = None) -> int:
+    """The input size to run a model at: `given`, else the size its weights file records. Guessing one instead
+    would silently run a model trained at 128 px at 640 px, where it finds nothing, so a file without it is an
+    error that asks for the size."""
+    if given:
+        return int(given)
+    if not isinstance(meta.get("imgsz"), int) or meta["imgsz"] <= 0:
+        raise DataError(
+            path,
+            "records no training image size (metadata 'imgsz'), so the size to run it at is unknown:"
+            " pass --imgsz where the command takes it, or save the weights with it",
+        )
+    return meta["imgsz"]
+
+
 def load_model(path: str | Path) -> tuple[nn.Module, ModelSpec, dict[str, Any]]:
     """Rebuild the network stored in `path` and load its weights strictly."""
     tensors, spec, meta = read_weights(path)

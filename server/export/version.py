@@ -19,7 +19,7 @@ from common.data.dataset import DetectionDataset
 from common.errors import DataError
 from common.inference import TorchBackend, export_file
 from common.inference.tflite import TFLiteBackend
-from common.nn.weights import read_metadata
+from common.nn.weights import read_metadata, trained_size
 from server.export.config import CALIBRATED, ExportConfig
 from server.export.equivalence import compare, reference
 from server.export.exporter import calibration_inputs, convert_fp32, quantise
@@ -100,7 +100,7 @@ def export_version(
     eval_cfg = eval_cfg or EvalConfig()
     model, spec, _ = registry.load(version)  # refuses weights whose hash does not match the card
     folder = registry.get(version).path
-    imgsz = int(cfg.imgsz or read_metadata(folder / "model.safetensors").get("imgsz", 640))
+    imgsz = trained_size(read_metadata(folder / "model.safetensors"), folder / "model.safetensors", cfg.imgsz)
     calibration, calibration_problem = _calibration(cfg, val_data, imgsz)
     fp32 = folder / export_file("fp32")
     problem = ""  # why nothing can be built
