@@ -73,7 +73,8 @@ class AugmentConfig:
 class ImbalanceConfig:
     mode: str = "reweight"  # none | oversample | reweight | constant
     positive_fraction: float = 0.5  # share of fracture images (oversample) or of loss weight (reweight)
-    positive_weight: float = 3.0  # constant: loss weight of a fracture image (others 1), fixed before training
+    positive_weight: float = 3.0  # constant: loss weight of a fracture image, fixed before training
+    negative_weight: float = 1.0  # constant: loss weight of an image without a fracture, fixed before training
 
 
 @dataclass

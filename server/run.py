@@ -318,6 +318,8 @@ def config_hash(job: ServerJob) -> str:
     d["federation"].pop("answer_requests", None)  # after the rounds: changes none of them
     if d["federation"].get("warm_start") is None:
         d["federation"].pop("warm_start", None)
+    if d["train"]["imbalance"].get("negative_weight") == 1.0:  # the weight every run had before the key existed
+        d["train"]["imbalance"].pop("negative_weight")
     return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

@@ -96,6 +96,10 @@ def test_imbalance_weights_and_oversampling(synth_data):
     assert np.all(image_weights(positive, ImbalanceConfig("none", 0.5)) == 1)
     with pytest.raises(ConfigError, match="positive_fraction"):
         image_weights(positive, ImbalanceConfig("reweight", 1.5))
+    constant = image_weights(positive, ImbalanceConfig("constant", positive_weight=1.0, negative_weight=0.05))
+    assert constant.tolist() == [1.0, 0.05, 0.05, 0.05, 0.05]
+    with pytest.raises(ConfigError, match="negative_weight"):
+        image_weights(positive, ImbalanceConfig("constant", negative_weight=0.0))
 
     from common.engine.trainer import _loader
 

@@ -59,12 +59,15 @@ class TrainResult:
 
 def image_weights(positive: np.ndarray, cfg: ImbalanceConfig) -> np.ndarray:
     """Per-image loss weights. `reweight`: fracture images get `positive_fraction` of the total (mean weight 1),
-    so each weight depends on the whole set; `constant`: `positive_weight` for a fracture image, 1 otherwise, so
-    each depends on that image alone (what DP-SGD needs)."""
+    so each weight depends on the whole set; `constant`: `positive_weight` for a fracture image, `negative_weight`
+    otherwise, so each depends on that image alone (what DP-SGD needs). Under DP-SGD's per-image clipping only a
+    weight that brings an image's gradient below the clipping norm counts: fracture images' gradients are far above
+    it whatever their weight, so there the balance is set by `negative_weight` (docs/privacy.md)."""
     if cfg.mode == "constant":
-        if not cfg.positive_weight > 0:
-            raise ConfigError(f"train.imbalance.positive_weight: must be > 0, got {cfg.positive_weight}")
-        return np.where(positive, float(cfg.positive_weight), 1.0)
+        for key in ("positive_weight", "negative_weight"):
+            if not getattr(cfg, key) > 0:
+                raise ConfigError(f"train.imbalance.{key}: must be > 0, got {getattr(cfg, key)}")
+        return np.where(positive, float(cfg.positive_weight), float(cfg.negative_weight))
     p = float(positive.mean()) if len(positive) else 0.0
     if cfg.mode == "none" or p in (0.0, 1.0):
         return np.ones(len(positive), np.float64)
