@@ -22,10 +22,9 @@ from client.models.settings import GateConfig
 from common.config import EvalConfig
 from common.data.dataset import DetectionDataset
 from common.engine.evaluate import predict_dataset
-from common.inference.load import weights_path
+from common.inference.load import load_at_size
 from common.metrics import evaluate_detections
 from common.metrics.triage import image_score
-from common.nn.weights import load_model, trained_size
 from common.privacy.patients import patient_groups, read_patients
 
 
@@ -65,9 +64,8 @@ def _ratio(a: float, b: float) -> float | None:
 
 def score(ref: str | Path, data: Path, split: str, eval_cfg: EvalConfig) -> tuple[Scores, list[Path]]:
     """Score the model at `ref` (weights file or version folder) on `split` of `data`, at its trained size."""
-    path = weights_path(ref)
-    model, _, meta = load_model(path)
-    ds = DetectionDataset.from_data(data, split, trained_size(meta, path))
+    model, imgsz = load_at_size(ref)
+    ds = DetectionDataset.from_data(data, split, imgsz)
     results = predict_dataset(model, ds, eval_cfg, torch.device("cpu"), progress=False)
     report = evaluate_detections(results, dict(model.names), conf=eval_cfg.conf, iou=eval_cfg.iou)
     fps = Counter(e.image_id for e in report.false_positives)

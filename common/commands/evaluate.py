@@ -13,13 +13,10 @@ def _run(a: argparse.Namespace) -> int:
     from common.data.dataset import DetectionDataset
     from common.engine.device import select_device
     from common.engine.evaluate import evaluate_model
-    from common.inference.load import weights_path
+    from common.inference.load import load_at_size
     from common.metrics import write_report
-    from common.nn.weights import load_model, trained_size
 
-    path = weights_path(a.model)
-    model, spec, meta = load_model(path)
-    imgsz = trained_size(meta, path, a.imgsz)
+    model, imgsz = load_at_size(a.model, a.imgsz)
     data = DetectionDataset.from_data(a.data, a.split, imgsz)
     cfg = EvalConfig(conf=a.conf, iou=a.iou, batch_size=a.batch_size)
     report = evaluate_model(model, data, cfg, select_device(a.device), progress=not a.quiet)

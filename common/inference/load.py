@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from common.errors import DataError
 from common.inference.backend import Backend, TorchBackend
@@ -74,6 +75,13 @@ def load_backend(
         return b
     if backend != "torch":
         raise DataError(ref, f"unknown backend {backend!r} (choose: {', '.join(BACKENDS)})")
+    model, size = load_at_size(ref, imgsz)
+    return TorchBackend(model, device, size)
+
+
+def load_at_size(ref: str | Path, imgsz: int | None = None) -> tuple[nn.Module, int]:
+    """The network at `ref` (weights file or version folder) and the input size to run it at: `imgsz`, else the one
+    its weights file records (never a guess, see `trained_size`)."""
     path = weights_path(ref)
     model, _, meta = load_model(path)
-    return TorchBackend(model, device, trained_size(meta, path, imgsz))
+    return model, trained_size(meta, path, imgsz)
