@@ -43,7 +43,8 @@ from simulations.runner import prepare_sites
 
 pytestmark = pytest.mark.slow
 
-STRICT = GateMargins(sensitivity_margin=0.05, max_fp_per_image=None, max_fp_increase=None, bootstrap=200, conf=0.002)
+# Judged by any finding: at 0.002 the tiny model flags every image (it localises none) and the degraded copy none.
+STRICT = GateMargins(0.05, None, None, bootstrap=200, conf=0.002, found="any_finding")
 
 
 def _job(tmp_path: Path) -> ContinualJob:

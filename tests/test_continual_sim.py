@@ -96,6 +96,7 @@ def test_drift_switches_the_profile_from_its_period(tmp_path: Path) -> None:
         ({"radiologist": RadiologistConfig(miss_rate=1.5)}, "radiologist.miss_rate"),
         ({"periods": 0}, "periods"),
         ({"gate": GateMargins(bootstrap=10)}, "continual.gate bootstrap"),
+        ({"gate": GateMargins(found="somewhere")}, "continual.gate found"),
     ],
 )
 def test_bad_config_names_its_key(change: dict, key: str) -> None:
@@ -269,9 +270,13 @@ def test_a_promotion_the_grown_held_out_split_refutes_is_rolled_back(tmp_path: P
         arrivals_per_period=12,
         holdout_fraction=0.5,
         radiologist=RadiologistConfig(miss_rate=0.0, error_rate=0.0),
-        gate=GateMargins(conf=GATE_CONF, bootstrap=200),  # the site's margins: max 1 FP per image, at most 0.5 more
+        # the site's margins (max 1 FP per image, at most 0.5 more), judged by any finding: untrained models localise
+        # nothing, and at GATE_CONF the first model flags every image
+        gate=GateMargins(conf=GATE_CONF, bootstrap=200, found="any_finding"),
     )
-    loose = replace(job, continual=replace(job.continual, gate=GateMargins(0.99, None, None, bootstrap=200)))
+    loose = replace(
+        job, continual=replace(job.continual, gate=GateMargins(0.99, None, None, bootstrap=200, found="any_finding"))
+    )
     name, run = "trauma_center", tmp_path / "run"
     (tmp_path / "D").mkdir()
     (tmp_path / "D" / "ground_truth.jsonl").write_text("")  # no original validation split: forgetting is n/a

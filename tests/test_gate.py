@@ -11,11 +11,14 @@ from models_support import GATE_CONF, holdout, publish
 
 from client.models.approval import NotApproved, check_approval
 from client.models.fetch import fetch_from_registry
-from client.models.gate import Scores, _compare, gate, paired_bootstrap
+from client.models.gate import Scores, _compare, gate, paired_bootstrap, scores_of
 from client.models.lifecycle import approve, promote, recheck, rollback, status
 from client.models.settings import GateConfig
 from client.models.store import ModelStore
 from common.cli import main
+from common.config import EvalConfig
+from common.errors import ConfigError
+from common.metrics.inputs import ImageResult
 from common.privacy import signing
 
 
@@ -34,7 +37,9 @@ def site(tmp_path_factory, tiny_weights):
     return store, holdout(root / "data"), key
 
 
-CFG = GateConfig(conf=GATE_CONF, seed=7, bootstrap=300)
+# Untrained tiny models localise nothing, so these tests judge by any finding: at GATE_CONF the champion flags every
+# image and the degraded copy none. What "localised" counts is tested on hand-made predictions below.
+CFG = GateConfig(conf=GATE_CONF, seed=7, bootstrap=300, found="any_finding")
 
 
 def test_a_degraded_challenger_is_refused_and_rollback_restores_the_champion(site, tmp_path, capsys):
@@ -65,10 +70,13 @@ def test_a_degraded_challenger_is_refused_and_rollback_restores_the_champion(sit
     assert not checked.accepted and store.current()["version"] == "v0002"
     assert checked.figures["champion"]["model"].endswith("v0001") and checked.figures["delta_sensitivity"] == -1.0
     toml = tmp_path / "site.toml"  # the same re-check as the site's people run it, margins from their site.toml
-    toml.write_text(f'[models]\ndir = "{store.root}"\n\n[gate]\nconf = {GATE_CONF}\nseed = 7\nbootstrap = 300\n')
+    toml.write_text(
+        f'[models]\ndir = "{store.root}"\n\n[gate]\nconf = {GATE_CONF}\nseed = 7\nbootstrap = 300\nfound = "any_finding"\n'
+    )
     assert main(["site", "recheck", "--site-config", str(toml), "--data", str(data)]) == 1
     shown = capsys.readouterr().out
     assert "sensitivity -1.000" in shown and "fracfl site rollback" in shown
+    assert "counts as found by any finding (operating point 0.002)" in shown
     back = rollback(store, "dr-first", key, "sensitivity fell on our cases")
     assert back["version"] == "v0001" == store.current()["version"]
     assert check_approval(store, store.current(), signing.public_hex(key)) == []
@@ -109,7 +117,29 @@ def test_a_held_out_split_without_fractures_refuses(site, tmp_path):
 
 
 def _scores(flagged, positive, fp):
-    return Scores(np.array(positive), np.array(flagged), np.array(fp, dtype=float), None, None)
+    found = np.array(flagged)
+    return Scores(np.array(positive), found, found, np.array(fp, dtype=float), None, None)
+
+
+def test_a_fracture_image_is_found_only_by_a_finding_on_its_fracture():
+    """Localised (the default): a box beside the fracture is a false positive and a miss, not a found fracture;
+    any_finding counts that image as found (and the box as a false positive all the same)."""
+    fracture = [0, 40, 40, 60, 60]  # cls, x1, y1, x2, y2
+    results = [
+        ImageResult("on", np.array([[41, 41, 60, 61, 0.9, 0]]), np.array([fracture])),
+        ImageResult("beside", np.array([[80, 80, 100, 100, 0.9, 0]]), np.array([fracture])),
+        ImageResult("low", np.array([[40, 40, 60, 60, 0.1, 0]]), np.array([fracture])),  # below the operating point
+        ImageResult("clear", np.zeros((0, 6)), np.zeros((0, 5))),
+    ]
+    names, cfg = {0: "fracture"}, EvalConfig(conf=0.25, iou=0.5)
+    localised = scores_of(results, names, cfg, "localised").summary()
+    anywhere = scores_of(results, names, cfg, "any_finding").summary()
+    assert localised["sensitivity"] == pytest.approx(1 / 3) and anywhere["sensitivity"] == pytest.approx(2 / 3)
+    assert (localised["localised_fractures"], localised["flagged_fractures"]) == (1, 2)
+    assert localised["fp_per_image"] == anywhere["fp_per_image"] == 0.25  # the box beside it, either way
+    assert localised["found_by"] == "localised" and GateConfig().found == "localised"
+    with pytest.raises(ConfigError, match=r"\[gate\] found: 'nearby'; choose from localised, any_finding"):
+        GateConfig(found="nearby").check()
 
 
 def test_bootstrap_is_paired_and_resamples_whole_patients():

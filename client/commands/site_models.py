@@ -49,6 +49,8 @@ def _show_decision(decision: Any) -> None:
     f = decision.figures
     champ, chal = f.get("champion") or {}, f["challenger"]
     print(f"held-out: {f['n_images']} images, {f['n_fracture_images']} with a fracture, {f['n_units']} {f['unit']}s")
+    found = "a finding on the fracture" if f.get("found_by") == "localised" else "any finding"  # older logs: any
+    print(f"a fracture image counts as found by {found} (operating point {f['operating_point']})")
     for role, s in (("champion", champ), ("challenger", chal)):
         if s:
             sens = "undefined" if s["sensitivity"] is None else f"{s['sensitivity']:.3f}"

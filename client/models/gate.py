@@ -2,6 +2,11 @@
 reviewed cases, image-level sensitivity drops by no more than a margin and false positives per image stay within
 bounds. Both models are scored by the project's own evaluation (common.engine.evaluate, common.metrics).
 
+A fracture image counts as found when a finding lies on one of its reviewed fractures (`[gate] found =
+"localised"`, the default: matched at the evaluation IoU, as the validator and the false-positive count match it),
+or when it has any finding at all (`"any_finding"`, for a site that uses the model only to triage its worklist).
+Under "any_finding" a box beside the fracture counts twice, as a found fracture and as a false positive.
+
 Intervals are a paired bootstrap: the same resampled patients (or images) score both models, so the interval is for
 the change itself. Patients come from patients.csv beside the data.yaml (an image without one is its own patient).
 The seed is drawn from the OS's secure source unless [gate] seed fixes it; either way it is recorded with the figures.
@@ -24,6 +29,7 @@ from common.data.dataset import DetectionDataset
 from common.engine.evaluate import predict_dataset
 from common.inference.load import load_at_size
 from common.metrics import evaluate_detections
+from common.metrics.inputs import ImageResult
 from common.metrics.triage import image_score
 from common.privacy.patients import patient_groups, read_patients
 
@@ -39,22 +45,31 @@ class GateDecision:
 
 @dataclass
 class Scores:
-    """One model on the held-out images: per image, whether it has a fracture, whether it is flagged, its FP boxes."""
+    """One model on the held-out images, per image: whether it has a fracture, whether it has any finding, whether a
+    finding matches one of its fractures, and its false-positive boxes; `found_by` picks which counts as found."""
 
     positive: np.ndarray
     flagged: np.ndarray
+    localised: np.ndarray
     fp: np.ndarray
-    specificity: float
-    map50: float
+    specificity: float | None
+    map50: float | None
+    found_by: str = "localised"
+
+    @property
+    def found(self) -> np.ndarray:
+        return self.localised if self.found_by == "localised" else self.flagged
 
     def summary(self) -> dict[str, Any]:
         pos = self.positive
         return {
-            "sensitivity": _ratio(self.flagged[pos].sum(), pos.sum()),
+            "sensitivity": _ratio(self.found[pos].sum(), pos.sum()),
+            "found_by": self.found_by,
             "fp_per_image": _ratio(self.fp.sum(), len(self.fp)),
             "specificity": self.specificity,
             "map50": self.map50,
             "flagged_fractures": int(self.flagged[pos].sum()),
+            "localised_fractures": int(self.localised[pos].sum()),
         }
 
 
@@ -62,21 +77,30 @@ def _ratio(a: float, b: float) -> float | None:
     return round(float(a) / float(b), 6) if b else None
 
 
-def score(ref: str | Path, data: Path, split: str, eval_cfg: EvalConfig) -> tuple[Scores, list[Path]]:
+def score(
+    ref: str | Path, data: Path, split: str, eval_cfg: EvalConfig, found_by: str = "localised"
+) -> tuple[Scores, list[Path]]:
     """Score the model at `ref` (weights file or version folder) on `split` of `data`, at its trained size."""
     model, imgsz = load_at_size(ref)
     ds = DetectionDataset.from_data(data, split, imgsz)
     results = predict_dataset(model, ds, eval_cfg, torch.device("cpu"), progress=False)
-    report = evaluate_detections(results, dict(model.names), conf=eval_cfg.conf, iou=eval_cfg.iou)
+    return scores_of(results, dict(model.names), eval_cfg, found_by), ds.images
+
+
+def scores_of(results: list[ImageResult], names: dict[int, str], eval_cfg: EvalConfig, found_by: str) -> Scores:
+    """Per-image facts from one model's predictions, matched by the project's evaluation at its operating point."""
+    report = evaluate_detections(results, names, conf=eval_cfg.conf, iou=eval_cfg.iou)
     fps = Counter(e.image_id for e in report.false_positives)
-    scores = Scores(
+    missed = Counter(e.image_id for e in report.false_negatives)  # fractures no finding matched at the operating point
+    return Scores(
         positive=np.array([len(r.gt) > 0 for r in results]),
         flagged=np.array([image_score(r.pred_scores) >= eval_cfg.conf for r in results]),
+        localised=np.array([len(r.gt) > missed.get(r.image_id, 0) for r in results]),
         fp=np.array([fps.get(r.image_id, 0) for r in results], dtype=float),
         specificity=None if np.isnan(report.specificity) else round(float(report.specificity), 6),
         map50=None if np.isnan(report.map50) else round(float(report.map50), 6),
+        found_by=found_by,
     )
-    return scores, ds.images
 
 
 def paired_bootstrap(
@@ -90,7 +114,7 @@ def paired_bootstrap(
     pos = champion.positive.astype(float)
     n_pos = weights @ pos
     keep = n_pos > 0
-    d_sens = (weights @ (pos * challenger.flagged) - weights @ (pos * champion.flagged))[keep] / n_pos[keep]
+    d_sens = (weights @ (pos * challenger.found) - weights @ (pos * champion.found))[keep] / n_pos[keep]
     d_fp = (weights @ (challenger.fp - champion.fp)) / weights.sum(axis=1)
     tail = (1 - confidence) / 2 * 100
 
@@ -108,7 +132,7 @@ def gate(champion: Path | None, challenger: Path, holdout_data: Path, split: str
     apply) on `split` of `holdout_data`. Refuses when the split has no fracture image: sensitivity is then unknown."""
     cfg.check()
     eval_cfg = EvalConfig() if cfg.conf is None else EvalConfig(conf=cfg.conf)
-    chal, images = score(challenger, holdout_data, split, eval_cfg)
+    chal, images = score(challenger, holdout_data, split, eval_cfg, cfg.found)
     seed_source = "secure (os.urandom)" if cfg.seed is None else "configured ([gate] seed)"
     seed = secrets.randbits(63) if cfg.seed is None else cfg.seed
     patients = read_patients(Path(holdout_data).parent) if cfg.unit == "patient" else {}
@@ -121,6 +145,8 @@ def gate(champion: Path | None, challenger: Path, holdout_data: Path, split: str
         "unit": cfg.unit,
         "n_units": int(groups.max()) + 1,
         "operating_point": eval_cfg.conf,
+        "match_iou": eval_cfg.iou,
+        "found_by": cfg.found,
         "challenger": {"model": str(challenger), **chal.summary()},
         "champion": None,
         "sensitivity_margin": cfg.sensitivity_margin,
@@ -138,7 +164,7 @@ def gate(champion: Path | None, challenger: Path, holdout_data: Path, split: str
     if cfg.max_fp_per_image is not None and c["fp_per_image"] > cfg.max_fp_per_image:
         reasons.append(f"false positives per image {c['fp_per_image']:.3f} above the bound {cfg.max_fp_per_image:.3f}")
     if champion is not None:
-        champ, _ = score(champion, holdout_data, split, eval_cfg)
+        champ, _ = score(champion, holdout_data, split, eval_cfg, cfg.found)
         figures["champion"] = {"model": str(champion), **champ.summary()}
         figures.update(paired_bootstrap(champ, chal, groups, cfg.bootstrap, cfg.confidence, seed))
         reasons += _compare(figures, cfg)

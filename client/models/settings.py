@@ -13,6 +13,7 @@ from common.errors import ConfigError
 from common.privacy.signing import KEY_NAME
 
 UNITS = ("patient", "image")
+FOUND_BY = ("localised", "any_finding")
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,9 @@ class GateConfig:
     split: str = "test"  # the held-out split of the site's data.yaml
     data: str | None = None  # the held-out data.yaml; None: give --data
     conf: float | None = None  # operating point; None: the evaluation default (common.config.EvalConfig)
+    # When a fracture image counts as found: "localised", a finding matches one of its reviewed fracture boxes (at
+    # the evaluation IoU); "any_finding", the image has a finding anywhere (worklist triage).
+    found: str = "localised"
 
     def check(self, where: str = "[gate]") -> None:
         if not 0 <= self.sensitivity_margin < 1:
@@ -48,6 +52,8 @@ class GateConfig:
             raise ConfigError(f"{where} confidence: expected a number in [0.5, 1), got {self.confidence}")
         if self.unit not in UNITS:
             raise ConfigError(f"{where} unit: {self.unit!r}; choose from {', '.join(UNITS)}")
+        if self.found not in FOUND_BY:
+            raise ConfigError(f"{where} found: {self.found!r}; choose from {', '.join(FOUND_BY)}")
         if self.conf is not None and not 0 <= self.conf <= 1:
             raise ConfigError(f"{where} conf: expected a number in [0, 1], got {self.conf}")
 
@@ -74,6 +80,7 @@ _GATE_TYPES: dict[str, type] = {
     "split": str,
     "data": str,
     "conf": float,
+    "found": str,
 }
 
 

@@ -104,6 +104,7 @@ def gate_config(margins: GateMargins, seed: int) -> GateConfig:
         bootstrap=margins.bootstrap,
         require_ci=margins.require_ci,
         conf=margins.conf,
+        found=margins.found,
         seed=seed,
     )
     cfg.check("continual.gate")
