@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from models_support import GATE_CONF, holdout, publish
 
+from client.feedback.store import FeedbackStore
 from client.models.approval import NotApproved, check_approval
 from client.models.fetch import fetch_from_registry
 from client.models.gate import Scores, _compare, gate, paired_bootstrap, scores_of
@@ -17,6 +18,7 @@ from client.models.settings import GateConfig
 from client.models.store import ModelStore
 from common.cli import main
 from common.config import EvalConfig
+from common.data.spec import load_spec
 from common.errors import ConfigError
 from common.metrics.inputs import ImageResult
 from common.privacy import signing
@@ -181,3 +183,27 @@ def test_false_positive_bounds_refuse_a_challenger(site):
     rise = _compare(dict(figures), GateConfig(max_fp_increase=0.25))
     assert rise == ["false positives per image rise from 0.200 to 0.500, more than the allowed 0.250"]
     assert _compare(dict(figures), GateConfig(max_fp_increase=0.3)) == []
+
+
+def test_images_the_pacs_withdrew_are_left_out(site, tmp_path, capsys):
+    """Instances withdrawn after the pool was built are not scored, as rounds do not train on them; the CLI reads
+    them from the feedback store the site.toml's [continual] names, and says how many it left out."""
+    store, data, _ = site
+    gone = frozenset(p.stem for p in load_spec(data).images("test")[:3])
+    full = gate(None, store.folder("v0001"), data, "test", CFG).figures
+    less = gate(None, store.folder("v0001"), data, "test", CFG, gone).figures
+    assert (full["n_withdrawn_left_out"], less["n_withdrawn_left_out"]) == (0, 3)
+    assert less["n_images"] == full["n_images"] - 3
+
+    feedback = FeedbackStore(tmp_path / "feedback.db", class_names=["fracture"])
+    for uid in gone:
+        feedback.withdraw(sop_uid=uid, note="wrong patient", reviewer="pacs-admin", source_ref="kos-1")
+    toml = tmp_path / "site.toml"
+    toml.write_text(
+        f'[models]\ndir = "{store.root}"\n\n[gate]\ndata = "{data}"\nconf = {GATE_CONF}\nseed = 7\nbootstrap = 300\n'
+        f'found = "any_finding"\n\n[continual]\nfeedback_db = "{tmp_path / "feedback.db"}"\n'
+    )
+    main(["site", "gate", "v0001", "--site-config", str(toml)])
+    shown = capsys.readouterr().out
+    assert f"held-out: {less['n_images']} images" in shown and "(3 withdrawn in PACS left out)" in shown
+    assert store.decisions()[-1]["figures"]["n_withdrawn_left_out"] == 3

@@ -29,6 +29,16 @@ def _settings(a: argparse.Namespace) -> tuple[Any, Any]:
     return ModelStore(root), replace(settings, gate=gate)
 
 
+def _withdrawn(a: argparse.Namespace) -> frozenset[str]:
+    """The instances the PACS withdrew, from the feedback store the site.toml's [continual] names (none without one):
+    the gate leaves them out of its held-out cases as rounds leave them out of training."""
+    from client.continual.config import continual_table, feedback_db
+    from client.feedback.store import FeedbackStore
+
+    db = feedback_db(continual_table(a.site_config), a.site_config)
+    return FeedbackStore(db).withdrawn() if db is not None else frozenset()
+
+
 def _data(gate: Any) -> Path:
     """The held-out data.yaml: as given, or, for the site's training folder D, its current pool's (whose `test`
     split holds the reviewed patients never trained on)."""
@@ -48,7 +58,12 @@ def _data(gate: Any) -> Path:
 def _show_decision(decision: Any) -> None:
     f = decision.figures
     champ, chal = f.get("champion") or {}, f["challenger"]
-    print(f"held-out: {f['n_images']} images, {f['n_fracture_images']} with a fracture, {f['n_units']} {f['unit']}s")
+    left_out = f.get("n_withdrawn_left_out") or 0
+    withdrawn = f" ({left_out} withdrawn in PACS left out)" if left_out else ""
+    print(
+        f"held-out: {f['n_images']} images, {f['n_fracture_images']} with a fracture, {f['n_units']} {f['unit']}s"
+        + withdrawn
+    )
     found = "a finding on the fracture" if f.get("found_by") == "localised" else "any finding"  # older logs: any
     print(f"a fracture image counts as found by {found} (operating point {f['operating_point']})")
     for role, s in (("champion", champ), ("challenger", chal)):
@@ -97,7 +112,7 @@ def _gate(a: argparse.Namespace) -> int:
     from client.models.lifecycle import run_gate
 
     store, settings = _settings(a)
-    decision, _ = run_gate(store, a.version, _data(settings.gate), settings.gate)
+    decision, _ = run_gate(store, a.version, _data(settings.gate), settings.gate, _withdrawn(a))
     _show_decision(decision)
     return 0 if decision.accepted else 1
 
@@ -120,7 +135,9 @@ def _promote(a: argparse.Namespace) -> int:
     key = load_site_key(settings.key)
     forced = _forced(a)
     data = None if forced is not None else _data(settings.gate)
-    decision, record = promote(store, a.version, a.approver, key, data=data, cfg=settings.gate, force_reason=forced)
+    decision, record = promote(
+        store, a.version, a.approver, key, data=data, cfg=settings.gate, force_reason=forced, withdrawn=_withdrawn(a)
+    )
     if decision is not None:
         _show_decision(decision)
     if record is None:
@@ -136,7 +153,7 @@ def _recheck(a: argparse.Namespace) -> int:
     from client.models.lifecycle import recheck
 
     store, settings = _settings(a)
-    decision = recheck(store, _data(settings.gate), settings.gate)
+    decision = recheck(store, _data(settings.gate), settings.gate, _withdrawn(a))
     if decision is None:
         print("nothing to re-check: the clinical model replaced no earlier one")
         return 0

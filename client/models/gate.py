@@ -10,6 +10,8 @@ Under "any_finding" a box beside the fracture counts twice, as a found fracture 
 Intervals are a paired bootstrap: the same resampled patients (or images) score both models, so the interval is for
 the change itself. Patients come from patients.csv beside the data.yaml (an image without one is its own patient).
 The seed is drawn from the OS's secure source unless [gate] seed fixes it; either way it is recorded with the figures.
+Images the PACS withdrew after the pool was built (the site's feedback store knows them) are left out of the scoring,
+as they are left out of training, and the figures say how many.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import torch
 from client.models.settings import GateConfig
 from common.config import EvalConfig
 from common.data.dataset import DetectionDataset
+from common.data.spec import load_spec
 from common.engine.evaluate import predict_dataset
 from common.inference.load import load_at_size
 from common.metrics import evaluate_detections
@@ -78,11 +81,19 @@ def _ratio(a: float, b: float) -> float | None:
 
 
 def score(
-    ref: str | Path, data: Path, split: str, eval_cfg: EvalConfig, found_by: str = "localised"
+    ref: str | Path,
+    data: Path,
+    split: str,
+    eval_cfg: EvalConfig,
+    found_by: str = "localised",
+    withdrawn: frozenset[str] = frozenset(),
 ) -> tuple[Scores, list[Path]]:
-    """Score the model at `ref` (weights file or version folder) on `split` of `data`, at its trained size."""
+    """Score the model at `ref` (weights file or version folder) on `split` of `data`, at its trained size, leaving
+    out the images named in `withdrawn` (pseudonymous SOP Instance UIDs: the pool's file stems)."""
     model, imgsz = load_at_size(ref)
-    ds = DetectionDataset.from_data(data, split, imgsz)
+    spec = load_spec(data)
+    images = [p for p in spec.images(split) if p.stem not in withdrawn]
+    ds = DetectionDataset(images, spec.nc, imgsz, label_files=[spec.label_file(p) for p in images])
     results = predict_dataset(model, ds, eval_cfg, torch.device("cpu"), progress=False)
     return scores_of(results, dict(model.names), eval_cfg, found_by), ds.images
 
@@ -127,12 +138,20 @@ def paired_bootstrap(
     return {"delta_sensitivity_ci": interval(d_sens), "delta_fp_per_image_ci": interval(d_fp)}
 
 
-def gate(champion: Path | None, challenger: Path, holdout_data: Path, split: str, cfg: GateConfig) -> GateDecision:
+def gate(
+    champion: Path | None,
+    challenger: Path,
+    holdout_data: Path,
+    split: str,
+    cfg: GateConfig,
+    withdrawn: frozenset[str] = frozenset(),
+) -> GateDecision:
     """Judge `challenger` against `champion` (None: the site has no clinical model yet, so only the absolute bounds
-    apply) on `split` of `holdout_data`. Refuses when the split has no fracture image: sensitivity is then unknown."""
+    apply) on `split` of `holdout_data`, without the `withdrawn` images. Refuses when the split has no fracture
+    image: sensitivity is then unknown."""
     cfg.check()
     eval_cfg = EvalConfig() if cfg.conf is None else EvalConfig(conf=cfg.conf)
-    chal, images = score(challenger, holdout_data, split, eval_cfg, cfg.found)
+    chal, images = score(challenger, holdout_data, split, eval_cfg, cfg.found, withdrawn)
     seed_source = "secure (os.urandom)" if cfg.seed is None else "configured ([gate] seed)"
     seed = secrets.randbits(63) if cfg.seed is None else cfg.seed
     patients = read_patients(Path(holdout_data).parent) if cfg.unit == "patient" else {}
@@ -141,6 +160,7 @@ def gate(champion: Path | None, challenger: Path, holdout_data: Path, split: str
         "data": str(holdout_data),
         "split": split,
         "n_images": len(images),
+        "n_withdrawn_left_out": len(load_spec(holdout_data).images(split)) - len(images),
         "n_fracture_images": int(chal.positive.sum()),
         "unit": cfg.unit,
         "n_units": int(groups.max()) + 1,
@@ -164,7 +184,7 @@ def gate(champion: Path | None, challenger: Path, holdout_data: Path, split: str
     if cfg.max_fp_per_image is not None and c["fp_per_image"] > cfg.max_fp_per_image:
         reasons.append(f"false positives per image {c['fp_per_image']:.3f} above the bound {cfg.max_fp_per_image:.3f}")
     if champion is not None:
-        champ, _ = score(champion, holdout_data, split, eval_cfg, cfg.found)
+        champ, _ = score(champion, holdout_data, split, eval_cfg, cfg.found, withdrawn)
         figures["champion"] = {"model": str(champion), **champ.summary()}
         figures.update(paired_bootstrap(champ, chal, groups, cfg.bootstrap, cfg.confidence, seed))
         reasons += _compare(figures, cfg)

@@ -29,8 +29,11 @@ def champion(store: ModelStore) -> str | None:
     return str(current["version"]) if current else None
 
 
-def run_gate(store: ModelStore, version: str, data: Path, cfg: GateConfig) -> tuple[GateDecision, dict[str, Any]]:
-    """Gate an installed version against the current champion; the decision is logged and returned with its entry."""
+def run_gate(
+    store: ModelStore, version: str, data: Path, cfg: GateConfig, withdrawn: frozenset[str] = frozenset()
+) -> tuple[GateDecision, dict[str, Any]]:
+    """Gate an installed version against the current champion, leaving out the images the PACS withdrew; the decision
+    is logged and returned with its entry."""
     version = normalise(version)
     problems = store.check(version)
     if problems:
@@ -38,7 +41,9 @@ def run_gate(store: ModelStore, version: str, data: Path, cfg: GateConfig) -> tu
     champ = champion(store)
     if champ == version:
         raise ConfigError(f"{version} is already the site's clinical model")
-    decision = gate(store.folder(champ) if champ else None, store.folder(version), Path(data), cfg.split, cfg)
+    decision = gate(
+        store.folder(champ) if champ else None, store.folder(version), Path(data), cfg.split, cfg, withdrawn
+    )
     entry = store.log(
         {
             "action": "gate",
@@ -94,6 +99,7 @@ def promote(
     data: Path | None = None,
     cfg: GateConfig | None = None,
     force_reason: str | None = None,
+    withdrawn: frozenset[str] = frozenset(),
 ) -> tuple[GateDecision | None, dict[str, Any] | None]:
     """Gate `version` (unless forced), approve it and make it current. Returns the gate decision and the approval
     record (None when the gate refused: nothing changed, the refusal is logged)."""
@@ -102,7 +108,7 @@ def promote(
     if force_reason is None:
         if data is None or cfg is None:
             raise ConfigError("promote: give the held-out data ([gate] data or --data) to run the gate")
-        decision, _ = run_gate(store, version, data, cfg)
+        decision, _ = run_gate(store, version, data, cfg, withdrawn)
         if not decision.accepted:
             store.log({"action": "promote", "version": version, "accepted": False, "reasons": decision.reasons})
             return decision, None
@@ -135,7 +141,9 @@ def predecessor(store: ModelStore) -> str | None:
     )
 
 
-def recheck(store: ModelStore, data: Path, cfg: GateConfig) -> GateDecision | None:
+def recheck(
+    store: ModelStore, data: Path, cfg: GateConfig, withdrawn: frozenset[str] = frozenset()
+) -> GateDecision | None:
     """Judge the clinical model again, as the challenger, against the version it replaced, as the champion, with the
     gate `cfg` on the held-out split of `data` (which has grown with the cases reviewed since the promotion). The
     decision is logged as a `recheck`; None (nothing logged) when the clinical model replaced nothing. A refusal
@@ -147,7 +155,7 @@ def recheck(store: ModelStore, data: Path, cfg: GateConfig) -> GateDecision | No
         problems = store.check(version)
         if problems:
             raise DataError(store.folder(version), "refusing to re-check a damaged version: " + "; ".join(problems))
-    decision = gate(store.folder(before), store.folder(now), Path(data), cfg.split, cfg)
+    decision = gate(store.folder(before), store.folder(now), Path(data), cfg.split, cfg, withdrawn)
     store.log(
         {
             "action": "recheck",
