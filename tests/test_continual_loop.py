@@ -12,6 +12,7 @@ import json
 import threading
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from client.continual.pool import last_round_pool
 from client.feedback.store import FeedbackStore
 from client.listener.config import ListenConfig
 from client.listener.inference import build_processor
+from client.listener.processor import Processor
 from client.listener.queue import pseudonym
 from client.listener.service import ListenerService
 from client.models.settings import GateConfig
@@ -70,7 +72,7 @@ def _job(tmp_path: Path) -> ContinualJob:
 @pytest.fixture(scope="module")
 def stream(tmp_path_factory) -> list[Path]:
     """Synthetic DX radiographs (distinct studies) arriving at the site's listener: more than it can read while the
-    site's gate runs, so that some always wait in its queue."""
+    site's gate runs."""
     from common.synth import generate_dataset
 
     out = tmp_path_factory.mktemp("dx") / "site"
@@ -78,7 +80,21 @@ def stream(tmp_path_factory) -> list[Path]:
     return sorted(out.rglob("dicom/*.dcm"))
 
 
-def _listener(tmp_path: Path, models: Path, key: Path) -> ListenerService:
+class Held:
+    """The listener's real processor behind a door the test opens and closes: while closed, the reader waits before
+    each study, so studies pile up in the queue whatever the speed of this machine (on a quiet one the reader is
+    faster than the modality, and the queue would stay empty)."""
+
+    def __init__(self, processor: Processor):
+        self.processor, self.open = processor, threading.Event()
+        self.open.set()
+
+    def __call__(self, path: Path) -> Sequence[Path]:
+        self.open.wait(timeout=120)
+        return self.processor(path)
+
+
+def _listener(tmp_path: Path, models: Path, key: Path) -> tuple[ListenerService, Held]:
     cfg = ListenConfig(
         host="127.0.0.1",
         port=0,
@@ -91,9 +107,10 @@ def _listener(tmp_path: Path, models: Path, key: Path) -> ListenerService:
         heatmap=False,
         retry_delay=0.2,
     )
-    svc = ListenerService(cfg, build_processor(cfg))
+    reader = Held(build_processor(cfg))
+    svc = ListenerService(cfg, reader)
     svc.start()
-    return svc
+    return svc, reader
 
 
 class Sender(threading.Thread):
@@ -134,7 +151,7 @@ def test_verdicts_a_round_the_gate_and_promotion_reach_a_running_listener(tmp_pa
     assert first is not None and first.name == "v0001"
     steps.adopt(models, steps.install(models, first), "dr-a")
     key = models.parent / steps.KEY_FILE
-    svc = _listener(tmp_path, models, key)
+    svc, held = _listener(tmp_path, models, key)
     try:
         _send(svc.port, stream[:2])
         wait_for(lambda: any(r["event"] == "processed" for r in journal(svc.queue.root)), what="a first result")
@@ -163,6 +180,7 @@ def test_verdicts_a_round_the_gate_and_promotion_reach_a_running_listener(tmp_pa
         # `fracfl site promote` gates it with the site's default margins on the held-out reviewed cases, approves and
         # promotes it, while a modality keeps sending studies that wait in the listener's queue.
         version = steps.install(models, second)
+        held.open.clear()  # the reader pauses before its next study, so the modality's studies wait in the queue
         sender = Sender(svc, stream[2:-2])
         sender.start()
         wait_for(lambda: svc.queue.count("incoming") >= 1, what="studies waiting in the queue")
@@ -170,6 +188,7 @@ def test_verdicts_a_round_the_gate_and_promotion_reach_a_running_listener(tmp_pa
                          "--data", str(data_dir), "--seed", "1", "--key", str(key)])  # fmt: skip
         switched = (models / "current.json").stat().st_mtime  # when the clinical model changed (or not)
         after = time.time()
+        held.open.set()  # reading goes on: every study not yet started is read by the promoted model
         sender.stop.set()
         sender.join(timeout=30)
         out = capsys.readouterr().out
@@ -180,6 +199,7 @@ def test_verdicts_a_round_the_gate_and_promotion_reach_a_running_listener(tmp_pa
         sent = [*stream[:2], *sender.sent, *stream[-2:]]
         wait_for(lambda: svc.queue.count("outbox") == len(sent), timeout=180, what="results of every study")
     finally:
+        held.open.set()
         svc.stop(timeout=10)
 
     assert sender.statuses == [0] * len(sender.sent)
