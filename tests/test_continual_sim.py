@@ -193,9 +193,12 @@ def test_verdicts_land_in_the_feedback_store(tmp_path: Path) -> None:
 
 
 def test_score_against_the_truth() -> None:
-    s = score([FINDINGS, [], [Box(0, 0, 5, 5, score=0.3)]], [TRUTH, [TruthBox(A, "oblique")], []], iou=0.5)
-    assert (s.images, s.fractured, s.flagged, s.fractures, s.found, s.false_positives) == (3, 2, 1, 4, 2, 2)
-    assert s.sensitivity == 0.5 and s.fp_per_image == pytest.approx(2 / 3)
+    findings = [FINDINGS, [], [Box(0, 0, 5, 5, score=0.3)], [Box(0, 0, 5, 5, score=0.9)]]  # the last: beside it
+    truth = [TRUTH, [TruthBox(A, "oblique")], [], [TruthBox(A, "oblique")]]
+    s = score(findings, truth, iou=0.5)
+    assert (s.images, s.fractured, s.flagged, s.fractures, s.found, s.false_positives) == (4, 3, 2, 5, 2, 3)
+    assert s.localised == 1 and s.sensitivity == pytest.approx(1 / 3) and s.fp_per_image == pytest.approx(3 / 4)
+    assert score(findings, truth, iou=0.5, found_by="any_finding").sensitivity == pytest.approx(2 / 3)
     assert math.isnan(score([], [], 0.5).sensitivity)
 
 

@@ -159,11 +159,12 @@ def _record(
     current = steps.clinical_model(s.models_dir)
     assert current is not None
     version, model = current
+    found_by = job.continual.gate.found
     held = score([b for b, _ in predict_findings(model, [a.image for a, _ in s.held_out], job.eval)],
-                 [t for _, t in s.held_out], job.eval.iou)  # fmt: skip
+                 [t for _, t in s.held_out], job.eval.iou, found_by)  # fmt: skip
     val = original_val_truth(s.data_dir)
     original = score([b for b, _ in predict_findings(model, [p for p, _ in val], job.eval)],
-                     [t for _, t in val], job.eval.iou)  # fmt: skip
+                     [t for _, t in val], job.eval.iou, found_by)  # fmt: skip
     budgets = read_all([job.privacy.ledger_dir])[1] if Path(job.privacy.ledger_dir).exists() else {}
     return PeriodRecord(
         period=period,

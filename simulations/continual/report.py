@@ -123,7 +123,7 @@ def plot(records: Sequence[PeriodRecord], path: Path, title: str) -> Path:
     FigureCanvasAgg(fig)
     *axes, key_ax = fig.subplots(3, 2, sharex=True).ravel()
     panels = (
-        ("sensitivity", "Sensitivity on held-out cases (image level)", lambda r: r.sensitivity),
+        ("sensitivity", "Sensitivity on held-out cases (image level, as the gate counts it)", lambda r: r.sensitivity),
         ("fp_per_image", "False positives per held-out image", lambda r: r.fp_per_image),
         ("forgetting", "Forgetting (original validation sensitivity lost)", lambda r: lost[(r.site, r.period)]),
         ("epsilon", "Privacy spent (epsilon, cumulative)", lambda r: r.epsilon),

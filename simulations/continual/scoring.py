@@ -29,11 +29,14 @@ class HeldOutScore:
     fractures: int
     found: int  # true fractures a finding matches at the IoU threshold
     false_positives: int  # findings matching no true fracture
+    localised: int  # fractured images with a finding on one of their fractures
+    found_by: str = "localised"  # which of the two counts as a found fracture image (the gate's `found`)
 
     @property
     def sensitivity(self) -> float:
-        """Image level, as the gate measures it; NaN without a fractured image."""
-        return self.flagged / self.fractured if self.fractured else math.nan
+        """Image level, as the gate measures it (`found_by`); NaN without a fractured image."""
+        hits = self.localised if self.found_by == "localised" else self.flagged
+        return hits / self.fractured if self.fractured else math.nan
 
     @property
     def fp_per_image(self) -> float:
@@ -43,11 +46,14 @@ class HeldOutScore:
         return {**asdict(self), "sensitivity": self.sensitivity, "fp_per_image": self.fp_per_image}
 
 
-def score(findings: Sequence[Sequence[Box]], truth: Sequence[Sequence[TruthBox]], iou: float) -> HeldOutScore:
-    """Findings (at the operating point) of each image against its true fractures, matched as the validator does."""
+def score(
+    findings: Sequence[Sequence[Box]], truth: Sequence[Sequence[TruthBox]], iou: float, found_by: str = "localised"
+) -> HeldOutScore:
+    """Findings (at the operating point) of each image against its true fractures, matched as the validator does;
+    `found_by` as the gate's `found`: "localised" or "any_finding"."""
     if len(findings) != len(truth):
         raise ValueError(f"{len(findings)} images with findings but {len(truth)} with ground truth")
-    fractured = flagged = fractures = found = false_positives = 0
+    fractured = flagged = fractures = found = false_positives = localised = 0
     for boxes, true in zip(findings, truth):
         pred = np.array([b.as_list() for b in boxes], dtype=float).reshape(-1, 4)
         gt = np.array([t.box for t in true], dtype=float).reshape(-1, 4)
@@ -60,8 +66,9 @@ def score(findings: Sequence[Sequence[Box]], truth: Sequence[Sequence[TruthBox]]
         flagged += bool(true) and bool(boxes)
         fractures += len(true)
         found += hits
+        localised += hits > 0
         false_positives += len(boxes) - hits
-    return HeldOutScore(len(findings), fractured, flagged, fractures, found, false_positives)
+    return HeldOutScore(len(findings), fractured, flagged, fractures, found, false_positives, localised, found_by)
 
 
 def predict_findings(model: Path, images: Sequence[Path], cfg: EvalConfig) -> list[tuple[list[Box], float]]:
