@@ -28,7 +28,7 @@ import torch
 from client.models.settings import GateConfig
 from common.config import EvalConfig
 from common.data.dataset import DetectionDataset
-from common.data.spec import load_spec
+from common.data.spec import DatasetSpec, load_spec
 from common.engine.evaluate import predict_dataset
 from common.inference.load import load_at_size
 from common.metrics import evaluate_detections
@@ -80,22 +80,21 @@ def _ratio(a: float, b: float) -> float | None:
     return round(float(a) / float(b), 6) if b else None
 
 
-def score(
-    ref: str | Path,
-    data: Path,
-    split: str,
-    eval_cfg: EvalConfig,
-    found_by: str = "localised",
-    withdrawn: frozenset[str] = frozenset(),
-) -> tuple[Scores, list[Path]]:
-    """Score the model at `ref` (weights file or version folder) on `split` of `data`, at its trained size, leaving
-    out the images named in `withdrawn` (pseudonymous SOP Instance UIDs: the pool's file stems)."""
-    model, imgsz = load_at_size(ref)
+def held_out_images(data: Path, split: str, withdrawn: frozenset[str]) -> tuple[DatasetSpec, list[Path], int]:
+    """The split's images without those named in `withdrawn` (pseudonymous SOP Instance UIDs: the pool's file stems),
+    listed once for both models; also how many were left out."""
     spec = load_spec(data)
-    images = [p for p in spec.images(split) if p.stem not in withdrawn]
+    every = spec.images(split)
+    kept = [p for p in every if p.stem not in withdrawn]
+    return spec, kept, len(every) - len(kept)
+
+
+def score(ref: str | Path, spec: DatasetSpec, images: list[Path], eval_cfg: EvalConfig, found_by: str) -> Scores:
+    """Score the model at `ref` (weights file or version folder) on `images` of `spec`, at its trained size."""
+    model, imgsz = load_at_size(ref)
     ds = DetectionDataset(images, spec.nc, imgsz, label_files=[spec.label_file(p) for p in images])
     results = predict_dataset(model, ds, eval_cfg, torch.device("cpu"), progress=False)
-    return scores_of(results, dict(model.names), eval_cfg, found_by), ds.images
+    return scores_of(results, dict(model.names), eval_cfg, found_by)
 
 
 def scores_of(results: list[ImageResult], names: dict[int, str], eval_cfg: EvalConfig, found_by: str) -> Scores:
@@ -151,7 +150,8 @@ def gate(
     image: sensitivity is then unknown."""
     cfg.check()
     eval_cfg = EvalConfig() if cfg.conf is None else EvalConfig(conf=cfg.conf)
-    chal, images = score(challenger, holdout_data, split, eval_cfg, cfg.found, withdrawn)
+    spec, images, left_out = held_out_images(Path(holdout_data), split, withdrawn)
+    chal = score(challenger, spec, images, eval_cfg, cfg.found)
     seed_source = "secure (os.urandom)" if cfg.seed is None else "configured ([gate] seed)"
     seed = secrets.randbits(63) if cfg.seed is None else cfg.seed
     patients = read_patients(Path(holdout_data).parent) if cfg.unit == "patient" else {}
@@ -160,7 +160,7 @@ def gate(
         "data": str(holdout_data),
         "split": split,
         "n_images": len(images),
-        "n_withdrawn_left_out": len(load_spec(holdout_data).images(split)) - len(images),
+        "n_withdrawn_left_out": left_out,
         "n_fracture_images": int(chal.positive.sum()),
         "unit": cfg.unit,
         "n_units": int(groups.max()) + 1,
@@ -184,7 +184,7 @@ def gate(
     if cfg.max_fp_per_image is not None and c["fp_per_image"] > cfg.max_fp_per_image:
         reasons.append(f"false positives per image {c['fp_per_image']:.3f} above the bound {cfg.max_fp_per_image:.3f}")
     if champion is not None:
-        champ, _ = score(champion, holdout_data, split, eval_cfg, cfg.found, withdrawn)
+        champ = score(champion, spec, images, eval_cfg, cfg.found)
         figures["champion"] = {"model": str(champion), **champ.summary()}
         figures.update(paired_bootstrap(champ, chal, groups, cfg.bootstrap, cfg.confidence, seed))
         reasons += _compare(figures, cfg)
