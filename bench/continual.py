@@ -203,6 +203,14 @@ def evaluate(model: Path, cases: list, eval_cfg) -> tuple[list[bool], int]:
     return image_hits(findings, truth, eval_cfg.iou), score(findings, truth, eval_cfg.iou).false_positives
 
 
+def at_gate_point(eval_cfg, figures: dict, role: str):
+    """`eval_cfg` at the operating point the site's gate chose for the champion or the challenger, when it chose one
+    per model (`continual.gate.target_fp_per_image`): each model is then scored as the site would run it."""
+    if figures.get("target_fp_per_image") is None:
+        return eval_cfg
+    return dataclasses.replace(eval_cfg, conf=figures[role]["conf"])
+
+
 def close_up(profile, a: argparse.Namespace):
     """`profile` with the bench's close-up field of view (`--pixel-spacing`), else as it is."""
     return profile if a.pixel_spacing is None else dataclasses.replace(profile, pixel_spacing_mm=a.pixel_spacing)
@@ -321,8 +329,9 @@ def run(a: argparse.Namespace, out: Path) -> dict:
     t2 = time.perf_counter()
     later = arrivals(2, a.eval_arrivals)
     cases = [(x, tr) for x, tr in reviewed + later if steps.held_out(x.patient, cfg, key)]
-    hits0, fp0 = evaluate(m0, cases, job.eval)
-    hits1, fp1 = evaluate(m1, cases, job.eval)
+    eval0, eval1 = (at_gate_point(job.eval, gate.get("figures", {}), role) for role in ("champion", "challenger"))
+    hits0, fp0 = evaluate(m0, cases, eval0)
+    hits1, fp1 = evaluate(m1, cases, eval1)
     timings["evaluation_s"] = time.perf_counter() - t2
     timings["total_s"] = time.perf_counter() - t
 
@@ -361,6 +370,8 @@ def run(a: argparse.Namespace, out: Path) -> dict:
             "delta_sensitivity_ci95": [lo, hi],
             "fp_per_image_m0": fp0 / len(cases) if cases else math.nan,
             "fp_per_image_m1": fp1 / len(cases) if cases else math.nan,
+            "conf_m0": eval0.conf,
+            "conf_m1": eval1.conf,
         },
         "epsilon": {name: budgets[name].spent for name in sorted(budgets)},
         "timings": timings,
@@ -407,11 +418,11 @@ def report(r: dict) -> None:
     print(f"review of {r['review']['arrivals']} arrivals: {r['review']['verdicts']}; pool {r['review']['pool']}")
     print(f"gate: {'promoted' if r['gate']['promoted'] else 'refused'} {r['models']['m1']} {r['gate']['reasons']}")
     print(f"held-out: {h['images']} images of {h['patients']} patients, {h['fractured']} with a fracture")
-    print(f"{'model':6s} {'found':>6s} {'missed':>7s} {'sensitivity':>12s} {'FP/image':>9s}")
+    print(f"{'model':6s} {'found':>6s} {'missed':>7s} {'sensitivity':>12s} {'FP/image':>9s} {'conf':>7s}")
     for m in ("m0", "m1"):
         found = h[f"found_{m}"]
         print(f"{m.upper():6s} {found:6d} {h['fractured'] - found:7d} {h[f'sensitivity_{m}']:12.3f} "
-              f"{h[f'fp_per_image_{m}']:9.3f}")  # fmt: skip
+              f"{h[f'fp_per_image_{m}']:9.3f} {h[f'conf_{m}']:7.4f}")  # fmt: skip
     lo, hi = h["delta_sensitivity_ci95"]
     print(
         f"found by M1 only {h['found_by_m1_only']}, by M0 only {h['found_by_m0_only']}, by both "

@@ -12,15 +12,16 @@ from server.registry import Registry
 GATE_CONF = 0.002  # an untrained nano model scores ~0.01: at this operating point it flags every image
 
 
-def publish(registry: Path, weights: Path, rnd: int = 1, degrade: bool = False) -> str:
+def publish(registry: Path, weights: Path, rnd: int = 1, degrade: bool = False, score_shift: float = 0.0) -> str:
     """Publish a weights file as the registry's next version; `degrade`: a classifier bias of -20, so the model
-    finds nothing (a deliberately worse challenger). Returns the version name."""
+    finds nothing (a deliberately worse challenger); `score_shift`: every class logit moved by this much, so the
+    model ranks its boxes exactly as before but scores them lower or higher (another calibration). Returns the
+    version name."""
     tensors, spec, meta = read_weights(weights)
     state = {k: v.numpy().copy() for k, v in tensors.items()}
-    if degrade:
-        for k in state:
-            if ".cv3." in k and k.endswith(".2.bias"):  # the last convolution of each class-score branch
-                state[k] = np.full_like(state[k], -20.0)
+    for k in state:
+        if ".cv3." in k and k.endswith(".2.bias"):  # the last convolution of each class-score branch
+            state[k] = np.full_like(state[k], -20.0) if degrade else state[k] + np.float32(score_shift)
     card = {"run_id": "cl-test", "round": rnd, "strategy": {"name": "fedavg"}}
     return Registry(registry).publish(state, spec, card, {"imgsz": meta.get("imgsz", 128)}).version
 

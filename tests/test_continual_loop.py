@@ -248,6 +248,6 @@ def test_verdicts_a_round_the_gate_and_promotion_reach_a_running_listener(tmp_pa
     worse = publish(Path(job.registry), second / "model.safetensors", rnd=2, degrade=True)
     strict = replace(cfg, gate=STRICT)
     assert not steps.gate_and_promote(models, steps.install(models, Path(job.registry) / worse), pool, strict, 1)
-    assert steps.clinical_model(models)[0] == "v0002"
+    assert steps.clinical_model(models, EvalConfig())[0] == "v0002"
     refused = ModelStore(models).decisions()[-1]
     assert refused["action"] == "promote" and not refused["accepted"] and "sensitivity" in " ".join(refused["reasons"])

@@ -10,9 +10,11 @@ import pytest
 from models_support import GATE_CONF, holdout, publish
 
 from client.feedback.store import FeedbackStore
-from client.models.approval import NotApproved, check_approval
+from client.listener.reload import ReloadingProcessor
+from client.models.approval import NotApproved, check_approval, operating_point
 from client.models.fetch import fetch_from_registry
 from client.models.gate import Scores, _compare, gate, paired_bootstrap, scores_of
+from client.models.gate import operating_point as point_for
 from client.models.lifecycle import approve, promote, recheck, rollback, status
 from client.models.settings import GateConfig
 from client.models.store import ModelStore
@@ -120,7 +122,7 @@ def test_a_held_out_split_without_fractures_refuses(site, tmp_path):
 
 def _scores(flagged, positive, fp):
     found = np.array(flagged)
-    return Scores(np.array(positive), found, found, np.array(fp, dtype=float), None, None)
+    return Scores(np.array(positive), found, found, np.array(fp, dtype=float), None, None, conf=0.25)
 
 
 def test_a_fracture_image_is_found_only_by_a_finding_on_its_fracture():
@@ -207,3 +209,81 @@ def test_images_the_pacs_withdrew_are_left_out(site, tmp_path, capsys):
     shown = capsys.readouterr().out
     assert f"held-out: {less['n_images']} images" in shown and "(3 withdrawn in PACS left out)" in shown
     assert store.decisions()[-1]["figures"]["n_withdrawn_left_out"] == 3
+
+
+def test_operating_point_is_the_lowest_threshold_within_the_false_positive_budget():
+    """One matching of every box gives the false-positive count at any threshold; the point is just above the first
+    false positive too many, and a model whose scores are all lower but ranked alike is judged at a lower point,
+    finding the same fractures."""
+    fracture = [0, 40, 40, 60, 60]
+    boxes = [  # image, box, score: true positives at 0.9 and 0.3, false positives at 0.8, 0.5 and 0.2
+        ("a", [41, 41, 60, 61], 0.9), ("a", [80, 80, 99, 99], 0.8), ("b", [40, 40, 60, 60], 0.3),
+        ("c", [10, 10, 30, 30], 0.5), ("c", [90, 10, 110, 30], 0.2),
+    ]  # fmt: skip
+    gt = {"a": [fracture], "b": [fracture], "c": []}
+
+    def results(scale: float) -> list[ImageResult]:
+        return [
+            ImageResult(
+                i,
+                np.array([[*b, s * scale, 0] for j, b, s in boxes if j == i]).reshape(-1, 6),
+                np.array(gt[i]).reshape(-1, 5),
+            )  # fmt: skip
+            for i in gt
+        ]
+
+    names = {0: "fracture"}
+    assert point_for(results(1.0), names, 0.5, 1 / 3) == np.nextafter(0.5, 1)  # one FP allowed in three images
+    assert point_for(results(1.0), names, 0.5, 2 / 3) == np.nextafter(0.2, 1)
+    assert point_for(results(1.0), names, 0.5, 0.0) == np.nextafter(0.8, 1)
+    assert point_for(results(1.0), names, 0.5, 1.0) == 0.001  # every box the detector keeps
+
+    cfg = EvalConfig(conf=0.25, iou=0.5)
+    fixed = [scores_of(results(k), names, cfg, "localised").summary() for k in (1.0, 0.1)]
+    assert fixed[0]["sensitivity"] == 1.0 and fixed[1]["sensitivity"] == 0.0  # same ranking, lower scores
+    own = [
+        scores_of(results(k), names, replace(cfg, conf=point_for(results(k), names, 0.5, 2 / 3)), "localised")
+        for k in (1.0, 0.1)
+    ]
+    assert [o.summary()["sensitivity"] for o in own] == [1.0, 1.0]
+    assert [o.summary()["fp_per_image"] for o in own] == [pytest.approx(2 / 3)] * 2
+    assert own[1].conf == pytest.approx(own[0].conf * 0.1)
+    with pytest.raises(ConfigError, match="give conf .* or target_fp_per_image, not both"):
+        GateConfig(conf=0.2, target_fp_per_image=0.5).check()
+    with pytest.raises(ConfigError, match="target_fp_per_image: expected a number >= 0"):
+        GateConfig(target_fp_per_image=-1.0).check()
+
+
+def test_a_recalibrated_challenger_is_judged_at_its_own_point_and_the_listener_uses_it(tmp_path, tiny_weights):
+    """A challenger that ranks every box as the champion does but scores lower (logits shifted by -2: the untrained
+    models' one box per image scores 0.0017 instead of 0.0123) loses at one fixed threshold and ties at equal
+    false-positive rates; its approved point is signed, and a hot-reloading listener builds its pipeline at it."""
+    registry = tmp_path / "registry"
+    versions = [publish(registry, tiny_weights, 1), publish(registry, tiny_weights, 2, score_shift=-2.0)]
+    store = ModelStore(tmp_path / "models")
+    for v in versions:
+        fetch_from_registry(store, registry, v)
+    key, data = signing.load_or_create(tmp_path / "privacy" / signing.KEY_NAME), holdout(tmp_path / "data")
+    promote(store, "v0001", "dr-first", key, data=data, cfg=CFG)
+
+    fixed = gate(store.folder("v0001"), store.folder("v0002"), data, "test", CFG).figures  # both at 0.002
+    assert (fixed["champion"]["sensitivity"], fixed["challenger"]["sensitivity"]) == (1.0, 0.0)
+    per_model = replace(CFG, conf=None, target_fp_per_image=1.0)
+    decision, record = promote(store, "v0002", "dr-second", key, data=data, cfg=per_model)
+    f = decision.figures
+    assert decision.accepted and f["operating_point"] == "per model" and f["target_fp_per_image"] == 1.0
+    champ, chal = f["champion"], f["challenger"]
+    assert chal["sensitivity"] == champ["sensitivity"] == 1.0 and chal["fp_per_image"] == champ["fp_per_image"] <= 1
+    assert chal["conf"] == champ["conf"] == 0.001  # one box per image, none localised: every box is within budget
+    assert operating_point(record) == chal["conf"] and operating_point(store.approval("v0001")) is None
+
+    built: list[tuple[str, float | None]] = []
+    listener = ReloadingProcessor(store, lambda folder, conf: built.append((folder.name, conf)) or (lambda p: []),
+                                  signing.public_hex(key))  # fmt: skip
+    assert built == [("v0002", chal["conf"])] and listener.version == "v0002"
+    rollback(store, "dr-first", key, "back to the first")
+    listener(tmp_path / "item.dcm")
+    assert built[-1] == ("v0001", None)  # its gate judged it at the fixed point: the configured one applies
+
+    tampered = dict(record, figures={**record["figures"], "challenger": {**chal, "conf": 0.9}})
+    assert check_approval(store, tampered, signing.public_hex(key))  # the point is inside the signed figures

@@ -65,11 +65,18 @@ def _show_decision(decision: Any) -> None:
         + withdrawn
     )
     found = "a finding on the fracture" if f.get("found_by") == "localised" else "any finding"  # older logs: any
-    print(f"a fracture image counts as found by {found} (operating point {f['operating_point']})")
+    target = f.get("target_fp_per_image")
+    point = (
+        f"operating point {f['operating_point']}"
+        if target is None
+        else (f"each model at its own operating point: at most {target:g} false positives per image")
+    )
+    print(f"a fracture image counts as found by {found} ({point})")
     for role, s in (("champion", champ), ("challenger", chal)):
         if s:
             sens = "undefined" if s["sensitivity"] is None else f"{s['sensitivity']:.3f}"
-            print(f"{role:10s} sensitivity {sens}  FP/image {s['fp_per_image']:.3f}  ({s['model']})")
+            at = "" if target is None else f"  at score >= {s['conf']:.4f}"
+            print(f"{role:10s} sensitivity {sens}  FP/image {s['fp_per_image']:.3f}{at}  ({s['model']})")
     if "delta_sensitivity" in f:
         ci = f.get("delta_sensitivity_ci")
         shown = f", {f['confidence']:.0%} CI [{ci[0]:+.3f}, {ci[1]:+.3f}]" if ci else ""
@@ -176,7 +183,7 @@ def _rollback(a: argparse.Namespace) -> int:
 
 
 def _status(a: argparse.Namespace) -> int:
-    from client.models.approval import load_site_key, public_pem
+    from client.models.approval import load_site_key, operating_point, public_pem
     from client.models.lifecycle import status
     from common.privacy import signing
 
@@ -200,6 +207,12 @@ def _status(a: argparse.Namespace) -> int:
         ch = (current.get("figures") or {}).get("challenger") or {}
         if ch:
             print(f"  figures: sensitivity {ch.get('sensitivity')}, FP/image {ch.get('fp_per_image')}")
+        point = operating_point(current)
+        print(
+            "  operating point: the listener's configured eval.conf"
+            if point is None
+            else f"  operating point: score >= {point:.4f} (chosen by its gate; listeners use it for this version)"
+        )
         problems = info.get("approval_problems")
         if problems:
             print("  APPROVAL DOES NOT HOLD: " + "; ".join(problems))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 from client.feedback.annotations.apply import PacsFeedback
@@ -48,8 +49,9 @@ class PipelineProcessor:
 
 
 def build_processor(cfg: ListenConfig) -> Processor:
-    """Load the model once (or, with models_dir, the store's current version, hot-reloaded between items); results
-    are written under queue_dir/results, rejected files under queue_dir/quarantine."""
+    """Load the model once (or, with models_dir, the store's current version, hot-reloaded between items, at the
+    operating point its approval names when the gate chose one for it); results are written under queue_dir/results,
+    rejected files under queue_dir/quarantine."""
     from client.dicom.pipeline import DicomPipeline
 
     if bool(cfg.model) == bool(cfg.models_dir):
@@ -61,14 +63,14 @@ def build_processor(cfg: ListenConfig) -> Processor:
     root = Path(cfg.queue_dir)
     feedback = FeedbackStore(cfg.feedback_db) if cfg.feedback_db else None  # opened first: a bad path fails now
 
-    def build(model: str | Path) -> Processor:
+    def build(model: str | Path, conf: float | None = None) -> Processor:
         pipeline = DicomPipeline(
             model,
             root / "results",
             root / "quarantine",
             backend=cfg.backend,
             variant=cfg.variant,
-            eval_cfg=cfg.eval,
+            eval_cfg=cfg.eval if conf is None else replace(cfg.eval, conf=conf),
             keep_dir=cfg.keep_dir,
             heatmap=cfg.heatmap,
         )

@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from client.listener.processor import Processor
-from client.models.approval import NotApproved, check_approval
+from client.models.approval import NotApproved, check_approval, operating_point
 from client.models.store import ModelStore
 from common.errors import ConfigError, FracflError
 
@@ -22,10 +22,13 @@ log = logging.getLogger("fracfl.listener")
 
 
 class ReloadingProcessor:
-    """A `Processor` over the store's current version; `build(folder)` makes the processor for a version folder.
-    `public_key` (hex): clinical use, only versions whose approval it verifies are loaded."""
+    """A `Processor` over the store's current version; `build(folder, conf)` makes the processor for a version folder
+    at the operating point its approval names (None: the configured one). `public_key` (hex): clinical use, only
+    versions whose approval it verifies are loaded."""
 
-    def __init__(self, store: ModelStore, build: Callable[[Path], Processor], public_key: str | None = None):
+    def __init__(
+        self, store: ModelStore, build: Callable[[Path, float | None], Processor], public_key: str | None = None
+    ):
         self.store, self.build, self.public_key = store, build, public_key
         self._lock = threading.Lock()
         self._loaded: tuple[str, str] | None = None  # (version, signature) of the processor in use
@@ -38,7 +41,7 @@ class ReloadingProcessor:
         """The store version in use (shown in status.json)."""
         return self._loaded[0] if self._loaded else None
 
-    def _load(self) -> tuple[tuple[str, str], Processor]:
+    def _load(self) -> tuple[tuple[str, str], Processor, float | None]:
         current = self.store.current()
         if current is None:
             raise ConfigError(
@@ -46,9 +49,10 @@ class ReloadingProcessor:
                 "(`fracfl site fetch V` then `fracfl site promote V`)"
             )
         wanted = (str(current.get("version")), str(current.get("signature")))
+        point = operating_point(current)
         if wanted == self._loaded:
             assert self._processor is not None
-            return wanted, self._processor
+            return wanted, self._processor, point
         if self.public_key is not None:
             problems = check_approval(self.store, current, self.public_key)
             if problems:
@@ -59,11 +63,11 @@ class ReloadingProcessor:
             problems = self.store.check(wanted[0])
             if problems:
                 raise NotApproved(f"listener refuses model {wanted[0]}: " + "; ".join(problems))
-        return wanted, self.build(self.store.folder(wanted[0]))
+        return wanted, self.build(self.store.folder(wanted[0]), point), point
 
     def _refresh(self, initial: bool = False) -> Processor:
         try:
-            wanted, processor = self._load()
+            wanted, processor, point = self._load()
         except (FracflError, OSError) as e:
             if initial:
                 raise
@@ -73,10 +77,11 @@ class ReloadingProcessor:
             assert self._processor is not None
             return self._processor
         if wanted != self._loaded:
+            at = "" if point is None else f" at its approved operating point {point:.4f}"
             if self._loaded is not None:
-                log.info("switched model: %s -> %s (between items)", self._loaded[0], wanted[0])
+                log.info("switched model: %s -> %s%s (between items)", self._loaded[0], wanted[0], at)
             else:
-                log.info("model %s from %s", wanted[0], self.store.root)
+                log.info("model %s from %s%s", wanted[0], self.store.root, at)
             self._loaded, self._processor, self._refused = wanted, processor, None
         return processor
 

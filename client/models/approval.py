@@ -26,6 +26,17 @@ from common.privacy import signing
 SIGNED = ("version", "weights_sha256", "card_sha256", "approved_by", "approved_at", "figures", "basis", "key")
 
 
+def operating_point(record: Mapping[str, Any]) -> float | None:
+    """The score threshold the approving gate chose for this version (`[gate] target_fp_per_image`: each model at
+    its own point), or None when the gate judged it at a fixed threshold, so the user's configured one applies. It
+    lies inside the signed figures: changing it breaks the signature."""
+    figures = record.get("figures") or {}
+    conf = (figures.get("challenger") or {}).get("conf")
+    if figures.get("target_fp_per_image") is None or not isinstance(conf, (int, float)):
+        return None
+    return float(conf)
+
+
 class NotApproved(FracflError):
     """A version lacks a valid approval record: the message says which version and what is wrong."""
 

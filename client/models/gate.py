@@ -7,6 +7,12 @@ A fracture image counts as found when a finding lies on one of its reviewed frac
 or when it has any finding at all (`"any_finding"`, for a site that uses the model only to triage its worklist).
 Under "any_finding" a box beside the fracture counts twice, as a found fracture and as a false positive.
 
+Operating point: both models at one score threshold (`[gate] conf`), or each at its own (`[gate] target_fp_per_image`):
+the lowest threshold at which it makes at most that many false-positive boxes per held-out image, the point of its
+FROC curve. A retrained model's scores are calibrated differently (DP noise, another class balance), so one fixed
+threshold can hide a model that ranks fractures far better; at equal false-positive rates the comparison is of what
+a radiologist would see. The chosen threshold is part of the signed figures, and a listener uses it for that version.
+
 Intervals are a paired bootstrap: the same resampled patients (or images) score both models, so the interval is for
 the change itself. Patients come from patients.csv beside the data.yaml (an image without one is its own patient).
 The seed is drawn from the OS's secure source unless [gate] seed fixes it; either way it is recorded with the figures.
@@ -18,7 +24,7 @@ from __future__ import annotations
 
 import secrets
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +37,7 @@ from common.data.dataset import DetectionDataset
 from common.data.spec import DatasetSpec, load_spec
 from common.engine.evaluate import predict_dataset
 from common.inference.load import load_at_size
+from common.inference.postprocess import LOW_CONF
 from common.metrics import evaluate_detections
 from common.metrics.inputs import ImageResult
 from common.metrics.triage import image_score
@@ -57,6 +64,7 @@ class Scores:
     fp: np.ndarray
     specificity: float | None
     map50: float | None
+    conf: float
     found_by: str = "localised"
 
     @property
@@ -68,6 +76,7 @@ class Scores:
         return {
             "sensitivity": _ratio(self.found[pos].sum(), pos.sum()),
             "found_by": self.found_by,
+            "conf": self.conf,
             "fp_per_image": _ratio(self.fp.sum(), len(self.fp)),
             "specificity": self.specificity,
             "map50": self.map50,
@@ -89,12 +98,35 @@ def held_out_images(data: Path, split: str, withdrawn: frozenset[str]) -> tuple[
     return spec, kept, len(every) - len(kept)
 
 
-def score(ref: str | Path, spec: DatasetSpec, images: list[Path], eval_cfg: EvalConfig, found_by: str) -> Scores:
-    """Score the model at `ref` (weights file or version folder) on `images` of `spec`, at its trained size."""
+def score(
+    ref: str | Path,
+    spec: DatasetSpec,
+    images: list[Path],
+    eval_cfg: EvalConfig,
+    found_by: str,
+    target_fp_per_image: float | None = None,
+) -> Scores:
+    """Score the model at `ref` (weights file or version folder) on `images` of `spec`, at its trained size, at
+    `eval_cfg.conf` or, with `target_fp_per_image`, at its own operating point for that false-positive rate."""
     model, imgsz = load_at_size(ref)
     ds = DetectionDataset(images, spec.nc, imgsz, label_files=[spec.label_file(p) for p in images])
     results = predict_dataset(model, ds, eval_cfg, torch.device("cpu"), progress=False)
-    return scores_of(results, dict(model.names), eval_cfg, found_by)
+    names = dict(model.names)
+    if target_fp_per_image is not None:
+        eval_cfg = replace(eval_cfg, conf=operating_point(results, names, eval_cfg.iou, target_fp_per_image))
+    return scores_of(results, names, eval_cfg, found_by)
+
+
+def operating_point(results: list[ImageResult], names: dict[int, str], iou: float, target_fp_per_image: float) -> float:
+    """The lowest score threshold at which these predictions make at most `target_fp_per_image` false-positive boxes
+    per image. Matching runs by descending score, so whether a box is a false positive does not depend on the boxes
+    below it: one matching of every box gives the false-positive count at any threshold."""
+    report = evaluate_detections(results, names, conf=0.0, iou=iou)
+    fp_scores = np.sort([e.score for e in report.false_positives])[::-1]
+    allowed = int(np.floor(target_fp_per_image * len(results) + 1e-9))
+    if len(fp_scores) <= allowed:
+        return LOW_CONF  # every box the detector keeps
+    return float(min(np.nextafter(fp_scores[allowed], np.inf), 1.0))  # just above the first false positive too many
 
 
 def scores_of(results: list[ImageResult], names: dict[int, str], eval_cfg: EvalConfig, found_by: str) -> Scores:
@@ -109,6 +141,7 @@ def scores_of(results: list[ImageResult], names: dict[int, str], eval_cfg: EvalC
         fp=np.array([fps.get(r.image_id, 0) for r in results], dtype=float),
         specificity=None if np.isnan(report.specificity) else round(float(report.specificity), 6),
         map50=None if np.isnan(report.map50) else round(float(report.map50), 6),
+        conf=float(eval_cfg.conf),
         found_by=found_by,
     )
 
@@ -151,7 +184,7 @@ def gate(
     cfg.check()
     eval_cfg = EvalConfig() if cfg.conf is None else EvalConfig(conf=cfg.conf)
     spec, images, left_out = held_out_images(Path(holdout_data), split, withdrawn)
-    chal = score(challenger, spec, images, eval_cfg, cfg.found)
+    chal = score(challenger, spec, images, eval_cfg, cfg.found, cfg.target_fp_per_image)
     seed_source = "secure (os.urandom)" if cfg.seed is None else "configured ([gate] seed)"
     seed = secrets.randbits(63) if cfg.seed is None else cfg.seed
     patients = read_patients(Path(holdout_data).parent) if cfg.unit == "patient" else {}
@@ -164,7 +197,8 @@ def gate(
         "n_fracture_images": int(chal.positive.sum()),
         "unit": cfg.unit,
         "n_units": int(groups.max()) + 1,
-        "operating_point": eval_cfg.conf,
+        "operating_point": eval_cfg.conf if cfg.target_fp_per_image is None else "per model",
+        "target_fp_per_image": cfg.target_fp_per_image,
         "match_iou": eval_cfg.iou,
         "found_by": cfg.found,
         "challenger": {"model": str(challenger), **chal.summary()},
@@ -184,7 +218,7 @@ def gate(
     if cfg.max_fp_per_image is not None and c["fp_per_image"] > cfg.max_fp_per_image:
         reasons.append(f"false positives per image {c['fp_per_image']:.3f} above the bound {cfg.max_fp_per_image:.3f}")
     if champion is not None:
-        champ = score(champion, spec, images, eval_cfg, cfg.found)
+        champ = score(champion, spec, images, eval_cfg, cfg.found, cfg.target_fp_per_image)
         figures["champion"] = {"model": str(champion), **champ.summary()}
         figures.update(paired_bootstrap(champ, chal, groups, cfg.bootstrap, cfg.confidence, seed))
         reasons += _compare(figures, cfg)

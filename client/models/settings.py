@@ -35,6 +35,9 @@ class GateConfig:
     split: str = "test"  # the held-out split of the site's data.yaml
     data: str | None = None  # the held-out data.yaml; None: give --data
     conf: float | None = None  # operating point; None: the evaluation default (common.config.EvalConfig)
+    # Each model at its own operating point instead: the lowest score threshold at which it makes at most this many
+    # false-positive boxes per held-out image (client/models/gate.py); the listener then uses that version's point.
+    target_fp_per_image: float | None = None
     # When a fracture image counts as found: "localised", a finding matches one of its reviewed fracture boxes (at
     # the evaluation IoU); "any_finding", the image has a finding anywhere (worklist triage).
     found: str = "localised"
@@ -56,6 +59,13 @@ class GateConfig:
             raise ConfigError(f"{where} found: {self.found!r}; choose from {', '.join(FOUND_BY)}")
         if self.conf is not None and not 0 <= self.conf <= 1:
             raise ConfigError(f"{where} conf: expected a number in [0, 1], got {self.conf}")
+        fp = self.target_fp_per_image
+        if fp is not None and not (math.isfinite(fp) and fp >= 0):
+            raise ConfigError(f"{where} target_fp_per_image: expected a number >= 0, got {fp}")
+        if fp is not None and self.conf is not None:
+            raise ConfigError(
+                f"{where}: give conf (one operating point for both models) or target_fp_per_image, not both"
+            )
 
 
 @dataclass(frozen=True)
@@ -80,6 +90,7 @@ _GATE_TYPES: dict[str, type] = {
     "split": str,
     "data": str,
     "conf": float,
+    "target_fp_per_image": float,
     "found": str,
 }
 

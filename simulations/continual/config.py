@@ -47,6 +47,7 @@ class GateMargins:
     require_ci: bool = False  # true: the CI's lower bound of the sensitivity change must clear -margin
     bootstrap: int = 1000  # resamples for the confidence interval shown with each decision
     conf: float | None = None  # operating point; None: the evaluation default
+    target_fp_per_image: float | None = None  # or each model at its own point: at most this many FPs per image
     found: str = "localised"  # found by a finding on the fracture ("localised") or by any finding ("any_finding")
 
 

@@ -111,11 +111,11 @@ def _review_period(job: ContinualJob, run_dir: Path, name: str, s: SiteState, pe
     arrivals = arrive(name, profile, period, cfg.arrivals_per_period, job.partition.size, job.seed,
                       cfg.patients_per_site, s.home / "arrivals" / f"p{period:03d}", truth_file)  # fmt: skip
     truth = read_truth(truth_file)
-    current = steps.clinical_model(s.models_dir)
+    current = steps.clinical_model(s.models_dir, job.eval)
     if current is None:
         raise ConfigError(f"site {name} has no clinical model at period {period}: period 0 should have promoted one")
-    version, model = current
-    findings = predict_findings(model, [a.image for a in arrivals], job.eval)
+    version, model, eval_cfg = current
+    findings = predict_findings(model, [a.image for a in arrivals], eval_cfg)
     rng, kinds = reader_rng(job.seed, name, period), Counter[str]()
     errors = misses = 0
     for a, (boxes, probability) in zip(arrivals, findings):
@@ -156,15 +156,15 @@ def _record(
     tally: dict,
     pool: PoolVersion,
 ) -> PeriodRecord:
-    current = steps.clinical_model(s.models_dir)
+    current = steps.clinical_model(s.models_dir, job.eval)
     assert current is not None
-    version, model = current
+    version, model, eval_cfg = current
     found_by = job.continual.gate.found
-    held = score([b for b, _ in predict_findings(model, [a.image for a, _ in s.held_out], job.eval)],
-                 [t for _, t in s.held_out], job.eval.iou, found_by)  # fmt: skip
+    held = score([b for b, _ in predict_findings(model, [a.image for a, _ in s.held_out], eval_cfg)],
+                 [t for _, t in s.held_out], eval_cfg.iou, found_by)  # fmt: skip
     val = original_val_truth(s.data_dir)
-    original = score([b for b, _ in predict_findings(model, [p for p, _ in val], job.eval)],
-                     [t for _, t in val], job.eval.iou, found_by)  # fmt: skip
+    original = score([b for b, _ in predict_findings(model, [p for p, _ in val], eval_cfg)],
+                     [t for _, t in val], eval_cfg.iou, found_by)  # fmt: skip
     budgets = read_all([job.privacy.ledger_dir])[1] if Path(job.privacy.ledger_dir).exists() else {}
     return PeriodRecord(
         period=period,

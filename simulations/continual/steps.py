@@ -25,9 +25,11 @@ from client.continual.pool import PoolVersion
 from client.continual.pool import build_pool as build
 from client.feedback.store import FeedbackStore
 from client.models import lifecycle
+from client.models.approval import operating_point
 from client.models.fetch import fetch_from_registry
 from client.models.settings import GateConfig
 from client.models.store import ModelStore
+from common.config import EvalConfig
 from common.privacy import signing
 from server.registry.store import Registry
 
@@ -88,25 +90,20 @@ def install(models_dir: Path, version: Path) -> str:
     return version.name
 
 
-def clinical_model(models_dir: Path) -> tuple[str, Path] | None:
-    """The site's current clinical model (version, version folder), None before the first promotion."""
+def clinical_model(models_dir: Path, eval_cfg: EvalConfig) -> tuple[str, Path, EvalConfig] | None:
+    """The site's current clinical model (version, version folder, the evaluation settings at its approved operating
+    point, as the site's listener would use it), None before the first promotion."""
     store = ModelStore(models_dir)
     version = lifecycle.champion(store)
-    return None if version is None else (version, store.folder(version))
+    if version is None:
+        return None
+    point = operating_point(store.current() or {})
+    return version, store.folder(version), eval_cfg if point is None else dataclasses.replace(eval_cfg, conf=point)
 
 
 def gate_config(margins: GateMargins, seed: int) -> GateConfig:
     """The site gate's config from the simulation's margins, with a bootstrap seed fixed by the run's seed."""
-    cfg = GateConfig(
-        sensitivity_margin=margins.sensitivity_margin,
-        max_fp_per_image=margins.max_fp_per_image,
-        max_fp_increase=margins.max_fp_increase,
-        bootstrap=margins.bootstrap,
-        require_ci=margins.require_ci,
-        conf=margins.conf,
-        found=margins.found,
-        seed=seed,
-    )
+    cfg = GateConfig(**dataclasses.asdict(margins), seed=seed)
     cfg.check("continual.gate")
     return cfg
 
