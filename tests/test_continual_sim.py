@@ -246,6 +246,7 @@ def test_report_files(tmp_path: Path) -> None:
     page = paths["html"].read_text()
     assert page.count("<tr>") == 1 + len(RECORDS) and "refused" in page and "n/a" in page
     assert "<th>disagreement</th><th>disagreement reviewed</th>" in page
+    assert "<th>model version</th><th>operating point</th>" in page and "<td>0.250</td>" in page
     assert "<td>0.375</td><td>8</td>" in page  # period 1 of site a
     assert "data:image/png;base64," in page
     with pytest.raises(ValueError, match="decision 'maybe'"):

@@ -24,6 +24,7 @@ from common.data.spec import load_spec
 from common.errors import ConfigError
 from common.metrics.inputs import ImageResult
 from common.privacy import signing
+from simulations.continual.steps import clinical_model
 
 
 @pytest.fixture(scope="module")
@@ -281,6 +282,7 @@ def test_a_recalibrated_challenger_is_judged_at_its_own_point_and_the_listener_u
     listener = ReloadingProcessor(store, lambda folder, conf: built.append((folder.name, conf)) or (lambda p: []),
                                   signing.public_hex(key))  # fmt: skip
     assert built == [("v0002", chal["conf"])] and listener.version == "v0002"
+    assert clinical_model(store.root, EvalConfig())[2].conf == chal["conf"]  # the simulation reads and scores at it
     rollback(store, "dr-first", key, "back to the first")
     listener(tmp_path / "item.dcm")
     assert built[-1] == ("v0001", None)  # its gate judged it at the fixed point: the configured one applies

@@ -184,4 +184,5 @@ def _record(
         pool_version=pool.version,
         disagreement=math.nan if tally.get("disagreement") is None else float(tally["disagreement"]),
         disagreement_reviewed=int(tally.get("disagreement_reviewed", 0)),
+        operating_point=eval_cfg.conf,
     )

@@ -48,6 +48,7 @@ class PeriodRecord:
     # read, on which a reviewer rejected, moved or re-classed a box, added one or said "no fracture"); NaN: none.
     disagreement: float = math.nan
     disagreement_reviewed: int = 0  # the reviewed images that rate is over
+    operating_point: float = 0.25  # the clinical model's score threshold (its approved one, else eval.conf)
 
 
 def forgetting(records: Iterable[PeriodRecord]) -> dict[tuple[str, int], float]:
@@ -177,8 +178,8 @@ def plot(records: Sequence[PeriodRecord], path: Path, title: str) -> Path:
 
 def render_html(f: dict[str, Any], png: Path) -> str:
     """The table a coordinator reads: one row per period and site, then the curves (embedded, so one file travels)."""
-    cols = ("period", "site", "profile", "arrived", "decision", "model_version", "holdout_images", "sensitivity",
-            "fp_per_image", "forgetting", "epsilon", "disagreement", "disagreement_reviewed", "reader_errors",
+    cols = ("period", "site", "profile", "arrived", "decision", "model_version", "operating_point", "holdout_images",
+            "sensitivity", "fp_per_image", "forgetting", "epsilon", "disagreement", "disagreement_reviewed", "reader_errors",
             "reader_misses")  # fmt: skip
     head = "".join(f"<th>{html.escape(c.replace('_', ' '))}</th>" for c in cols)
     body = "".join(
