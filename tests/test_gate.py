@@ -234,16 +234,16 @@ def test_operating_point_is_the_lowest_threshold_within_the_false_positive_budge
         ]
 
     names = {0: "fracture"}
-    assert point_for(results(1.0), names, 0.5, 1 / 3) == np.nextafter(0.5, 1)  # one FP allowed in three images
-    assert point_for(results(1.0), names, 0.5, 2 / 3) == np.nextafter(0.2, 1)
-    assert point_for(results(1.0), names, 0.5, 0.0) == np.nextafter(0.8, 1)
-    assert point_for(results(1.0), names, 0.5, 1.0) == 0.001  # every box the detector keeps
+    assert point_for(results(1.0), 0.5, 1 / 3) == np.nextafter(0.5, 1)  # one FP allowed in three images
+    assert point_for(results(1.0), 0.5, 2 / 3) == np.nextafter(0.2, 1)
+    assert point_for(results(1.0), 0.5, 0.0) == np.nextafter(0.8, 1)
+    assert point_for(results(1.0), 0.5, 1.0) == 0.001  # every box the detector keeps
 
     cfg = EvalConfig(conf=0.25, iou=0.5)
     fixed = [scores_of(results(k), names, cfg, "localised").summary() for k in (1.0, 0.1)]
     assert fixed[0]["sensitivity"] == 1.0 and fixed[1]["sensitivity"] == 0.0  # same ranking, lower scores
     own = [
-        scores_of(results(k), names, replace(cfg, conf=point_for(results(k), names, 0.5, 2 / 3)), "localised")
+        scores_of(results(k), names, replace(cfg, conf=point_for(results(k), 0.5, 2 / 3)), "localised")
         for k in (1.0, 0.1)
     ]
     assert [o.summary()["sensitivity"] for o in own] == [1.0, 1.0]

@@ -69,7 +69,7 @@ def _show_decision(decision: Any) -> None:
     point = (
         f"operating point {f['operating_point']}"
         if target is None
-        else (f"each model at its own operating point: at most {target:g} false positives per image")
+        else f"each model at its own operating point: at most {target:g} false positives per image"
     )
     print(f"a fracture image counts as found by {found} ({point})")
     for role, s in (("champion", champ), ("challenger", chal)):

@@ -40,6 +40,7 @@ from common.inference.load import load_at_size
 from common.inference.postprocess import LOW_CONF
 from common.metrics import evaluate_detections
 from common.metrics.inputs import ImageResult
+from common.metrics.matching import greedy_match, iou_matrix
 from common.metrics.triage import image_score
 from common.privacy.patients import patient_groups, read_patients
 
@@ -113,20 +114,25 @@ def score(
     results = predict_dataset(model, ds, eval_cfg, torch.device("cpu"), progress=False)
     names = dict(model.names)
     if target_fp_per_image is not None:
-        eval_cfg = replace(eval_cfg, conf=operating_point(results, names, eval_cfg.iou, target_fp_per_image))
+        eval_cfg = replace(eval_cfg, conf=operating_point(results, eval_cfg.iou, target_fp_per_image))
     return scores_of(results, names, eval_cfg, found_by)
 
 
-def operating_point(results: list[ImageResult], names: dict[int, str], iou: float, target_fp_per_image: float) -> float:
+def operating_point(results: list[ImageResult], iou: float, target_fp_per_image: float) -> float:
     """The lowest score threshold at which these predictions make at most `target_fp_per_image` false-positive boxes
     per image. Matching runs by descending score, so whether a box is a false positive does not depend on the boxes
-    below it: one matching of every box gives the false-positive count at any threshold."""
-    report = evaluate_detections(results, names, conf=0.0, iou=iou)
-    fp_scores = np.sort([e.score for e in report.false_positives])[::-1]
+    below it: one matching of every box (the validator's, common.metrics.matching) gives the count at any threshold."""
+    fp = [_false_positive_scores(r, iou) for r in results]
+    fp_scores = np.sort(np.concatenate(fp) if fp else np.zeros(0))[::-1]
     allowed = int(np.floor(target_fp_per_image * len(results) + 1e-9))
     if len(fp_scores) <= allowed:
         return LOW_CONF  # every box the detector keeps
     return float(min(np.nextafter(fp_scores[allowed], np.inf), 1.0))  # just above the first false positive too many
+
+
+def _false_positive_scores(r: ImageResult, iou: float) -> np.ndarray:
+    correct, _ = greedy_match(iou_matrix(r.gt_boxes, r.pred_boxes), r.pred_scores, r.pred_cls, r.gt_cls, np.array([iou]))
+    return r.pred_scores[~correct[:, 0]]
 
 
 def scores_of(results: list[ImageResult], names: dict[int, str], eval_cfg: EvalConfig, found_by: str) -> Scores:

@@ -16,6 +16,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from common.config import EvalConfig
+
 # "refused": the gate kept the champion; "rolled back": it kept the champion (or there was no round), which then
 # failed its re-check against the version it had replaced, so the site returned to that version; "no round": the
 # site got no challenger this period
@@ -48,7 +50,7 @@ class PeriodRecord:
     # read, on which a reviewer rejected, moved or re-classed a box, added one or said "no fracture"); NaN: none.
     disagreement: float = math.nan
     disagreement_reviewed: int = 0  # the reviewed images that rate is over
-    operating_point: float = 0.25  # the clinical model's score threshold (its approved one, else eval.conf)
+    operating_point: float = EvalConfig.conf  # the clinical model's score threshold (its approved one, else eval.conf)
 
 
 def forgetting(records: Iterable[PeriodRecord]) -> dict[tuple[str, int], float]:

@@ -94,10 +94,10 @@ def clinical_model(models_dir: Path, eval_cfg: EvalConfig) -> tuple[str, Path, E
     """The site's current clinical model (version, version folder, the evaluation settings at its approved operating
     point, as the site's listener would use it), None before the first promotion."""
     store = ModelStore(models_dir)
-    version = lifecycle.champion(store)
-    if version is None:
+    current = store.current()  # read once: the version and its approved point come from the same record
+    if current is None:
         return None
-    point = operating_point(store.current() or {})
+    version, point = str(current["version"]), operating_point(current)
     return version, store.folder(version), eval_cfg if point is None else dataclasses.replace(eval_cfg, conf=point)
 
 
