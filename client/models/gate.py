@@ -131,7 +131,9 @@ def operating_point(results: list[ImageResult], iou: float, target_fp_per_image:
 
 
 def _false_positive_scores(r: ImageResult, iou: float) -> np.ndarray:
-    correct, _ = greedy_match(iou_matrix(r.gt_boxes, r.pred_boxes), r.pred_scores, r.pred_cls, r.gt_cls, np.array([iou]))
+    correct, _ = greedy_match(
+        iou_matrix(r.gt_boxes, r.pred_boxes), r.pred_scores, r.pred_cls, r.gt_cls, np.array([iou])
+    )
     return r.pred_scores[~correct[:, 0]]
 
 
